@@ -1,0 +1,47 @@
+"""``splitfx.convert``: a plan → a trainable :class:`SplitModule` sharing the user's modules."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .passes.emit import emit_block
+from .passes.trace import LeafSpec
+from .plan import SplitPlan, make_plan
+from .recipes import Recipe
+from .runtime import LossFn, SplitModule
+
+
+def convert(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    num_blocks: int = 4,
+    recipe: str | Recipe = "linear",
+    plan: SplitPlan | None = None,
+    *,
+    method: str = "memory",
+    split_points: Sequence[str] | None = None,
+    loss_fn: LossFn | None = None,
+    num_classes: int | None = None,
+    leaf_modules: Sequence[LeafSpec] = (),
+) -> SplitModule:
+    """Split ``model`` into ``num_blocks`` gradient-isolated blocks with generated aux heads.
+
+    ``plan`` reuses a :func:`splitfx.plan` result for this same model (its recipe wins). The blocks
+    share ``model``'s module objects; nothing is copied. ``loss_fn(output, target)`` trains the last
+    block (default cross-entropy)."""
+    if plan is None:
+        plan = make_plan(model, example_inputs, num_blocks, method, split_points, recipe, num_classes, leaf_modules)
+    elif plan.context.model is not model:
+        raise ValueError("plan= was made for another model object; plan and convert the same model.")
+    ctx = plan.context
+    cuts = [None, *ctx.cuts, None]
+    blocks = [
+        emit_block(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end, cuts[k], cuts[k + 1], k)
+        for k, b in enumerate(plan.blocks)
+    ]
+    ref = next(iter(model.parameters()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    heads = [ctx.recipe.make_head(b).to(device).train(model.training) for b in ctx.boundaries]
+    return SplitModule(plan, blocks, heads, loss_fn or nn.CrossEntropyLoss())

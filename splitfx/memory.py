@@ -1,0 +1,95 @@
+"""Saved-for-backward accounting, shared by the fake-tensor cost probe and real measurements.
+
+Activation memory is the bytes autograd keeps alive for backward. It is counted per *storage*
+(views and ``detach()`` share one), and the model's own parameters and buffers are excluded: they
+are state, not activations. The same rules serve prediction (under ``FakeTensorMode``) and
+measurement (real tensors), so the two can be compared number for number.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of the storage behind ``t`` (shared by views and detached aliases)."""
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+def storage_bytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
+    """Storage keys of every parameter and buffer of ``modules``."""
+    keys = set()
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            keys.add(storage_key(t))
+    return keys
+
+
+class _Packed:
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: torch.Tensor, key: int, meter: "SavedTensorMeter"):
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self):
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Context manager tracking live saved-for-backward bytes and their peak.
+
+    ``exclude`` holds storage keys never counted (parameters, buffers). ``on_save(key, nbytes)``
+    is called for every counted save, also repeated ones, so a probe can attribute saves to nodes.
+    ``mark()`` restarts the peak at the current live bytes, for per-phase peaks."""
+
+    def __init__(self, exclude: Iterable[int] = (), on_save: Optional[Callable[[int, int], None]] = None):
+        self.exclude = set(exclude)
+        self.on_save = on_save
+        self.live = 0
+        self.peak = 0
+        self._counts: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: torch.Tensor):
+        key = storage_key(t)
+        if key in self.exclude:
+            return t
+        nbytes = storage_bytes(t)
+        if self.on_save is not None:
+            self.on_save(key, nbytes)
+        count = self._counts.get(key, 0)
+        if count == 0:
+            self._bytes[key] = nbytes
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        self._counts[key] = count + 1
+        return _Packed(t, key, self)
+
+    @staticmethod
+    def _unpack(p):
+        return p.tensor if isinstance(p, _Packed) else p
+
+    def _release(self, key: int) -> None:
+        count = self._counts[key] - 1
+        if count:
+            self._counts[key] = count
+        else:
+            del self._counts[key]
+            self.live -= self._bytes.pop(key)
+
+    def mark(self) -> None:
+        self.peak = self.live
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)

@@ -1,0 +1,1 @@
+"""Graph passes, one per module: trace → cost → cuts → partition → emit."""

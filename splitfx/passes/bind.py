@@ -1,0 +1,41 @@
+"""Bind an fx graph to the user's model so that every attribute is looked up live.
+
+A plain ``fx.GraphModule(model, graph)`` copies references to the attributes it uses; after
+``model.to(device)`` or ``load_state_dict(assign=True)`` those references go stale. Here every
+``get_attr``/``call_module`` target is prefixed with ``model.`` and the GraphModule's ``model``
+attribute *is* the user's module, so blocks, the full graph and the user's model always share state.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+from torch import nn
+
+PREFIX = "model."
+
+
+def bind(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
+    """Return a GraphModule running ``graph`` against ``model``'s own submodules and tensors.
+
+    ``graph`` uses targets relative to ``model`` (as the tracer produces them)."""
+    bound = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    out = bound.graph_copy(graph, env)
+    bound.output(out)
+    for node in bound.nodes:
+        if node.op in ("get_attr", "call_module"):
+            node.target = PREFIX + node.target
+    return attach(model, bound, class_name)
+
+
+def attach(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
+    """GraphModule over a graph whose targets already carry the ``model.`` prefix."""
+    holder = nn.Module()
+    holder.model = model
+    gm = fx.GraphModule(holder, graph, class_name)
+    gm.model = model
+    return gm
+
+
+def unprefix(target: str) -> str:
+    """The target as a path inside the user's model."""
+    return target[len(PREFIX):] if target.startswith(PREFIX) else target

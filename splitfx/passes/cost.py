@@ -1,0 +1,176 @@
+"""Cost pass: probe a traced graph under ``FakeTensorMode`` into a ``networkx.DiGraph``.
+
+No real compute runs: parameters, buffers and inputs become fake tensors, every node executes under
+:class:`~splitfx.memory.SavedTensorMeter` (saved-for-backward storages, parameters and buffers
+excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
+
+``op, target, scope, cls`` (from the trace), ``saved`` (storage keys the node saves for backward),
+``out_bytes``, ``param_bytes`` (parameters first used here), ``flops`` (forward), ``is_tensor``,
+``shape``, ``dtype``. ``graph.graph["storages"]`` maps storage key → bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..memory import SavedTensorMeter, storage_key
+
+
+@dataclass
+class Probe:
+    """The cost graph plus the fake values needed to probe aux heads at any boundary later."""
+
+    graph: nx.DiGraph
+    fake_mode: FakeTensorMode
+    values: dict[str, Any]
+    exclude: set[int]
+    outputs: Any = None
+    _fakes: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def fake(self, t: torch.Tensor) -> torch.Tensor:
+        """The fake twin of a real tensor (memoised, keeps ``requires_grad``)."""
+        fake = self._fakes.get(id(t))
+        if fake is None:
+            fake = self.fake_mode.from_tensor(t, static_shapes=True)
+            self._fakes[id(t)] = fake
+        return fake
+
+    def state(self, t: torch.Tensor) -> torch.Tensor:
+        """The fake twin of a parameter or buffer: never counted as activation memory."""
+        fake = self.fake(t)
+        self.exclude.add(storage_key(fake))
+        return fake
+
+    def module_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {
+            name: self.state(t)
+            for name, t in (*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False))
+        }
+
+    def run_module(self, module: torch.nn.Module, *args: Any) -> tuple[Any, list[tuple[int, int]], int]:
+        """Run ``module`` on fake ``args``: its output, (storage key, bytes) it saves, its FLOPs."""
+        saves: list[tuple[int, int]] = []
+        with self.fake_mode, FlopCounterMode(display=False) as flops, SavedTensorMeter(
+            self.exclude, on_save=lambda k, b: saves.append((k, b))
+        ):
+            out = functional_call(module, self.module_state(module), args)
+        return out, saves, flops.get_total_flops()
+
+
+class _ProbeInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, probe: Probe):
+        super().__init__(gm, garbage_collect_values=False)
+        self.probe = probe
+        self.saves: dict[str, list[tuple[int, int]]] = {}
+        self.current: str | None = None
+
+    def on_save(self, key: int, nbytes: int) -> None:
+        self.saves.setdefault(self.current, []).append((key, nbytes))
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n.name
+        return super().run_node(n)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        return self.probe.state(value) if isinstance(value, torch.Tensor) else value
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        return functional_call(module, self.probe.module_state(module), args, kwargs)
+
+
+def _tensor_bytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, torch.Tensor))
+
+
+def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
+    """Run ``gm`` once on fake copies of ``example_inputs`` and build its cost graph."""
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    result = Probe(nx.DiGraph(), fake_mode, {}, set())
+    model = gm.get_submodule("model")
+    for t in (*model.parameters(), *model.buffers()):
+        result.state(t)
+    interp = _ProbeInterpreter(gm, result)
+    fake_inputs = [result.fake(x) for x in example_inputs]
+
+    flops_before = 0
+    seen_params: set[int] = set()
+    G = result.graph
+    with fake_mode, FlopCounterMode(display=False) as counter, SavedTensorMeter(result.exclude, on_save=interp.on_save):
+        interp.args_iter = iter(fake_inputs)
+        for n in gm.graph.nodes:
+            value = interp.env[n] = interp.run_node(n)
+            flops_now = counter.get_total_flops()
+            attrs = dict(n.meta.get("splitfx", {"scope": "", "cls": ""}))
+            params = []
+            if n.op == "call_module":
+                params = list(gm.get_submodule(n.target).parameters())
+            elif n.op == "get_attr" and isinstance(interp.fetch_attr(n.target), torch.nn.Parameter):
+                params = [interp.fetch_attr(n.target)]
+            param_bytes = 0
+            for p in params:
+                if id(p) not in seen_params:
+                    seen_params.add(id(p))
+                    param_bytes += p.numel() * p.element_size()
+            is_tensor = isinstance(value, torch.Tensor)
+            G.add_node(
+                n.name,
+                op=n.op,
+                target=str(n.target),
+                saved=tuple(dict.fromkeys(k for k, _ in interp.saves.get(n.name, ()))),
+                out_bytes=_tensor_bytes(value),
+                param_bytes=param_bytes,
+                flops=flops_now - flops_before,
+                is_tensor=is_tensor,
+                value=value if type(value) is int else None,
+                shape=tuple(value.shape) if is_tensor else None,
+                dtype=value.dtype if is_tensor else None,
+                **attrs,
+            )
+            flops_before = flops_now
+            for inp in n.all_input_nodes:
+                G.add_edge(inp.name, n.name)
+            result.values[n.name] = value
+    G.graph["storages"] = {k: b for saves in interp.saves.values() for k, b in saves}
+    _mark_batch_values(gm, G, example_inputs)
+    result.outputs = result.values[next(n for n in reversed(gm.graph.nodes) if n.op == "output").name]
+    return result
+
+
+
+def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Flag ints equal to the batch size and tensors whose dim 0 is the batch.
+
+    The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch."""
+    for name in G.nodes:
+        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = False
+    if not example_inputs or example_inputs[0].dim() == 0:
+        return
+    batch = example_inputs[0].shape[0]
+    grown = [
+        x.new_empty((batch + 1, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in example_inputs
+    ]
+    shadow = Probe(nx.DiGraph(), FakeTensorMode(allow_non_fake_inputs=True), {}, set())
+    interp = _ProbeInterpreter(gm, shadow)
+    interp.args_iter = iter(shadow.fake(x) for x in grown)
+    try:
+        with shadow.fake_mode, torch.no_grad():
+            for n in gm.graph.nodes:
+                interp.env[n] = interp.run_node(n)
+    except Exception:
+        return  # the model does not accept another batch size: no batch values to recompute
+    for n, grown_value in interp.env.items():
+        attrs = G.nodes[n.name]
+        if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:
+            attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
+        elif type(grown_value) is int and grown_value == batch + 1:
+            attrs["batch_int"] = attrs["value"] == batch

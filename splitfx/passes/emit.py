@@ -1,0 +1,113 @@
+"""Emit pass: one GraphModule per block, bound to the user's model (no copies of any module).
+
+Each block after the first starts with an explicit ``detach`` node on its input, followed by a
+``clone`` when one of the block's first ops writes its input in place (``ReLU(inplace=True)``):
+``detach`` shares storage and version counter with the upstream tensor, which the previous block
+or its aux head may still need for backward. Parameters, constants and whatever is computed from
+them alone are rematerialised inside each block that uses them, so they are never detached.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Iterable, Sequence
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .bind import attach
+from .cuts import Cut, Schedule
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.imatmul}
+
+
+def writes_input_in_place(gm: fx.GraphModule, user: fx.Node, value: fx.Node) -> bool:
+    """Whether ``user`` mutates ``value`` (its first argument) in place."""
+    if not user.args or user.args[0] is not value:
+        return False
+    if user.op == "call_module":
+        return getattr(gm.get_submodule(user.target), "inplace", False) is True
+    if user.op == "call_method":
+        return user.target.endswith("_") and not user.target.endswith("__")
+    if user.op == "call_function":
+        name = getattr(user.target, "__name__", "")
+        return (user.kwargs.get("inplace") is True or user.target in _INPLACE_FUNCTIONS
+                or (name.endswith("_") and not name.endswith("__")))
+    return False
+
+
+def free_ancestors(G: nx.DiGraph, free: set[str], names: Iterable[str]) -> set[str]:
+    """Free nodes (parameters and what is computed from them alone) that ``names`` depend on."""
+    found: set[str] = set()
+    stack = [p for n in names for p in G.predecessors(n) if p in free]
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.add(n)
+            stack.extend(p for p in G.predecessors(n) if p in free)
+    return found
+
+
+def block_parameters(gm: fx.GraphModule, nodes: Iterable[fx.Node]) -> list[nn.Parameter]:
+    """Parameters used by ``nodes`` (leaf modules and ``get_attr``), each once, in order."""
+    params: dict[int, nn.Parameter] = {}
+    for n in nodes:
+        if n.op == "call_module":
+            for p in gm.get_submodule(n.target).parameters():
+                params.setdefault(id(p), p)
+        elif n.op == "get_attr":
+            attr = gm
+            for part in n.target.split("."):
+                attr = getattr(attr, part)
+            if isinstance(attr, nn.Parameter):
+                params.setdefault(id(attr), attr)
+    return list(params.values())
+
+
+def block_nodes(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, start: int, end: int) -> list[fx.Node]:
+    """The fx nodes a block runs: its slice of the order plus the free nodes it rematerialises."""
+    names = sched.order[start:end]
+    if end == len(sched.order):
+        names = [*names, sched.output]
+    wanted = set(names) | free_ancestors(G, sched.free, names)
+    return [n for n in gm.graph.nodes if n.name in wanted]
+
+
+def emit_block(
+    gm: fx.GraphModule,
+    G: nx.DiGraph,
+    sched: Schedule,
+    start: int,
+    end: int,
+    cut_in: Cut | None,
+    cut_out: Cut | None,
+    index: int,
+) -> fx.GraphModule:
+    """Block ``index`` running ``sched.order[start:end]`` between cuts ``cut_in`` and ``cut_out``
+    (``None`` at the model's own inputs and outputs)."""
+    nodes = block_nodes(gm, G, sched, start, end)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    if cut_in is not None:
+        src = by_name[cut_in.node]
+        x = graph.placeholder(src.name)
+        x = graph.call_method("detach", (x,))
+        if any(writes_input_in_place(gm, u, src) for u in src.users if u in nodes):
+            x = graph.call_method("clone", (x,))
+        env[src] = x
+        if cut_in.recompute:
+            batch = graph.call_method("size", (x, 0))
+            for name in cut_in.recompute:
+                env[by_name[name]] = batch
+    for n in nodes:
+        if n.op == "output":
+            graph.output(fx.map_arg(n.args[0], env.__getitem__))
+        else:
+            env[n] = graph.node_copy(n, env.__getitem__)
+    if cut_out is not None:
+        graph.output(env[by_name[cut_out.node]])
+    return attach(gm.get_submodule("model"), graph, f"Block{index}")

@@ -1,0 +1,210 @@
+"""Trace pass: ``nn.Module`` → ``fx.GraphModule`` bound to the user's model.
+
+* Leaves: timm's no-trace registry, DropPath/Dropout, and whatever the user names in ``leaf_modules``
+  (module FQNs or classes).
+* Optional ``forward`` arguments beyond the example inputs become ``concrete_args`` at their
+  defaults, so e.g. ViT's ``attn_mask=None`` does not stay live through the whole graph.
+* Modules whose traced code depends on ``self.training`` are made leaves automatically: the graph is
+  traced in both modes and every module where the two traces differ is kept opaque, so one graph is
+  exact in train and eval mode alike.
+* Each node gets ``node.meta["splitfx"] = {"scope": FQN, "cls": class name}``.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import traceback
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import TraceError
+from .bind import bind
+
+LeafSpec = Union[str, type]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_MAX_MODE_FIXES = 8
+
+
+def _timm_notrace() -> tuple[set[type], set]:
+    try:
+        from timm.layers import DropPath, get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return set(), set()
+    functions = {f for f in get_notrace_functions() if callable(f)}
+    return set(get_notrace_modules()) | {DropPath}, functions
+
+
+class SplitTracer(fx.Tracer):
+    """fx tracer with splitfx's leaf rules; remembers the innermost module a failure happened in."""
+
+    def __init__(self, leaf_classes: Iterable[type], leaf_names: Iterable[str], autowrap_functions: Iterable):
+        super().__init__(autowrap_functions=tuple(autowrap_functions), param_shapes_constant=True)
+        self.leaf_classes = tuple(leaf_classes)
+        self.leaf_names = frozenset(leaf_names)
+        self.failed_in: tuple[str, type] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_classes):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = (self.path_of_module(m), type(m))
+            raise
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module, mode: bool) -> Iterator[None]:
+    """Temporarily put every submodule in ``mode``; restores each module's own flag afterwards."""
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(mode)
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def _concrete_args(model: nn.Module, num_inputs: int) -> dict[str, Any]:
+    params = [
+        p for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if len(params) < num_inputs:
+        raise TraceError(
+            f"{type(model).__name__}.forward takes {len(params)} arguments but {num_inputs} example "
+            "inputs were given."
+        )
+    concrete = {}
+    for p in params[num_inputs:]:
+        if p.default is inspect.Parameter.empty:
+            raise TraceError(
+                f"{type(model).__name__}.forward needs argument {p.name!r}, which has no default: "
+                "pass it as one more example input."
+            )
+        concrete[p.name] = p.default
+    return concrete
+
+
+def _explain(model: nn.Module, tracer: SplitTracer, err: Exception) -> str:
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno} ({frames[-1].line})" if frames else ""
+    if tracer.failed_in is not None:
+        name, cls = tracer.failed_in
+        what = f"module {name!r} ({cls.__name__})"
+        hatch = f"leaf_modules=[{name!r}] (or the class {cls.__name__})"
+    else:
+        what = f"the top-level forward of {type(model).__name__}"
+        hatch = "leaf_modules=[...] naming the submodule that does data-dependent Python"
+    return (
+        f"torch.fx could not trace {type(model).__name__}: {what} failed{where}: "
+        f"{type(err).__name__}: {err}\n"
+        f"Pass {hatch} to keep it opaque (it runs eagerly and cannot be cut inside)."
+    )
+
+
+def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) -> fx.Graph:
+    tracer = SplitTracer(*tracer_args)
+    try:
+        return tracer.trace(model, concrete_args=concrete or None)
+    except TraceError:
+        raise
+    except Exception as err:
+        raise TraceError(_explain(model, tracer, err)) from err
+
+
+def _stack(node: fx.Node) -> list[str]:
+    return [qualname for qualname, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def _container_stack(node: fx.Node) -> list[str]:
+    stack = _stack(node)
+    return stack[:-1] if node.op == "call_module" else stack
+
+
+def _signature(node: fx.Node) -> tuple:
+    target = str(node.target)
+    if node.op == "get_attr" and target.startswith("_tensor_constant"):
+        target = "_tensor_constant"  # numbered in creation order, which differs between traces
+    constants = fx.map_arg((node.args, node.kwargs), lambda _: None)  # e.g. dropout_p baked from self.training
+    return node.op, target, repr(constants)
+
+
+def _scope_signatures(graph: fx.Graph) -> dict[str, list[tuple]]:
+    per_scope: dict[str, list[tuple]] = {}
+    for node in graph.nodes:
+        for scope in ["", *_container_stack(node)]:
+            per_scope.setdefault(scope, []).append(_signature(node))
+    return per_scope
+
+
+def _mode_dependent_scopes(train: fx.Graph, eval_: fx.Graph) -> set[str]:
+    """Innermost module FQNs whose traced code differs between modes ("" is the root)."""
+    a, b = _scope_signatures(train), _scope_signatures(eval_)
+    differing = {s for s in a.keys() | b.keys() if a.get(s) != b.get(s)}
+    return {s for s in differing if not any(o != s and (s == "" or o.startswith(s + ".")) for o in differing)}
+
+
+def _annotate_scopes(model: nn.Module, graph: fx.Graph) -> None:
+    modules = dict(model.named_modules())
+    for node in graph.nodes:
+        if node.op == "call_module":
+            scope = node.target
+        else:
+            stack = _stack(node)
+            scope = stack[-1] if stack else ""
+        owner = modules.get(scope, model)
+        node.meta["splitfx"] = {"scope": scope, "cls": type(owner).__name__}
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    leaf_modules: Sequence[LeafSpec] = (),
+) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule bound to it (see :mod:`splitfx.passes.bind`).
+
+    The returned graph is valid in both train and eval mode: modules whose code branches on
+    ``self.training`` are kept as leaves. Raises :class:`TraceError` naming the failing module."""
+    timm_classes, timm_functions = _timm_notrace()
+    leaf_names = {s for s in leaf_modules if isinstance(s, str)}
+    leaf_classes = timm_classes | {s for s in leaf_modules if isinstance(s, type)}
+    leaf_classes.add(nn.modules.dropout._DropoutNd)
+    unknown = sorted(n for n in leaf_names if n not in dict(model.named_modules()))
+    if unknown:
+        raise TraceError(f"leaf_modules names no module of {type(model).__name__}: {unknown}")
+    concrete = _concrete_args(model, len(example_inputs))
+
+    for _ in range(_MAX_MODE_FIXES):
+        tracer_args = (leaf_classes, leaf_names, timm_functions)
+        graphs = {}
+        for mode in (True, False):
+            with training_mode(model, mode):
+                graphs[mode] = _trace_once(model, tracer_args, concrete)
+        scopes = _mode_dependent_scopes(graphs[True], graphs[False])
+        if not scopes:
+            break
+        if "" in scopes or scopes & leaf_names:
+            raise TraceError(
+                f"The forward of {type(model).__name__} itself branches on self.training, so one graph "
+                "cannot serve both modes. Move the branch into a submodule or pass that submodule in "
+                "leaf_modules=."
+            )
+        leaf_names |= scopes
+    else:
+        raise TraceError(f"{type(model).__name__}: too many training-dependent modules to make leaves.")
+
+    graph = graphs[True]
+    _annotate_scopes(model, graph)
+    gm = bind(model, graph, type(model).__name__ + "Traced")
+    gm.meta["splitfx_leaf_names"] = sorted(leaf_names)
+    return gm

@@ -1,0 +1,282 @@
+"""``splitfx.plan``: trace → cost → cuts → aux probe → partition, and the :class:`SplitPlan` it returns."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import PlanError
+from .passes import cost as cost_pass
+from .passes.bind import unprefix
+from .passes.cuts import Cut, Schedule, schedule
+from .passes.emit import block_nodes, block_parameters
+from .passes.partition import additive_cost, min_max_partition, storage_cost
+from .passes.trace import LeafSpec, trace
+from .recipes import Boundary, Recipe, get_recipe
+from .recipes.layout import infer_layout
+
+METHODS = ("memory", "flops", "params", "uniform")
+
+
+@dataclass
+class BlockPlan:
+    """One gradient-isolated block. Byte counts are saved-for-backward activations."""
+
+    index: int
+    modules: list[str]
+    params: int
+    saved_bytes: int  # block + its aux head
+    aux_saved_bytes: int
+    flops: int
+    aux_flops: int
+    aux_params: int
+    output_shape: list[int] | None  # the tensor handed to the next block (None for the last)
+    start: int
+    end: int
+
+    @property
+    def span(self) -> str:
+        if not self.modules:
+            return "(functional ops only)"
+        return self.modules[0] if len(self.modules) == 1 else f"{self.modules[0]} … {self.modules[-1]}"
+
+
+@dataclass
+class PlanContext:
+    """What ``convert`` reuses from planning (not part of the JSON view)."""
+
+    model: nn.Module
+    gm: fx.GraphModule
+    probe: cost_pass.Probe
+    sched: Schedule
+    recipe: Recipe
+    boundaries: list[Boundary]
+    cuts: list[Cut]
+    num_classes: int | None
+
+
+@dataclass
+class SplitPlan:
+    """K contiguous blocks with their predicted cost, and E2E vs local peak activation memory."""
+
+    model: str
+    num_blocks: int
+    method: str
+    recipe: str
+    input_shapes: list[list[int]]
+    blocks: list[BlockPlan]
+    e2e_saved_bytes: int
+    local_peak_bytes: int
+    total_params: int
+    legal_cuts: int
+    positions: int
+    context: PlanContext = field(repr=False, compare=False)
+
+    @property
+    def memory_ratio(self) -> float:
+        return self.local_peak_bytes / max(self.e2e_saved_bytes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
+        d = {k: v for k, v in asdict(self, dict_factory=_no_context).items()}
+        d["memory_ratio"] = self.memory_ratio
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A table for people: one row per block, then the E2E vs local summary."""
+        rows = [("block", "modules", "params", "saved act.", "of which aux", "GFLOPs", "aux params", "hands over")]
+        for b in self.blocks:
+            rows.append((
+                str(b.index), b.span, _count(b.params), _bytes(b.saved_bytes), _bytes(b.aux_saved_bytes),
+                f"{(b.flops + b.aux_flops) / 1e9:.2f}", _count(b.aux_params),
+                "×".join(map(str, b.output_shape)) if b.output_shape else "(output)",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            f"{self.model}: {self.num_blocks} blocks by {self.method}, recipe {self.recipe!r}, "
+            f"input {' '.join('×'.join(map(str, s)) for s in self.input_shapes)}, "
+            f"{self.legal_cuts} legal cuts in {self.positions} nodes",
+        ]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.rjust(w) if j >= 2 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            f"predicted peak saved activations: E2E {_bytes(self.e2e_saved_bytes)}, "
+            f"local {_bytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
+        )
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def plot(self, path: str) -> None:
+        """Write the picture of this plan (PNG/SVG/PDF by extension)."""
+        from .plot import plot_plan
+
+        plot_plan(self, path)
+
+
+def _no_context(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in items if k != "context"}
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+
+
+def _infer_num_classes(outputs: Any) -> int | None:
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+        return int(outputs.shape[-1])
+    return None
+
+
+def _split_point_cut(name: str, sched: Schedule, G, model_name: str) -> int:
+    """Index into ``sched.cuts`` of the cut right after module ``name``."""
+    inside = [i for i, n in enumerate(sched.order) if G.nodes[n]["scope"] == name or G.nodes[n]["scope"].startswith(name + ".")]
+    if not inside:
+        raise PlanError(f"split point {name!r}: {model_name} has no module of that name in its traced graph.")
+    position = inside[-1] + 1
+    for i, cut in enumerate(sched.cuts):
+        if cut.position == position:
+            return i
+    legal = sorted({G.nodes[c.node]["scope"] for c in sched.cuts} - {""})
+    raise PlanError(
+        f"split point {name!r}: more than one value is live after it in {model_name}, so it cannot be "
+        f"a cut. Modules right before a legal cut: {', '.join(legal)}"
+    )
+
+
+def make_plan(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    num_blocks: int = 4,
+    method: str = "memory",
+    split_points: Sequence[str] | None = None,
+    recipe: str | Recipe = "linear",
+    num_classes: int | None = None,
+    leaf_modules: Sequence[LeafSpec] = (),
+) -> SplitPlan:
+    """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    name = type(model).__name__
+    if method not in METHODS:
+        raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
+    recipe = get_recipe(recipe)
+    gm = trace(model, inputs, leaf_modules)
+    probe = cost_pass.probe(gm, inputs)
+    G = probe.graph
+    sched = schedule(G)
+    num_classes = num_classes or _infer_num_classes(probe.outputs)
+
+    if split_points is not None:
+        chosen = sorted({_split_point_cut(p, sched, G, name) for p in split_points})
+        num_blocks = len(chosen) + 1
+    elif num_blocks < 1:
+        raise PlanError(f"num_blocks must be at least 1, got {num_blocks}")
+    elif num_blocks > len(sched.cuts) + 1:
+        raise PlanError(
+            f"{name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
+            f"{len(sched.cuts) + 1} (asked for {num_blocks})."
+        )
+    if num_blocks > 1 and num_classes is None:
+        raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
+
+    input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
+    boundaries = [
+        Boundary(-1, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], infer_layout(c.shape, input_hw),
+                 num_classes or 0, tuple(inputs[0].shape))
+        for c in sched.cuts
+    ] if num_blocks > 1 else []
+    heads: dict[Any, nn.Module] = {}
+    aux_saves, aux_flops, aux_params = [], [], []
+    for cut, boundary in zip(sched.cuts, boundaries):
+        key = recipe.head_key(boundary)
+        if key not in heads:
+            heads[key] = recipe.make_head(boundary).to(inputs[0].device)
+        _, saves, flops = probe.run_module(heads[key], probe.values[cut.node])
+        aux_saves.append(dict(saves))
+        aux_flops.append(flops)
+        aux_params.append(sum(p.numel() for p in heads[key].parameters()))
+
+    n = len(sched.order)
+    bounds = [0, *(c.position for c in sched.cuts), n]
+    extra = [{}, *aux_saves, {}]
+    saves = [G.nodes[v]["saved"] for v in sched.order]
+    memory = storage_cost(saves, G.graph["storages"], bounds, extra)
+    flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
+    if split_points is not None:
+        chosen_bounds = [i + 1 for i in chosen]
+    else:
+        costs = {
+            "memory": memory,
+            "flops": flops + np.asarray([0, *aux_flops, 0], dtype=float)[None, :],
+            "params": additive_cost([G.nodes[v]["param_bytes"] for v in sched.order], bounds),
+            "uniform": additive_cost([G.nodes[v]["op"].startswith("call") for v in sched.order], bounds),
+        }
+        weights = [0, *(G.nodes[c.node]["out_bytes"] for c in sched.cuts), 0]
+        chosen_bounds = min_max_partition(costs[method], num_blocks, weights)
+
+    path = [0, *chosen_bounds, len(bounds) - 1]
+    blocks = []
+    for k, (i, j) in enumerate(zip(path, path[1:])):
+        start, end = bounds[i], bounds[j]
+        nodes = block_nodes(gm, G, sched, start, end)
+        last = j == len(bounds) - 1
+        modules = list(dict.fromkeys(
+            unprefix(G.nodes[nd.name]["scope"]) for nd in nodes if G.nodes[nd.name]["scope"] and nd.op != "output"
+        ))
+        blocks.append(BlockPlan(
+            index=k,
+            modules=modules,
+            params=sum(p.numel() for p in block_parameters(gm, nodes)),
+            saved_bytes=int(memory[i, j]),
+            aux_saved_bytes=0 if last else int(sum(aux_saves[j - 1].values())),
+            flops=int(flops[i, j]),
+            aux_flops=0 if last else int(aux_flops[j - 1]),
+            aux_params=0 if last else int(aux_params[j - 1]),
+            output_shape=None if last else list(sched.cuts[j - 1].shape),
+            start=start,
+            end=end,
+        ))
+    chosen_cuts = [sched.cuts[j - 1] for j in path[1:-1]]
+    context = PlanContext(
+        model, gm, probe, sched, recipe,
+        [replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])],
+        chosen_cuts, num_classes,
+    )
+    return SplitPlan(
+        model=model_name(model),
+        num_blocks=num_blocks,
+        method="split_points" if split_points is not None else method,
+        recipe=recipe.name,
+        input_shapes=[list(x.shape) for x in inputs],
+        blocks=blocks,
+        e2e_saved_bytes=int(sum(G.graph["storages"].values())),
+        local_peak_bytes=max(b.saved_bytes for b in blocks),
+        total_params=sum(p.numel() for p in model.parameters()),
+        legal_cuts=len(sched.cuts),
+        positions=n,
+        context=context,
+    )
+
+
+def model_name(model: nn.Module) -> str:
+    """timm's architecture name where there is one, else the class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__

@@ -1,0 +1,59 @@
+"""Feature layouts at a cut: NCHW maps, NHWC maps, NLC tokens, NC vectors.
+
+A 4-D boundary tensor is ambiguous; its spatial dims are the pair whose ratio matches the input
+image and that divides it (swin keeps NHWC, most CNNs NCHW). Pooling and channel count follow."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
+
+
+def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
+    if not input_hw:
+        return 0.0
+    ih, iw = input_hw
+    divides = ih % h == 0 and iw % w == 0
+    ratio = abs(ih / iw - h / w)
+    return (1.0 if divides else 0.0) - ratio
+
+
+def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> str:
+    """Best guess of the layout of a boundary tensor of ``shape`` (batch first)."""
+    if len(shape) == 2:
+        return "NC"
+    if len(shape) == 3:
+        return "NLC"
+    if len(shape) == 4:
+        nchw = _spatial_fit(shape[2], shape[3], input_hw)
+        nhwc = _spatial_fit(shape[1], shape[2], input_hw)
+        return "NHWC" if nhwc > nchw else "NCHW"
+    raise ValueError(f"no aux head for a boundary tensor of rank {len(shape)} (shape {tuple(shape)})")
+
+
+def channels(shape: Sequence[int], layout: str) -> int:
+    return shape[1] if layout == "NCHW" else shape[-1]
+
+
+def pool(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Global average over all positions → (N, C)."""
+    if layout == "NCHW":
+        return x.mean((2, 3))
+    if layout == "NHWC":
+        return x.mean((1, 2))
+    if layout == "NLC":
+        return x.mean(1)
+    return x
+
+
+def to_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A spatial map in NCHW; tokens become a 1-pixel-high map."""
+    if layout == "NHWC":
+        return x.permute(0, 3, 1, 2)
+    if layout == "NLC":
+        return x.transpose(1, 2).unsqueeze(2)
+    if layout == "NC":
+        return x[:, :, None, None]
+    return x

@@ -1,0 +1,100 @@
+"""``SplitModule``: the trainable result of ``convert``.
+
+``forward`` is the original model (the full traced graph over the user's own modules) and is the
+inference path. ``local_losses`` runs block by block: block k on the detached output of block k-1,
+its aux loss, ``yield`` so the caller can run ``backward`` (which frees block k's saved tensors),
+then block k+1. Only one block's activations are alive at a time.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .passes.emit import block_nodes, block_parameters
+from .plan import SplitPlan
+from .recipes import Recipe
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SplitModule(nn.Module):
+    """K gradient-isolated blocks over the user's model, with one aux head per non-final block.
+
+    Registered submodules are the user's ``model`` and the recipe's ``heads``; the block
+    GraphModules hold no state of their own, so ``state_dict()`` is ``model.*`` + ``heads.*``."""
+
+    def __init__(
+        self,
+        plan: SplitPlan,
+        blocks: Sequence[fx.GraphModule],
+        heads: Sequence[nn.Module],
+        loss_fn: LossFn,
+    ):
+        super().__init__()
+        ctx = plan.context
+        self.model = ctx.model
+        self.heads = nn.ModuleList(heads)
+        self.plan = plan
+        self.recipe: Recipe = ctx.recipe
+        self.loss_fn = loss_fn
+        # Not registered as submodules: they only reference ``self.model``, which already is one.
+        object.__setattr__(self, "traced", ctx.gm)
+        object.__setattr__(self, "blocks", tuple(blocks))
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of gradient-isolated blocks actually trained."""
+        return len(self.blocks)
+
+    def forward(self, *inputs: torch.Tensor):
+        """The original model's outputs (bit-identical to it in eval mode)."""
+        return self.traced(*inputs)
+
+    def block_parameters(self, k: int) -> list[nn.Parameter]:
+        """Backbone parameters trained by block ``k``'s loss (its aux head's are in ``heads[k]``)."""
+        ctx = self.plan.context
+        b = self.plan.blocks[k]
+        return block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))
+
+    def local_losses(self, inputs: torch.Tensor | tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
+        to keep only one block's activations alive; summing them and calling ``backward`` once gives
+        the same gradients."""
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        h = inputs
+        last = self.num_blocks - 1
+        for k, block in enumerate(self.blocks):
+            out = block(*h)
+            if k == last:
+                yield self.loss_fn(out, target)
+            else:
+                yield self.recipe.local_loss(self.heads[k], out, target, inputs)
+                h = (out.detach(),)
+            del out
+
+    def train_step(
+        self,
+        inputs: torch.Tensor | tuple,
+        target: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> list[float]:
+        """One optimiser step over all blocks; returns the per-block losses."""
+        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for loss in self.local_losses(inputs, target):
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            losses.append(loss.detach())
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        self.recipe.after_step(self)
+        return torch.stack(losses).tolist()
+
+    def extra_repr(self) -> str:
+        return f"model={self.plan.model}, num_blocks={self.num_blocks}, recipe={self.recipe.name!r}"
