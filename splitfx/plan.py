@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -83,7 +83,8 @@ class SplitPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
-        d = {k: v for k, v in asdict(self, dict_factory=_no_context).items()}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("blocks", "context")}
+        d["blocks"] = [asdict(b) for b in self.blocks]
         d["memory_ratio"] = self.memory_ratio
         return d
 
@@ -122,10 +123,6 @@ class SplitPlan:
         from .plot import plot_plan
 
         plot_plan(self, path)
-
-
-def _no_context(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {k: v for k, v in items if k != "context"}
 
 
 def _bytes(n: float) -> str:
@@ -183,6 +180,10 @@ def make_plan(
     G = probe.graph
     sched = schedule(G)
     num_classes = num_classes or _infer_num_classes(probe.outputs)
+    input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
+    # Only cuts whose tensor has a known layout can carry an aux head.
+    layouts = {c.node: infer_layout(c.shape, input_hw) for c in sched.cuts}
+    sched.cuts = [c for c in sched.cuts if layouts[c.node] is not None]
 
     if split_points is not None:
         chosen = sorted({_split_point_cut(p, sched, G, name) for p in split_points})
@@ -197,26 +198,32 @@ def make_plan(
     if num_blocks > 1 and num_classes is None:
         raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
 
-    input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
     boundaries = [
-        Boundary(-1, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], infer_layout(c.shape, input_hw),
+        Boundary(-1, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], layouts[c.node],
                  num_classes or 0, tuple(inputs[0].shape))
         for c in sched.cuts
     ] if num_blocks > 1 else []
+    # Each aux head and its loss is probed on the fake boundary tensor itself, so a storage the
+    # block already saves is not counted twice; the final loss is probed on the fake outputs.
+    fake_inputs = tuple(probe.fake(x) for x in inputs)
+    fake_target = probe.fake(torch.zeros(inputs[0].shape[0], dtype=torch.long, device=inputs[0].device))
     heads: dict[Any, nn.Module] = {}
     aux_saves, aux_flops, aux_params = [], [], []
     for cut, boundary in zip(sched.cuts, boundaries):
         key = recipe.head_key(boundary)
         if key not in heads:
-            heads[key] = recipe.make_head(boundary).to(inputs[0].device)
-        _, saves, flops = probe.run_module(heads[key], probe.values[cut.node])
+            heads[key] = _LocalLoss(recipe, recipe.make_head(boundary).to(inputs[0].device), fake_inputs)
+        _, saves, flops = probe.run_module(heads[key], probe.values[cut.node], fake_target)
         aux_saves.append(dict(saves))
         aux_flops.append(flops)
         aux_params.append(sum(p.numel() for p in heads[key].parameters()))
+    final_loss: dict[int, int] = {}
+    if num_classes is not None and isinstance(probe.outputs, torch.Tensor):
+        final_loss = dict(probe.run_module(nn.CrossEntropyLoss(), probe.outputs, fake_target)[1])
 
     n = len(sched.order)
     bounds = [0, *(c.position for c in sched.cuts), n]
-    extra = [{}, *aux_saves, {}]
+    extra = [{}, *aux_saves, final_loss]
     saves = [G.nodes[v]["saved"] for v in sched.order]
     memory = storage_cost(saves, G.graph["storages"], bounds, extra)
     flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
@@ -267,13 +274,24 @@ def make_plan(
         recipe=recipe.name,
         input_shapes=[list(x.shape) for x in inputs],
         blocks=blocks,
-        e2e_saved_bytes=int(sum(G.graph["storages"].values())),
+        e2e_saved_bytes=int(sum(G.graph["storages"].values()) + sum(final_loss.values())),
         local_peak_bytes=max(b.saved_bytes for b in blocks),
         total_params=sum(p.numel() for p in model.parameters()),
         legal_cuts=len(sched.cuts),
         positions=n,
         context=context,
     )
+
+
+class _LocalLoss(nn.Module):
+    """Aux head + recipe loss as one module, so the probe can swap in fake parameters."""
+
+    def __init__(self, recipe: Recipe, head: nn.Module, inputs: tuple):
+        super().__init__()
+        self.recipe, self.head, self.inputs = recipe, head, inputs
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.recipe.local_loss(self.head, features, target, self.inputs)
 
 
 def model_name(model: nn.Module) -> str:

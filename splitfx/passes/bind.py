@@ -20,7 +20,7 @@ def bind(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> 
     bound = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     out = bound.graph_copy(graph, env)
-    bound.output(out)
+    bound.output(out).meta.update(graph.output_node().meta)
     for node in bound.nodes:
         if node.op in ("get_attr", "call_module"):
             node.target = PREFIX + node.target

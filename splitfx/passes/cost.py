@@ -11,17 +11,27 @@ excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import networkx as nx
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+    unset_fake_temporarily,
+)
 from torch.func import functional_call
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..memory import SavedTensorMeter, storage_key
+from ..memory import SavedTensorMeter, state_keys, storage_key
+
+# What fake tensors cannot run; such nodes are probed on random real tensors instead.
+_FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 
 @dataclass
@@ -33,15 +43,33 @@ class Probe:
     values: dict[str, Any]
     exclude: set[int]
     outputs: Any = None
-    _fakes: dict[int, torch.Tensor] = field(default_factory=dict)
+    _fakes: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _keep: list = field(default_factory=list)
 
     def fake(self, t: torch.Tensor) -> torch.Tensor:
         """The fake twin of a real tensor (memoised, keeps ``requires_grad``)."""
-        fake = self._fakes.get(id(t))
-        if fake is None:
-            fake = self.fake_mode.from_tensor(t, static_shapes=True)
-            self._fakes[id(t)] = fake
-        return fake
+        hit = self._fakes.get(id(t))
+        if hit is None:
+            # Keep ``t`` alive with its twin: a freed tensor's id may be reused by another one.
+            hit = self._fakes[id(t)] = (t, self.fake_mode.from_tensor(t, static_shapes=True))
+        return hit[1]
+
+    def run_real(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run ``fn`` on random real tensors shaped like its fake arguments; fake outputs.
+
+        For what fake tensors cannot do (data-dependent Python in a leaf module). The real tensors
+        are kept alive so storage keys stay unique while probing."""
+        def real(v):
+            if not isinstance(v, FakeTensor):
+                return v
+            t = torch.randn(v.shape, dtype=v.dtype) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype)
+            return t.requires_grad_(v.requires_grad)
+
+        with unset_fake_temporarily():
+            args, kwargs = tree_map(real, (args, kwargs))
+            out = fn(*args, **kwargs)
+        self._keep.append((args, kwargs, out))
+        return tree_map(lambda v: self.fake(v) if isinstance(v, torch.Tensor) else v, out)
 
     def state(self, t: torch.Tensor) -> torch.Tensor:
         """The fake twin of a parameter or buffer: never counted as activation memory."""
@@ -85,7 +113,17 @@ class _ProbeInterpreter(fx.Interpreter):
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        return functional_call(module, self.probe.module_state(module), args, kwargs)
+        try:
+            return functional_call(module, self.probe.module_state(module), args, kwargs)
+        except _FAKE_LIMITS:
+            self.probe.exclude.update(state_keys([module]))
+            return self.probe.run_real(module, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        try:
+            return super().call_function(target, args, kwargs)
+        except _FAKE_LIMITS:
+            return self.probe.run_real(target, args, kwargs)
 
 
 def _tensor_bytes(value: Any) -> int:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import TraceError
 from .bind import bind
@@ -131,12 +132,26 @@ def _container_stack(node: fx.Node) -> list[str]:
     return stack[:-1] if node.op == "call_module" else stack
 
 
-def _signature(node: fx.Node) -> tuple:
+def _structure(node: fx.Node) -> tuple:
     target = str(node.target)
     if node.op == "get_attr" and target.startswith("_tensor_constant"):
         target = "_tensor_constant"  # numbered in creation order, which differs between traces
-    constants = fx.map_arg((node.args, node.kwargs), lambda _: None)  # e.g. dropout_p baked from self.training
-    return node.op, target, repr(constants)
+    return node.op, target, str(tree_flatten((node.args, node.kwargs))[1])
+
+
+def _constants(node: fx.Node) -> list[str]:
+    """The node's non-Node arguments, e.g. ``dropout_p`` or ``training`` baked from self.training."""
+    leaves = tree_flatten((node.args, node.kwargs))[0]
+    return [None if isinstance(v, fx.Node) else repr(v) for v in leaves]
+
+
+def _signature(node: fx.Node) -> tuple:
+    return *_structure(node), tuple(_constants(node))
+
+
+def _owner(node: fx.Node) -> str:
+    stack = _container_stack(node)
+    return stack[-1] if stack else ""
 
 
 def _scope_signatures(graph: fx.Graph) -> dict[str, list[tuple]]:
@@ -152,6 +167,41 @@ def _mode_dependent_scopes(train: fx.Graph, eval_: fx.Graph) -> set[str]:
     a, b = _scope_signatures(train), _scope_signatures(eval_)
     differing = {s for s in a.keys() | b.keys() if a.get(s) != b.get(s)}
     return {s for s in differing if not any(o != s and (s == "" or o.startswith(s + ".")) for o in differing)}
+
+
+def _reconcile(train: fx.Graph, eval_: fx.Graph) -> tuple[list[tuple[fx.Node, list[int]]], set[str]]:
+    """How to make the train-mode graph valid in both modes.
+
+    Returns (patches, scopes): a node whose only difference is a constant ``True`` in train and
+    ``False`` in eval (``F.dropout(x, training=self.training)``) is patched to read its module's
+    ``training`` flag at run time; any other difference makes the innermost module containing it
+    a leaf."""
+    a, b = list(train.nodes), list(eval_.nodes)
+    if len(a) != len(b) or any(_structure(x) != _structure(y) for x, y in zip(a, b)):
+        return [], _mode_dependent_scopes(train, eval_)
+    patches, scopes = [], set()
+    for x, y in zip(a, b):
+        ca, cb = _constants(x), _constants(y)
+        diff = [i for i, (u, v) in enumerate(zip(ca, cb)) if u != v]
+        if not diff:
+            continue
+        if all(ca[i] == "True" and cb[i] == "False" for i in diff):
+            patches.append((x, diff))
+        else:
+            scopes.add(_owner(x))
+    return patches, scopes
+
+
+def _read_training_flag(graph: fx.Graph, patches: list[tuple[fx.Node, list[int]]]) -> None:
+    for node, positions in patches:
+        owner = _owner(node)
+        with graph.inserting_before(node):
+            flag = graph.get_attr(f"{owner}.training" if owner else "training")
+        flag.meta = dict(node.meta)
+        leaves, spec = tree_flatten((node.args, node.kwargs))
+        for i in positions:
+            leaves[i] = flag
+        node.args, node.kwargs = tree_unflatten(leaves, spec)
 
 
 def _annotate_scopes(model: nn.Module, graph: fx.Graph) -> None:
@@ -190,8 +240,9 @@ def trace(
         for mode in (True, False):
             with training_mode(model, mode):
                 graphs[mode] = _trace_once(model, tracer_args, concrete)
-        scopes = _mode_dependent_scopes(graphs[True], graphs[False])
+        patches, scopes = _reconcile(graphs[True], graphs[False])
         if not scopes:
+            _read_training_flag(graphs[True], patches)
             break
         if "" in scopes or scopes & leaf_names:
             raise TraceError(

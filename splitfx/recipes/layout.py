@@ -20,8 +20,9 @@ def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
     return (1.0 if divides else 0.0) - ratio
 
 
-def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> str:
-    """Best guess of the layout of a boundary tensor of ``shape`` (batch first)."""
+def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> str | None:
+    """Best guess of the layout of a boundary tensor of ``shape`` (batch first); None if no layout
+    fits (e.g. swin's 6-D window partitions), in which case no aux head can be attached there."""
     if len(shape) == 2:
         return "NC"
     if len(shape) == 3:
@@ -30,7 +31,7 @@ def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) ->
         nchw = _spatial_fit(shape[2], shape[3], input_hw)
         nhwc = _spatial_fit(shape[1], shape[2], input_hw)
         return "NHWC" if nhwc > nchw else "NCHW"
-    raise ValueError(f"no aux head for a boundary tensor of rank {len(shape)} (shape {tuple(shape)})")
+    return None
 
 
 def channels(shape: Sequence[int], layout: str) -> int:

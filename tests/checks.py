@@ -1,0 +1,57 @@
+"""Assertions shared by the test modules: equality, gradient equality, gradient isolation."""
+from __future__ import annotations
+
+import torch
+
+import splitfx
+
+
+def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def assert_eval_equal(sm: splitfx.SplitModule, model: torch.nn.Module, x: torch.Tensor) -> None:
+    sm.eval()
+    with torch.no_grad():
+        ref, out = model(x), sm(x)
+        staged = x
+        for block in sm.blocks:
+            staged = block(staged)
+    assert torch.equal(out, ref)
+    assert torch.equal(staged, ref), "running the blocks one after another must equal the model"
+
+
+def assert_interleaved_equals_summed(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Backward after every block == one backward over the sum of all local losses (bit for bit)."""
+    sm.train()
+    torch.manual_seed(0)
+    sm.zero_grad(set_to_none=True)
+    for loss in sm.local_losses(x, y):
+        assert torch.isfinite(loss)
+        loss.backward()
+    interleaved = grads(sm)
+    torch.manual_seed(0)
+    sm.zero_grad(set_to_none=True)
+    torch.stack(list(sm.local_losses(x, y))).sum().backward()
+    summed = grads(sm)
+    assert interleaved.keys() == summed.keys()
+    assert interleaved, "no parameter received a gradient"
+    for name in interleaved:
+        assert torch.equal(interleaved[name], summed[name]), name
+
+
+def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Loss k reaches exactly block k's parameters and aux head k's parameters."""
+    sm.train()
+    names = {id(p): n for n, p in sm.named_parameters()}
+    for k in range(sm.num_blocks):
+        torch.manual_seed(0)
+        sm.zero_grad(set_to_none=True)
+        for i, loss in enumerate(sm.local_losses(x, y)):
+            if i == k:
+                loss.backward()
+        got = {n for n, p in sm.named_parameters() if p.grad is not None}
+        expected = {names[id(p)] for p in sm.block_parameters(k) if p.requires_grad}
+        if k < sm.num_blocks - 1:
+            expected |= {names[id(p)] for p in sm.heads[k].parameters()}
+        assert got == expected, f"block {k}: unexpected {sorted(got - expected)[:5]}, missing {sorted(expected - got)[:5]}"

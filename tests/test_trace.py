@@ -1,0 +1,114 @@
+"""Tracing: mode-independent graphs, scopes, concrete args, batch-size ints, clear errors."""
+import pytest
+import timm
+import torch
+from torch import nn
+
+import splitfx
+from splitfx.passes.trace import trace
+
+DROPPY = [
+    ("vit_tiny_patch16_224", 224, dict(drop_path_rate=0.2, attn_drop_rate=0.1, proj_drop_rate=0.1)),
+    ("convnext_atto", 64, dict(drop_path_rate=0.2)),
+    ("resnet18", 64, dict(drop_path_rate=0.2, drop_rate=0.2)),
+    ("levit_128s", 224, dict(drop_path_rate=0.2)),
+]
+
+
+@pytest.mark.parametrize("name,size,kwargs", DROPPY, ids=[d[0] for d in DROPPY])
+def test_train_traced_graph_matches_eager_in_both_modes(name, size, kwargs):
+    model = timm.create_model(name, num_classes=10, **kwargs).train()
+    x = torch.randn(2, 3, size, size)
+    gm = trace(model, (x,))
+    assert model.training and all(m.training for m in model.modules()), "trace must restore modes"
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        eager = model(x)
+        torch.manual_seed(1)
+        traced = gm(x)
+    assert torch.equal(traced, eager)
+
+
+def test_scopes_are_recorded():
+    model = timm.create_model("resnet18")
+    gm = trace(model, (torch.randn(1, 3, 32, 32),))
+    scopes = {n.name: n.meta["splitfx"] for n in gm.graph.nodes}
+    assert scopes["layer1_0_conv1"] == {"scope": "layer1.0.conv1", "cls": "Conv2d"}
+    assert scopes["add"] == {"scope": "layer1.0", "cls": "BasicBlock"}
+
+
+def test_optional_forward_args_are_concrete():
+    """ViT's attn_mask=None must not stay live through the graph: every block boundary is a cut."""
+    model = timm.create_model("vit_tiny_patch16_224", depth=4)
+    plan = splitfx.plan(model, torch.randn(1, 3, 224, 224), num_blocks=5)
+    assert plan.num_blocks == 5
+    assert plan.legal_cuts >= 4
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = DataDependent()
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.body(self.gate(self.stem(x))).mean((2, 3)))
+
+
+def test_untraceable_module_is_named_with_the_escape_hatch():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(splitfx.TraceError) as info:
+        splitfx.plan(Net(), x, num_blocks=2)
+    message = str(info.value)
+    assert "'gate'" in message and "DataDependent" in message and "leaf_modules=['gate']" in message
+    sm = splitfx.convert(Net(), x, num_blocks=2, leaf_modules=["gate"])
+    assert sm.num_blocks == 2
+    sm2 = splitfx.convert(Net(), x, num_blocks=2, leaf_modules=[DataDependent])
+    assert any(n.op == "call_module" and n.target == "model.gate" for n in sm2.traced.graph.nodes)
+
+
+def test_unknown_leaf_name_is_an_error():
+    with pytest.raises(splitfx.TraceError, match="nope"):
+        splitfx.plan(Net(), torch.randn(1, 3, 8, 8), leaf_modules=["nope"])
+
+
+class Reshaper(nn.Module):
+    """Computes the batch size once at the top and uses it at the very end (as CoaT does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.c = nn.Linear(6, 6)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        x = torch.relu(self.a(x))
+        x = torch.relu(self.b(x))
+        x = torch.relu(self.c(x))
+        return self.head(x.reshape(batch, -1))
+
+
+def test_batch_size_ints_are_recomputed_across_cuts():
+    model = Reshaper()
+    sm = splitfx.convert(model, torch.randn(2, 4, 6), num_blocks=3)
+    assert any("size" in b.code for b in sm.blocks[1:])
+    x = torch.randn(5, 4, 6)  # another batch size than the one traced with
+    staged = x
+    for block in sm.blocks:
+        staged = block(staged)
+    assert torch.equal(staged, model(x))
