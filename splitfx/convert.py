@@ -33,7 +33,7 @@ def convert(
     block (default cross-entropy)."""
     if plan is None:
         plan = make_plan(model, example_inputs, num_blocks, method, split_points, recipe, num_classes, leaf_modules)
-    elif plan.context.model is not model:
+    elif plan.context is None or plan.context.model is not model:
         raise ValueError("plan= was made for another model object; plan and convert the same model.")
     ctx = plan.context
     cuts = [None, *ctx.cuts, None]

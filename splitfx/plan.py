@@ -75,7 +75,7 @@ class SplitPlan:
     total_params: int
     legal_cuts: int
     positions: int
-    context: PlanContext = field(repr=False, compare=False)
+    context: PlanContext | None = field(default=None, repr=False, compare=False)
 
     @property
     def memory_ratio(self) -> float:
@@ -122,6 +122,8 @@ class SplitPlan:
         """Write the picture of this plan (PNG/SVG/PDF by extension)."""
         from .plot import plot_plan
 
+        if self.context is None:
+            raise PlanError("this plan was detached from its graph (SplitModule.plan); plot the plan splitfx.plan returned")
         plot_plan(self, path)
 
 

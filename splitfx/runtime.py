@@ -7,6 +7,7 @@ then block k+1. Only one block's activations are alive at a time.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -37,12 +38,17 @@ class SplitModule(nn.Module):
         ctx = plan.context
         self.model = ctx.model
         self.heads = nn.ModuleList(heads)
-        self.plan = plan
+        self.plan = replace(plan, context=None)  # the fake-tensor probe is not needed any more
         self.recipe: Recipe = ctx.recipe
         self.loss_fn = loss_fn
         # Not registered as submodules: they only reference ``self.model``, which already is one.
         object.__setattr__(self, "traced", ctx.gm)
         object.__setattr__(self, "blocks", tuple(blocks))
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._block_param_names = [
+            [names[id(p)] for p in block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))]
+            for b in plan.blocks
+        ]
 
     @property
     def num_blocks(self) -> int:
@@ -55,9 +61,7 @@ class SplitModule(nn.Module):
 
     def block_parameters(self, k: int) -> list[nn.Parameter]:
         """Backbone parameters trained by block ``k``'s loss (its aux head's are in ``heads[k]``)."""
-        ctx = self.plan.context
-        b = self.plan.blocks[k]
-        return block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))
+        return [self.model.get_parameter(name) for name in self._block_param_names[k]]
 
     def local_losses(self, inputs: torch.Tensor | tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
