@@ -37,11 +37,14 @@ def convert(
         raise ValueError("plan= was made for another model object; plan and convert the same model.")
     ctx = plan.context
     cuts = [None, *ctx.cuts, None]
-    blocks = [
-        emit_block(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end, cuts[k], cuts[k + 1], k)
-        for k, b in enumerate(plan.blocks)
-    ]
+    def blocks(detach: bool) -> list:
+        return [
+            emit_block(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end, cuts[k], cuts[k + 1], k, detach)
+            for k, b in enumerate(plan.blocks)
+        ]
+
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")
-    heads = [ctx.recipe.make_head(b).to(device).train(model.training) for b in ctx.boundaries]
-    return SplitModule(plan, blocks, heads, loss_fn or nn.CrossEntropyLoss())
+    heads = [ctx.recipe.make_head(b, ctx.graph).to(device).train(model.training) for b in ctx.boundaries]
+    attached = blocks(False) if ctx.recipe.cascade else []
+    return SplitModule(plan, blocks(True), heads, loss_fn or nn.CrossEntropyLoss(), attached)

@@ -17,7 +17,8 @@ from .passes.cuts import Cut, Schedule, schedule
 from .passes.emit import block_nodes, block_parameters
 from .passes.partition import additive_cost, min_max_partition, storage_cost
 from .passes.trace import LeafSpec, trace
-from .recipes import Boundary, Recipe, get_recipe
+from .passes.units import find_units
+from .recipes import Boundary, GraphInfo, Recipe, get_recipe
 from .recipes.layout import infer_layout
 
 METHODS = ("memory", "flops", "params", "uniform")
@@ -58,6 +59,7 @@ class PlanContext:
     boundaries: list[Boundary]
     cuts: list[Cut]
     num_classes: int | None
+    graph: GraphInfo
 
 
 @dataclass
@@ -177,6 +179,8 @@ def make_plan(
     if method not in METHODS:
         raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
     recipe = get_recipe(recipe)
+    if not recipe.split:
+        num_blocks, split_points = 1, None
     gm = trace(model, inputs, leaf_modules)
     probe = cost_pass.probe(gm, inputs)
     G = probe.graph
@@ -197,14 +201,17 @@ def make_plan(
             f"{name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
             f"{len(sched.cuts) + 1} (asked for {num_blocks})."
         )
+    if num_blocks == 1:
+        sched.cuts = []  # one block: nothing to place, no aux head to probe
     if num_blocks > 1 and num_classes is None:
         raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
 
     boundaries = [
-        Boundary(-1, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], layouts[c.node],
-                 num_classes or 0, tuple(inputs[0].shape))
+        Boundary(0, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], layouts[c.node],
+                 num_classes or 0, tuple(inputs[0].shape), c.position)
         for c in sched.cuts
-    ] if num_blocks > 1 else []
+    ]
+    graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units and sched.cuts else [])
     # Each aux head and its loss is probed on the fake boundary tensor itself, so a storage the
     # block already saves is not counted twice; the final loss is probed on the fake outputs.
     fake_inputs = tuple(probe.fake(x) for x in inputs)
@@ -214,7 +221,7 @@ def make_plan(
     for cut, boundary in zip(sched.cuts, boundaries):
         key = recipe.head_key(boundary)
         if key not in heads:
-            heads[key] = _LocalLoss(recipe, recipe.make_head(boundary).to(inputs[0].device), fake_inputs)
+            heads[key] = _LocalLoss(recipe, recipe.make_head(boundary, graph).to(inputs[0].device), fake_inputs)
         _, saves, flops = probe.run_module(heads[key], probe.values[cut.node], fake_target)
         aux_saves.append(dict(saves))
         aux_flops.append(flops)
@@ -228,6 +235,7 @@ def make_plan(
     extra = [{}, *aux_saves, final_loss]
     saves = [G.nodes[v]["saved"] for v in sched.order]
     memory = storage_cost(saves, G.graph["storages"], bounds, extra)
+    backbone = storage_cost(saves, G.graph["storages"], bounds)
     flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
     if split_points is not None:
         chosen_bounds = [i + 1 for i in chosen]
@@ -254,7 +262,7 @@ def make_plan(
             index=k,
             modules=modules,
             params=sum(p.numel() for p in block_parameters(gm, nodes)),
-            saved_bytes=int(memory[i, j]),
+            saved_bytes=int(memory[i, j] + (_cascade_extra(memory, backbone, path, k) if recipe.cascade else 0)),
             aux_saved_bytes=0 if last else int(sum(aux_saves[j - 1].values())),
             flops=int(flops[i, j]),
             aux_flops=0 if last else int(aux_flops[j - 1]),
@@ -267,7 +275,7 @@ def make_plan(
     context = PlanContext(
         model, gm, probe, sched, recipe,
         [replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])],
-        chosen_cuts, num_classes,
+        chosen_cuts, num_classes, graph,
     )
     return SplitPlan(
         model=model_name(model),
@@ -283,6 +291,14 @@ def make_plan(
         positions=n,
         context=context,
     )
+
+
+def _cascade_extra(memory: np.ndarray, backbone: np.ndarray, path: list[int], k: int) -> float:
+    """A cascade step also holds block k once more (second path) and block k-1's activations."""
+    i, j = path[k], path[k + 1]
+    if k == 0:
+        return memory[i, j] - backbone[i, j]
+    return memory[i, j] + backbone[path[k - 1], i]
 
 
 class _LocalLoss(nn.Module):

@@ -33,6 +33,7 @@ class SplitModule(nn.Module):
         blocks: Sequence[fx.GraphModule],
         heads: Sequence[nn.Module],
         loss_fn: LossFn,
+        attached_blocks: Sequence[fx.GraphModule] = (),
     ):
         super().__init__()
         ctx = plan.context
@@ -44,6 +45,7 @@ class SplitModule(nn.Module):
         # Not registered as submodules: they only reference ``self.model``, which already is one.
         object.__setattr__(self, "traced", ctx.gm)
         object.__setattr__(self, "blocks", tuple(blocks))
+        object.__setattr__(self, "attached_blocks", tuple(attached_blocks))  # no input detach
         names = {id(p): n for n, p in self.model.named_parameters()}
         self._block_param_names = [
             [names[id(p)] for p in block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))]
@@ -68,16 +70,7 @@ class SplitModule(nn.Module):
         to keep only one block's activations alive; summing them and calling ``backward`` once gives
         the same gradients."""
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        h = inputs
-        last = self.num_blocks - 1
-        for k, block in enumerate(self.blocks):
-            out = block(*h)
-            if k == last:
-                yield self.loss_fn(out, target)
-            else:
-                yield self.recipe.local_loss(self.heads[k], out, target, inputs)
-                h = (out.detach(),)
-            del out
+        yield from self.recipe.losses(self, inputs, target)
 
     def train_step(
         self,

@@ -85,9 +85,11 @@ def emit_block(
     cut_in: Cut | None,
     cut_out: Cut | None,
     index: int,
+    detach_input: bool = True,
 ) -> fx.GraphModule:
     """Block ``index`` running ``sched.order[start:end]`` between cuts ``cut_in`` and ``cut_out``
-    (``None`` at the model's own inputs and outputs)."""
+    (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the variant that
+    lets gradient through to the previous block (cascade recipes)."""
     nodes = block_nodes(gm, G, sched, start, end)
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
@@ -95,7 +97,8 @@ def emit_block(
     if cut_in is not None:
         src = by_name[cut_in.node]
         x = graph.placeholder(src.name)
-        x = graph.call_method("detach", (x,))
+        if detach_input:
+            x = graph.call_method("detach", (x,))
         if any(writes_input_in_place(gm, u, src) for u in src.users if u in nodes):
             x = graph.call_method("clone", (x,))
         env[src] = x
@@ -110,4 +113,4 @@ def emit_block(
             env[n] = graph.node_copy(n, env.__getitem__)
     if cut_out is not None:
         graph.output(env[by_name[cut_out.node]])
-    return attach(gm.get_submodule("model"), graph, f"Block{index}")
+    return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}")

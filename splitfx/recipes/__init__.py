@@ -1,10 +1,17 @@
-"""Local-learning recipes, selected by name in ``convert(..., recipe=...)``."""
+"""Local-learning recipes, selected by name in ``convert(..., recipe=...)`` and on the CLI."""
 from __future__ import annotations
 
-from .base import Boundary, Recipe
-from .linear import Linear
+from .auglocal import AugLocal
+from .base import Boundary, GraphInfo, Recipe
+from .cascade import HPFF, MLAAN
+from .dgl import DGL
+from .infopro import InfoPro, InfoProSupCon
+from .man import MAN
+from .simple import E2E, Linear
 
-RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Linear,)}
+RECIPES: dict[str, type[Recipe]] = {
+    cls.name: cls for cls in (E2E, Linear, DGL, InfoPro, InfoProSupCon, AugLocal, MAN, HPFF, MLAAN)
+}
 
 
 def get_recipe(recipe: str | Recipe) -> Recipe:
@@ -17,4 +24,4 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}") from None
 
 
-__all__ = ["Boundary", "Recipe", "RECIPES", "get_recipe"]
+__all__ = ["Boundary", "GraphInfo", "Recipe", "RECIPES", "get_recipe"]

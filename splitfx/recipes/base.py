@@ -1,12 +1,16 @@
-"""What a local-learning recipe is: aux-head generator + local loss + per-step hooks."""
+"""What a local-learning recipe is: aux-head generator, local loss, training loop, per-step hooks."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..passes.units import Unit
+    from ..runtime import SplitModule
 
 
 @dataclass(frozen=True)
@@ -20,23 +24,64 @@ class Boundary:
     layout: str
     num_classes: int
     input_shape: tuple
+    position: int = 0  # where the cut is in the ordered graph
+
+    @property
+    def depth(self) -> float:
+        """0 at the first cut, 1 at the last (for per-depth schedules)."""
+        return self.index / (self.num_blocks - 2) if self.num_blocks > 2 else 0.0
+
+
+@dataclass
+class GraphInfo:
+    """What recipes that copy the model's own layers may look at."""
+
+    model: nn.Module
+    units: list["Unit"] = field(default_factory=list)
+
+    def units_after(self, position: int) -> list["Unit"]:
+        return [u for u in self.units if u.start >= position]
 
 
 class Recipe:
-    """Base recipe: one aux head per non-final block, cross-entropy on its logits."""
+    """A recipe: one aux head per non-final block, a local loss, and the per-step loop.
+
+    The default loop runs block k on the detached output of block k-1, yields its loss, and moves
+    on; ``reaches(k)`` says which blocks loss k trains (gradient isolation as the method defines it)."""
 
     name = "base"
     paper = ""
+    split = True  # False: the model is one block (E2E)
+    cascade = False  # True: loss k also runs block k-1 on its input (needs blocks without detach)
+    needs_units = False  # True: make_head copies the model's own layers
 
-    def make_head(self, boundary: Boundary) -> nn.Module:
+    def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         raise NotImplementedError
 
     def head_key(self, boundary: Boundary) -> Hashable:
         """Boundaries with equal keys get structurally identical heads (the planner probes one)."""
-        return boundary.shape, boundary.layout
+        return boundary.shape, boundary.layout, boundary.index if self.needs_units else None
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         return F.cross_entropy(head(features), target)
 
-    def after_step(self, split_module: Any) -> None:
-        """Called once after each optimizer step (EMA updates live here)."""
+    def reaches(self, k: int) -> tuple[int, ...]:
+        return (k,)
+
+    def losses(self, sm: "SplitModule", inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+        h = inputs
+        last = sm.num_blocks - 1
+        for k, block in enumerate(sm.blocks):
+            out = block(*h)
+            if k == last:
+                yield sm.loss_fn(out, target)
+            else:
+                yield self.local_loss(sm.heads[k], out, target, inputs)
+                h = (out.detach(),)
+            del out
+
+    def after_step(self, sm: "SplitModule") -> None:
+        """Called once after each optimizer step: EMA copies follow their backbone layers."""
+        for head in sm.heads:
+            for ema, source in getattr(head, "ema_sources", lambda: ())():
+                ema.update(sm.model.get_submodule(source))

@@ -1,0 +1,30 @@
+"""The baselines: ``e2e`` (no split) and ``linear`` (pool + one Linear per cut)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Boundary, GraphInfo, Recipe
+from .heads import PoolLinear
+from .layout import channels
+
+
+class E2E(Recipe):
+    """Ordinary end-to-end backpropagation through the whole model, behind the same API (one block)."""
+
+    name = "e2e"
+    paper = "baseline"
+    split = False
+
+
+class Linear(Recipe):
+    """Global average pool + one Linear per cut: the cheapest supervised head.
+
+    Paper: the greedy layer-wise baseline (Belilovsky et al., ICML 2019, "Greedy layerwise learning
+    can scale to ImageNet") reduced to a linear probe. Departure: no hidden layers at all; it is
+    splitfx's default because it costs almost no memory or FLOPs."""
+
+    name = "linear"
+    paper = "Belilovsky et al. 2019, linear-probe variant"
+
+    def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
+        return PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), boundary.num_classes)

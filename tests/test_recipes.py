@@ -1,0 +1,79 @@
+"""Every recipe: a local step with finite losses, isolation as the method defines it, eval parity."""
+import pytest
+import timm
+import torch
+
+import splitfx
+from splitfx.passes.units import EMA
+from checks import assert_eval_equal
+
+MODELS = {
+    "resnet18": (dict(), 64),
+    "convnext_atto": (dict(), 64),
+    "vit_tiny_patch16_224": (dict(img_size=96), 96),
+}
+RECIPES = sorted(set(splitfx.RECIPES) - {"e2e"})
+
+
+def _setup(name, recipe, num_blocks=4):
+    kwargs, size = MODELS[name]
+    model = timm.create_model(name, num_classes=10, **kwargs)
+    x, y = torch.randn(4, 3, size, size), torch.randint(0, 10, (4,))
+    return model, x, y, splitfx.convert(model, x, num_blocks=num_blocks, recipe=recipe)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_recipe_step_isolation_and_parity(name, recipe):
+    model, x, y, sm = _setup(name, recipe)
+    assert sm.num_blocks == 4
+    names = {id(p): n for n, p in sm.named_parameters()}
+    for k in range(sm.num_blocks):
+        sm.train()
+        sm.zero_grad(set_to_none=True)
+        for i, loss in enumerate(sm.local_losses(x, y)):
+            assert torch.isfinite(loss), (k, i)
+            if i == k:
+                loss.backward()
+        got = {n for n, p in sm.named_parameters() if p.grad is not None}
+        expected = {names[id(p)] for b in sm.recipe.reaches(k) for p in sm.block_parameters(b)}
+        if k < sm.num_blocks - 1:
+            expected |= {names[id(p)] for p in sm.heads[k].parameters()}
+        assert got == expected, f"loss {k}: extra {sorted(got - expected)[:4]} missing {sorted(expected - got)[:4]}"
+    opt = torch.optim.SGD(sm.parameters(), lr=0.01)
+    assert all(torch.isfinite(torch.tensor(sm.train_step(x, y, opt))))
+    assert_eval_equal(sm, model, x)
+
+
+def test_e2e_is_one_block_with_the_same_api():
+    model, x, y, sm = _setup("resnet18", "e2e")
+    assert sm.num_blocks == 1 and len(sm.heads) == 0
+    (loss,) = list(sm.local_losses(x, y))
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("recipe", ["man", "mlaan"])
+def test_every_ema_copy_moves_and_none_is_optimised(recipe):
+    model, x, y, sm = _setup("resnet18", recipe)
+    emas = [m for m in sm.heads.modules() if isinstance(m, EMA)]
+    assert len(emas) == sm.num_blocks - 1
+    opt = torch.optim.SGD(sm.parameters(), lr=0.1)
+    optimised = {id(p) for group in opt.param_groups for p in group["params"]}
+    ema_tensors = [t for e in emas for t in e.state_dict().values()]
+    assert not optimised & {id(t) for t in ema_tensors}
+    before = [[b.clone() for b in e.module.buffers() if b.is_floating_point()] for e in emas]
+    sm.train_step(x, y, opt)
+    for e, old in zip(emas, before):
+        new = [b for b in e.module.buffers() if b.is_floating_point()]
+        assert any(not torch.equal(a, b) for a, b in zip(old, new)), "EMA copy did not move"
+    assert all(any(k.startswith(f"heads.{i}.") and "ema" in k for k in sm.state_dict()) for i in range(3))
+
+
+def test_ema_momentum_of_one_is_rejected():
+    with pytest.raises(ValueError, match="never move"):
+        EMA(torch.nn.Linear(2, 2), momentum=1.0)
+
+
+def test_unknown_recipe_lists_the_choices():
+    with pytest.raises(ValueError, match="infopro"):
+        splitfx.convert(torch.nn.Linear(2, 2), torch.randn(1, 2), recipe="nope")
