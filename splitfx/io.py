@@ -16,6 +16,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix=".splitfx-", suffix=suffix, dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result should not be
     try:
         yield tmp
         os.replace(tmp, path)

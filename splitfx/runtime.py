@@ -78,11 +78,21 @@ class SplitModule(nn.Module):
         target: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> list[float]:
-        """One optimiser step over all blocks; returns the per-block losses."""
+        """One optimiser step over all blocks; returns the per-block losses.
+
+        ``autocast_dtype`` runs each block's forward and loss under ``torch.autocast`` (backward
+        outside it, as autocast recommends); pair float16 with a ``GradScaler``."""
         optimizer.zero_grad(set_to_none=True)
         losses = []
-        for loss in self.local_losses(inputs, target):
+        device = (inputs[0] if isinstance(inputs, tuple) else inputs).device.type
+        steps = self.local_losses(inputs, target)
+        while True:
+            with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = next(steps, None)
+            if loss is None:
+                break
             (scaler.scale(loss) if scaler is not None else loss).backward()
             losses.append(loss.detach())
         if scaler is not None:

@@ -1,0 +1,59 @@
+"""``splitfx accuracy``: E2E vs every recipe at several K on the same data, epochs and seed."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Sequence
+
+from .io import atomic_path
+from .train import TrainConfig, train
+
+
+def run(
+    models: Sequence[str],
+    recipes: Sequence[str],
+    blocks: Sequence[int],
+    base: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """One training run per (model, recipe, K); ``e2e`` runs once per model."""
+    rows = []
+    for model in models:
+        for recipe in recipes:
+            for k in ([1] if recipe == "e2e" else blocks):
+                config = replace(base, model=model, recipe=recipe, blocks=k)
+                result = train(config, log=lambda _: None)
+                last = result.history[-1]
+                rows.append({
+                    "model": model, "recipe": recipe, "blocks": result.trained_blocks,
+                    "accuracy": last.test_accuracy,
+                    "peak_saved_mib": max(h.peak_saved_bytes for h in result.history) / 2**20,
+                    "e2e_saved_mib": result.e2e_saved_bytes / 2**20,
+                    "seconds_per_epoch": sum(h.seconds for h in result.history) / len(result.history),
+                })
+                log(f"{model:>24} {recipe:>15} K={result.trained_blocks}: {100 * last.test_accuracy:.2f} %")
+    return rows
+
+
+def markdown(rows: list[dict], blocks: Sequence[int]) -> str:
+    """Per model: one row per recipe, test accuracy (and peak saved MiB) per K."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        e2e = next((r for r in mine if r["recipe"] == "e2e"), None)
+        out.append(f"### {model}\n")
+        out.append("| recipe | " + " | ".join(f"K={k}" for k in blocks) + " |")
+        out.append("|---|" + "---|" * len(blocks))
+        for recipe in dict.fromkeys(r["recipe"] for r in mine):
+            cells = []
+            for k in blocks:
+                hit = [r for r in mine if r["recipe"] == recipe and (r["blocks"] == k or recipe == "e2e")]
+                cells.append(f"{100 * hit[0]['accuracy']:.2f} % ({hit[0]['peak_saved_mib']:.1f} MiB)" if hit else "–")
+            out.append(f"| {recipe} | " + " | ".join(cells) + " |")
+        if e2e is not None:
+            out.append(f"\nE2E saves {e2e['peak_saved_mib']:.1f} MiB of activations per step.\n")
+    return "\n".join(out)
+
+
+def write(path: str, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text + "\n")
