@@ -23,6 +23,17 @@ def _add_model_args(p: argparse.ArgumentParser, blocks: int = 4) -> None:
                    help="cut right after these modules instead of balancing (overrides --blocks)")
     p.add_argument("--recipe", default="linear", help="aux-head recipe whose heads are costed (default %(default)s)")
     p.add_argument("--leaf", nargs="+", default=[], metavar="MODULE", help="module names to keep opaque when tracing")
+    p.add_argument("--replace", nargs="+", metavar="N|MODULE",
+                   help="RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
+                        "or the blocks named; their weights are synthesised from their neighbours")
+    p.add_argument("--replace-mode", default="tensor", choices=("tensor", "channel"),
+                   help="RepL fusion coefficients: one (a, b) per tensor or per output channel (default %(default)s)")
+
+
+def _replace_arg(values: list[str] | None) -> int | list[str] | None:
+    if values and len(values) == 1 and values[0].isdigit():
+        return int(values[0])
+    return values
 
 
 def _example(model, args):
@@ -40,7 +51,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     model = create_model(args.model)
     p = make_plan(model, _example(model, args), args.blocks, args.method, args.split_points, args.recipe,
-                  leaf_modules=args.leaf)
+                  leaf_modules=args.leaf, replace=_replace_arg(args.replace), replace_mode=args.replace_mode)
     if args.json:
         print(p.to_json())
     else:
@@ -89,7 +100,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=32, help="square input size; digits are upsampled to it (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, constant (default %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, ×0.8 after every epoch (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default %(default)s)")
     p.add_argument("--recipe", default="infopro", choices=sorted(RECIPES), help="local-learning recipe (default %(default)s)")
 

@@ -25,14 +25,17 @@ def convert(
     loss_fn: LossFn | None = None,
     num_classes: int | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
+    replace: int | Sequence[str] | None = None,
+    replace_mode: str = "tensor",
 ) -> SplitModule:
     """Split ``model`` into ``num_blocks`` gradient-isolated blocks with generated aux heads.
 
     ``plan`` reuses a :func:`splitfx.plan` result for this same model (its recipe wins). The blocks
     share ``model``'s module objects; nothing is copied. ``loss_fn(output, target)`` trains the last
-    block (default cross-entropy)."""
+    block (default cross-entropy). ``replace`` turns on RepL fusion (see :func:`splitfx.plan`)."""
     if plan is None:
-        plan = make_plan(model, example_inputs, num_blocks, method, split_points, recipe, num_classes, leaf_modules)
+        plan = make_plan(model, example_inputs, num_blocks, method, split_points, recipe, num_classes, leaf_modules,
+                         replace, replace_mode)
     elif plan.context is None or plan.context.model is not model:
         raise ValueError("plan= was made for another model object; plan and convert the same model.")
     ctx = plan.context

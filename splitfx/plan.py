@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from .passes.cuts import Cut, Schedule, schedule
 from .passes.emit import block_nodes, block_parameters
 from .passes.partition import additive_cost, min_max_partition, storage_cost
 from .passes.trace import LeafSpec, trace
+from .passes.replace import Replacement, choose, fuse, identical_runs
 from .passes.units import find_units
 from .recipes import Boundary, GraphInfo, Recipe, get_recipe
 from .recipes.layout import infer_layout
@@ -77,6 +79,10 @@ class SplitPlan:
     total_params: int
     legal_cuts: int
     positions: int
+    replaced: list[str]  # RepL: blocks whose weights are synthesised from their neighbours
+    replace_skipped: dict[str, str]  # RepL candidates not replaced, and why
+    trainable_params_before: int  # before RepL
+    trainable_params: int  # after RepL (fusion coefficients included)
     context: PlanContext | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -116,6 +122,15 @@ class SplitPlan:
             f"predicted peak saved activations: E2E {_bytes(self.e2e_saved_bytes)}, "
             f"local {_bytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
         )
+        if self.replaced or self.replace_skipped:
+            cut = 1 - self.trainable_params / max(self.trainable_params_before, 1)
+            lines.append(f"RepL replaced: {', '.join(self.replaced) or 'none'}; trainable parameters "
+                         f"{_count(self.trainable_params_before)} → {_count(self.trainable_params)} ({100 * cut:.1f} % fewer)")
+            reasons: dict[str, list[str]] = {}
+            for name, why in self.replace_skipped.items():
+                reasons.setdefault(why, []).append(name)
+            for why, names in reasons.items():
+                lines.append(f"  not replaced ({why}): {', '.join(names)}")
         return "\n".join(lines)
 
     __str__ = table
@@ -172,8 +187,13 @@ def make_plan(
     recipe: str | Recipe = "linear",
     num_classes: int | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
+    replace: int | Sequence[str] | None = None,
+    replace_mode: str = "tensor",
 ) -> SplitPlan:
-    """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks."""
+    """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks.
+
+    ``replace`` turns on RepL fusion (:mod:`splitfx.passes.replace`): every n-th interior block of
+    each run of identical blocks, or the blocks named; ``replace_mode`` is "tensor" or "channel"."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     name = type(model).__name__
     if method not in METHODS:
@@ -181,15 +201,29 @@ def make_plan(
     recipe = get_recipe(recipe)
     if not recipe.split:
         num_blocks, split_points = 1, None
+    trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
     gm = trace(model, inputs, leaf_modules)
     probe = cost_pass.probe(gm, inputs)
+    sched = schedule(probe.graph)
+    replacement = Replacement()
+    if replace is not None:
+        units = find_units(model, probe, sched)
+        replacement = choose(identical_runs(model, probe, sched, units), replace)
+        if replacement.replaced:
+            fuse(gm, model, probe, sched, replacement, units, replace_mode)
+            probe = cost_pass.probe(gm, inputs)
+            sched = schedule(probe.graph)
     G = probe.graph
-    sched = schedule(G)
     num_classes = num_classes or _infer_num_classes(probe.outputs)
     input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
-    # Only cuts whose tensor has a known layout can carry an aux head.
+    # Only cuts whose tensor has a known layout can carry an aux head, and a replaced block stays
+    # in one local block with both neighbours it is synthesised from.
     layouts = {c.node: infer_layout(c.shape, input_hw) for c in sched.cuts}
-    sched.cuts = [c for c in sched.cuts if layouts[c.node] is not None]
+    together = [_span(sched, G, triple) for triple in replacement.triples]
+    sched.cuts = [
+        c for c in sched.cuts
+        if layouts[c.node] is not None and not any(lo < c.position <= hi for lo, hi in together)
+    ]
 
     if split_points is not None:
         chosen = sorted({_split_point_cut(p, sched, G, name) for p in split_points})
@@ -274,7 +308,7 @@ def make_plan(
     chosen_cuts = [sched.cuts[j - 1] for j in path[1:-1]]
     context = PlanContext(
         model, gm, probe, sched, recipe,
-        [replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])],
+        [dataclasses.replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])],
         chosen_cuts, num_classes, graph,
     )
     return SplitPlan(
@@ -289,8 +323,20 @@ def make_plan(
         total_params=sum(p.numel() for p in model.parameters()),
         legal_cuts=len(sched.cuts),
         positions=n,
+        replaced=replacement.replaced,
+        replace_skipped=replacement.skipped,
+        trainable_params_before=trainable_before,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad)
+        + sum(p.numel() for p in getattr(gm, "repl", nn.Module()).parameters()),
         context=context,
     )
+
+
+def _span(sched: Schedule, G, names: Sequence[str]) -> tuple[int, int]:
+    """First and last order position of the nodes of the modules ``names``."""
+    inside = [i for i, n in enumerate(sched.order)
+              if any(G.nodes[n]["scope"] == m or G.nodes[n]["scope"].startswith(m + ".") for m in names)]
+    return inside[0], inside[-1]
 
 
 def _cascade_extra(memory: np.ndarray, backbone: np.ndarray, path: list[int], k: int) -> float:

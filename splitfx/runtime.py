@@ -39,6 +39,7 @@ class SplitModule(nn.Module):
         ctx = plan.context
         self.model = ctx.model
         self.heads = nn.ModuleList(heads)
+        self.repl = getattr(ctx.gm, "repl", nn.ModuleDict())  # RepL surrogates: fusion coefficients
         self.plan = replace(plan, context=None)  # the fake-tensor probe is not needed any more
         self.recipe: Recipe = ctx.recipe
         self.loss_fn = loss_fn
@@ -46,7 +47,7 @@ class SplitModule(nn.Module):
         object.__setattr__(self, "traced", ctx.gm)
         object.__setattr__(self, "blocks", tuple(blocks))
         object.__setattr__(self, "attached_blocks", tuple(attached_blocks))  # no input detach
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = {id(p): n for n, p in self.named_parameters()}
         self._block_param_names = [
             [names[id(p)] for p in block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))]
             for b in plan.blocks
@@ -62,8 +63,9 @@ class SplitModule(nn.Module):
         return self.traced(*inputs)
 
     def block_parameters(self, k: int) -> list[nn.Parameter]:
-        """Backbone parameters trained by block ``k``'s loss (its aux head's are in ``heads[k]``)."""
-        return [self.model.get_parameter(name) for name in self._block_param_names[k]]
+        """Backbone parameters (RepL coefficients included) trained by block ``k``'s loss; its aux
+        head's are in ``heads[k]``."""
+        return [self.get_parameter(name) for name in self._block_param_names[k]]
 
     def local_losses(self, inputs: torch.Tensor | tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
@@ -102,6 +104,15 @@ class SplitModule(nn.Module):
             optimizer.step()
         self.recipe.after_step(self)
         return torch.stack(losses).tolist()
+
+    def materialize(self) -> nn.Module:
+        """Write every RepL block's synthesised weights into its own parameters and make them
+        trainable again: ``self.model`` is an ordinary model (for export and ``state_dict``)."""
+        for surrogate in self.repl.values():
+            surrogate.materialize()
+            for p in self.model.get_submodule(surrogate.names[1]).parameters():
+                p.requires_grad_(True)
+        return self.model
 
     def extra_repr(self) -> str:
         return f"model={self.plan.model}, num_blocks={self.num_blocks}, recipe={self.recipe.name!r}"

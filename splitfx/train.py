@@ -1,9 +1,10 @@
 """``splitfx train``: local training of a converted model, with checkpoints that resume bit-exactly.
 
 Determinism: the data order of epoch e comes from a generator seeded with (seed, e), the global
-RNG state is saved with every checkpoint, and the learning rate is constant (a schedule over
-``--epochs`` would make a 1-epoch run differ from the first epoch of a 2-epoch one), so training 2
-epochs equals training 1, resuming, and training 1 more (on CPU, where kernels are deterministic).
+RNG state is saved with every checkpoint, and the learning rate decays by a fixed factor per epoch
+(a schedule over ``--epochs``, such as cosine, would make a 1-epoch run differ from the first epoch
+of a 2-epoch one), so training 2 epochs equals training 1, resuming, and training 1 more (on CPU,
+where kernels are deterministic).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False
     lr: float = 2e-3
+    lr_decay: float = 0.8  # per epoch; independent of ``epochs`` so a resumed run equals a straight one
     weight_decay: float = 0.05
     seed: int = 0
 
@@ -93,12 +95,13 @@ def evaluate(sm: SplitModule, dataset, batch: int, device: str) -> float:
     return correct / len(dataset)
 
 
-def _save(path: str, sm: SplitModule, opt, scaler, config: TrainConfig, epoch: int, result: TrainResult) -> None:
+def _save(path: str, sm: SplitModule, opt, sched, scaler, config: TrainConfig, epoch: int, result: TrainResult) -> None:
     state = {
         "config": asdict(config),
         "epoch": epoch,
         "model": sm.state_dict(),
         "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -131,6 +134,7 @@ def train(
     example = torch.stack([train_set[i][0] for i in range(config.batch)])
     sm = convert(model, example, config.blocks, config.recipe).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes)
@@ -138,6 +142,7 @@ def train(
     if state is not None:
         sm.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
@@ -164,6 +169,7 @@ def train(
                 losses = sm.train_step(x, y, opt, scaler, amp)
                 sums += torch.tensor(losses)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        sched.step()
         accuracy = evaluate(sm, test_set, config.batch, config.device)
         block_losses = (sums / len(batches)).tolist()
         result.history.append(EpochResult(
@@ -173,7 +179,7 @@ def train(
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
-            _save(os.path.join(out, "checkpoint.pt"), sm, opt, scaler, config, epoch, result)
+            _save(os.path.join(out, "checkpoint.pt"), sm, opt, sched, scaler, config, epoch, result)
     if result.history:
         peak = max(h.peak_saved_bytes for h in result.history)
         log(f"peak saved activations: {peak / 2**20:.1f} MiB local (measured) vs "

@@ -27,12 +27,19 @@ def bind(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> 
     return attach(model, bound, class_name)
 
 
-def attach(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
-    """GraphModule over a graph whose targets already carry the ``model.`` prefix."""
+def attach(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule",
+           extras: dict[str, nn.Module] | None = None) -> fx.GraphModule:
+    """GraphModule over a graph whose targets already carry the ``model.`` prefix.
+
+    ``extras`` are further modules the graph calls by their own prefix (RepL surrogates: ``repl.``)."""
     holder = nn.Module()
     holder.model = model
+    for name, module in (extras or {}).items():
+        holder.add_module(name, module)
     gm = fx.GraphModule(holder, graph, class_name)
     gm.model = model
+    for name, module in (extras or {}).items():
+        setattr(gm, name, module)
     return gm
 
 

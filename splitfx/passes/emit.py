@@ -113,4 +113,5 @@ def emit_block(
             env[n] = graph.node_copy(n, env.__getitem__)
     if cut_out is not None:
         graph.output(env[by_name[cut_out.node]])
-    return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}")
+    extras = {name: m for name, m in gm.named_children() if name != "model"}
+    return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}", extras)

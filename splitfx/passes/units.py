@@ -68,6 +68,8 @@ def _copy(module: nn.Module) -> nn.Module:
     for m in clone.modules():
         if getattr(m, "inplace", None) is True:
             m.inplace = False
+    for p in clone.parameters():
+        p.requires_grad_(True)  # a RepL-replaced source is frozen; its copy is trained
     return clone
 
 
@@ -84,10 +86,7 @@ def fresh_copy(module: nn.Module) -> nn.Module:
 
 def weight_copy(module: nn.Module) -> nn.Module:
     """Same architecture and weights, trained on its own from here (MAN's learnable copy)."""
-    clone = _copy(module)
-    for p in clone.parameters():
-        p.requires_grad_(True)
-    return clone
+    return _copy(module)
 
 
 class EMA(nn.Module):

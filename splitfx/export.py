@@ -1,0 +1,110 @@
+"""ONNX export for inference, verified against onnxruntime.
+
+What is exported is the user's own model in eval mode: aux heads and detach nodes live only in the
+SplitModule, and RepL surrogates are materialised into the replaced blocks' own parameters first.
+The dynamo exporter has open numerics bugs, so every export is run with onnxruntime at two batch
+sizes and compared with eager PyTorch; a file that fails is never left at ``path``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SplitFXError
+from .io import atomic_path
+from .passes.trace import training_mode
+
+
+@dataclass
+class ExportReport:
+    path: str
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float  # over all verified batch sizes and outputs
+    top1_equal: bool
+
+    def __str__(self) -> str:
+        return (f"wrote {self.path}: onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
+                f"max abs diff {self.max_abs_diff:.2e}, top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Restore every module's training flag, and fail loudly if export changed a tensor."""
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with training_mode(model, False):
+        yield
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if changed:
+        raise SplitFXError(f"ONNX export changed the model's state ({changed[:3]}); please report this")
+
+
+def _outputs(value) -> list[torch.Tensor]:
+    return [value] if isinstance(value, torch.Tensor) else [t for t in value if isinstance(t, torch.Tensor)]
+
+
+def export_onnx(
+    model_or_split: nn.Module,
+    path: str | os.PathLike,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    dynamic_batch: bool = True,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> ExportReport:
+    """Export the eval-mode model to ``path`` and (by default) verify it with onnxruntime.
+
+    Accepts a SplitModule (its RepL blocks are materialised, its aux heads dropped) or any
+    ``nn.Module``. The model's training flags, parameters and buffers are left exactly as they were."""
+    from .runtime import SplitModule
+
+    if isinstance(model_or_split, SplitModule):
+        model_or_split.materialize()
+        model = model_or_split.model
+    else:
+        model = model_or_split
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if dynamic_batch and inputs[0].shape[0] < 2:
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
+    path = os.fspath(path)
+    with _untouched(model), atomic_path(path) as tmp:
+        dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+        try:
+            torch.onnx.export(model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, external_data=False)
+        except Exception as err:
+            raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {type(err).__name__}: {err}") from err
+        report = ExportReport(path, (), 0.0, True)
+        if verify:
+            report = _verify(model, tmp, inputs, dynamic_batch, atol, path)
+    return report
+
+
+def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float, path: str) -> ExportReport:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
+    generator = torch.Generator().manual_seed(0)
+    worst, same_top1 = 0.0, True
+    for batch in batches:
+        feed = tuple(torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype) if x.is_floating_point()
+                     else x[:1].expand(batch, *x.shape[1:]) for x in inputs)
+        with torch.no_grad():
+            expected = _outputs(model(*feed))
+        got = session.run(None, {n: x.numpy() for n, x in zip(names, feed)})
+        for e, g in zip(expected, got):
+            e = e.float().numpy()
+            worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
+            if e.ndim == 2:
+                same_top1 &= bool(np.array_equal(e.argmax(1), g.argmax(1)))
+    report = ExportReport(path, batches, worst, same_top1)
+    if worst > atol or not same_top1:
+        raise SplitFXError(f"ONNX verification failed for {type(model).__name__}: max abs diff {worst:.2e} "
+                           f"(limit {atol:.0e}), top-1 {'identical' if same_top1 else 'different'}; nothing written")
+    return report
