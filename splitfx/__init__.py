@@ -5,6 +5,7 @@
 """
 from .convert import convert
 from .errors import PlanError, SplitFXError, TraceError
+from .export import ExportReport, export_onnx
 from .plan import SplitPlan
 from .plan import make_plan as plan
 from .recipes import RECIPES, Recipe
@@ -12,4 +13,4 @@ from .runtime import SplitModule
 
 __version__ = "0.1.0"
 
-__all__ = ["convert", "plan", "SplitPlan", "SplitModule", "Recipe", "RECIPES", "SplitFXError", "TraceError", "PlanError"]
+__all__ = ["convert", "plan", "export_onnx", "ExportReport", "SplitPlan", "SplitModule", "Recipe", "RECIPES", "SplitFXError", "TraceError", "PlanError"]

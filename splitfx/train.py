@@ -95,7 +95,8 @@ def evaluate(sm: SplitModule, dataset, batch: int, device: str) -> float:
     return correct / len(dataset)
 
 
-def _save(path: str, sm: SplitModule, opt, sched, scaler, config: TrainConfig, epoch: int, result: TrainResult) -> None:
+def _save(path: str, sm: SplitModule, opt, sched, scaler, config: TrainConfig, epoch: int, result: TrainResult,
+          num_classes: int) -> None:
     state = {
         "config": asdict(config),
         "epoch": epoch,
@@ -107,6 +108,7 @@ def _save(path: str, sm: SplitModule, opt, sched, scaler, config: TrainConfig, e
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": [asdict(h) for h in result.history],
         "e2e_saved_bytes": result.e2e_saved_bytes,
+        "num_classes": num_classes,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -179,7 +181,7 @@ def train(
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
-            _save(os.path.join(out, "checkpoint.pt"), sm, opt, sched, scaler, config, epoch, result)
+            _save(os.path.join(out, "checkpoint.pt"), sm, opt, sched, scaler, config, epoch, result, num_classes)
     if result.history:
         peak = max(h.peak_saved_bytes for h in result.history)
         log(f"peak saved activations: {peak / 2**20:.1f} MiB local (measured) vs "
@@ -190,6 +192,16 @@ def train(
             json.dump({"config": asdict(config), "history": [asdict(h) for h in result.history],
                        "e2e_saved_bytes": result.e2e_saved_bytes}, f, indent=2)
     return result
+
+
+def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
+    """The user's model with the trained weights of a ``splitfx train`` checkpoint (heads dropped)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig(**state["config"])
+    model = build_model(config.model, state["num_classes"], config.input_size)
+    weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
+    model.load_state_dict(weights, strict=True)
+    return model.eval(), config
 
 
 def _batch(dataset, idx: torch.Tensor):
