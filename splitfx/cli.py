@@ -84,6 +84,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+    from .io import atomic_path
+    from .models import create_model, default_input_size
+
+    size = tuple(args.input_size) if args.input_size else default_input_size(create_model(args.model))
+    results = []
+    for k in args.blocks:
+        result = bench.run(lambda: create_model(args.model), args.model, k, args.recipe, args.batch, size,
+                           args.device, args.steps, args.warmup, _replace_arg(args.replace), args.channels_last, args.amp)
+        print(result.table(), end="\n\n", flush=True)
+        results.append(result.to_dict())
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def _cmd_bench_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import conversion_time
+    from .models import create_model
+
+    specs = [(f"vit_base_patch16_224 depth={d}", lambda d=d: create_model("vit_base_patch16_224", depth=d)) for d in args.vit_depths]
+    specs += [(name, lambda name=name: create_model(name)) for name in args.models]
+    print(f"{'model':<30} {'nodes':>6} {'params':>8} {'trace s':>8} {'plan s':>7} {'convert s':>9}")
+    for name, factory in specs:
+        t = conversion_time(factory(), name, torch.randn(args.batch, 3, 224, 224), args.blocks)
+        print(f"{t.model:<30} {t.nodes:>6} {t.params / 1e6:>7.1f}M {t.trace_s:>8.2f} {t.plan_s:>7.2f} {t.convert_s:>9.2f}", flush=True)
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
@@ -181,6 +216,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension instead of making it dynamic")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "bench", help="memory and step time: E2E vs activation checkpointing vs local training",
+        description="In one process, train MODEL for --steps timed steps (after --warmup) end to end, with "
+                    "activation checkpointing over the same K segments (use_reentrant=False), and with local "
+                    "losses; print median step time, peak saved activations (the plan's prediction beside "
+                    "it) and peak RSS (CPU) or max_memory_allocated (CUDA), each as a ratio to E2E.",
+        epilog=_EPILOG,
+    )
+    p.add_argument("model", help="timm name, torchvision:NAME or package.module:factory")
+    p.add_argument("--blocks", "-k", type=int, nargs="+", default=[4], help="one or more K (default %(default)s)")
+    p.add_argument("--recipe", default="linear", help="recipe of the local mode (default %(default)s)")
+    p.add_argument("--batch", "-b", type=int, default=8, help="batch size (default %(default)s)")
+    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"), help="input size (default: the model's own)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default %(default)s)")
+    p.add_argument("--replace", nargs="+", metavar="N|MODULE", help="also run local training with RepL and compare "
+                   "trainable parameters and optimizer state")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "bench-convert", help="time trace, plan and convert as the graph grows",
+        description="Wall time of trace, plan (trace + fake-tensor cost probe + cuts + partition) and convert "
+                    "for ViT-B/16 at several depths and for the models given.",
+    )
+    p.add_argument("--vit-depths", type=int, nargs="*", default=[12, 24, 48], help="ViT-B/16 depths (default %(default)s)")
+    p.add_argument("--models", nargs="*", default=["resnet50", "resnet101", "resnet152"], help="more models (default %(default)s)")
+    p.add_argument("--blocks", "-k", type=int, default=4, help="K (default %(default)s)")
+    p.add_argument("--batch", "-b", type=int, default=8, help="batch size of the example input (default %(default)s)")
+    p.set_defaults(func=_cmd_bench_convert)
 
     p = sub.add_parser(
         "accuracy", help="table of test accuracy: E2E vs recipes at several K",

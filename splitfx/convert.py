@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from .passes.emit import emit_block
@@ -49,5 +50,18 @@ def convert(
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")
     heads = [ctx.recipe.make_head(b, ctx.graph).to(device).train(model.training) for b in ctx.boundaries]
-    attached = blocks(False) if ctx.recipe.cascade else []
-    return SplitModule(plan, blocks(True), heads, loss_fn or nn.CrossEntropyLoss(), attached)
+    attached = segments(plan, detach=False) if ctx.recipe.cascade else []
+    return SplitModule(plan, segments(plan), heads, loss_fn or nn.CrossEntropyLoss(), attached)
+
+
+def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
+    """The plan's blocks as GraphModules over the model; ``detach=False`` lets gradient flow
+    between them (cascade recipes, activation checkpointing over the same segments)."""
+    if plan.context is None:
+        raise ValueError("this plan was detached from its graph; use the plan splitfx.plan returned")
+    ctx = plan.context
+    cuts = [None, *ctx.cuts, None]
+    return [
+        emit_block(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end, cuts[k], cuts[k + 1], k, detach)
+        for k, b in enumerate(plan.blocks)
+    ]

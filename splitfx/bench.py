@@ -1,0 +1,257 @@
+"""``splitfx bench``: E2E vs activation checkpointing vs local training, measured in one process.
+
+Every mode trains the same model on the same batch with the same optimizer:
+
+* ``e2e``: forward, cross-entropy, one backward.
+* ``checkpoint``: ``torch.utils.checkpoint`` (``use_reentrant=False``) over the same K segments as
+  the plan, so the comparison is at equal granularity; exact gradients, recomputation in backward.
+* ``local``: ``SplitModule.train_step`` with the chosen recipe.
+* with ``replace``: ``local`` again with RepL, and trainable parameters / optimizer state compared.
+
+Memory: on CUDA ``max_memory_allocated``; on CPU the peak of live saved-for-backward bytes
+(parameters and buffers excluded, the metric the plan predicts) and the growth of the process's
+peak RSS over its level when the mode started (freed heap is trimmed and the peak reset between
+modes through ``/proc/self/clear_refs``; the libraries' ~1 GB baseline would hide the difference). Time: median over the timed steps after warm-up.
+Ratios are to E2E in the same run.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .convert import convert, segments
+from .memory import SavedTensorMeter, state_keys
+from .plan import make_plan
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    step_ms: float
+    peak_saved_bytes: int
+    peak_rss_bytes: Optional[int] = None  # process peak RSS above its level when the mode started
+    peak_cuda_bytes: Optional[int] = None
+    predicted_saved_bytes: Optional[int] = None
+    trainable_params: Optional[int] = None
+    optimizer_state_bytes: Optional[int] = None
+
+
+@dataclass
+class BenchResult:
+    model: str
+    blocks: int
+    recipe: str
+    batch: int
+    input_size: tuple
+    device: str
+    steps: int
+    aux_flops_share: float  # aux-head FLOPs / backbone FLOPs
+    modes: list[ModeResult] = field(default_factory=list)
+
+    def ratio(self, mode: ModeResult, attr: str) -> Optional[float]:
+        base, value = getattr(self.modes[0], attr), getattr(mode, attr)
+        return value / base if base and value is not None else None
+
+    def table(self) -> str:
+        cuda = self.device.startswith("cuda")
+        head = f"{self.model}, K={self.blocks}, recipe {self.recipe!r}, batch {self.batch}, input {'×'.join(map(str, self.input_size))}, {self.device}, median of {self.steps} steps"
+        cols = ["mode", "step ms", "×E2E", "saved act. MiB", "×E2E", "predicted MiB"]
+        cols += ["CUDA peak MiB", "×E2E"] if cuda else ["RSS growth MiB", "×E2E"]
+        rows = [cols]
+        for m in self.modes:
+            mem = m.peak_cuda_bytes if cuda else m.peak_rss_bytes
+            attr = "peak_cuda_bytes" if cuda else "peak_rss_bytes"
+            rows.append([
+                m.mode, f"{m.step_ms:.1f}", _x(self.ratio(m, "step_ms")),
+                f"{m.peak_saved_bytes / 2**20:.1f}", _x(self.ratio(m, "peak_saved_bytes")),
+                f"{m.predicted_saved_bytes / 2**20:.1f}" if m.predicted_saved_bytes else "–",
+                f"{mem / 2**20:.0f}" if mem else "–", _x(self.ratio(m, attr)),
+            ])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
+        lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.append(f"aux-head FLOPs: {100 * self.aux_flops_share:.2f} % of the backbone's")
+        for m in self.modes:
+            if m.trainable_params is not None:
+                lines.append(f"{m.mode}: {m.trainable_params / 1e6:.2f}M trainable parameters, "
+                             f"{m.optimizer_state_bytes / 2**20:.1f} MiB optimizer state")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _x(r: Optional[float]) -> str:
+    return f"{r:.2f}" if r is not None else "–"
+
+
+def _reset_rss() -> None:
+    """Give freed heap back to the OS, then restart the peak-RSS counter (Linux)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM)
+    except OSError:
+        pass
+
+
+def _status(field: str) -> Optional[int]:
+    """A byte count from /proc/self/status (VmRSS, VmHWM), or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str, warmup: int, steps: int) -> ModeResult:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    _reset_rss()
+    rss_start = _status("VmRSS")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with SavedTensorMeter(state_keys([module])) as meter:
+        for _ in range(steps):
+            began = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(1000 * (time.perf_counter() - began))
+    peak = _status("VmHWM")
+    return ModeResult(
+        name, statistics.median(times), meter.peak, peak - rss_start if peak and rss_start else None,
+        torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+    )
+
+
+def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+
+
+def run(
+    model_factory: Callable[[], nn.Module],
+    model_name: str,
+    blocks: int = 4,
+    recipe: str = "linear",
+    batch: int = 8,
+    input_size: Sequence[int] = (3, 224, 224),
+    device: str = "cpu",
+    steps: int = 10,
+    warmup: int = 2,
+    replace: int | Sequence[str] | None = None,
+    channels_last: bool = False,
+    amp: bool = False,
+) -> BenchResult:
+    """Benchmark one model; ``model_factory`` builds a fresh copy for each mode."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, *input_size, device=device)
+    memory_format = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+    x = x.contiguous(memory_format=memory_format)
+    dtype = (torch.bfloat16 if amp else None)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return model_factory().to(device, memory_format=memory_format).train()
+
+    model = fresh()
+    num_classes = model(x[:2]).shape[-1]
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    plan = make_plan(model, x, blocks, recipe=recipe)
+    flops = sum(b.flops for b in plan.blocks)
+    result = BenchResult(model_name, plan.num_blocks, recipe, batch, tuple(input_size), device, steps,
+                         sum(b.aux_flops for b in plan.blocks) / max(flops, 1))
+
+    def sgd(params) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+    def autocast():
+        return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
+
+    opt = sgd(model.parameters())
+
+    def e2e_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    e2e = _measure("e2e", e2e_step, model, device, warmup, steps)
+    e2e.predicted_saved_bytes = plan.e2e_saved_bytes
+    result.modes.append(e2e)
+
+    model = fresh()
+    plan = make_plan(model, x, blocks, recipe=recipe)
+    parts = segments(plan, detach=False)
+    opt = sgd(model.parameters())
+
+    def checkpoint_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            h = x
+            for part in parts[:-1]:
+                h = checkpoint(part, h, use_reentrant=False)
+            loss = F.cross_entropy(parts[-1](h), y)
+        loss.backward()
+        opt.step()
+
+    result.modes.append(_measure("checkpoint", checkpoint_step, model, device, warmup, steps))
+
+    for label, repl in [("local", None), ("local+RepL", replace)] if replace is not None else [("local", None)]:
+        model = fresh()
+        sm = convert(model, x, blocks, recipe, replace=repl)
+        opt = sgd(p for p in sm.parameters() if p.requires_grad)
+        mode = _measure(label, lambda: sm.train_step(x, y, opt, None, dtype), sm, device, warmup, steps)
+        mode.predicted_saved_bytes = sm.plan.local_peak_bytes
+        if replace is not None:
+            mode.trainable_params = sum(p.numel() for p in sm.parameters() if p.requires_grad)
+            mode.optimizer_state_bytes = _optimizer_state_bytes(opt)
+        result.modes.append(mode)
+    return result
+
+
+@dataclass
+class ConversionTime:
+    model: str
+    nodes: int
+    params: int
+    trace_s: float
+    plan_s: float  # trace + cost probe + cuts + partition
+    convert_s: float  # plan + emitting blocks and heads
+
+
+def conversion_time(model: nn.Module, name: str, x: torch.Tensor, blocks: int = 4) -> ConversionTime:
+    """Wall time of trace alone, of plan (which traces), and of convert (which plans)."""
+    from .passes.trace import trace
+
+    began = time.perf_counter()
+    gm = trace(model, (x,))
+    traced = time.perf_counter()
+    make_plan(model, x, blocks)
+    planned = time.perf_counter()
+    convert(model, x, blocks)
+    converted = time.perf_counter()
+    return ConversionTime(name, len(gm.graph.nodes), sum(p.numel() for p in model.parameters()),
+                          traced - began, planned - traced, converted - planned)

@@ -1,0 +1,51 @@
+"""The benchmark's modes compute what they claim, and its memory figures match the plan."""
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import splitfx
+from splitfx import bench
+from splitfx.convert import segments
+from splitfx.cli import main
+
+
+def test_checkpoint_segments_give_exact_e2e_gradients():
+    model = timm.create_model("resnet18", num_classes=10)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,))
+    plan = splitfx.plan(model, x, num_blocks=4)
+    F.cross_entropy(model(x), y).backward()
+    e2e = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    parts = segments(plan, detach=False)
+    h = x
+    for part in parts[:-1]:
+        h = checkpoint(part, h, use_reentrant=False)
+    F.cross_entropy(parts[-1](h), y).backward()
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, e2e[name]), name
+
+
+def test_bench_reports_all_modes_with_predictions(capsys):
+    result = bench.run(lambda: timm.create_model("resnet18", num_classes=10), "resnet18", blocks=3, batch=4,
+                       input_size=(3, 64, 64), steps=2, warmup=1)
+    e2e, ckpt, local = result.modes
+    assert [m.mode for m in result.modes] == ["e2e", "checkpoint", "local"]
+    assert e2e.peak_saved_bytes == e2e.predicted_saved_bytes
+    assert abs(local.peak_saved_bytes - local.predicted_saved_bytes) <= 0.01 * local.peak_saved_bytes
+    assert local.peak_saved_bytes < e2e.peak_saved_bytes and ckpt.peak_saved_bytes < e2e.peak_saved_bytes
+    assert all(m.step_ms > 0 for m in result.modes) and 0 < result.aux_flops_share < 0.01
+    assert "×E2E" in result.table()
+
+
+def test_cli_bench_with_repl_reports_parameters_and_optimizer_state(capsys, tmp_path):
+    assert main(["bench", "resnet50", "--input-size", "3", "32", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
+                 "--replace", "2", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "local+RepL" in out
+    import json
+
+    (result,) = json.loads((tmp_path / "b.json").read_text())
+    local, repl = result["modes"][2], result["modes"][3]
+    assert repl["trainable_params"] < local["trainable_params"]
+    assert repl["optimizer_state_bytes"] < local["optimizer_state_bytes"]
