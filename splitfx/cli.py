@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -117,6 +118,42 @@ def _cmd_bench_convert(args: argparse.Namespace) -> int:
         t = conversion_time(factory(), name, torch.randn(args.batch, 3, 224, 224), args.blocks)
         print(f"{t.model:<30} {t.nodes:>6} {t.params / 1e6:>7.1f}M {t.trace_s:>8.2f} {t.plan_s:>7.2f} {t.convert_s:>9.2f}", flush=True)
     return 0
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import coverage
+    from .io import atomic_path
+
+    names = coverage.select(args.filter)
+    if not names:
+        raise SplitFXError(f"--filter {args.filter!r} matches no timm model")
+    began = time.time()
+    bar = tqdm(total=len(names), desc="models", disable=None)
+    counts = {"pass": 0, "fail": 0, "timeout": 0, "excluded": 0}
+
+    def progress(outcome):
+        counts[outcome.status] += 1
+        bar.update(1)
+        bar.set_postfix(counts)
+
+    results = coverage.sweep(names, args.jobs, args.timeout, progress)
+    bar.close()
+    header = (f"Coverage of `timm.list_models({args.filter!r})` — produced by `splitfx coverage --filter "
+              f"'{args.filter}' --jobs {args.jobs} --timeout {args.timeout:.0f}` on {platform.node() or 'this machine'} "
+              f"({os.cpu_count()} CPUs, torch {torch.__version__}), {time.time() - began:.0f} s.")
+    text = coverage.report(results, header)
+    print(text)
+    if args.out:
+        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
+            f.write(text + "\n")
+    return 0 if all(r.status in ("pass", "excluded") for r in results) else 1
 
 
 def _train_config(args: argparse.Namespace):
@@ -250,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", "-k", type=int, default=4, help="K (default %(default)s)")
     p.add_argument("--batch", "-b", type=int, default=8, help="batch size of the example input (default %(default)s)")
     p.set_defaults(func=_cmd_bench_convert)
+
+    p = sub.add_parser(
+        "coverage", help="run every stage (trace … ONNX parity) over timm models, one process each",
+        description="For each timm model matching --filter, in its own process under --timeout: create, check "
+                    "that timm itself can fx-trace it (else excluded), trace, plan K=4, convert, one local "
+                    "training step, eval parity with the original, ONNX export parity. Prints a markdown "
+                    "report (summary, per family, every failure with its stage and reason). Exit status 1 if "
+                    "any traceable model fails.",
+    )
+    p.add_argument("--filter", default="*", metavar="GLOB", help="fnmatch pattern over timm.list_models() (default all)")
+    p.add_argument("--jobs", "-j", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="models in parallel (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per model (default %(default)s)")
+    p.add_argument("--out", help="also write the report to this markdown file")
+    p.set_defaults(func=_cmd_coverage)
 
     p = sub.add_parser(
         "accuracy", help="table of test accuracy: E2E vs recipes at several K",
