@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from .io import atomic_path
 from .train import TrainConfig, train
 
 
@@ -52,8 +51,3 @@ def markdown(rows: list[dict], blocks: Sequence[int]) -> str:
         if e2e is not None:
             out.append(f"\nE2E saves {e2e['peak_saved_mib']:.1f} MiB of activations per step.\n")
     return "\n".join(out)
-
-
-def write(path: str, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text + "\n")

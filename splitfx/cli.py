@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from .errors import SplitFXError
+from .io import write_text
 
 _EPILOG = """Models: any timm name (resnet50, vit_base_patch16_224, ...), torchvision:NAME, or
 package.module:factory for your own model. Weights are random: nothing is downloaded."""
@@ -89,7 +90,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from . import bench
-    from .io import atomic_path
     from .models import create_model, default_input_size
 
     size = tuple(args.input_size) if args.input_size else default_input_size(create_model(args.model))
@@ -100,8 +100,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(result.table(), end="\n\n", flush=True)
         results.append(result.to_dict())
     if args.json:
-        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
+        write_text(args.json, json.dumps(results, indent=2))
     return 0
 
 
@@ -129,7 +128,6 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from . import coverage
-    from .io import atomic_path
 
     names = coverage.select(args.filter)
     if not names:
@@ -151,8 +149,7 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     text = coverage.report(results, header)
     print(text)
     if args.out:
-        with atomic_path(args.out) as tmp, open(tmp, "w") as f:
-            f.write(text + "\n")
+        write_text(args.out, text + "\n")
     return 0 if all(r.status in ("pass", "excluded") for r in results) else 1
 
 
@@ -179,7 +176,7 @@ def _cmd_accuracy(args: argparse.Namespace) -> int:
     text = accuracy.markdown(rows, args.blocks_list)
     print(text)
     if args.out:
-        accuracy.write(args.out, text)
+        write_text(args.out, text + "\n")
     return 0
 
 

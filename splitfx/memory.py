@@ -49,7 +49,8 @@ class SavedTensorMeter:
     ``mark()`` restarts the peak at the current live bytes, for per-phase peaks."""
 
     def __init__(self, exclude: Iterable[int] = (), on_save: Optional[Callable[[int, int], None]] = None):
-        self.exclude = set(exclude)
+        # A set given is used live, so keys its owner adds while the meter runs are excluded too.
+        self.exclude = exclude if isinstance(exclude, set) else set(exclude)
         self.on_save = on_save
         self.live = 0
         self.peak = 0

@@ -246,70 +246,54 @@ def make_plan(
         for c in sched.cuts
     ]
     graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units and sched.cuts else [])
-    # Each aux head and its loss is probed on the fake boundary tensor itself, so a storage the
-    # block already saves is not counted twice; the final loss is probed on the fake outputs.
-    fake_inputs = tuple(probe.fake(x) for x in inputs)
-    fake_target = probe.fake(torch.zeros(inputs[0].shape[0], dtype=torch.long, device=inputs[0].device))
-    heads: dict[Any, nn.Module] = {}
-    aux_saves, aux_flops, aux_params = [], [], []
-    for cut, boundary in zip(sched.cuts, boundaries):
-        key = recipe.head_key(boundary)
-        if key not in heads:
-            heads[key] = _LocalLoss(recipe, recipe.make_head(boundary, graph).to(inputs[0].device), fake_inputs)
-        _, saves, flops = probe.run_module(heads[key], probe.values[cut.node], fake_target)
-        aux_saves.append(dict(saves))
-        aux_flops.append(flops)
-        aux_params.append(sum(p.numel() for p in heads[key].parameters()))
-    final_loss: dict[int, int] = {}
-    if num_classes is not None and isinstance(probe.outputs, torch.Tensor):
-        final_loss = dict(probe.run_module(nn.CrossEntropyLoss(), probe.outputs, fake_target)[1])
+    aux = _AuxProbe(probe, recipe, graph, inputs)
+    aux_costs = [aux.cost(c, b) for c, b in zip(sched.cuts, boundaries)]
+    final_loss = aux.final_loss(num_classes)
 
     n = len(sched.order)
     bounds = [0, *(c.position for c in sched.cuts), n]
-    extra = [{}, *aux_saves, final_loss]
     saves = [G.nodes[v]["saved"] for v in sched.order]
-    memory = storage_cost(saves, G.graph["storages"], bounds, extra)
-    backbone = storage_cost(saves, G.graph["storages"], bounds)
     flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
     if split_points is not None:
         chosen_bounds = [i + 1 for i in chosen]
     else:
         costs = {
-            "memory": memory,
-            "flops": flops + np.asarray([0, *aux_flops, 0], dtype=float)[None, :],
-            "params": additive_cost([G.nodes[v]["param_bytes"] for v in sched.order], bounds),
-            "uniform": additive_cost([G.nodes[v]["op"].startswith("call") for v in sched.order], bounds),
+            "memory": lambda: storage_cost(saves, G.graph["storages"], bounds, [{}, *(a.saves for a in aux_costs), final_loss]),
+            "flops": lambda: flops + np.asarray([0, *(a.flops for a in aux_costs), 0], dtype=float)[None, :],
+            "params": lambda: additive_cost([G.nodes[v]["param_bytes"] for v in sched.order], bounds),
+            "uniform": lambda: additive_cost([G.nodes[v]["op"].startswith("call") for v in sched.order], bounds),
         }
         weights = [0, *(G.nodes[c.node]["out_bytes"] for c in sched.cuts), 0]
-        chosen_bounds = min_max_partition(costs[method], num_blocks, weights)
+        chosen_bounds = min_max_partition(costs[method](), num_blocks, weights)
 
+    # Re-probe the chosen cuts with their real depth (InfoPro's weights, AugLocal's pyramid).
     path = [0, *chosen_bounds, len(bounds) - 1]
+    chosen_boundaries = [dataclasses.replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])]
+    chosen_aux = [aux.cost(sched.cuts[j - 1], b) for j, b in zip(path[1:-1], chosen_boundaries)]
+    ends = [bounds[j] for j in path]
+    memory = storage_cost(saves, G.graph["storages"], ends, [{}, *(a.saves for a in chosen_aux), final_loss])
+    backbone = storage_cost(saves, G.graph["storages"], ends)
     blocks = []
-    for k, (i, j) in enumerate(zip(path, path[1:])):
-        start, end = bounds[i], bounds[j]
+    for k, (start, end) in enumerate(zip(ends, ends[1:])):
         nodes = block_nodes(gm, G, sched, start, end)
-        last = j == len(bounds) - 1
-        modules = list(dict.fromkeys(
-            unprefix(G.nodes[nd.name]["scope"]) for nd in nodes if G.nodes[nd.name]["scope"] and nd.op != "output"
-        ))
+        a = chosen_aux[k] if k < len(chosen_aux) else None
         blocks.append(BlockPlan(
             index=k,
-            modules=modules,
+            modules=list(dict.fromkeys(
+                unprefix(G.nodes[nd.name]["scope"]) for nd in nodes if G.nodes[nd.name]["scope"] and nd.op != "output"
+            )),
             params=sum(p.numel() for p in block_parameters(gm, nodes)),
-            saved_bytes=int(memory[i, j] + (_cascade_extra(memory, backbone, path, k) if recipe.cascade else 0)),
-            aux_saved_bytes=0 if last else int(sum(aux_saves[j - 1].values())),
-            flops=int(flops[i, j]),
-            aux_flops=0 if last else int(aux_flops[j - 1]),
-            aux_params=0 if last else int(aux_params[j - 1]),
-            output_shape=None if last else list(sched.cuts[j - 1].shape),
+            saved_bytes=int(memory[k, k + 1] + (_cascade_extra(memory, backbone, k) if recipe.cascade else 0)),
+            aux_saved_bytes=int(sum(a.saves.values())) if a else 0,
+            flops=int(flops[path[k], path[k + 1]]),
+            aux_flops=a.flops if a else 0,
+            aux_params=a.params if a else 0,
+            output_shape=list(sched.cuts[path[k + 1] - 1].shape) if a else None,
             start=start,
             end=end,
         ))
-    chosen_cuts = [sched.cuts[j - 1] for j in path[1:-1]]
     context = PlanContext(
-        model, gm, probe, sched, recipe,
-        [dataclasses.replace(boundaries[j - 1], index=k) for k, j in enumerate(path[1:-1])],
-        chosen_cuts, num_classes, graph,
+        model, gm, probe, sched, recipe, chosen_boundaries, [sched.cuts[j - 1] for j in path[1:-1]], num_classes, graph,
     )
     return SplitPlan(
         model=model_name(model),
@@ -339,12 +323,11 @@ def _span(sched: Schedule, G, names: Sequence[str]) -> tuple[int, int]:
     return inside[0], inside[-1]
 
 
-def _cascade_extra(memory: np.ndarray, backbone: np.ndarray, path: list[int], k: int) -> float:
+def _cascade_extra(memory: np.ndarray, backbone: np.ndarray, k: int) -> float:
     """A cascade step also holds block k once more (second path) and block k-1's activations."""
-    i, j = path[k], path[k + 1]
     if k == 0:
-        return memory[i, j] - backbone[i, j]
-    return memory[i, j] + backbone[path[k - 1], i]
+        return memory[0, 1] - backbone[0, 1]
+    return memory[k, k + 1] + backbone[k - 1, k]
 
 
 class _LocalLoss(nn.Module):
@@ -356,6 +339,39 @@ class _LocalLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.recipe.local_loss(self.head, features, target, self.inputs)
+
+
+@dataclass
+class _AuxCost:
+    saves: dict[int, int]  # storage key → bytes saved by the head and its loss
+    flops: int
+    params: int
+
+
+class _AuxProbe:
+    """Probes aux heads + losses on the fake boundary tensors themselves, so a storage the block
+    already saves is not counted twice; one head per ``recipe.head_key``."""
+
+    def __init__(self, probe: cost_pass.Probe, recipe: Recipe, graph: GraphInfo, inputs: tuple):
+        self.probe, self.recipe, self.graph = probe, recipe, graph
+        self.device = inputs[0].device
+        self.inputs = tuple(probe.fake(x) for x in inputs)
+        self.target = probe.fake(torch.zeros(inputs[0].shape[0], dtype=torch.long, device=self.device))
+        self.heads: dict[Any, nn.Module] = {}
+
+    def cost(self, cut: Cut, boundary: Boundary) -> _AuxCost:
+        key = (self.recipe.head_key(boundary), boundary.index)
+        if key not in self.heads:
+            head = self.recipe.make_head(boundary, self.graph).to(self.device)
+            self.heads[key] = _LocalLoss(self.recipe, head, self.inputs)
+        _, saves, flops = self.probe.run_module(self.heads[key], self.probe.values[cut.node], self.target)
+        return _AuxCost(dict(saves), flops, sum(p.numel() for p in self.heads[key].head.parameters()))
+
+    def final_loss(self, num_classes: int | None) -> dict[int, int]:
+        """Saves of the default cross-entropy on the model's output (when it is logits)."""
+        if num_classes is None or not isinstance(self.probe.outputs, torch.Tensor):
+            return {}
+        return dict(self.probe.run_module(nn.CrossEntropyLoss(), self.probe.outputs, self.target)[1])
 
 
 def model_name(model: nn.Module) -> str:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import data as datasets
 from .convert import convert
 from .errors import SplitFXError
-from .io import atomic_path
+from .io import atomic_path, write_text
 from .memory import SavedTensorMeter, state_keys
 from .models import create_model
 from .runtime import SplitModule
@@ -188,9 +188,9 @@ def train(
             f"{result.e2e_saved_bytes / 2**20:.1f} MiB E2E (predicted by the plan; exact on CPU), "
             f"{peak / max(result.e2e_saved_bytes, 1):.2f}×")
     if out is not None:
-        with atomic_path(os.path.join(out, "metrics.json")) as tmp, open(tmp, "w") as f:
-            json.dump({"config": asdict(config), "history": [asdict(h) for h in result.history],
-                       "e2e_saved_bytes": result.e2e_saved_bytes}, f, indent=2)
+        write_text(os.path.join(out, "metrics.json"), json.dumps(
+            {"config": asdict(config), "history": [asdict(h) for h in result.history],
+             "e2e_saved_bytes": result.e2e_saved_bytes}, indent=2))
     return result
 
 

@@ -86,10 +86,11 @@ class Probe:
     def run_module(self, module: torch.nn.Module, *args: Any) -> tuple[Any, list[tuple[int, int]], int]:
         """Run ``module`` on fake ``args``: its output, (storage key, bytes) it saves, its FLOPs."""
         saves: list[tuple[int, int]] = []
+        state = self.module_state(module)
         with self.fake_mode, FlopCounterMode(display=False) as flops, SavedTensorMeter(
             self.exclude, on_save=lambda k, b: saves.append((k, b))
         ):
-            out = functional_call(module, self.module_state(module), args)
+            out = functional_call(module, state, args)
         return out, saves, flops.get_total_flops()
 
 

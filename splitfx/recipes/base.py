@@ -60,7 +60,7 @@ class Recipe:
 
     def head_key(self, boundary: Boundary) -> Hashable:
         """Boundaries with equal keys get structurally identical heads (the planner probes one)."""
-        return boundary.shape, boundary.layout, boundary.index if self.needs_units else None
+        return boundary.shape, boundary.layout, boundary.position if self.needs_units else None
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         return F.cross_entropy(head(features), target)
