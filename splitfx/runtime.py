@@ -24,8 +24,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SplitModule(nn.Module):
     """K gradient-isolated blocks over the user's model, with one aux head per non-final block.
 
-    Registered submodules are the user's ``model`` and the recipe's ``heads``; the block
-    GraphModules hold no state of their own, so ``state_dict()`` is ``model.*`` + ``heads.*``."""
+    Registered submodules are the user's ``model``, the recipe's ``heads`` and the RepL surrogates
+    ``repl``; the block GraphModules hold no state of their own, so ``state_dict()`` is ``model.*``
+    (the user's own keys) + ``heads.*`` + ``repl.*``."""
 
     def __init__(
         self,

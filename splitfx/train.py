@@ -185,7 +185,7 @@ def train(
     if result.history:
         peak = max(h.peak_saved_bytes for h in result.history)
         log(f"peak saved activations: {peak / 2**20:.1f} MiB local (measured) vs "
-            f"{result.e2e_saved_bytes / 2**20:.1f} MiB E2E (predicted by the plan; exact on CPU), "
+            f"{result.e2e_saved_bytes / 2**20:.1f} MiB E2E (the plan's prediction for fp32, exact on CPU), "
             f"{peak / max(result.e2e_saved_bytes, 1):.2f}×")
     if out is not None:
         write_text(os.path.join(out, "metrics.json"), json.dumps(

@@ -1,6 +1,5 @@
 """The command line: table, JSON, picture, help and errors."""
 import json
-import os
 
 import pytest
 

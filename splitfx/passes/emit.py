@@ -9,10 +9,9 @@ them alone are rematerialised inside each block that uses them, so they are neve
 from __future__ import annotations
 
 import operator
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import networkx as nx
-import torch
 import torch.fx as fx
 from torch import nn
 

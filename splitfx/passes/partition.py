@@ -8,7 +8,6 @@ lexicographic optimum exact; ``O(K·M²)`` for ``M`` boundaries.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -107,12 +106,3 @@ def storage_cost(
                 cost[:, j] -= nbytes * (next_save(ps) < bounds[j])
     return cost
 
-
-def nearest(sorted_values: Sequence[int], value: int) -> int:
-    """Index of the element of ``sorted_values`` closest to ``value``."""
-    i = bisect_left(sorted_values, value)
-    if i == 0:
-        return 0
-    if i == len(sorted_values):
-        return i - 1
-    return i if sorted_values[i] - value < value - sorted_values[i - 1] else i - 1

@@ -48,13 +48,3 @@ def pool(x: torch.Tensor, layout: str) -> torch.Tensor:
         return x.mean(1)
     return x
 
-
-def to_nchw(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """A spatial map in NCHW; tokens become a 1-pixel-high map."""
-    if layout == "NHWC":
-        return x.permute(0, 3, 1, 2)
-    if layout == "NLC":
-        return x.transpose(1, 2).unsqueeze(2)
-    if layout == "NC":
-        return x[:, :, None, None]
-    return x
