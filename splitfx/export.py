@@ -3,7 +3,9 @@
 What is exported is the user's own model in eval mode: aux heads and detach nodes live only in the
 SplitModule, and RepL surrogates are materialised into the replaced blocks' own parameters first.
 The dynamo exporter has open numerics bugs, so every export is run with onnxruntime at two batch
-sizes and compared with eager PyTorch; a file that fails is never left at ``path``.
+sizes and compared with eager PyTorch; a file that fails is never left at ``path``. The tolerance is
+``atol`` (1e-4) for outputs of magnitude up to 1 and relative beyond: randomly initialised models
+produce logits in the hundreds, where fp32 rounding alone exceeds 1e-4 (DLA-34: 1.8e-4 at 482).
 """
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ class ExportReport:
     batch_sizes: tuple[int, ...]
     max_abs_diff: float  # over all verified batch sizes and outputs
     top1_equal: bool
+    max_abs_output: float = 0.0  # the tolerance is atol × max(1, this): fp32 rounding grows with magnitude
 
     def __str__(self) -> str:
         return (f"wrote {self.path}: onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
-                f"max abs diff {self.max_abs_diff:.2e}, top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
+                f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
+                f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
 
 
 @contextlib.contextmanager
@@ -91,7 +95,7 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
     names = [i.name for i in session.get_inputs()]
     batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
     generator = torch.Generator().manual_seed(0)
-    worst, same_top1 = 0.0, True
+    worst, same_top1, scale = 0.0, True, 0.0
     for batch in batches:
         feed = tuple(torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype) if x.is_floating_point()
                      else x[:1].expand(batch, *x.shape[1:]) for x in inputs)
@@ -101,10 +105,13 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
         for e, g in zip(expected, got):
             e = e.float().numpy()
             worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
+            scale = max(scale, float(np.max(np.abs(e))) if e.size else 0.0)
             if e.ndim == 2:
                 same_top1 &= bool(np.array_equal(e.argmax(1), g.argmax(1)))
-    report = ExportReport(path, batches, worst, same_top1)
-    if worst > atol or not same_top1:
+    report = ExportReport(path, batches, worst, same_top1, scale)
+    limit = atol * max(1.0, scale)
+    if worst > limit or not same_top1:
         raise SplitFXError(f"ONNX verification failed for {type(model).__name__}: max abs diff {worst:.2e} "
-                           f"(limit {atol:.0e}), top-1 {'identical' if same_top1 else 'different'}; nothing written")
+                           f"(limit {limit:.1e} for outputs up to {scale:.1e}), top-1 "
+                           f"{'identical' if same_top1 else 'different'}; nothing written")
     return report

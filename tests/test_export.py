@@ -20,7 +20,8 @@ def test_export_parity_and_model_left_as_it_was(tmp_path, name, size):
     sm = splitfx.convert(model, x, num_blocks=3)
     path = tmp_path / "m.onnx"
     report = splitfx.export_onnx(sm, path, x)
-    assert report.max_abs_diff <= 1e-4 and report.top1_equal and report.batch_sizes == (2, 3)
+    assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output)
+    assert report.top1_equal and report.batch_sizes == (2, 3)
     assert [m.training for m in model.modules()] == flags
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     graph = onnx.load(str(path)).graph
