@@ -30,9 +30,10 @@ class ExportReport:
     max_abs_diff: float  # over all verified batch sizes and outputs
     top1_equal: bool
     max_abs_output: float = 0.0  # the tolerance is atol × max(1, this): fp32 rounding grows with magnitude
+    exporter: str = "dynamo"  # or "torchscript", the fallback
 
     def __str__(self) -> str:
-        return (f"wrote {self.path}: onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
+        return (f"wrote {self.path} ({self.exporter} exporter): onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
 
@@ -77,15 +78,37 @@ def export_onnx(
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
     path = os.fspath(path)
     with _untouched(model), atomic_path(path) as tmp:
-        dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
-        try:
-            torch.onnx.export(model, inputs, tmp, dynamo=True, dynamic_shapes=dynamic, external_data=False)
-        except Exception as err:
-            raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {type(err).__name__}: {err}") from err
+        exporter = _export(model, inputs, tmp, dynamic_batch)
         report = ExportReport(path, (), 0.0, True)
         if verify:
             report = _verify(model, tmp, inputs, dynamic_batch, atol, path)
+        report.exporter = exporter
     return report
+
+
+def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool) -> str:
+    """The dynamo exporter first; where it fails (e.g. its decompositions cannot view a transposed
+    tensor with a symbolic batch, as in BEiT and MaxViT), the TorchScript exporter. Returns which."""
+    dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+    try:
+        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=False)
+        return "dynamo"
+    except Exception as dynamo_err:
+        names = [f"input{i}" for i in range(len(inputs))]
+        axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
+        try:
+            torch.onnx.export(model, inputs, path, dynamo=False, input_names=names, dynamic_axes=axes)
+            return "torchscript"
+        except Exception as err:
+            raise SplitFXError(
+                f"torch.onnx.export failed for {type(model).__name__}: dynamo: {type(dynamo_err).__name__}: "
+                f"{_first_line(dynamo_err)}; torchscript: {type(err).__name__}: {_first_line(err)}"
+            ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
 
 
 def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float, path: str) -> ExportReport:
