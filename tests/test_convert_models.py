@@ -67,9 +67,13 @@ def test_torchvision_resnet18():
     _check(torchvision.models.resnet18(num_classes=10), 64, 10)
 
 
-def test_custom_cnn():
-    sm = _check(SmallCNN(), 16, 10)
-    assert all(m is dict(SmallCNN.named_modules(sm.model))[n] for n, m in sm.model.named_modules())
+def test_custom_cnn_blocks_call_the_users_own_modules():
+    model = SmallCNN()
+    sm = _check(model, 16, 10)
+    calls = [(b, n.target) for b in sm.blocks for n in b.graph.nodes if n.op == "call_module"]
+    assert len(calls) >= 7
+    for block, target in calls:
+        assert block.get_submodule(target) is model.get_submodule(target[len("model."):])
 
 
 def test_inplace_first_op_gets_clone():
