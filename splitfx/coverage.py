@@ -74,9 +74,9 @@ def check(name: str, blocks: int = 4, onnx_dir: Optional[str] = None) -> Outcome
         try:
             plan = make_plan(model, x, blocks)
         except PlanError as err:
-            if "at most" not in str(err):
+            if err.max_blocks is None:
                 raise
-            plan = make_plan(model, x, int(str(err).split("at most ")[1].split()[0]))
+            plan = make_plan(model, x, err.max_blocks)
         stage = "convert"
         sm = convert(model, x, plan=plan)
         stage = "step"

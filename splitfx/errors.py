@@ -1,4 +1,5 @@
 """Exceptions raised by splitfx. Every message says which model/module failed and what to do."""
+from __future__ import annotations
 
 
 class SplitFXError(Exception):
@@ -10,4 +11,10 @@ class TraceError(SplitFXError):
 
 
 class PlanError(SplitFXError):
-    """No split plan satisfies the request (too many blocks, illegal split point, ...)."""
+    """No split plan satisfies the request (too many blocks, illegal split point, ...).
+
+    ``max_blocks`` is set when the request asked for more blocks than the model has cuts for."""
+
+    def __init__(self, message: str, max_blocks: int | None = None):
+        super().__init__(message)
+        self.max_blocks = max_blocks

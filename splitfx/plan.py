@@ -233,7 +233,8 @@ def make_plan(
     elif num_blocks > len(sched.cuts) + 1:
         raise PlanError(
             f"{name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
-            f"{len(sched.cuts) + 1} (asked for {num_blocks})."
+            f"{len(sched.cuts) + 1} (asked for {num_blocks}).",
+            max_blocks=len(sched.cuts) + 1,
         )
     if num_blocks == 1:
         sched.cuts = []  # one block: nothing to place, no aux head to probe

@@ -40,18 +40,23 @@ def assert_interleaved_equals_summed(sm: splitfx.SplitModule, x: torch.Tensor, y
         assert torch.equal(interleaved[name], summed[name]), name
 
 
-def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Loss k reaches exactly block k's parameters and aux head k's parameters."""
+def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> list[set[str]]:
+    """Loss k reaches exactly the parameters of the blocks ``recipe.reaches(k)`` and of aux head k,
+    and every loss is finite. Returns, per k, the names of the parameters that got a gradient."""
     sm.train()
     names = {id(p): n for n, p in sm.named_parameters()}
+    reached = []
     for k in range(sm.num_blocks):
         torch.manual_seed(0)
         sm.zero_grad(set_to_none=True)
         for i, loss in enumerate(sm.local_losses(x, y)):
+            assert torch.isfinite(loss), (k, i)
             if i == k:
                 loss.backward()
         got = {n for n, p in sm.named_parameters() if p.grad is not None}
-        expected = {names[id(p)] for p in sm.block_parameters(k) if p.requires_grad}
+        expected = {names[id(p)] for b in sm.recipe.reaches(k) for p in sm.block_parameters(b) if p.requires_grad}
         if k < sm.num_blocks - 1:
             expected |= {names[id(p)] for p in sm.heads[k].parameters()}
         assert got == expected, f"block {k}: unexpected {sorted(got - expected)[:5]}, missing {sorted(expected - got)[:5]}"
+        reached.append(got)
+    return reached

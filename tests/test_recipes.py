@@ -5,7 +5,7 @@ import torch
 
 import splitfx
 from splitfx.passes.units import EMA
-from checks import assert_eval_equal
+from checks import assert_eval_equal, assert_isolated
 
 MODELS = {
     "resnet18": (dict(), 64),
@@ -27,19 +27,7 @@ def _setup(name, recipe, num_blocks=4):
 def test_recipe_step_isolation_and_parity(name, recipe):
     model, x, y, sm = _setup(name, recipe)
     assert sm.num_blocks == 4
-    names = {id(p): n for n, p in sm.named_parameters()}
-    for k in range(sm.num_blocks):
-        sm.train()
-        sm.zero_grad(set_to_none=True)
-        for i, loss in enumerate(sm.local_losses(x, y)):
-            assert torch.isfinite(loss), (k, i)
-            if i == k:
-                loss.backward()
-        got = {n for n, p in sm.named_parameters() if p.grad is not None}
-        expected = {names[id(p)] for b in sm.recipe.reaches(k) for p in sm.block_parameters(b)}
-        if k < sm.num_blocks - 1:
-            expected |= {names[id(p)] for p in sm.heads[k].parameters()}
-        assert got == expected, f"loss {k}: extra {sorted(got - expected)[:4]} missing {sorted(expected - got)[:4]}"
+    assert_isolated(sm, x, y)
     opt = torch.optim.SGD(sm.parameters(), lr=0.01)
     assert all(torch.isfinite(torch.tensor(sm.train_step(x, y, opt))))
     assert_eval_equal(sm, model, x)
