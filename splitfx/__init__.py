@@ -3,14 +3,31 @@
     plan = splitfx.plan(model, x, num_blocks=4)        # inspect: print(plan), plan.to_dict(), plan.plot()
     sm = splitfx.convert(model, x, num_blocks=4)       # train: for loss in sm.local_losses(x, y): loss.backward()
 """
-from .convert import convert
-from .errors import PlanError, SplitFXError, TraceError
-from .export import ExportReport, export_onnx
-from .plan import SplitPlan
-from .plan import make_plan as plan
-from .recipes import RECIPES, Recipe
-from .runtime import SplitModule
+from .api.conversion import convert
+from .api.onnx_export import ExportReport, export_onnx
+from .api.planning import plan
+from .base.errors import PlanError, SplitFXError, TraceError
+from .base.report import BlockPlan, SplitPlan
+from .base.version import __version__
+from .recipes import Recipe, SplitParts, list_recipes, register_recipe
+from .recipes import create_recipe as recipe
+from .runtime.split_module import SplitModule
 
-__version__ = "0.1.0"
-
-__all__ = ["convert", "plan", "export_onnx", "ExportReport", "SplitPlan", "SplitModule", "Recipe", "RECIPES", "SplitFXError", "TraceError", "PlanError"]
+__all__ = [
+    "BlockPlan",
+    "ExportReport",
+    "PlanError",
+    "Recipe",
+    "SplitFXError",
+    "SplitModule",
+    "SplitParts",
+    "SplitPlan",
+    "TraceError",
+    "__version__",
+    "convert",
+    "export_onnx",
+    "list_recipes",
+    "plan",
+    "recipe",
+    "register_recipe",
+]

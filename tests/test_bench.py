@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import splitfx
-from splitfx import bench
-from splitfx.convert import segments
+from splitfx.programs import bench
+from splitfx.api.conversion import segments
 from splitfx.cli import main
 
 
@@ -27,7 +27,7 @@ def test_checkpoint_segments_give_exact_e2e_gradients():
 
 
 def test_bench_reports_all_modes_with_exact_predictions(capsys):
-    result = bench.run(lambda: timm.create_model("resnet18", num_classes=10), "resnet18", blocks=3, batch=4,
+    result = bench.run(lambda: timm.create_model("resnet18", num_classes=10), "resnet18", num_blocks=3, batch=4,
                        input_size=(3, 64, 64), steps=2, warmup=1)
     e2e, ckpt, local = result.modes
     assert [m.mode for m in result.modes] == ["e2e", "checkpoint", "local"]

@@ -39,7 +39,7 @@ def test_failed_verification_writes_nothing(tmp_path):
 
 def test_checkpoint_exports_and_loads_into_fresh_timm_model(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--model", "resnet18", "--recipe", "linear", "--epochs", "1", "--batch", "128",
+    assert main(["train", "resnet18", "--recipe", "linear", "--epochs", "1", "--batch", "128",
                  "--input-size", "16", "--blocks", "2", "--out", str(run)]) == 0
     out = tmp_path / "r.onnx"
     assert main(["export", str(run / "checkpoint.pt"), "--out", str(out)]) == 0

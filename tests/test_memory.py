@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import splitfx
-from splitfx.memory import SavedTensorMeter, state_keys
+from splitfx.base.meter import SavedTensorMeter, state_keys
 
 
 def measure(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> tuple[int, list[int]]:

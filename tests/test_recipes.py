@@ -4,7 +4,7 @@ import timm
 import torch
 
 import splitfx
-from splitfx.passes.units import EMA
+from splitfx.recipes.copies import EMA
 from checks import assert_eval_equal, assert_isolated
 
 MODELS = {
@@ -12,7 +12,7 @@ MODELS = {
     "convnext_atto": (dict(), 64),
     "vit_tiny_patch16_224": (dict(img_size=96), 96),
 }
-RECIPES = sorted(set(splitfx.RECIPES) - {"e2e"})
+RECIPES = sorted(set(splitfx.list_recipes()) - {"e2e"})
 
 
 def _setup(name, recipe, num_blocks=4):

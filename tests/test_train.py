@@ -5,8 +5,8 @@ import os
 import torch
 
 from splitfx.cli import main
-from splitfx.data import digits
-from splitfx.train import TrainConfig, train
+from splitfx.programs.data import digits
+from splitfx.programs.train import TrainConfig, train
 
 FAST = dict(model="resnet18", recipe="linear", batch=128, input_size=16, blocks=3)
 
@@ -39,7 +39,7 @@ def test_resume_continues_bit_exactly(tmp_path):
 
 def test_cli_train_learns_and_reports_memory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "resnet18", "--recipe", "linear", "--blocks", "3", "--epochs", "3",
+    assert main(["train", "resnet18", "--recipe", "linear", "--blocks", "3", "--epochs", "3",
                  "--batch", "128", "--input-size", "16", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "E2E" in printed

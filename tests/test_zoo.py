@@ -3,7 +3,7 @@
 A representative dozen runs by default; the full sample (every major family) with ``-m slow``."""
 import pytest
 
-from splitfx.coverage import check
+from splitfx.programs.coverage import check
 
 DEFAULT = [
     "resnet50d", "regnetx_002", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "densenet121",

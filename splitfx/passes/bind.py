@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-PREFIX = "model."
+from .names import PREFIX
 
 
 def bind(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule") -> fx.GraphModule:
@@ -42,7 +42,3 @@ def attach(model: nn.Module, graph: fx.Graph, class_name: str = "GraphModule",
         setattr(gm, name, module)
     return gm
 
-
-def unprefix(target: str) -> str:
-    """The target as a path inside the user's model."""
-    return target[len(PREFIX):] if target.startswith(PREFIX) else target

@@ -10,8 +10,9 @@ excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import networkx as nx
 import torch
@@ -28,7 +29,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..memory import SavedTensorMeter, state_keys, storage_key
+from ..base.meter import SavedTensorMeter, state_keys, storage_key
 
 # What fake tensors cannot run; such nodes are probed on random real tensors instead.
 _FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
@@ -80,7 +81,8 @@ class Probe:
     def module_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {
             name: self.state(t)
-            for name, t in (*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False))
+            for name, t in (*module.named_parameters(remove_duplicate=False),
+                            *module.named_buffers(remove_duplicate=False))
         }
 
     def run_module(self, module: torch.nn.Module, *args: Any) -> tuple[Any, list[tuple[int, int]], int]:

@@ -20,7 +20,6 @@ class Cut:
     position: int  # index into Schedule.order of the first node *after* the cut
     node: str  # the single live tensor
     shape: tuple
-    scope: str  # module scope of the node producing it
     recompute: tuple[str, ...] = ()  # batch-size ints crossing the cut, rebuilt as node.size(0)
 
 
@@ -73,7 +72,7 @@ def schedule(G: nx.DiGraph) -> Schedule:
             continue
         if batch_ints and not attrs["batch_dim0"]:
             continue
-        cut = Cut(p + 1, node, attrs["shape"], attrs["scope"], batch_ints)
+        cut = Cut(p + 1, node, attrs["shape"], batch_ints)
         if cuts and cuts[-1].node == node:
             cuts[-1] = cut  # nothing passed on in between: keep one cut per handed-over tensor
         else:

@@ -9,7 +9,7 @@ them alone are rematerialised inside each block that uses them, so they are neve
 from __future__ import annotations
 
 import operator
-from typing import Iterable
+from collections.abc import Iterable
 
 import networkx as nx
 import torch.fx as fx
@@ -77,19 +77,15 @@ def block_nodes(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, start: int, 
 
 def emit_block(
     gm: fx.GraphModule,
-    G: nx.DiGraph,
-    sched: Schedule,
-    start: int,
-    end: int,
+    nodes: list[fx.Node],
     cut_in: Cut | None,
     cut_out: Cut | None,
     index: int,
     detach_input: bool = True,
 ) -> fx.GraphModule:
-    """Block ``index`` running ``sched.order[start:end]`` between cuts ``cut_in`` and ``cut_out``
-    (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the variant that
-    lets gradient through to the previous block (cascade recipes)."""
-    nodes = block_nodes(gm, G, sched, start, end)
+    """Block ``index`` running ``nodes`` (see :func:`block_nodes`) between cuts ``cut_in`` and
+    ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
+    variant that lets gradient through to the previous block (cascade recipes)."""
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -113,4 +109,5 @@ def emit_block(
     if cut_out is not None:
         graph.output(env[by_name[cut_out.node]])
     extras = {name: m for name, m in gm.named_children() if name != "model"}
-    return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}", extras)
+    return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}",
+                  extras)

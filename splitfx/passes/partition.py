@@ -8,7 +8,7 @@ lexicographic optimum exact; ``O(K·M²)`` for ``M`` boundaries.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,23 @@ def additive_cost(weights: Sequence[float], boundaries: Sequence[int]) -> np.nda
     return at[None, :] - at[:, None]
 
 
+def _save_positions(saves: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+    """Storage key → the positions that save it, in order."""
+    positions: dict[int, list[int]] = {}
+    for p, keys in enumerate(saves):
+        for key in keys:
+            positions.setdefault(key, []).append(p)
+    return positions
+
+
+def first_saves(saves: Sequence[Sequence[int]], storage_bytes: Mapping[int, int]) -> np.ndarray:
+    """Bytes of the storages first saved at each position: what E2E training holds as it goes."""
+    out = np.zeros(len(saves))
+    for key, ps in _save_positions(saves).items():
+        out[ps[0]] += storage_bytes[key]
+    return out
+
+
 def storage_cost(
     saves: Sequence[Sequence[int]],
     storage_bytes: Mapping[int, int],
@@ -75,15 +92,9 @@ def storage_cost(
     ``saves[p]`` lists the storage keys saved at position ``p``. ``extra[j]`` maps key → bytes saved
     by whatever runs after a block that ends at boundary ``j`` (its aux head); a key the block
     itself already saves is not counted twice."""
-    positions: dict[int, list[int]] = {}
-    for p, keys in enumerate(saves):
-        for key in keys:
-            positions.setdefault(key, []).append(p)
+    positions = _save_positions(saves)
     bounds = np.asarray(boundaries)
-    first = np.zeros(len(saves) + 1)
-    for key, ps in positions.items():
-        first[ps[0] + 1] += storage_bytes[key]
-    prefix = np.cumsum(first)
+    prefix = np.concatenate([[0.0], np.cumsum(first_saves(saves, storage_bytes))])
     cost = prefix[bounds][None, :] - prefix[bounds][:, None]
 
     def next_save(ps: list[int]) -> np.ndarray:

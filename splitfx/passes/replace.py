@@ -15,8 +15,8 @@ granularities of (a, b).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import networkx as nx
 import torch
@@ -24,9 +24,9 @@ import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
 
-from .bind import PREFIX
 from .cost import Probe
 from .cuts import Schedule
+from .names import unprefix
 from .units import Unit, find_units
 
 MODES = ("tensor", "channel")
@@ -53,9 +53,6 @@ class Surrogate(nn.Module):
             self.a[key] = nn.Parameter(torch.full(shape, 0.5, dtype=p.dtype, device=p.device))
             self.b[key] = nn.Parameter(torch.full(shape, 0.5, dtype=p.dtype, device=p.device))
             p.requires_grad_(False)
-
-    def rebind(self, model: nn.Module) -> None:
-        object.__setattr__(self, "_modules3", tuple(model.get_submodule(n) for n in self.names))
 
     def synthesised(self) -> dict[str, torch.Tensor]:
         prev, replaced, nxt = self._modules3
@@ -89,7 +86,6 @@ class Surrogate(nn.Module):
 class Replacement:
     replaced: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # candidate → why it was not replaced
-    runs: list[list[str]] = field(default_factory=list)
     triples: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -100,8 +96,7 @@ def _signature(module: nn.Module) -> tuple:
 def _labelled(G: nx.DiGraph, names: Sequence[str], unit: str) -> nx.DiGraph:
     sub = nx.DiGraph(G.subgraph(names))
     for n in sub.nodes:
-        target = G.nodes[n]["target"]
-        local = target[len(PREFIX):] if target.startswith(PREFIX) else target
+        local = unprefix(G.nodes[n]["target"])
         sub.nodes[n]["label"] = (G.nodes[n]["op"], local[len(unit):] if local.startswith(unit) else local)
     return sub
 
@@ -134,8 +129,9 @@ def identical_runs(model: nn.Module, probe: Probe, sched: Schedule, units: list[
 
 def choose(runs: list[list[Unit]], replace: int | Sequence[str]) -> Replacement:
     """Which interior units to replace: every n-th of each run, or the names given."""
-    result = Replacement(runs=[[u.name for u in run] for run in runs])
-    interior = {u.name: (run[i - 1].name, u.name, run[i + 1].name) for run in runs for i, u in enumerate(run) if 0 < i < len(run) - 1}
+    result = Replacement()
+    interior = {u.name: (run[i - 1].name, u.name, run[i + 1].name)
+                for run in runs for i, u in enumerate(run) if 0 < i < len(run) - 1}
     ends = {run[0].name for run in runs} | {run[-1].name for run in runs}
     if isinstance(replace, int):
         if replace < 2:
@@ -155,7 +151,7 @@ def choose(runs: list[list[Unit]], replace: int | Sequence[str]) -> Replacement:
             taken.add(name)
             result.replaced.append(name)
             result.triples.append(interior[name])
-    for name, triple in interior.items():
+    for name in interior:
         if name not in taken and name not in result.skipped:
             result.skipped[name] = "not selected"
     return result
@@ -179,10 +175,10 @@ def fuse(gm: fx.GraphModule, model: nn.Module, probe: Probe, sched: Schedule, re
         with gm.graph.inserting_after(dst):
             call = gm.graph.call_module(f"repl.{key}", (src,))
         call.meta = {"splitfx": {"scope": name, "cls": type(model.get_submodule(name)).__name__}}
-        dst.replace_all_uses_with(call, delete_user_cb=lambda user: user is not call)
+        dst.replace_all_uses_with(call, delete_user_cb=lambda user, call=call: user is not call)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return surrogates
 
 
-__all__ = ["Surrogate", "Replacement", "identical_runs", "choose", "fuse", "find_units", "MODES"]
+__all__ = ["MODES", "Replacement", "Surrogate", "choose", "find_units", "fuse", "identical_runs"]

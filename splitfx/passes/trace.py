@@ -15,17 +15,19 @@ import contextlib
 import inspect
 import os
 import traceback
-from typing import Any, Iterable, Iterator, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..errors import TraceError
+from ..base.errors import TraceError
 from .bind import bind
+from .names import inside
 
-LeafSpec = Union[str, type]
+LeafSpec = str | type
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _MAX_MODE_FIXES = 8
@@ -166,7 +168,7 @@ def _mode_dependent_scopes(train: fx.Graph, eval_: fx.Graph) -> set[str]:
     """Innermost module FQNs whose traced code differs between modes ("" is the root)."""
     a, b = _scope_signatures(train), _scope_signatures(eval_)
     differing = {s for s in a.keys() | b.keys() if a.get(s) != b.get(s)}
-    return {s for s in differing if not any(o != s and (s == "" or o.startswith(s + ".")) for o in differing)}
+    return {s for s in differing if not any(o != s and inside(o, s) for o in differing)}
 
 
 def _reconcile(train: fx.Graph, eval_: fx.Graph) -> tuple[list[tuple[fx.Node, list[int]]], set[str]]:
@@ -177,12 +179,12 @@ def _reconcile(train: fx.Graph, eval_: fx.Graph) -> tuple[list[tuple[fx.Node, li
     ``training`` flag at run time; any other difference makes the innermost module containing it
     a leaf."""
     a, b = list(train.nodes), list(eval_.nodes)
-    if len(a) != len(b) or any(_structure(x) != _structure(y) for x, y in zip(a, b)):
+    if len(a) != len(b) or any(_structure(x) != _structure(y) for x, y in zip(a, b, strict=True)):
         return [], _mode_dependent_scopes(train, eval_)
     patches, scopes = [], set()
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         ca, cb = _constants(x), _constants(y)
-        diff = [i for i, (u, v) in enumerate(zip(ca, cb)) if u != v]
+        diff = [i for i, (u, v) in enumerate(zip(ca, cb, strict=True)) if u != v]
         if not diff:
             continue
         if all(ca[i] == "True" and cb[i] == "False" for i in diff):
@@ -256,6 +258,4 @@ def trace(
 
     graph = graphs[True]
     _annotate_scopes(model, graph)
-    gm = bind(model, graph, type(model).__name__ + "Traced")
-    gm.meta["splitfx_leaf_names"] = sorted(leaf_names)
-    return gm
+    return bind(model, graph, type(model).__name__ + "Traced")

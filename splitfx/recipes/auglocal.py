@@ -16,8 +16,10 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
+from .copies import fresh_copy
 from .heads import PoolLinear, adapter
 from .layout import channels, infer_layout
+from .registry import register_recipe
 
 
 def sampled_chain(boundary: Boundary, graph: GraphInfo, units, fresh) -> tuple[list[nn.Module], tuple, str]:
@@ -35,8 +37,8 @@ def sampled_chain(boundary: Boundary, graph: GraphInfo, units, fresh) -> tuple[l
     return [m for m in layers if not isinstance(m, nn.Identity)], shape, layout
 
 
+@register_recipe("auglocal")
 class AugLocal(Recipe):
-    name = "auglocal"
     paper = "Ma et al., ICLR 2024"
     needs_units = True
 
@@ -44,8 +46,6 @@ class AugLocal(Recipe):
         self.max_depth, self.pyramid = max_depth, pyramid
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        from ..passes.units import fresh_copy
-
         after = graph.units_after(boundary.position)
         depth = max(1, round(self.max_depth * (1 - self.pyramid * boundary.depth)))
         depth = min(depth, len(after))

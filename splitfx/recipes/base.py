@@ -1,16 +1,21 @@
-"""What a local-learning recipe is: aux-head generator, local loss, training loop, per-step hooks."""
+"""What a local-learning recipe is: aux-head generator, local loss, training loop, per-step hooks.
+
+A recipe sees the converted model only through :class:`SplitParts` (the blocks, the heads, the
+final loss, the model for EMA sources), never the runtime's ``SplitModule``.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Hashable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..passes.units import Unit
-    from ..runtime import SplitModule
+from ..passes.units import Unit
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -37,26 +42,40 @@ class GraphInfo:
     """What recipes that copy the model's own layers may look at."""
 
     model: nn.Module
-    units: list["Unit"] = field(default_factory=list)
+    units: list[Unit] = field(default_factory=list)
 
-    def units_after(self, position: int) -> list["Unit"]:
+    def units_after(self, position: int) -> list[Unit]:
         return [u for u in self.units if u.start >= position]
+
+
+@dataclass(frozen=True)
+class SplitParts:
+    """What a recipe's loop runs: block k maps block k-1's output to its own, ``attached[k]`` is
+    the same block without the input detach (cascade recipes only), ``heads[k]`` is block k's aux
+    head, ``loss_fn`` trains the last block, ``model`` is the user's model."""
+
+    blocks: Sequence[Callable[..., torch.Tensor]]
+    heads: Sequence[nn.Module]
+    loss_fn: LossFn
+    model: nn.Module
+    attached: Sequence[Callable[..., torch.Tensor]] = ()
 
 
 class Recipe:
     """A recipe: one aux head per non-final block, a local loss, and the per-step loop.
 
     The default loop runs block k on the detached output of block k-1, yields its loss, and moves
-    on; ``reaches(k)`` says which blocks loss k trains (gradient isolation as the method defines it)."""
+    on; ``reaches(k)`` says which blocks loss k trains (gradient isolation as the method defines it).
+    Subclasses register with ``@splitfx.register_recipe("name")``."""
 
     name = "base"
     paper = ""
     split = True  # False: the model is one block (E2E)
-    cascade = False  # True: loss k also runs block k-1 on its input (needs blocks without detach)
+    cascade = False  # True: loss k also runs block k-1 on its input (needs ``SplitParts.attached``)
     needs_units = False  # True: make_head copies the model's own layers
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        raise NotImplementedError
+        raise NotImplementedError(f"recipe {self.name!r} does not define make_head")
 
     def head_key(self, boundary: Boundary) -> Hashable:
         """Boundaries with equal keys get structurally identical heads (the planner probes one)."""
@@ -68,20 +87,25 @@ class Recipe:
     def reaches(self, k: int) -> tuple[int, ...]:
         return (k,)
 
-    def losses(self, sm: "SplitModule", inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+    def step_bytes(self, with_aux: np.ndarray, backbone: np.ndarray, k: int) -> float:
+        """Predicted saved bytes while loss k is alive, from block costs over the chosen boundaries
+        (``with_aux[i, j]``: blocks i..j plus the aux head at j; ``backbone``: without it)."""
+        return float(with_aux[k, k + 1])
+
+    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
         h = inputs
-        last = sm.num_blocks - 1
-        for k, block in enumerate(sm.blocks):
+        last = len(parts.blocks) - 1
+        for k, block in enumerate(parts.blocks):
             out = block(*h)
             if k == last:
-                yield sm.loss_fn(out, target)
+                yield parts.loss_fn(out, target)
             else:
-                yield self.local_loss(sm.heads[k], out, target, inputs)
+                yield self.local_loss(parts.heads[k], out, target, inputs)
                 h = (out.detach(),)
             del out
 
-    def after_step(self, sm: "SplitModule") -> None:
+    def after_step(self, parts: SplitParts) -> None:
         """Called once after each optimizer step: EMA copies follow their backbone layers."""
-        for head in sm.heads:
+        for head in parts.heads:
             for ema, source in getattr(head, "ema_sources", lambda: ())():
-                ema.update(sm.model.get_submodule(source))
+                ema.update(parts.model.get_submodule(source))

@@ -18,15 +18,19 @@ that of two consecutive blocks, which the plan's per-block figures include.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Boundary, GraphInfo, Recipe
+from .auglocal import sampled_chain
+from .base import Boundary, GraphInfo, Recipe, SplitParts
+from .copies import EMA, weight_copy
 from .heads import Classifier1c2f, PoolLinear, adapter, patches
 from .layout import channels, infer_layout
+from .registry import register_recipe
 
 
 class Cascade(Recipe):
@@ -45,17 +49,24 @@ class Cascade(Recipe):
         """Both paths on the same features: what the planner probes for the aux cost."""
         return self.cascade_loss(head, features, features, target)
 
-    def losses(self, sm, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+    def step_bytes(self, with_aux: np.ndarray, backbone: np.ndarray, k: int) -> float:
+        """A cascade step also holds block k once more (second path) and block k-1's activations;
+        at k = 0 the second path is the aux head run again on the same features."""
+        if k == 0:
+            return float(2 * with_aux[0, 1] - backbone[0, 1])
+        return float(2 * with_aux[k, k + 1] + backbone[k - 1, k])
+
+    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
         h, prev = inputs, None
-        last = sm.num_blocks - 1
-        for k, block in enumerate(sm.blocks):
+        last = len(parts.blocks) - 1
+        for k, block in enumerate(parts.blocks):
             out = block(*h)
             # Block k without its input detach, on block k-1's fresh output: gradient reaches both.
-            cascaded = sm.attached_blocks[k](sm.blocks[k - 1](*prev)) if k else out
+            cascaded = parts.attached[k](parts.blocks[k - 1](*prev)) if k else out
             if k == last:
-                yield self.wx * sm.loss_fn(out, target) + self.wy * sm.loss_fn(cascaded, target)
+                yield self.wx * parts.loss_fn(out, target) + self.wy * parts.loss_fn(cascaded, target)
             else:
-                yield self.cascade_loss(sm.heads[k], out, cascaded, target)
+                yield self.cascade_loss(parts.heads[k], out, cascaded, target)
                 prev, h = h, (out.detach(),)
             del out, cascaded
 
@@ -70,8 +81,8 @@ class PatchFusion(nn.Module):
         return torch.stack([self.classifier(p) for p in patches(x, self.layout)]).mean(0)
 
 
+@register_recipe("hpff")
 class HPFF(Cascade):
-    name = "hpff"
     paper = "Su et al., ECCV 2024"
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
@@ -85,8 +96,6 @@ class _FirstWithEMA(nn.Module):
     """A learnable copy of a backbone layer plus its EMA copy (LAM's first leap layer)."""
 
     def __init__(self, source_name: str, source: nn.Module, momentum: float, bridge: nn.Module):
-        from ..passes.units import EMA, weight_copy
-
         super().__init__()
         self.source = source_name
         self.bridge = bridge
@@ -115,8 +124,8 @@ class LeapHead(nn.Module):
         return [(self.first.ema, self.first.source)] if isinstance(self.first, _FirstWithEMA) else []
 
 
+@register_recipe("mlaan")
 class MLAAN(Cascade):
-    name = "mlaan"
     paper = "Zhang et al., 2024"
     needs_units = True
 
@@ -125,13 +134,11 @@ class MLAAN(Cascade):
         self.momentum = momentum
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        from ..passes.units import weight_copy
-        from .auglocal import sampled_chain
-
         linear = PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), boundary.num_classes)
         after = graph.units_after(boundary.position)
         hw = boundary.input_shape[-2:]
-        bridge = adapter(boundary.shape, boundary.layout, after[0].in_shape, infer_layout(after[0].in_shape, hw)) if after else None
+        bridge = (adapter(boundary.shape, boundary.layout, after[0].in_shape, infer_layout(after[0].in_shape, hw))
+                  if after else None)
         if bridge is not None:
             first = after[0]
             lead = _FirstWithEMA(first.name, graph.model.get_submodule(first.name), self.momentum, bridge)
@@ -145,4 +152,5 @@ class MLAAN(Cascade):
         return LeapHead(linear, lead, rest)
 
     def cascade_loss(self, head, features, cascaded, target):
-        return self.wx * F.cross_entropy(head.linear(features), target) + self.wy * F.cross_entropy(head.leap(cascaded), target)
+        return (self.wx * F.cross_entropy(head.linear(features), target)
+                + self.wy * F.cross_entropy(head.leap(cascaded), target))

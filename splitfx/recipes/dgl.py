@@ -13,10 +13,11 @@ from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
 from .heads import MLPSR
+from .registry import register_recipe
 
 
+@register_recipe("dgl")
 class DGL(Recipe):
-    name = "dgl"
     paper = "Belilovsky et al., ICML 2020"
 
     def __init__(self, n: int = 1, m: int = 1):

@@ -1,8 +1,8 @@
 """Aux-head building blocks shared by the recipes, for any boundary layout."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import isqrt
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +130,7 @@ def supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
     return -(mean_log_prob * valid).sum() / valid.sum().clamp(min=1)
 
 
-__all__ = ["as_map", "PoolLinear", "MLPSR", "Classifier1c2f", "Decoder", "patches", "supcon", "channels"]
+__all__ = ["MLPSR", "Classifier1c2f", "Decoder", "PoolLinear", "as_map", "channels", "patches", "supcon"]
 
 
 class _Permuted(nn.Module):
@@ -155,7 +155,8 @@ def adapter(have: Sequence[int], have_layout: str, want: Sequence[int], want_lay
     if have_layout == "NLC" and have[0] == want[0]:
         return nn.Linear(have[1], want[1])
     if have_layout in ("NCHW", "NHWC"):
-        (ci, hi, wi), (co, ho, wo) = (have, want) if have_layout == "NCHW" else ((have[2], *have[:2]), (want[2], *want[:2]))
+        (ci, hi, wi), (co, ho, wo) = ((have, want) if have_layout == "NCHW"
+                                      else ((have[2], *have[:2]), (want[2], *want[:2])))
         if hi % ho or wi % wo:
             return None
         conv = nn.Sequential(nn.Conv2d(ci, co, 1, stride=(hi // ho, wi // wo), bias=False), nn.BatchNorm2d(co))

@@ -19,6 +19,7 @@ from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
 from .heads import Classifier1c2f, Decoder, supcon
+from .registry import register_recipe
 
 
 class InfoProHead(nn.Module):
@@ -42,8 +43,8 @@ class InfoProHead(nn.Module):
         return self.recon_weight * recon + self.task_weight * task
 
 
+@register_recipe("infopro")
 class InfoPro(Recipe):
-    name = "infopro"
     paper = "Wang et al., ICLR 2021"
     contrast = False
 
@@ -55,6 +56,6 @@ class InfoPro(Recipe):
         return head.loss(features, target, inputs[0])
 
 
+@register_recipe("infopro_supcon")
 class InfoProSupCon(InfoPro):
-    name = "infopro_supcon"
     contrast = True

@@ -4,11 +4,9 @@ A 4-D boundary tensor is ambiguous; its spatial dims are the pair whose ratio ma
 image and that divides it (swin keeps NHWC, most CNNs NCHW). Pooling and channel count follow."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-
-LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:

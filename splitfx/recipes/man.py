@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 from .base import Boundary, GraphInfo
-from .infopro import InfoPro, InfoProHead
+from .copies import EMA, weight_copy
 from .heads import adapter
+from .infopro import InfoPro, InfoProHead
 from .layout import infer_layout
+from .registry import register_recipe
 
 
 class MomentumHead(nn.Module):
     def __init__(self, source: str, module: nn.Module, head: nn.Module, momentum: float, bridge: nn.Module):
-        from ..passes.units import EMA, weight_copy
-
         super().__init__()
         self.source = source
         self.bridge = bridge
@@ -48,8 +48,8 @@ class MomentumHead(nn.Module):
         return [(self.ema, self.source)]
 
 
+@register_recipe("man")
 class MAN(InfoPro):
-    name = "man"
     paper = "Su et al., ECCV 2024 (MAN), MAN++ 2026"
     needs_units = True
 
@@ -64,6 +64,7 @@ class MAN(InfoPro):
             bridge = adapter(boundary.shape, boundary.layout, unit.in_shape, infer_layout(unit.in_shape, hw))
             if bridge is not None:
                 layout = infer_layout(unit.out_shape, hw)
-                head = InfoProHead(layout, unit.out_shape, boundary.input_shape, boundary.num_classes, boundary.depth, False)
+                head = InfoProHead(layout, unit.out_shape, boundary.input_shape, boundary.num_classes, boundary.depth,
+                                   False)
                 return MomentumHead(unit.name, graph.model.get_submodule(unit.name), head, self.momentum, bridge)
         return super().make_head(boundary, graph)

@@ -6,16 +6,18 @@ from torch import nn
 from .base import Boundary, GraphInfo, Recipe
 from .heads import PoolLinear
 from .layout import channels
+from .registry import register_recipe
 
 
+@register_recipe("e2e")
 class E2E(Recipe):
     """Ordinary end-to-end backpropagation through the whole model, behind the same API (one block)."""
 
-    name = "e2e"
     paper = "baseline"
     split = False
 
 
+@register_recipe("linear")
 class Linear(Recipe):
     """Global average pool + one Linear per cut: the cheapest supervised head.
 
@@ -23,7 +25,6 @@ class Linear(Recipe):
     can scale to ImageNet") reduced to a linear probe. Departure: no hidden layers at all; it is
     splitfx's default because it costs almost no memory or FLOPs."""
 
-    name = "linear"
     paper = "Belilovsky et al. 2019, linear-probe variant"
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:

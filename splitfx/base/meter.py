@@ -7,7 +7,7 @@ measurement (real tensors), so the two can be compared number for number.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -32,9 +32,9 @@ def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
 
 
 class _Packed:
-    __slots__ = ("tensor", "key", "meter")
+    __slots__ = ("key", "meter", "tensor")
 
-    def __init__(self, tensor: torch.Tensor, key: int, meter: "SavedTensorMeter"):
+    def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter):
         self.tensor, self.key, self.meter = tensor, key, meter
 
     def __del__(self):
@@ -48,7 +48,7 @@ class SavedTensorMeter:
     is called for every counted save, also repeated ones, so a probe can attribute saves to nodes.
     ``mark()`` restarts the peak at the current live bytes, for per-phase peaks."""
 
-    def __init__(self, exclude: Iterable[int] = (), on_save: Optional[Callable[[int, int], None]] = None):
+    def __init__(self, exclude: Iterable[int] = (), on_save: Callable[[int, int], None] | None = None):
         # A set given is used live, so keys its owner adds while the meter runs are excluded too.
         self.exclude = exclude if isinstance(exclude, set) else set(exclude)
         self.on_save = on_save
@@ -88,7 +88,7 @@ class SavedTensorMeter:
     def mark(self) -> None:
         self.peak = self.live
 
-    def __enter__(self) -> "SavedTensorMeter":
+    def __enter__(self) -> SavedTensorMeter:
         self._hooks.__enter__()
         return self
 

@@ -11,26 +11,29 @@ Every mode trains the same model on the same batch with the same optimizer:
 Memory: on CUDA ``max_memory_allocated``; on CPU the peak of live saved-for-backward bytes
 (parameters and buffers excluded, the metric the plan predicts) and the growth of the process's
 peak RSS over its level when the mode started (freed heap is trimmed and the peak reset between
-modes through ``/proc/self/clear_refs``; the libraries' ~1 GB baseline would hide the difference). Time: median over the timed steps after warm-up.
+modes through ``/proc/self/clear_refs``; the libraries' ~1 GB baseline would hide the difference).
+Time: median over the timed steps after warm-up.
 Ratios are to E2E in the same run.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .convert import convert, segments
-from .memory import SavedTensorMeter, state_keys
-from .plan import make_plan
+from ..api.conversion import convert, segments
+from ..api.planning import plan as make_plan
+from ..base.meter import SavedTensorMeter, state_keys
+from ..passes.trace import trace
 
 
 @dataclass
@@ -38,11 +41,11 @@ class ModeResult:
     mode: str
     step_ms: float
     peak_saved_bytes: int
-    peak_rss_bytes: Optional[int] = None  # process peak RSS above its level when the mode started
-    peak_cuda_bytes: Optional[int] = None
-    predicted_saved_bytes: Optional[int] = None
-    trainable_params: Optional[int] = None
-    optimizer_state_bytes: Optional[int] = None
+    peak_rss_bytes: int | None = None  # process peak RSS above its level when the mode started
+    peak_cuda_bytes: int | None = None
+    predicted_saved_bytes: int | None = None
+    trainable_params: int | None = None
+    optimizer_state_bytes: int | None = None
 
 
 @dataclass
@@ -57,13 +60,14 @@ class BenchResult:
     aux_flops_share: float  # aux-head FLOPs / backbone FLOPs
     modes: list[ModeResult] = field(default_factory=list)
 
-    def ratio(self, mode: ModeResult, attr: str) -> Optional[float]:
+    def ratio(self, mode: ModeResult, attr: str) -> float | None:
         base, value = getattr(self.modes[0], attr), getattr(mode, attr)
         return value / base if base and value is not None else None
 
     def table(self) -> str:
         cuda = self.device.startswith("cuda")
-        head = f"{self.model}, K={self.blocks}, recipe {self.recipe!r}, batch {self.batch}, input {'×'.join(map(str, self.input_size))}, {self.device}, median of {self.steps} steps"
+        head = (f"{self.model}, K={self.blocks}, recipe {self.recipe!r}, batch {self.batch}, "
+                f"input {'×'.join(map(str, self.input_size))}, {self.device}, median of {self.steps} steps")
         cols = ["mode", "step ms", "×E2E", "saved act. MiB", "×E2E", "predicted MiB"]
         cols += ["CUDA peak MiB", "×E2E"] if cuda else ["RSS growth MiB", "×E2E"]
         rows = [cols]
@@ -77,7 +81,7 @@ class BenchResult:
                 f"{mem / 2**20:.0f}" if mem else "–", _x(self.ratio(m, attr)),
             ])
         widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-        lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         lines.append(f"aux-head FLOPs: {100 * self.aux_flops_share:.2f} % of the backbone's")
         for m in self.modes:
             if m.trainable_params is not None:
@@ -89,17 +93,15 @@ class BenchResult:
         return asdict(self)
 
 
-def _x(r: Optional[float]) -> str:
+def _x(r: float | None) -> str:
     return f"{r:.2f}" if r is not None else "–"
 
 
 def _reset_rss() -> None:
     """Give freed heap back to the OS, then restart the peak-RSS counter (Linux)."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident set size (VmHWM)
@@ -107,7 +109,7 @@ def _reset_rss() -> None:
         pass
 
 
-def _status(field: str) -> Optional[int]:
+def _status(field: str) -> int | None:
     """A byte count from /proc/self/status (VmRSS, VmHWM), or None off Linux."""
     try:
         with open("/proc/self/status") as f:
@@ -124,7 +126,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str, warmup: int, steps: int) -> ModeResult:
+def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str, warmup: int,
+             steps: int) -> ModeResult:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -147,13 +150,15 @@ def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str
 
 
 def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size()
+               for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
 
 
 def run(
     model_factory: Callable[[], nn.Module],
     model_name: str,
-    blocks: int = 4,
+    num_blocks: int = 4,
+    *,
     recipe: str = "linear",
     batch: int = 8,
     input_size: Sequence[int] = (3, 224, 224),
@@ -178,7 +183,7 @@ def run(
     model = fresh()
     num_classes = model(x[:2]).shape[-1]
     y = torch.randint(0, num_classes, (batch,), device=device)
-    plan = make_plan(model, x, blocks, recipe=recipe)
+    plan = make_plan(model, x, num_blocks, recipe=recipe)
     flops = sum(b.flops for b in plan.blocks)
     result = BenchResult(model_name, plan.num_blocks, recipe, batch, tuple(input_size), device, steps,
                          sum(b.aux_flops for b in plan.blocks) / max(flops, 1))
@@ -203,7 +208,7 @@ def run(
     result.modes.append(e2e)
 
     model = fresh()
-    plan = make_plan(model, x, blocks, recipe=recipe)
+    plan = make_plan(model, x, num_blocks, recipe=recipe)
     parts = segments(plan, detach=False)
     opt = sgd(model.parameters())
 
@@ -221,9 +226,9 @@ def run(
 
     for label, repl in [("local", None), ("local+RepL", replace)] if replace is not None else [("local", None)]:
         model = fresh()
-        sm = convert(model, x, blocks, recipe, replace=repl)
+        sm = convert(model, x, num_blocks, recipe=recipe, replace=repl)
         opt = sgd(p for p in sm.parameters() if p.requires_grad)
-        mode = _measure(label, lambda: sm.train_step(x, y, opt, None, dtype), sm, device, warmup, steps)
+        mode = _measure(label, lambda sm=sm, opt=opt: sm.train_step(x, y, opt, None, dtype), sm, device, warmup, steps)
         mode.predicted_saved_bytes = sm.plan.local_peak_bytes
         if replace is not None:
             mode.trainable_params = sum(p.numel() for p in sm.parameters() if p.requires_grad)
@@ -242,16 +247,14 @@ class ConversionTime:
     convert_s: float  # plan + emitting blocks and heads
 
 
-def conversion_time(model: nn.Module, name: str, x: torch.Tensor, blocks: int = 4) -> ConversionTime:
+def conversion_time(model: nn.Module, name: str, x: torch.Tensor, num_blocks: int = 4) -> ConversionTime:
     """Wall time of trace alone, of plan (which traces), and of convert (which plans)."""
-    from .passes.trace import trace
-
     began = time.perf_counter()
     gm = trace(model, (x,))
     traced = time.perf_counter()
-    make_plan(model, x, blocks)
+    make_plan(model, x, num_blocks)
     planned = time.perf_counter()
-    convert(model, x, blocks)
+    convert(model, x, num_blocks)
     converted = time.perf_counter()
     return ConversionTime(name, len(gm.graph.nodes), sum(p.numel() for p in model.parameters()),
                           traced - began, planned - traced, converted - planned)

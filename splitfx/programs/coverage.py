@@ -15,9 +15,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Optional
+
+from ..base.errors import first_line
 
 STAGES = ("create", "timm_fx", "trace", "plan", "convert", "step", "parity", "onnx")
 
@@ -27,7 +29,7 @@ class Outcome:
     model: str
     family: str
     status: str  # pass | fail | timeout | excluded
-    stage: Optional[str] = None  # the failing stage
+    stage: str | None = None  # the failing stage
     reason: str = ""
     seconds: float = 0.0
 
@@ -39,18 +41,19 @@ def family(name: str) -> str:
     return registry._model_to_module.get(name.split(".")[0], "?")
 
 
-def check(name: str, blocks: int = 4, onnx_dir: Optional[str] = None) -> Outcome:
+def check(name: str, blocks: int = 4, onnx_dir: str | None = None) -> Outcome:
     """Run every stage on ``name`` in this process; the first failing stage ends it."""
     import tempfile
 
     import timm
     import torch
 
-    from .convert import convert
-    from .errors import PlanError
-    from .export import export_onnx
+    from ..api.conversion import convert
+    from ..api.onnx_export import export_onnx
+    from ..api.planning import plan as make_plan
+    from ..base.errors import PlanError
+    from ..passes.trace import trace
     from .models import default_input_size
-    from .plan import make_plan
 
     outcome = Outcome(name, family(name), "pass")
     began = time.perf_counter()
@@ -64,11 +67,10 @@ def check(name: str, blocks: int = 4, onnx_dir: Optional[str] = None) -> Outcome
         try:
             timm.layers.get_graph_node_names(model)
         except Exception as err:
-            outcome.status, outcome.stage, outcome.reason = "excluded", stage, f"timm cannot fx-trace it: {_first_line(err)}"
+            outcome.status, outcome.stage, outcome.reason = ("excluded", stage,
+                                                             f"timm cannot fx-trace it: {first_line(err)}")
             return outcome
         stage = "trace"
-        from .passes.trace import trace
-
         trace(model, (x,))
         stage = "plan"
         try:
@@ -93,22 +95,17 @@ def check(name: str, blocks: int = 4, onnx_dir: Optional[str] = None) -> Outcome
         with tempfile.TemporaryDirectory(dir=onnx_dir) as tmp:
             export_onnx(sm, os.path.join(tmp, "m.onnx"), x)
     except Exception as err:
-        outcome.status, outcome.stage, outcome.reason = "fail", stage, _first_line(err)
+        outcome.status, outcome.stage, outcome.reason = "fail", stage, first_line(err)
     finally:
         outcome.seconds = time.perf_counter() - began
     return outcome
-
-
-def _first_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-    return text[:300]
 
 
 def _run_isolated(name: str, timeout: float) -> Outcome:
     began = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        proc = subprocess.run([sys.executable, "-m", "splitfx.coverage", name], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "splitfx.programs.coverage", name], capture_output=True, text=True,
                               timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return Outcome(name, family(name), "timeout", None, f"over {timeout:.0f} s", time.perf_counter() - began)
@@ -116,7 +113,8 @@ def _run_isolated(name: str, timeout: float) -> Outcome:
         if line.startswith("{"):
             return Outcome(**json.loads(line))
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return Outcome(name, family(name), "fail", "crash", f"exit {proc.returncode}: {tail[:300]}", time.perf_counter() - began)
+    return Outcome(name, family(name), "fail", "crash", f"exit {proc.returncode}: {tail[:300]}",
+                   time.perf_counter() - began)
 
 
 def sweep(names: Iterable[str], jobs: int, timeout: float, progress: Callable[[Outcome], None]) -> list[Outcome]:
@@ -149,7 +147,8 @@ def report(results: list[Outcome], header: str) -> str:
     for fam in sorted(families):
         rs = families[fam]
         count = {s: sum(r.status == s for r in rs) for s in ("excluded", "pass", "fail", "timeout")}
-        lines.append(f"| {fam} | {len(rs)} | {count['excluded']} | {count['pass']} | {count['fail']} | {count['timeout']} |")
+        lines.append(f"| {fam} | {len(rs)} | {count['excluded']} | {count['pass']} | {count['fail']} "
+                     f"| {count['timeout']} |")
     lines += ["", "| model | family | status | stage | reason |", "|---|---|---|---|---|"]
     for r in results:
         if r.status != "pass":

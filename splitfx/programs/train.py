@@ -11,20 +11,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..api.conversion import convert
+from ..base.errors import SplitFXError
+from ..base.files import write_text
+from ..base.meter import SavedTensorMeter, state_keys
+from ..runtime.split_module import SplitModule
 from . import data as datasets
-from .convert import convert
-from .errors import SplitFXError
-from .io import atomic_path, write_text
-from .memory import SavedTensorMeter, state_keys
+from .checkpoint import Checkpoint
 from .models import create_model
-from .runtime import SplitModule
+
+CHECKPOINT = "checkpoint.pt"  # in the --out folder
 
 
 @dataclass
@@ -52,7 +55,7 @@ class EpochResult:
     test_accuracy: float
     seconds: float
     peak_saved_bytes: int  # measured, live saved-for-backward activations
-    peak_cuda_bytes: Optional[int] = None
+    peak_cuda_bytes: int | None = None
 
 
 @dataclass
@@ -95,25 +98,6 @@ def evaluate(sm: SplitModule, dataset, batch: int, device: str) -> float:
     return correct / len(dataset)
 
 
-def _save(path: str, sm: SplitModule, opt, sched, scaler, config: TrainConfig, epoch: int, result: TrainResult,
-          num_classes: int) -> None:
-    state = {
-        "config": asdict(config),
-        "epoch": epoch,
-        "model": sm.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "history": [asdict(h) for h in result.history],
-        "e2e_saved_bytes": result.e2e_saved_bytes,
-        "num_classes": num_classes,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train(
     config: TrainConfig,
     out: str | None = None,
@@ -126,15 +110,15 @@ def train(
     if resume is not None:
         if not os.path.isfile(resume):
             raise SplitFXError(f"--resume {resume}: no such checkpoint")
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        config = TrainConfig(**{**state["config"], "epochs": config.epochs, "device": config.device})
+        state = Checkpoint.load(resume)
+        config = TrainConfig(**{**state.config, "epochs": config.epochs, "device": config.device})
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SplitFXError("--device cuda: no CUDA device is visible to torch")
     torch.manual_seed(config.seed)
     train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
     model = build_model(config.model, num_classes, config.input_size)
     example = torch.stack([train_set[i][0] for i in range(config.batch)])
-    sm = convert(model, example, config.blocks, config.recipe).to(config.device)
+    sm = convert(model, example, config.blocks, recipe=config.recipe).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)
@@ -142,16 +126,9 @@ def train(
     result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes)
     start_epoch = 0
     if state is not None:
-        sm.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        result.history = [EpochResult(**h) for h in state["history"]]
-        start_epoch = state["epoch"] + 1
+        state.restore(sm, opt, sched, scaler)
+        result.history = [EpochResult(**h) for h in state.history]
+        start_epoch = state.epoch + 1
 
     log(f"{config.model}: {sm.num_blocks} gradient-isolated blocks, recipe {config.recipe!r}, "
         f"{len(train_set)} train / {len(test_set)} test images of {config.input_size}², on {config.device}")
@@ -181,7 +158,10 @@ def train(
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
-            _save(os.path.join(out, "checkpoint.pt"), sm, opt, sched, scaler, config, epoch, result, num_classes)
+            Checkpoint.capture(
+                sm, opt, sched, scaler, config=asdict(config), epoch=epoch, history=[asdict(h) for h in result.history],
+                e2e_saved_bytes=result.e2e_saved_bytes, num_classes=num_classes,
+            ).save(os.path.join(out, CHECKPOINT))
     if result.history:
         peak = max(h.peak_saved_bytes for h in result.history)
         log(f"peak saved activations: {peak / 2**20:.1f} MiB local (measured) vs "
@@ -196,11 +176,10 @@ def train(
 
 def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
     """The user's model with the trained weights of a ``splitfx train`` checkpoint (heads dropped)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig(**state["config"])
-    model = build_model(config.model, state["num_classes"], config.input_size)
-    weights = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
-    model.load_state_dict(weights, strict=True)
+    state = Checkpoint.load(path)
+    config = TrainConfig(**state.config)
+    model = build_model(config.model, state.num_classes, config.input_size)
+    model.load_state_dict(state.model_weights(), strict=True)
     return model.eval(), config
 
 

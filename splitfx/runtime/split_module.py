@@ -7,18 +7,15 @@ then block k+1. Only one block's activations are alive at a time.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from .passes.emit import block_nodes, block_parameters
-from .plan import SplitPlan
-from .recipes import Recipe
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from ..base.report import SplitPlan
+from ..base.tensors import Inputs, as_tuple
+from ..recipes.base import LossFn, Recipe, SplitParts
 
 
 class SplitModule(nn.Module):
@@ -31,28 +28,27 @@ class SplitModule(nn.Module):
     def __init__(
         self,
         plan: SplitPlan,
+        recipe: Recipe,
+        traced: fx.GraphModule,
         blocks: Sequence[fx.GraphModule],
         heads: Sequence[nn.Module],
         loss_fn: LossFn,
+        block_params: Sequence[Sequence[nn.Parameter]],
         attached_blocks: Sequence[fx.GraphModule] = (),
     ):
         super().__init__()
-        ctx = plan.context
-        self.model = ctx.model
+        self.model = traced.model
         self.heads = nn.ModuleList(heads)
-        self.repl = getattr(ctx.gm, "repl", nn.ModuleDict())  # RepL surrogates: fusion coefficients
-        self.plan = replace(plan, context=None)  # the fake-tensor probe is not needed any more
-        self.recipe: Recipe = ctx.recipe
+        self.repl = getattr(traced, "repl", nn.ModuleDict())  # RepL surrogates: fusion coefficients
+        self.plan = plan
+        self.recipe = recipe
         self.loss_fn = loss_fn
         # Not registered as submodules: they only reference ``self.model``, which already is one.
-        object.__setattr__(self, "traced", ctx.gm)
+        object.__setattr__(self, "traced", traced)
         object.__setattr__(self, "blocks", tuple(blocks))
         object.__setattr__(self, "attached_blocks", tuple(attached_blocks))  # no input detach
         names = {id(p): n for n, p in self.named_parameters()}
-        self._block_param_names = [
-            [names[id(p)] for p in block_parameters(ctx.gm, block_nodes(ctx.gm, ctx.probe.graph, ctx.sched, b.start, b.end))]
-            for b in plan.blocks
-        ]
+        self._block_param_names = [[names[id(p)] for p in params] for params in block_params]
 
     @property
     def num_blocks(self) -> int:
@@ -68,16 +64,19 @@ class SplitModule(nn.Module):
         head's are in ``heads[k]``."""
         return [self.get_parameter(name) for name in self._block_param_names[k]]
 
-    def local_losses(self, inputs: torch.Tensor | tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+    def parts(self) -> SplitParts:
+        """The view of this module a recipe's loop runs on."""
+        return SplitParts(self.blocks, self.heads, self.loss_fn, self.model, self.attached_blocks)
+
+    def local_losses(self, inputs: Inputs, target: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
         to keep only one block's activations alive; summing them and calling ``backward`` once gives
         the same gradients."""
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        yield from self.recipe.losses(self, inputs, target)
+        yield from self.recipe.losses(self.parts(), as_tuple(inputs), target)
 
     def train_step(
         self,
-        inputs: torch.Tensor | tuple,
+        inputs: Inputs,
         target: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None = None,
@@ -89,10 +88,10 @@ class SplitModule(nn.Module):
         outside it, as autocast recommends); pair float16 with a ``GradScaler``."""
         optimizer.zero_grad(set_to_none=True)
         losses = []
-        device = (inputs[0] if isinstance(inputs, tuple) else inputs).device.type
+        inputs = as_tuple(inputs)
         steps = self.local_losses(inputs, target)
         while True:
-            with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(inputs[0].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = next(steps, None)
             if loss is None:
                 break
@@ -103,7 +102,7 @@ class SplitModule(nn.Module):
             scaler.update()
         else:
             optimizer.step()
-        self.recipe.after_step(self)
+        self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
 
     def materialize(self) -> nn.Module:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import SplitFXError
-from .io import atomic_path
-from .passes.trace import training_mode
+from ..base.errors import SplitFXError, first_line
+from ..base.files import atomic_path
+from ..base.tensors import Inputs, as_tuple
+from ..passes.trace import training_mode
+from ..runtime.split_module import SplitModule
 
 
 @dataclass
@@ -33,7 +35,8 @@ class ExportReport:
     exporter: str = "dynamo"  # or "torchscript", the fallback
 
     def __str__(self) -> str:
-        return (f"wrote {self.path} ({self.exporter} exporter): onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
+        return (f"wrote {self.path} ({self.exporter} exporter): "
+                f"onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
 
@@ -57,7 +60,8 @@ def _outputs(value) -> list[torch.Tensor]:
 def export_onnx(
     model_or_split: nn.Module,
     path: str | os.PathLike,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: Inputs,
+    *,
     dynamic_batch: bool = True,
     verify: bool = True,
     atol: float = 1e-4,
@@ -66,14 +70,12 @@ def export_onnx(
 
     Accepts a SplitModule (its RepL blocks are materialised, its aux heads dropped) or any
     ``nn.Module``. The model's training flags, parameters and buffers are left exactly as they were."""
-    from .runtime import SplitModule
-
     if isinstance(model_or_split, SplitModule):
         model_or_split.materialize()
         model = model_or_split.model
     else:
         model = model_or_split
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     if dynamic_batch and inputs[0].shape[0] < 2:
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
     path = os.fspath(path)
@@ -101,17 +103,13 @@ def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool) -> 
             return "torchscript"
         except Exception as err:
             raise SplitFXError(
-                f"torch.onnx.export failed for {type(model).__name__}: dynamo: {type(dynamo_err).__name__}: "
-                f"{_first_line(dynamo_err)}; torchscript: {type(err).__name__}: {_first_line(err)}"
+                f"torch.onnx.export failed for {type(model).__name__}: dynamo: {first_line(dynamo_err)}; "
+                f"torchscript: {first_line(err)}"
             ) from err
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
-
-
-def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float, path: str) -> ExportReport:
+def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float,
+            path: str) -> ExportReport:
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
@@ -124,8 +122,8 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
                      else x[:1].expand(batch, *x.shape[1:]) for x in inputs)
         with torch.no_grad():
             expected = _outputs(model(*feed))
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, feed)})
-        for e, g in zip(expected, got):
+        got = session.run(None, {n: x.numpy() for n, x in zip(names, feed, strict=False)})
+        for e, g in zip(expected, got, strict=False):
             e = e.float().numpy()
             worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
             scale = max(scale, float(np.max(np.abs(e))) if e.size else 0.0)

@@ -7,18 +7,17 @@ model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is 
 from __future__ import annotations
 
 import os
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .errors import SplitFXError
+from ..base.errors import SplitFXError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def digits(size: int, channels: int = 3) -> Tuple[Dataset, Dataset, int]:
+def digits(size: int, channels: int = 3) -> tuple[Dataset, Dataset, int]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -34,11 +33,12 @@ def digits(size: int, channels: int = 3) -> Tuple[Dataset, Dataset, int]:
 def _torchvision(size: int, train: bool):
     from torchvision import transforms as T
 
-    steps = [T.Resize(size), T.CenterCrop(size)] if not train else [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+    steps = ([T.Resize(size), T.CenterCrop(size)] if not train
+             else [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()])
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def load(spec: str, size: int) -> Tuple[Dataset, Dataset, int]:
+def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
     """(train, test, num_classes) for a ``--data`` spec."""
     kind, _, root = spec.partition(":")
     if kind == "digits" and not root:

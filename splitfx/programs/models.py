@@ -5,7 +5,7 @@ import importlib
 
 from torch import nn
 
-from .errors import SplitFXError
+from ..base.errors import SplitFXError
 
 
 def create_model(spec: str, **kwargs) -> nn.Module:

@@ -18,3 +18,9 @@ class PlanError(SplitFXError):
     def __init__(self, message: str, max_blocks: int | None = None):
         super().__init__(message)
         self.max_blocks = max_blocks
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: message`` cut to its first non-empty line: a reason that fits in a table cell."""
+    lines = [line for line in f"{type(err).__name__}: {err}".splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(err).__name__

@@ -1,9 +1,10 @@
 """``splitfx accuracy``: E2E vs every recipe at several K on the same data, epochs and seed."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
+from ..recipes import create_recipe
 from .train import TrainConfig, train
 
 
@@ -14,11 +15,11 @@ def run(
     base: TrainConfig,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One training run per (model, recipe, K); ``e2e`` runs once per model."""
+    """One training run per (model, recipe, K); a recipe that does not split (``e2e``) runs once per model."""
     rows = []
     for model in models:
         for recipe in recipes:
-            for k in ([1] if recipe == "e2e" else blocks):
+            for k in (blocks if create_recipe(recipe).split else [1]):
                 config = replace(base, model=model, recipe=recipe, blocks=k)
                 result = train(config, log=lambda _: None)
                 last = result.history[-1]

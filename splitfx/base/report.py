@@ -1,0 +1,173 @@
+"""The plan report: :class:`SplitPlan` and :class:`BlockPlan`, their table, JSON and picture.
+
+Plain data, so the planner can produce it, the runtime can hold it and programs can print it
+without any of them importing the others. ``context`` carries the planner's internals (the traced
+graph, the cost probe) from ``plan`` to ``convert``; it is never part of the JSON view.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from .files import atomic_path
+
+
+@dataclass
+class BlockPlan:
+    """One gradient-isolated block. Byte counts are saved-for-backward activations."""
+
+    index: int
+    modules: list[str]
+    params: int
+    saved_bytes: int  # block + its aux head
+    aux_saved_bytes: int
+    flops: int
+    aux_flops: int
+    aux_params: int
+    output_shape: list[int] | None  # the tensor handed to the next block (None for the last)
+    start: int
+    end: int
+
+    @property
+    def span(self) -> str:
+        if not self.modules:
+            return "(functional ops only)"
+        return self.modules[0] if len(self.modules) == 1 else f"{self.modules[0]} … {self.modules[-1]}"
+
+
+@dataclass
+class SplitPlan:
+    """K contiguous blocks with their predicted cost, and E2E vs local peak activation memory."""
+
+    model: str
+    num_blocks: int
+    method: str
+    recipe: str
+    input_shapes: list[list[int]]
+    blocks: list[BlockPlan]
+    e2e_saved_bytes: int
+    local_peak_bytes: int
+    total_params: int
+    legal_cuts: int
+    positions: int
+    replaced: list[str]  # RepL: blocks whose weights are synthesised from their neighbours
+    replace_skipped: dict[str, str]  # RepL candidates not replaced, and why
+    trainable_params_before: int  # before RepL
+    trainable_params: int  # after RepL (fusion coefficients included)
+    saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
+    context: Any = field(default=None, repr=False, compare=False)  # the planner's internals, for convert
+
+    @property
+    def memory_ratio(self) -> float:
+        return self.local_peak_bytes / max(self.e2e_saved_bytes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
+        skip = ("blocks", "context", "saved_profile")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        d["blocks"] = [asdict(b) for b in self.blocks]
+        d["memory_ratio"] = self.memory_ratio
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A table for people: one row per block, then the E2E vs local summary."""
+        rows = [("block", "modules", "params", "saved act.", "of which aux", "GFLOPs", "aux params", "hands over")]
+        for b in self.blocks:
+            rows.append((
+                str(b.index), b.span, count(b.params), nbytes(b.saved_bytes), nbytes(b.aux_saved_bytes),
+                f"{(b.flops + b.aux_flops) / 1e9:.2f}", count(b.aux_params),
+                "×".join(map(str, b.output_shape)) if b.output_shape else "(output)",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [
+            f"{self.model}: {self.num_blocks} blocks by {self.method}, recipe {self.recipe!r}, "
+            f"input {' '.join('×'.join(map(str, s)) for s in self.input_shapes)}, "
+            f"{self.legal_cuts} legal cuts in {self.positions} nodes",
+        ]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.rjust(w) if j >= 2 else c.ljust(w)
+                                   for j, (c, w) in enumerate(zip(r, widths, strict=True))))
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            f"predicted peak saved activations: E2E {nbytes(self.e2e_saved_bytes)}, "
+            f"local {nbytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
+        )
+        lines += self._replacement_lines()
+        return "\n".join(lines)
+
+    def _replacement_lines(self) -> list[str]:
+        if not (self.replaced or self.replace_skipped):
+            return []
+        cut = 1 - self.trainable_params / max(self.trainable_params_before, 1)
+        lines = [f"RepL replaced: {', '.join(self.replaced) or 'none'}; trainable parameters "
+                 f"{count(self.trainable_params_before)} → {count(self.trainable_params)} ({100 * cut:.1f} % fewer)"]
+        reasons: dict[str, list[str]] = {}
+        for name, why in self.replace_skipped.items():
+            reasons.setdefault(why, []).append(name)
+        lines += [f"  not replaced ({why}): {', '.join(names)}" for why, names in reasons.items()]
+        return lines
+
+    __str__ = table
+
+    def plot(self, path: str) -> None:
+        """Write the picture of this plan (PNG/SVG/PDF by extension)."""
+        _plot(self, path)
+
+
+def nbytes(n: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def count(n: int) -> str:
+    """A parameter count for people: ``11.69M`` or the plain number below 100k."""
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
+
+
+def _plot(plan: SplitPlan, path: str) -> None:
+    """Two panels: E2E saved bytes growing along the forward (cuts marked), and per-block bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mib = 2.0**20
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
+    cumulative = np.cumsum(np.asarray(plan.saved_profile, dtype=float)) / mib
+    top.plot(np.arange(len(cumulative)), cumulative, color="tab:gray", label="E2E: saved activations so far")
+    for b in plan.blocks:
+        x = np.arange(b.start, b.end)
+        top.fill_between(x, 0, cumulative[b.start:b.end], alpha=0.35, label=f"block {b.index}")
+        if b.index:
+            top.axvline(b.start - 0.5, color="black", lw=0.8, ls="--")
+    top.set_xlabel("node position in topological order (dashed: cuts)")
+    top.set_ylabel("MiB")
+    top.set_title(f"{plan.model}: predicted saved activations, input {plan.input_shapes[0]}")
+    top.legend(loc="upper left", fontsize=8)
+
+    idx = np.arange(plan.num_blocks)
+    body = np.array([b.saved_bytes - b.aux_saved_bytes for b in plan.blocks]) / mib
+    aux = np.array([b.aux_saved_bytes for b in plan.blocks]) / mib
+    bottom.bar(idx, body, label="block")
+    bottom.bar(idx, aux, bottom=body, label="aux head")
+    bottom.axhline(plan.e2e_saved_bytes / mib, color="tab:red", label=f"E2E peak {plan.e2e_saved_bytes / mib:.1f} MiB")
+    bottom.axhline(plan.local_peak_bytes / mib, color="tab:green", ls="--",
+                   label=f"local peak {plan.local_peak_bytes / mib:.1f} MiB ({plan.memory_ratio:.2f}×)")
+    bottom.set_xticks(idx, [f"{b.index}\n{b.span}" for b in plan.blocks], fontsize=7)
+    bottom.set_ylabel("MiB")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.rsplit(".", 1)[-1] if "." in path else "png")
+    plt.close(fig)

@@ -1,0 +1,13 @@
+"""Example inputs as splitfx passes them around: always a tuple of tensors."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Inputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
+    """``x`` → ``(x,)``; a sequence of tensors → a tuple of them."""
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)

@@ -1,0 +1,119 @@
+"""The ``splitfx`` argument parser: one sub-command per program, options from :mod:`.options`."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+
+from ..base.version import __version__
+from ..recipes import list_recipes
+from . import commands
+from .options import (
+    EPILOG,
+    add_batch,
+    add_device,
+    add_example_input,
+    add_model,
+    add_recipe,
+    add_replace,
+    add_split,
+    add_training,
+)
+
+
+def _command(sub, name: str, func, **defaults) -> argparse.ArgumentParser:
+    """One sub-command running ``func``: its docstring's first line is the help line, the rest the description."""
+    first, _, rest = inspect.getdoc(func).partition("\n\n")
+    p = sub.add_parser(name, help=first[0].lower() + first[1:].rstrip("."), description=rest.replace("\n", " "),
+                       epilog=EPILOG)
+    p.set_defaults(func=func, **defaults)
+    return p
+
+
+def _plan(sub) -> None:
+    p = _command(sub, "plan", commands.plan)
+    add_model(p)
+    add_split(p)
+    add_example_input(p, 8, "batch size the memory is predicted for")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the plan to this image file")
+
+
+def _train(sub) -> None:
+    p = _command(sub, "train", commands.train)
+    add_model(p, default="resnet18")
+    p.add_argument("--blocks", "-k", type=int, default=4,
+                   help="number of gradient-isolated blocks (default %(default)s)")
+    add_recipe(p, "infopro")
+    add_training(p)
+    p.add_argument("--out", help="folder for checkpoint.pt and metrics.json (default: write nothing)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint written by --out")
+
+
+def _export(sub) -> None:
+    p = _command(sub, "export", commands.export)
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
+                   help="a model name (random weights) or a checkpoint.pt written by splitfx train --out")
+    p.add_argument("--out", "-o", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
+    add_example_input(p, 2, "batch size of the example input", "the checkpoint's or the model's own")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch dimension instead of making it dynamic")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+
+
+def _bench(sub) -> None:
+    p = _command(sub, "bench", commands.bench)
+    add_model(p)
+    p.add_argument("--blocks", "-k", type=int, nargs="+", default=[4], help="one or more K (default %(default)s)")
+    add_recipe(p, "linear", "recipe of the local mode")
+    add_example_input(p, 8, "batch size")
+    add_device(p)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default %(default)s)")
+    add_replace(p, "also run local training with RepL and compare trainable parameters and optimizer state")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _bench_convert(sub) -> None:
+    p = _command(sub, "bench-convert", commands.bench_convert)
+    p.add_argument("--vit-depths", type=int, nargs="*", default=[12, 24, 48],
+                   help="ViT-B/16 depths (default %(default)s)")
+    p.add_argument("--models", nargs="*", default=["resnet50", "resnet101", "resnet152"],
+                   help="more models (default %(default)s)")
+    p.add_argument("--blocks", "-k", type=int, default=4, help="K (default %(default)s)")
+    add_batch(p, 8, "batch size of the example input")
+
+
+def _coverage(sub) -> None:
+    p = _command(sub, "coverage", commands.coverage)
+    p.add_argument("--filter", default="*", metavar="GLOB",
+                   help="fnmatch pattern over timm.list_models() (default all)")
+    p.add_argument("--jobs", "-j", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                   help="models in parallel (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per model (default %(default)s)")
+    p.add_argument("--out", help="also write the report to this markdown file")
+
+
+def _accuracy(sub) -> None:
+    p = _command(sub, "accuracy", commands.accuracy, recipe=None)
+    add_model(p, default="resnet18", many=True)
+    p.add_argument("--recipes", nargs="+", default=list_recipes(), choices=list_recipes(), metavar="RECIPE",
+                   help="recipes, e2e trained once per model (default: every registered recipe: "
+                        f"{', '.join(list_recipes())})")
+    p.add_argument("--blocks", dest="blocks_list", nargs="+", type=int, default=[2, 4, 8],
+                   help="values of K (default %(default)s)")
+    add_training(p)
+    p.add_argument("--out", help="also write the table to this markdown file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitfx", epilog=EPILOG,
+        description="Split a model into memory-balanced, gradient-isolated blocks for local learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"splitfx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_plan, _train, _export, _bench, _bench_convert, _coverage, _accuracy):
+        add(sub)
+    return parser

@@ -1,0 +1,1 @@
+"""Planner layer: trace → cost → cuts → aux cost → partition, producing a :class:`~splitfx.base.report.SplitPlan`."""

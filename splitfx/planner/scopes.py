@@ -1,0 +1,37 @@
+"""Where modules sit in the ordered graph: split points by module name, RepL spans."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+
+from ..base.errors import PlanError
+from ..passes.cuts import Schedule
+from ..passes.names import inside
+
+
+def positions_of(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> list[int]:
+    """Order positions of every node inside any of ``modules``."""
+    return [i for i, n in enumerate(sched.order) if any(inside(G.nodes[n]["scope"], m) for m in modules)]
+
+
+def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str) -> int:
+    """Index into ``sched.cuts`` of the cut right after module ``name``."""
+    found = positions_of(sched, G, [name])
+    if not found or not name:
+        raise PlanError(f"split point {name!r}: {model_name} has no module of that name in its traced graph.")
+    position = found[-1] + 1
+    for i, cut in enumerate(sched.cuts):
+        if cut.position == position:
+            return i
+    legal = sorted({G.nodes[c.node]["scope"] for c in sched.cuts} - {""})
+    raise PlanError(
+        f"split point {name!r}: more than one value is live after it in {model_name}, so it cannot be "
+        f"a cut. Modules right before a legal cut: {', '.join(legal)}"
+    )
+
+
+def span(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> tuple[int, int]:
+    """First and last order position of the nodes of ``modules``."""
+    found = positions_of(sched, G, modules)
+    return found[0], found[-1]

@@ -1,0 +1,1 @@
+"""Programs layer: what the command line runs (training, benchmarks, accuracy tables, the zoo sweep), over the API."""

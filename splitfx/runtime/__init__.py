@@ -1,0 +1,1 @@
+"""Runtime layer: what a finished plan runs as (:class:`SplitModule`)."""

@@ -1,0 +1,115 @@
+"""The package's shape: layers import only downward, no import cycle, small modules, one API shape."""
+import ast
+import inspect
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+
+import splitfx
+from splitfx.programs import bench
+
+PACKAGE = Path(splitfx.__file__).parent
+# Layer of each top-level part of the package; a module may import its own part and lower layers.
+LAYERS = {"base": 0, "passes": 1, "planner": 2, "recipes": 2, "runtime": 2, "api": 3, "programs": 4, "cli": 5,
+          "__init__": 6, "__main__": 6}
+# Same-layer imports that are allowed: the planner costs the recipes' heads, the runtime runs their loops.
+SIDEWAYS = {("planner", "recipes"), ("runtime", "recipes")}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ["splitfx", *path.relative_to(PACKAGE).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Package modules imported by ``name`` anywhere in its source (functions and TYPE_CHECKING too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                targets.add(full if full in modules else base)
+    return {t for t in targets if t in modules and t != name}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _graph() -> nx.DiGraph:
+    modules = _modules()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        graph.add_edges_from((name, target) for target in _imports(name, path, modules))
+    return graph
+
+
+def test_import_graph_has_no_cycle():
+    graph = _graph()
+    assert graph.number_of_edges() > 50, "the import scan found too few imports to mean anything"
+    cycles = list(nx.simple_cycles(graph))
+    assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_layers_import_only_downward():
+    wrong = []
+    for a, b in _graph().edges:
+        pa, pb = _part(a), _part(b)
+        if pa != pb and not LAYERS[pb] < LAYERS[pa] and (pa, pb) not in SIDEWAYS:
+            wrong.append(f"{a} → {b}")
+    assert not wrong, wrong
+
+
+def test_every_module_is_placed_in_a_layer_and_is_small():
+    for name, path in _modules().items():
+        assert _part(name) in LAYERS, f"{name} is in no layer"
+        assert len(path.read_text().splitlines()) <= 300, f"{path} is over 300 lines"
+
+
+def test_no_module_is_named_like_a_public_function():
+    public = {n for n in splitfx.__all__ if callable(getattr(splitfx, n)) and not isinstance(getattr(splitfx, n), type)}
+    stems = {Path(p).stem for p in _modules().values()} | {Path(p).parent.name for p in _modules().values()}
+    assert not public & stems, public & stems
+
+
+def test_plan_and_convert_share_their_signature_and_bench_its_names():
+    plan_params = inspect.signature(splitfx.plan).parameters
+    convert_params = inspect.signature(splitfx.convert).parameters
+    assert list(plan_params) == list(convert_params)[: len(plan_params)]
+    for name in plan_params:
+        assert plan_params[name].kind == convert_params[name].kind
+        assert plan_params[name].default == convert_params[name].default, name
+    positional = [n for n, p in plan_params.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["model", "example_inputs", "num_blocks"]
+    bench_params = inspect.signature(bench.run).parameters
+    for name in ("num_blocks", "recipe", "replace"):
+        assert bench_params[name].default == plan_params[name].default, name
+
+
+def test_plan_and_convert_accept_the_same_keywords_and_agree():
+    from test_convert_models import SmallCNN
+
+    model, x = SmallCNN(), torch.randn(2, 3, 16, 16)
+    options = dict(method="flops", recipe="dgl", num_classes=10, leaf_modules=["act2"], replace=None,
+                   replace_mode="tensor", split_points=None)
+    plan = splitfx.plan(model, x, 3, **options)
+    sm = splitfx.convert(model, x, 3, **options)
+    assert sm.plan.to_dict() == plan.to_dict()
+    with pytest.raises(TypeError):
+        splitfx.plan(model, x, 3, "flops")  # everything after num_blocks is keyword-only
