@@ -5,9 +5,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import splitfx
-from splitfx.programs import bench
 from splitfx.api.conversion import segments
 from splitfx.cli import main
+from splitfx.programs import bench
 
 
 def test_checkpoint_segments_give_exact_e2e_gradients():

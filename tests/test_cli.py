@@ -15,7 +15,8 @@ def test_plan_table(capsys):
 
 def test_plan_json_and_plot(capsys, tmp_path):
     png = tmp_path / "plan.png"
-    assert main(["plan", "torchvision:resnet18", "-k", "4", "--input-size", "3", "64", "64", "--json", "--plot", str(png)]) == 0
+    argv = ["plan", "torchvision:resnet18", "-k", "4", "--input-size", "3", "64", "64", "--json", "--plot", str(png)]
+    assert main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["num_blocks"] == 4 and len(data["blocks"]) == 4
     for block in data["blocks"]:
@@ -26,7 +27,8 @@ def test_plan_json_and_plot(capsys, tmp_path):
 
 
 def test_split_points(capsys):
-    assert main(["plan", "resnet18", "--split-points", "layer1", "layer3", "--input-size", "3", "64", "64", "--json"]) == 0
+    argv = ["plan", "resnet18", "--split-points", "layer1", "layer3", "--input-size", "3", "64", "64", "--json"]
+    assert main(argv) == 0
     blocks = json.loads(capsys.readouterr().out)["blocks"]
     assert blocks[0]["modules"][-1].startswith("layer1.") and blocks[1]["modules"][0].startswith("layer2.")
     assert blocks[1]["modules"][-1].startswith("layer3.") and blocks[2]["modules"][0].startswith("layer4.")

@@ -6,6 +6,7 @@ import torchvision
 from torch import nn
 
 import splitfx
+
 from checks import assert_eval_equal, assert_interleaved_equals_summed, assert_isolated
 
 TIMM = {

@@ -11,7 +11,7 @@ from splitfx.passes.partition import additive_cost, min_max_partition, storage_c
 
 def objective(cost: np.ndarray, cuts: list[int], weights: list[int]) -> tuple:
     path = [0, *cuts, cost.shape[0] - 1]
-    blocks = [cost[i, j] for i, j in zip(path, path[1:])]
+    blocks = [cost[i, j] for i, j in itertools.pairwise(path)]
     return max(blocks), max(blocks) - min(blocks), sum(weights[c] for c in cuts)
 
 

@@ -5,6 +5,7 @@ import torch
 
 import splitfx
 from splitfx.recipes.copies import EMA
+
 from checks import assert_eval_equal, assert_isolated
 
 MODELS = {
@@ -42,7 +43,7 @@ def test_e2e_is_one_block_with_the_same_api():
 
 @pytest.mark.parametrize("recipe", ["man", "mlaan"])
 def test_every_ema_copy_moves_and_none_is_optimised(recipe):
-    model, x, y, sm = _setup("resnet18", recipe)
+    _, x, y, sm = _setup("resnet18", recipe)
     emas = [m for m in sm.heads.modules() if isinstance(m, EMA)]
     assert len(emas) == sm.num_blocks - 1
     opt = torch.optim.SGD(sm.parameters(), lr=0.1)
@@ -51,9 +52,9 @@ def test_every_ema_copy_moves_and_none_is_optimised(recipe):
     assert not optimised & {id(t) for t in ema_tensors}
     before = [[b.clone() for b in e.module.buffers() if b.is_floating_point()] for e in emas]
     sm.train_step(x, y, opt)
-    for e, old in zip(emas, before):
+    for e, old in zip(emas, before, strict=True):
         new = [b for b in e.module.buffers() if b.is_floating_point()]
-        assert any(not torch.equal(a, b) for a, b in zip(old, new)), "EMA copy did not move"
+        assert any(not torch.equal(a, b) for a, b in zip(old, new, strict=True)), "EMA copy did not move"
     assert all(any(k.startswith(f"heads.{i}.") and "ema" in k for k in sm.state_dict()) for i in range(3))
 
 

@@ -7,11 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 import splitfx
 from splitfx.cli import main
 from splitfx.recipes import registry
+
 from checks import assert_eval_equal, assert_isolated
 
 DESIGN = Path(__file__).parents[1] / "docs" / "design.md"

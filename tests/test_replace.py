@@ -6,6 +6,7 @@ import torch
 
 import splitfx
 from splitfx.cli import main
+
 from checks import assert_isolated
 
 
@@ -19,7 +20,9 @@ def test_vit_small_every_third_block_cuts_a_fifth_of_trainable_parameters():
 
 
 def test_cnn_runs_are_found():
-    for name, expected in [("resnet50", {"layer2.2", "layer3.2", "layer3.4"}), ("convnext_atto", {"stages.2.blocks.1", "stages.2.blocks.3"})]:
+    cases = [("resnet50", {"layer2.2", "layer3.2", "layer3.4"}),
+             ("convnext_atto", {"stages.2.blocks.1", "stages.2.blocks.3"})]
+    for name, expected in cases:
         plan = splitfx.plan(timm.create_model(name), torch.randn(2, 3, 64, 64), num_blocks=4, replace=2)
         assert set(plan.replaced) == expected
         assert plan.trainable_params < plan.trainable_params_before
@@ -35,7 +38,8 @@ def test_local_training_keeps_isolation_and_neighbours_get_gradient():
     sm = splitfx.convert(model, x, num_blocks=3, recipe="dgl", replace=["blocks.2"], replace_mode="channel")
     assert sm.plan.replaced == ["blocks.2"]
     names = {id(p): n for n, p in sm.named_parameters()}
-    owner = [k for k in range(sm.num_blocks) if any(n.startswith("repl.") for n in map(names.get, map(id, sm.block_parameters(k))))]
+    owner = [k for k in range(sm.num_blocks)
+             if any(names[id(p)].startswith("repl.") for p in sm.block_parameters(k))]
     assert len(owner) == 1, "the surrogate lives in exactly one block"
     reached = assert_isolated(sm, x, y)
     assert {"model.blocks.1.attn.qkv.weight", "model.blocks.3.attn.qkv.weight"} <= reached[owner[0]]

@@ -40,7 +40,7 @@ def test_train_step_learns_a_fixed_batch_with_grad_scaler():
     first = sm.train_step(x, y, opt, scaler)
     for _ in range(15):
         last = sm.train_step(x, y, opt, scaler)
-    assert len(first) == 3 and all(b < a for a, b in zip(first, last))
+    assert len(first) == 3 and all(b < a for a, b in zip(first, last, strict=True))
 
 
 def test_deepcopy_keeps_blocks_bound_to_the_copy():

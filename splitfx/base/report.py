@@ -57,6 +57,7 @@ class SplitPlan:
     replace_skipped: dict[str, str]  # RepL candidates not replaced, and why
     trainable_params_before: int  # before RepL
     trainable_params: int  # after RepL (fusion coefficients included)
+    shared_parameters: list[str] = field(default_factory=list)  # used on both sides of a would-be cut
     saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
     context: Any = field(default=None, repr=False, compare=False)  # the planner's internals, for convert
 
@@ -99,6 +100,9 @@ class SplitPlan:
             f"predicted peak saved activations: E2E {nbytes(self.e2e_saved_bytes)}, "
             f"local {nbytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
         )
+        if self.shared_parameters:
+            lines.append(f"kept in one block (used in several places, no cut between uses): "
+                         f"{', '.join(self.shared_parameters)}")
         lines += self._replacement_lines()
         return "\n".join(lines)
 

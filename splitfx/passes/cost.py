@@ -140,6 +140,8 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
     model = gm.get_submodule("model")
     for t in (*model.parameters(), *model.buffers()):
         result.state(t)
+    # Modules that reach the model's tensors by reference (RepL surrogates) save the real ones.
+    result.exclude.update(state_keys([model]))
     interp = _ProbeInterpreter(gm, result)
     fake_inputs = [result.fake(x) for x in example_inputs]
 
@@ -208,7 +210,11 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
             for n in gm.graph.nodes:
                 interp.env[n] = interp.run_node(n)
     except Exception:
-        return  # the model does not accept another batch size: no batch values to recompute
+        # The model does not accept another batch size: no batch ints to recompute, and dim 0 is
+        # taken to be the batch wherever it has the batch's size.
+        for attrs in G.nodes.values():
+            attrs["batch_dim0"] = bool(attrs["is_tensor"] and attrs["shape"] and attrs["shape"][0] == batch)
+        return
     for n, grown_value in interp.env.items():
         attrs = G.nodes[n.name]
         if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:

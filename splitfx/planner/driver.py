@@ -25,12 +25,13 @@ from ..passes.emit import block_nodes, block_parameters
 from ..passes.names import unprefix
 from ..passes.partition import additive_cost, first_saves, min_max_partition, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
+from ..passes.sharing import parameter_uses, shared_spans, trainable_per_position
 from ..passes.trace import LeafSpec, trace
 from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe
-from ..recipes.layout import infer_layout
 from .context import PlanContext
-from .scopes import span, split_point_cut
+from .legality import mask_untrainable, offer_cuts, require_trainable, trainable_blocks
+from .scopes import split_point_cut
 
 METHODS = ("memory", "flops", "params", "uniform")
 
@@ -60,17 +61,6 @@ def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], r
             probe = cost_pass.probe(gm, inputs)
             sched = schedule(probe.graph)
     return gm, probe, sched, replacement
-
-
-def _offer_cuts(sched: Schedule, G, replacement: Replacement, input_hw) -> dict[str, str]:
-    """Keep the cuts an aux head can read (known layout) that do not split a RepL triple; their layouts."""
-    layouts = {c.node: infer_layout(c.shape, input_hw) for c in sched.cuts}
-    together = [span(sched, G, triple) for triple in replacement.triples]
-    sched.cuts = [
-        c for c in sched.cuts
-        if layouts[c.node] is not None and not any(lo < c.position <= hi for lo, hi in together)
-    ]
-    return layouts
 
 
 def _check_blocks(num_blocks: int, sched: Schedule, name: str) -> None:
@@ -109,7 +99,9 @@ def make_plan(
     outputs = probe.outputs
     if num_classes is None and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
         num_classes = int(outputs.shape[-1])
-    layouts = _offer_cuts(sched, G, replacement, tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
+    uses = parameter_uses(gm, G, sched)
+    layouts, shared = offer_cuts(sched, G, replacement, shared_spans(uses),
+                                 tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
     chosen = None
     if split_points is not None:
         chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
@@ -141,8 +133,10 @@ def make_plan(
     saves = [G.nodes[v]["saved"] for v in sched.order]
     storages = G.graph["storages"]
     flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
+    ok = trainable_blocks(trainable_per_position(uses, gm, n), bounds)
     if chosen is not None:
         path = [0, *(i + 1 for i in chosen), len(bounds) - 1]
+        require_trainable(ok, path, name)
     else:
         aux_costs = [aux_cost(j, b) for j, b in enumerate(boundaries)]
         costs = {
@@ -152,7 +146,8 @@ def make_plan(
             "uniform": lambda: additive_cost([G.nodes[v]["op"].startswith("call") for v in sched.order], bounds),
         }
         weights = [0, *(G.nodes[c.node]["out_bytes"] for c in sched.cuts), 0]
-        path = [0, *min_max_partition(costs[method](), num_blocks, weights), len(bounds) - 1]
+        cost = mask_untrainable(costs[method](), ok, num_blocks, name)
+        path = [0, *min_max_partition(cost, num_blocks, weights), len(bounds) - 1]
 
     # Re-probe the chosen cuts with their real depth (InfoPro's weights, AugLocal's pyramid).
     cut_ids = [j - 1 for j in path[1:-1]]
@@ -187,6 +182,7 @@ def make_plan(
         trainable_params_before=trainable_before,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad)
         + sum(p.numel() for p in getattr(gm, "repl", nn.Module()).parameters()),
+        shared_parameters=shared,
         saved_profile=[int(b) for b in first_saves(saves, storages)],
         context=context,
     )

@@ -1,0 +1,74 @@
+"""Which cuts the partitioner may use, and which blocks are worth training.
+
+A cut is offered when an aux head can read its tensor (a known layout, the batch in dim 0), it does
+not separate a RepL block from the neighbours it is synthesised from, and it does not separate two
+uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
+so the span between its first and last use stays in one block (the model's math is unchanged and
+the memory prediction stays exact; docs/design.md says why this rule and not detached reads). A
+block must use at least one trainable parameter, or its loss would have nothing to train.
+"""
+from __future__ import annotations
+
+from itertools import pairwise
+
+import networkx as nx
+import numpy as np
+
+from ..base.errors import PlanError
+from ..passes.cuts import Schedule
+from ..passes.names import unprefix
+from ..passes.partition import additive_cost
+from ..passes.replace import Replacement
+from ..recipes.layout import infer_layout
+from .scopes import span
+
+
+def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
+               input_hw: tuple[int, int] | None) -> tuple[dict[str, str | None], list[str]]:
+    """Drop the cuts that may not be used (see module docstring) from ``sched.cuts``.
+
+    Returns every cut tensor's layout and the shared parameters that cost at least one cut."""
+    layouts = {c.node: infer_layout(c.shape, input_hw) for c in sched.cuts}
+    together = [span(sched, G, triple) for triple in replacement.triples]
+    readable = [
+        c for c in sched.cuts
+        if layouts[c.node] is not None and G.nodes[c.node]["batch_dim0"]
+        and not any(lo < c.position <= hi for lo, hi in together)
+    ]
+    costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in readable)]
+    sched.cuts = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
+    return layouts, sorted(unprefix(name) for name in costly)
+
+
+def trainable_blocks(trainable: list[int], bounds: list[int]) -> np.ndarray:
+    """``ok[i, j]``: the block from boundary i to boundary j uses a trainable parameter."""
+    return additive_cost(trainable, bounds) > 0
+
+
+def max_blocks(ok: np.ndarray) -> int:
+    """The most blocks a split can have when every block must have something to train."""
+    m = ok.shape[0]
+    best = np.full(m, -np.inf)
+    best[0] = 0
+    for j in range(1, m):
+        reachable = best[:j][ok[:j, j]]
+        best[j] = reachable.max() + 1 if reachable.size else -np.inf
+    return int(max(best[-1], 1))
+
+
+def require_trainable(ok: np.ndarray, path: list[int], model_name: str) -> None:
+    """A user-chosen split (split points) whose block has nothing to train is an error."""
+    for k, (i, j) in enumerate(pairwise(path)):
+        if not ok[i, j]:
+            raise PlanError(f"split points give {model_name} a block {k} with no trainable parameter; its loss "
+                            "would train nothing. Move or drop the split point around it.")
+
+
+def mask_untrainable(cost: np.ndarray, ok: np.ndarray, num_blocks: int, model_name: str) -> np.ndarray:
+    """``cost`` with blocks that have nothing to train made infeasible; an error if no split is left."""
+    if num_blocks > 1 and num_blocks > max_blocks(ok):
+        most = max_blocks(ok)
+        raise PlanError(
+            f"{model_name} can be split into at most {most} blocks that each have a trainable parameter "
+            f"(asked for {num_blocks}); a block without one would have nothing to learn.", max_blocks=most)
+    return np.where(ok, cost, np.inf)

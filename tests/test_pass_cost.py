@@ -1,0 +1,303 @@
+"""Unit tests of the cost pass (fake-tensor probe) and the aux-head cost probe on tiny modules.
+
+The probe's saved-for-backward prediction is checked node by node against what
+:class:`SavedTensorMeter` measures on a real forward + backward of the same graph: the same storages
+(up to renaming), saved by the same nodes, with the same sizes."""
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+
+from splitfx.base.meter import SavedTensorMeter, state_keys
+from splitfx.passes.aux_cost import AuxProbe
+from splitfx.passes.cost import probe
+from splitfx.passes.trace import trace
+
+from tinynets import Branchy, Shared, Tokens, Width
+
+F32 = 4
+
+
+def _canonical(per_node: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
+    """Storage keys renamed 0, 1, 2, ... in order of first appearance (keys differ between runs)."""
+    ids: dict[int, int] = {}
+    return {n: tuple(ids.setdefault(k, len(ids)) for k in keys) for n, keys in per_node.items() if keys}
+
+
+def _measure(gm: fx.GraphModule, x: torch.Tensor):
+    """Real forward + backward under the meter: per-node saved keys, key → bytes, peak, live after."""
+    per_node: dict[str, list[int]] = {}
+    sizes: dict[int, int] = {}
+    current = [None]
+
+    def on_save(key, nbytes):
+        per_node.setdefault(current[0], []).append(key)
+        sizes[key] = nbytes
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            current[0] = n.name
+            return super().run_node(n)
+
+    with SavedTensorMeter(state_keys([gm.model]), on_save=on_save) as meter:
+        out = Recorder(gm).run(x)
+        peak_after_forward = meter.peak
+        current[0] = None  # the loss below is not part of the graph
+        out.square().sum().backward()
+        live_after = meter.live
+    per_node = {n: tuple(dict.fromkeys(keys)) for n, keys in per_node.items() if n is not None}
+    return per_node, sizes, peak_after_forward, live_after
+
+
+@pytest.mark.parametrize("make,shape,train", [
+    (Shared, (4, 6), True),
+    (Shared, (4, 6), False),
+    (Branchy, (2, 3, 6, 6), True),
+    (Tokens, (2, 3, 6), True),
+], ids=["shared-train", "shared-eval", "branchy", "tokens"])
+def test_predicted_saves_equal_measured_saves_node_by_node(make, shape, train):
+    model = make().train(train)
+    x = torch.randn(shape)
+    gm = trace(model, (x,))
+    P = probe(gm, (x,))
+    G = P.graph
+    storages = G.graph["storages"]
+    predicted = {n: G.nodes[n]["saved"] for n in G.nodes}
+    measured, sizes, peak, live = _measure(gm, x)
+
+    assert _canonical(predicted) == _canonical(measured)
+    pred_bytes = [storages[k] for k in dict.fromkeys(k for keys in predicted.values() for k in keys)]
+    real_bytes = [sizes[k] for k in dict.fromkeys(k for keys in measured.values() for k in keys)]
+    assert pred_bytes == real_bytes
+    assert set(storages) == {k for keys in predicted.values() for k in keys}
+    assert sum(storages.values()) == peak, "E2E saved bytes of the whole graph"
+    assert live == 0
+
+
+def test_parameter_storages_are_never_counted():
+    model = Shared()
+    x = torch.randn(4, 6)
+    P = probe(trace(model, (x,)), (x,))
+    G = P.graph
+    assert G.nodes["w"]["saved"] == ()  # a parameter read via get_attr
+    # matmul(h, w) saves h and w; only h is an activation, the same storage left/right save
+    assert G.nodes["matmul"]["saved"] == G.nodes["left"]["saved"] == G.nodes["right"]["saved"]
+    # inp(x) saves the input x and its transposed weight; only x counts
+    (key,) = G.nodes["inp"]["saved"]
+    assert G.graph["storages"][key] == 4 * 6 * F32
+    assert not set(G.graph["storages"]) & P.exclude
+
+
+def test_hand_computed_saves_of_a_linear_relu_chain():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 6)
+    G = probe(trace(model, (x,)), (x,)).graph
+    storages = G.graph["storages"]
+    (k0,) = G.nodes["_0"]["saved"]
+    (k1,) = G.nodes["_1"]["saved"]
+    assert G.nodes["_2"]["saved"] == (k1,), "the Linear saves the very storage the ReLU saved"
+    assert storages == {k0: 5 * 6 * F32, k1: 5 * 8 * F32}
+
+
+def test_flops_of_linear_conv_matmul_and_elementwise():
+    G = probe(trace(Shared(), (torch.randn(4, 6),)), (torch.randn(4, 6),)).graph
+    assert G.nodes["inp"]["flops"] == 2 * 4 * 6 * 8
+    assert G.nodes["shared"]["flops"] == G.nodes["shared_1"]["flops"] == 2 * 4 * 8 * 8
+    assert G.nodes["matmul"]["flops"] == 2 * 4 * 8 * 4
+    assert G.nodes["out"]["flops"] == 2 * 4 * 8 * 3
+    for name in ("bn", "relu", "tanh", "add", "cat", "gelu", "w", "x", "output"):
+        assert G.nodes[name]["flops"] == 0, name
+
+    x = torch.randn(2, 3, 6, 6)
+    G = probe(trace(Branchy(), (x,)), (x,)).graph
+    assert G.nodes["stem"]["flops"] == 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3
+    assert G.nodes["layers_0_conv1"]["flops"] == 2 * 2 * 4 * 6 * 6 * 4 * 3 * 3
+    assert G.nodes["left"]["flops"] == 2 * 2 * 2 * 6 * 6 * 4
+    assert G.nodes["fc"]["flops"] == 2 * 2 * 4 * 5
+
+
+def test_param_bytes_counted_once_at_first_use():
+    model = Shared()
+    x = torch.randn(4, 6)
+    G = probe(trace(model, (x,)), (x,)).graph
+    assert G.nodes["shared"]["param_bytes"] == (8 * 8 + 8) * F32
+    assert G.nodes["shared_1"]["param_bytes"] == 0, "second call of the same module"
+    assert G.nodes["w"]["param_bytes"] == 8 * 4 * F32, "parameter read via get_attr"
+    assert G.nodes["bn"]["param_bytes"] == 2 * 8 * F32, "weight and bias; running stats are buffers"
+    assert G.nodes["matmul"]["param_bytes"] == 0
+    assert sum(G.nodes[n]["param_bytes"] for n in G.nodes) == sum(p.numel() * F32 for p in model.parameters())
+
+
+def test_node_attributes_edges_and_order():
+    model = Shared()
+    x = torch.randn(4, 6)
+    gm = trace(model, (x,))
+    P = probe(gm, (x,))
+    G = P.graph
+    assert list(G.nodes) == [n.name for n in gm.graph.nodes]
+    assert set(G.edges) == {(i.name, n.name) for n in gm.graph.nodes for i in n.all_input_nodes}
+    for n in gm.graph.nodes:
+        attrs = G.nodes[n.name]
+        assert (attrs["op"], attrs["target"]) == (n.op, str(n.target))
+        assert (attrs["scope"], attrs["cls"]) == (n.meta["splitfx"]["scope"], n.meta["splitfx"]["cls"])
+    cat = G.nodes["cat"]
+    assert cat["is_tensor"] and cat["shape"] == (4, 8) and cat["dtype"] == torch.float32
+    assert cat["out_bytes"] == 4 * 8 * F32
+    assert G.nodes["out"]["shape"] == (4, 3) and G.nodes["output"]["out_bytes"] == 4 * 3 * F32
+    assert G.nodes["cat"]["batch_dim0"] and not G.nodes["w"]["batch_dim0"]
+    assert not any(G.nodes[n]["batch_int"] for n in G.nodes)
+
+
+def test_batch_ints_and_other_ints_are_told_apart():
+    x = torch.randn(2, 3, 6)
+    G = probe(trace(Tokens(), (x,)), (x,)).graph
+    assert G.nodes["getitem"]["is_tensor"] is False
+    assert G.nodes["getitem"]["value"] == 2 and G.nodes["getitem"]["batch_int"]
+    assert not G.nodes["getattr_1"]["batch_int"], "the shape tuple itself is no int"
+    assert G.nodes["embed"]["batch_dim0"] and not G.nodes["pos"]["batch_dim0"] and not G.nodes["mul"]["batch_dim0"]
+
+    x = torch.randn(2, 4, 6)  # batch 2, width 4
+    G = probe(trace(Width(), (x,)), (x,)).graph
+    assert G.nodes["getitem"]["value"] == 4 and not G.nodes["getitem"]["batch_int"]
+    assert G.nodes["mul"]["value"] == 24 and not G.nodes["mul"]["batch_int"]
+
+
+class FixedBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.fc(x.view(2, 24))
+
+
+def test_model_that_rejects_another_batch_size_has_no_batch_ints_and_dim0_by_size():
+    """No batch int can be recomputed; dim 0 counts as the batch exactly where it has the batch's size."""
+    x = torch.randn(2, 4, 6)
+    G = probe(trace(FixedBatch(), (x,)), (x,)).graph
+    assert G.nodes["fc"]["shape"] == (2, 3)
+    assert not any(G.nodes[n]["batch_int"] for n in G.nodes)
+    for n in G.nodes:
+        shape = G.nodes[n]["shape"]
+        assert G.nodes[n]["batch_dim0"] == bool(shape and shape[0] == 2), n
+
+
+def test_probe_runs_no_real_compute_and_keeps_fake_values():
+    model = Shared().train()
+    x = torch.randn(4, 6)
+    gm = trace(model, (x,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    P = probe(gm, (x,))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed by probing"
+    assert all(p.grad is None for p in model.parameters())
+    assert isinstance(P.values["bn"], FakeTensor) and isinstance(P.outputs, FakeTensor)
+    assert tuple(P.outputs.shape) == (4, 3)
+    assert P.fake(x) is P.fake(x), "fake twins are memoised"
+
+
+class Masked(nn.Module):
+    """Data-dependent output shape: fake tensors cannot run it."""
+
+    def forward(self, x):
+        return x + x[x > 0].sum()
+
+
+class WithMasked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.mask = Masked()
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(self.mask(self.a(x)))
+
+
+def test_leaf_that_fake_tensors_cannot_run_is_probed_on_real_tensors():
+    model = WithMasked()
+    x = torch.randn(4, 6)
+    gm = trace(model, (x,), leaf_modules=["mask"])
+    P = probe(gm, (x,))
+    assert isinstance(P.values["mask"], FakeTensor) and P.graph.nodes["mask"]["shape"] == (4, 8)
+    assert P.graph.nodes["b"]["flops"] == 2 * 4 * 8 * 3
+    assert tuple(P.outputs.shape) == (4, 3)
+
+
+# --- aux heads -----------------------------------------------------------------------------------
+
+
+class Head(nn.Module):
+    def __init__(self, features: int, classes: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+
+    def forward(self, f, target):
+        return F.cross_entropy(self.fc(f.flatten(1)), target)
+
+
+def _real_head_bytes(module: nn.Module, shape: tuple, classes: int = 3) -> list[int]:
+    sizes: dict[int, int] = {}
+    f = torch.randn(shape, requires_grad=True)
+    target = torch.randint(0, classes, (shape[0],))
+    with SavedTensorMeter(state_keys([module]), on_save=lambda k, b: sizes.__setitem__(k, b)):
+        module(f, target).backward()
+    return sorted(sizes.values())
+
+
+def test_aux_cost_of_a_head_matches_measurement_and_shares_the_blocks_storage():
+    model = Shared()
+    x = torch.randn(4, 6)
+    P = probe(trace(model, (x,)), (x,))
+    aux = AuxProbe(P, (x,))
+    built = []
+
+    def build():
+        built.append(Head(8))
+        return built[-1]
+
+    cost = aux.cost("relu", "linear-head", build)
+    assert cost.params == 8 * 3 + 3
+    assert cost.flops == 2 * 4 * 8 * 3
+    assert sorted(cost.saves.values()) == _real_head_bytes(built[0], (4, 8))
+    (relu_key,) = P.graph.nodes["relu"]["saved"]
+    assert cost.saves[relu_key] == 4 * 8 * F32, "the head saves the storage the ReLU already saved"
+    again = aux.cost("tanh", "linear-head", build)  # same key: the module is built once
+    assert len(built) == 1
+    (tanh_key,) = P.graph.nodes["tanh"]["saved"]  # tanh saves its own output
+    assert again.saves[tanh_key] == 4 * 8 * F32 and relu_key not in again.saves
+    aux.cost("tanh", "other", build)
+    assert len(built) == 2
+
+
+def test_output_loss_saves_match_measurement():
+    model = Shared()
+    x = torch.randn(4, 6)
+    P = probe(trace(model, (x,)), (x,))
+    saves = AuxProbe(P, (x,)).output_loss(nn.CrossEntropyLoss())
+
+    class Loss(nn.Module):
+        def forward(self, out, target):
+            return F.cross_entropy(out, target)
+
+    assert sorted(saves.values()) == _real_head_bytes(Loss(), (4, 3))
+    # log-softmax output, the int64 target, nll_loss's scalar total weight
+    assert sorted(saves.values()) == [F32, 4 * 8, 4 * 3 * F32]
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y, y * 2
+
+
+def test_output_loss_of_a_tuple_output_is_empty():
+    x = torch.randn(4, 6)
+    P = probe(trace(TwoOutputs(), (x,)), (x,))
+    assert AuxProbe(P, (x,)).output_loss(nn.CrossEntropyLoss()) == {}

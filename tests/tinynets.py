@@ -1,0 +1,146 @@
+"""Tiny hand-built models for the per-pass unit tests (tests/test_pass_*.py).
+
+Each one exercises a graph shape the passes must handle: a plain chain, a residual add with one
+in-place ReLU module called twice, a two-branch concat, a parameter read through ``get_attr``, a
+class token expanded to the batch size, and a non-batch int crossing the graph.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """x → fc1 → act1 → fc2 → act2 → fc3: a chain with a cut after every layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.act1 = nn.ReLU()
+        self.fc2 = nn.Linear(8, 8)
+        self.act2 = nn.ReLU()
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc3(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class Residual(nn.Module):
+    """relu(x + conv2(relu(conv1(x)))) with one in-place ReLU module used twice."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.relu(x + self.conv2(self.relu(self.conv1(x))))
+
+
+class Branchy(nn.Module):
+    """stem → in-place act → Sequential of identical residual blocks → concat of two 1x1 branches →
+    learned per-channel scale (a parameter read via get_attr) → mean pool → fc."""
+
+    def __init__(self, depth: int = 2, c: int = 4, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.layers = nn.Sequential(*[Residual(c) for _ in range(depth)])
+        self.left = nn.Conv2d(c, c // 2, 1)
+        self.right = nn.Conv2d(c, c - c // 2, 1)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, c).view(1, c, 1, 1))
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.act(self.stem(x))
+        x = self.layers(x)
+        x = torch.cat([self.left(x), self.right(x)], 1)
+        x = x * self.scale
+        return self.fc(x.mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """Linear → BatchNorm → ReLU, a residual add, one Linear module applied twice, a matmul with a
+    parameter read via get_attr, and a concat of two branches."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.shared = nn.Linear(8, 8)
+        self.w = nn.Parameter(torch.randn(8, 4))
+        self.left = nn.Linear(8, 2)
+        self.right = nn.Linear(8, 2)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.inp(x)))
+        h = h + torch.tanh(self.shared(h))
+        h = self.shared(h)
+        h = torch.cat([self.left(h), self.right(h), h @ self.w], 1)
+        return self.out(F.gelu(h))
+
+
+class Tokens(nn.Module):
+    """ViT-like: B = x.shape[0] at the top, a class token expanded to B, a position embedding
+    computed from a parameter alone (free: ``pos * 2``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 4, 8))
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(batch, -1, -1), x], 1) + self.pos * 2
+        x = torch.relu(self.mix(x))
+        return self.head(x[:, 0])
+
+
+class Width(nn.Module):
+    """An int that is not the batch size (``x.shape[1]``) stays live until the end: no cut before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.c = nn.Linear(24, 3)
+
+    def forward(self, x):
+        n = x.shape[1]
+        x = self.b(torch.relu(self.a(x)))
+        return self.c(x.reshape(-1, n * 6))
+
+
+class MLPBlock(nn.Module):
+    """x ± fc2(relu(bn(fc1(x)))); ``sub=True`` has the same parameters but another graph."""
+
+    def __init__(self, c: int = 8, sub: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(c, c)
+        self.bn = nn.BatchNorm1d(c)
+        self.fc2 = nn.Linear(c, c)
+        self.sub = sub
+
+    def forward(self, x):
+        h = self.fc2(torch.relu(self.bn(self.fc1(x))))
+        return x - h if self.sub else x + h
+
+
+class Stack(nn.Module):
+    """stem → Sequential of residual MLP blocks → head; ``blocks`` may be given."""
+
+    def __init__(self, blocks=None, c: int = 8):
+        super().__init__()
+        self.stem = nn.Linear(6, c)
+        self.blocks = nn.Sequential(*(blocks if blocks is not None else [MLPBlock(c) for _ in range(5)]))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
