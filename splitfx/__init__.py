@@ -6,7 +6,7 @@
 from .api.conversion import convert
 from .api.onnx_export import ExportReport, export_onnx
 from .api.planning import plan
-from .base.errors import PlanError, SplitFXError, TraceError
+from .base.errors import ArgumentError, ArgumentTypeError, CheckpointError, PlanError, SplitFXError, TraceError
 from .base.report import BlockPlan, SplitPlan
 from .base.version import __version__
 from .recipes import Recipe, SplitParts, list_recipes, register_recipe
@@ -14,7 +14,10 @@ from .recipes import create_recipe as recipe
 from .runtime.split_module import SplitModule
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BlockPlan",
+    "CheckpointError",
     "ExportReport",
     "PlanError",
     "Recipe",

@@ -5,10 +5,10 @@ import dataclasses
 import inspect
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import nn
 
+from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs
 from ..passes.emit import block_parameters, emit_block
@@ -16,6 +16,7 @@ from ..planner.context import PlanContext
 from ..recipes import LossFn
 from ..runtime.split_module import SplitModule
 from .planning import plan as make_plan
+from .validation import check_convert, check_output
 
 
 def convert(
@@ -33,22 +34,32 @@ def convert(
     ``num_classes``, ``leaf_modules``, ``replace``, ``replace_mode``), plus ``plan`` (reuse a plan of
     this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
     last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied."""
+    check_convert(model, locals())
     if plan is None:
         plan = make_plan(model, example_inputs, num_blocks, **options)
     elif options:
-        raise TypeError(f"convert(plan=...) takes the plan's own options; drop {sorted(options)}")
+        raise ArgumentTypeError(f"convert(plan=...) takes the plan's own options; drop {sorted(options)}")
     ctx = _context(plan)
     if ctx.model is not model:
-        raise ValueError("plan= was made for another model object; plan and convert the same model.")
-    ref = next(iter(model.parameters()), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    heads = [ctx.recipe.make_head(b, ctx.graph).to(device).train(model.training) for b in ctx.boundaries]
-    return SplitModule(
+        raise ArgumentError("plan= was made for another model object; plan and convert the same model.")
+    check_output(ctx.probe.outputs, loss_fn, type(model).__name__)
+    heads = [_like(ctx.recipe.make_head(b, ctx.graph), model) for b in ctx.boundaries]
+    sm = SplitModule(
         dataclasses.replace(plan, context=None),  # the fake-tensor probe is not needed any more
         ctx.recipe, ctx.gm, segments(plan), heads, loss_fn or nn.CrossEntropyLoss(),
         [block_parameters(ctx.gm, nodes) for nodes in ctx.block_nodes],
         segments(plan, detach=False) if ctx.recipe.cascade else (),
     )
+    sm.training = model.training  # the SplitModule's mode is the model's (its submodules keep their own)
+    return sm
+
+
+def _like(head: nn.Module, model: nn.Module) -> nn.Module:
+    """An aux head on the device, in the floating dtype and in the train/eval mode of ``model``."""
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if ref is not None:
+        head = head.to(device=ref.device, dtype=ref.dtype)
+    return head.train(model.training)
 
 
 def _advertised_signature() -> inspect.Signature:
@@ -71,5 +82,6 @@ def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
 
 def _context(plan: SplitPlan) -> PlanContext:
     if not isinstance(plan.context, PlanContext):
-        raise ValueError("this plan was detached from its graph (SplitModule.plan); use the plan splitfx.plan returned")
+        raise ArgumentError("this plan was detached from its graph (SplitModule.plan); use the plan that "
+                            "splitfx.plan returned")
     return plan.context

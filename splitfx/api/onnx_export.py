@@ -1,7 +1,7 @@
 """ONNX export for inference, verified against onnxruntime.
 
 What is exported is the user's own model in eval mode: aux heads and detach nodes live only in the
-SplitModule, and RepL surrogates are materialised into the replaced blocks' own parameters first.
+SplitModule, and RepL surrogates are folded into a copy of the model (the user's own is never changed).
 The dynamo exporter has open numerics bugs, so every export is run with onnxruntime at two batch
 sizes and compared with eager PyTorch; a file that fails is never left at ``path``. The tolerance is
 ``atol`` (1e-4) for outputs of magnitude up to 1 and relative beyond: randomly initialised models
@@ -10,6 +10,7 @@ produce logits in the hundreds, where fp32 rounding alone exceeds 1e-4 (DLA-34: 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..base.files import atomic_path
 from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
+from .validation import check_export
 
 
 @dataclass
@@ -43,10 +45,15 @@ class ExportReport:
 
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
-    """Restore every module's training flag, and fail loudly if export changed a tensor."""
+    """Restore every module's training and requires_grad flags, and fail loudly if export changed a tensor."""
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with training_mode(model, False):
-        yield
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        with training_mode(model, False):
+            yield
+    finally:
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
     after = model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     if changed:
@@ -68,14 +75,12 @@ def export_onnx(
 ) -> ExportReport:
     """Export the eval-mode model to ``path`` and (by default) verify it with onnxruntime.
 
-    Accepts a SplitModule (its RepL blocks are materialised, its aux heads dropped) or any
-    ``nn.Module``. The model's training flags, parameters and buffers are left exactly as they were."""
-    if isinstance(model_or_split, SplitModule):
-        model_or_split.materialize()
-        model = model_or_split.model
-    else:
-        model = model_or_split
-    inputs = as_tuple(example_inputs)
+    Accepts a SplitModule (its aux heads dropped; RepL blocks folded into a copy of the model) or any
+    ``nn.Module``. Neither is changed: training flags, parameters, buffers and ``requires_grad`` are
+    left exactly as they were. A model on another device is exported from a CPU copy."""
+    check_export(**locals())
+    model = _exportable(model_or_split)
+    inputs = tuple(x.cpu() for x in as_tuple(example_inputs))
     if dynamic_batch and inputs[0].shape[0] < 2:
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
     path = os.fspath(path)
@@ -86,6 +91,17 @@ def export_onnx(
             report = _verify(model, tmp, inputs, dynamic_batch, atol, path)
         report.exporter = exporter
     return report
+
+
+def _exportable(model_or_split: nn.Module) -> nn.Module:
+    """The plain model to export: a SplitModule's own, or, where that would need changing (RepL folded,
+    another device), a copy of it."""
+    if isinstance(model_or_split, SplitModule):
+        if len(model_or_split.repl):
+            return copy.deepcopy(model_or_split).materialize().cpu()
+        model_or_split = model_or_split.model
+    on_cpu = all(t.device.type == "cpu" for t in (*model_or_split.parameters(), *model_or_split.buffers()))
+    return model_or_split if on_cpu else copy.deepcopy(model_or_split).cpu()
 
 
 def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool) -> str:

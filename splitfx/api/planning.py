@@ -10,6 +10,7 @@ from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import LeafSpec
 from ..planner.driver import make_plan
 from ..recipes import Recipe, create_recipe
+from .validation import check_plan_arguments
 
 
 def plan(
@@ -33,6 +34,7 @@ def plan(
     :class:`Recipe`) decides the aux heads whose cost is counted. ``leaf_modules`` (names or classes)
     stay opaque when tracing. ``replace`` turns on RepL fusion: every n-th interior block of each run
     of identical blocks, or the blocks named; ``replace_mode`` is ``"tensor"`` or ``"channel"``."""
+    check_plan_arguments(**locals())
     return make_plan(
         model, as_tuple(example_inputs), num_blocks, method=method, split_points=split_points,
         recipe=create_recipe(recipe), num_classes=num_classes, leaf_modules=leaf_modules, replace=replace,

@@ -6,6 +6,18 @@ class SplitFXError(Exception):
     """Base class for all splitfx errors."""
 
 
+class ArgumentError(SplitFXError, ValueError):
+    """An argument has a value splitfx cannot use (the message names the argument and what to pass)."""
+
+
+class ArgumentTypeError(SplitFXError, TypeError):
+    """An argument has a type splitfx cannot use (a str where a list is expected, a numpy array, ...)."""
+
+
+class CheckpointError(SplitFXError):
+    """A file is missing, truncated, or not a checkpoint written by ``splitfx train``."""
+
+
 class TraceError(SplitFXError):
     """The model could not be traced by torch.fx."""
 
@@ -18,6 +30,11 @@ class PlanError(SplitFXError):
     def __init__(self, message: str, max_blocks: int | None = None):
         super().__init__(message)
         self.max_blocks = max_blocks
+
+
+def one_line(err: BaseException) -> str:
+    """The whole message on one line (for the command line's ``splitfx: error: ...``)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:

@@ -8,7 +8,6 @@ import sys
 
 from ..base.errors import SplitFXError
 from ..base.files import write_text
-from .options import replace_arg
 
 
 def _model_and_size(args: argparse.Namespace):
@@ -33,7 +32,7 @@ def plan(args: argparse.Namespace) -> int:
     model, size = _model_and_size(args)
     p = make_plan(model, torch.randn(args.batch, *size), args.blocks, method=args.method,
                   split_points=args.split_points, recipe=args.recipe, leaf_modules=args.leaf,
-                  replace=replace_arg(args.replace), replace_mode=args.replace_mode)
+                  replace=args.replace, replace_mode=args.replace_mode)
     print(p.to_json() if args.json else p.table())
     if args.plot:
         p.plot(args.plot)
@@ -81,7 +80,7 @@ def bench(args: argparse.Namespace) -> int:
     for k in args.blocks:
         result = programs_bench.run(
             lambda: create_model(args.model), args.model, k, recipe=args.recipe, batch=args.batch, input_size=size,
-            device=args.device, steps=args.steps, warmup=args.warmup, replace=replace_arg(args.replace),
+            device=args.device, steps=args.steps, warmup=args.warmup, replace=args.replace,
             channels_last=args.channels_last, amp=args.amp,
         )
         print(result.table(), end="\n\n", flush=True)
@@ -113,70 +112,98 @@ def bench_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage_command(args: argparse.Namespace) -> str:
+    """The sweep's command line as recorded in each results line (the report names it)."""
+    import shlex
+
+    from ..programs.coverage import STAGES
+    from ..programs.sweep import DEFAULT_CHECK
+
+    words = ["splitfx", "coverage", "--results", args.results]
+    words += ["--filter", args.filter] if args.filter != "*" else []
+    words += ["--shard", "{}/{}".format(*args.shard)] if args.shard != (0, 1) else []
+    words += ["--stages", *args.stages] if set(args.stages) != set(STAGES) else []
+    words += ["--check", args.check] if args.check != DEFAULT_CHECK else []
+    words += ["--jobs", str(args.jobs), "--timeout", f"{args.timeout:g}"] + (["--resume"] if args.resume else [])
+    return shlex.join(words)
+
+
+def _coverage_report(results: str, out: str | None) -> None:
+    """The report from ``results`` alone, printed or written to ``out``; it names the command that makes it."""
+    import shlex
+
+    from ..programs import coverage_report
+
+    if not os.path.isfile(results):
+        raise SplitFXError(f"no results file {results!r}: run `splitfx coverage --results {results}` first")
+    command = shlex.join(["splitfx", "coverage", "--report", results, *(["--out", out] if out else [])])
+    text = coverage_report.from_file(results, command)
+    if out:
+        write_text(out, text)
+    else:
+        print(text, end="")
+
+
 def coverage(args: argparse.Namespace) -> int:
-    """Run every stage (trace … ONNX parity) over timm models, one process each.
+    """Run every stage (trace … ONNX parity) over timm models, resumably; or report on a results file.
 
-    For each timm model matching --filter, in its own process under --timeout: create, check
-    that timm itself can fx-trace it (else excluded), trace, plan K=4, convert, one local
-    training step, eval parity with the original, ONNX export parity. Prints a markdown report
-    (summary, per family, every failure with its stage and reason). Exit status 1 if any
-    traceable model fails.
+    Each timm model matching --filter (of --shard) runs in its own process under --timeout:
+    create, timm's own fx trace, splitfx trace, plan at K=4 and K=8 (fewer when the model allows
+    fewer), convert, one local training step, eval parity with the original, ONNX export parity;
+    --stages picks some. One JSON line per model is appended to --results as it finishes, so a killed
+    sweep loses only the models in flight and --resume goes on where it stopped. --report FILE runs
+    nothing and prints (or writes to --out) the markdown report from FILE alone: every model of
+    timm.list_models() counted, per stage, per family, how evenly each family splits, every failure
+    with its stage and reason. A sweep exits with status 1 if any model it ran did not pass.
     """
-    import platform
-    import time
-
-    import torch
     from tqdm.auto import tqdm
 
-    from ..programs import coverage as programs_coverage
+    from ..programs import sweep
 
-    names = programs_coverage.select(args.filter)
+    if args.report:
+        _coverage_report(args.report, args.out)
+        return 0
+    names = sweep.select(args.filter, args.shard)
     if not names:
         raise SplitFXError(f"--filter {args.filter!r} matches no timm model")
-    began = time.time()
-    bar = tqdm(total=len(names), desc="models", disable=None)
-    counts = {"pass": 0, "fail": 0, "timeout": 0, "excluded": 0}
+    todo = sweep.remaining(names, args.results, args.stages) if args.resume else names
+    bar = tqdm(total=len(todo), desc="models", disable=None)
+    counts = {"pass": 0, "fail": 0, "timeout": 0, "crash": 0}
 
-    def progress(outcome):
-        counts[outcome.status] += 1
+    def progress(record):
+        counts[record["status"]] += 1
         bar.update(1)
         bar.set_postfix(counts)
 
-    results = programs_coverage.sweep(names, args.jobs, args.timeout, progress)
+    records = sweep.run(todo, args.results, args.stages, jobs=args.jobs, timeout=args.timeout, check=args.check,
+                        command=_coverage_command(args), progress=progress)
     bar.close()
-    header = (f"Coverage of `timm.list_models({args.filter!r})` — produced by `splitfx coverage --filter "
-              f"'{args.filter}' --jobs {args.jobs} --timeout {args.timeout:.0f}` "
-              f"on {platform.node() or 'this machine'} "
-              f"({os.cpu_count()} CPUs, torch {torch.__version__}), {time.time() - began:.0f} s.")
-    text = programs_coverage.report(results, header)
-    print(text)
+    print(f"{len(records)} models checked ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+          f"{len(names) - len(todo)} already in {args.results}; results in {args.results}")
     if args.out:
-        write_text(args.out, text + "\n")
-    return 0 if all(r.status in ("pass", "excluded") for r in results) else 1
-
-
-def _train_config(args: argparse.Namespace, model: str | None, blocks: int | None):
-    from ..programs.train import TrainConfig
-
-    c, h, w = args.input_size or (3, 32, 32)
-    if c != 3 or h != w:
-        raise SplitFXError(f"--input-size {c} {h} {w}: training images are square with 3 channels; give one size S")
-    return TrainConfig(model=model, blocks=blocks, recipe=args.recipe, epochs=args.epochs, batch=args.batch,
-                       data=args.data, input_size=h, device=args.device, amp=args.amp, lr=args.lr, seed=args.seed)
+        _coverage_report(args.results, args.out)
+    return 0 if all(r["status"] == "pass" for r in records) else 1
 
 
 def train(args: argparse.Namespace) -> int:
-    """Train a model block by block on the embedded digits (or your data).
+    """Train a model block by block on the embedded digits (or your data), and show the memory it saves.
 
     Convert MODEL and train it with local losses, one gradient-isolated block at a time. Prints
-    per-epoch train loss and test accuracy, and the measured peak of saved activations next to
-    what E2E training would save. Writes OUT/checkpoint.pt after every epoch (atomically) and
-    OUT/metrics.json at the end; --resume continues a checkpoint bit-exactly on CPU (its model,
-    recipe, data and seed are used; --epochs is the total).
+    per-epoch train loss and test accuracy, then the peak of saved activations of local training
+    next to that of one E2E step of the unsplit model, both measured with the same meter on the same
+    batch. Leaves a run folder (default runs/MODEL-RECIPE-kK): checkpoint.pt after every epoch
+    (atomically), metrics.jsonl (one line per epoch), plan.png and model.onnx (the trained model,
+    verified with onnxruntime). --resume continues a checkpoint bit-exactly on CPU; options not given
+    come from it, options given must match it, and --epochs is the total.
     """
+    from ..programs.run_folder import finish
     from ..programs.train import train as run_training
+    from .preflight import train_run
 
-    run_training(_train_config(args, args.model, args.blocks), out=args.out, resume=args.resume)
+    config, state, out = train_run(args)
+    print(f"run folder: {out}{os.sep}", flush=True)
+    result = run_training(config, out=out, resume=state)
+    finish(result.module, result.example, out)
     return 0
 
 
@@ -184,11 +211,15 @@ def accuracy(args: argparse.Namespace) -> int:
     """Table of test accuracy: E2E vs recipes at several K.
 
     Train every (MODEL, recipe, K) with the same data, epochs and seed and print a markdown
-    table of final test accuracy (peak saved activations in brackets).
+    table of final test accuracy (peak saved activations in brackets). Every model, recipe and K is
+    checked before the first run trains.
     """
     from ..programs import accuracy as programs_accuracy
+    from . import preflight
 
-    rows = programs_accuracy.run(args.models, args.recipes, args.blocks_list, _train_config(args, None, None))
+    config = preflight.train_config(args)
+    preflight.accuracy(args.models, args.recipes, args.blocks_list, config)
+    rows = programs_accuracy.run(args.models, args.recipes, args.blocks_list, config)
     text = programs_accuracy.markdown(rows, args.blocks_list)
     print(text)
     if args.out:

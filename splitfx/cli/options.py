@@ -1,25 +1,152 @@
-"""Option groups shared by the commands, each defined once: model, input size, batch, device, split."""
+"""Option groups shared by the commands, each defined once: model, input size, batch, device, split.
+
+Every value is checked by its ``type=`` when the command line is parsed, before any work starts, and
+a bad one is one line (``splitfx: error: argument --batch: ...``): the parser raises
+:class:`UsageError` instead of printing its usage and exiting.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 
+from ..base.errors import SplitFXError
+from ..programs.config import TrainConfig, resolve_device
+from ..programs.data import check as check_data
+from ..programs.models import check_model
 from ..recipes import list_recipes
 
 EPILOG = """Models: any timm name (resnet50, vit_base_patch16_224, ...), torchvision:NAME, or
 package.module:factory for your own model. Weights are random: nothing is downloaded."""
 MODEL_HELP = "timm name, torchvision:NAME or package.module:factory"
 METHODS = ("memory", "flops", "params", "uniform")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
-def add_model(p: argparse.ArgumentParser, default: str | None = None, many: bool = False) -> None:
-    """The ``MODEL`` positional (optional when there is a default; several with ``many``)."""
+class UsageError(SplitFXError):
+    """A command line argparse refuses (unknown option, bad value, missing argument)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line through the CLI's error boundary."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _checked(check: Callable[[str], object], name: str) -> Callable[[str], object]:
+    """A ``type=`` from a check that raises :class:`SplitFXError` (argparse reports ArgumentTypeError)."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except SplitFXError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _number(kind: type, least: float, what: str) -> Callable[[str], object]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not value >= least:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+count = _number(int, 0, "an integer ≥ 0")
+positive_float = _number(float, 1e-300, "a positive number")
+
+
+def _writable_parent(path: str) -> None:
+    """The nearest existing folder above ``path`` is a folder we may write in (missing ones are made)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SplitFXError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SplitFXError(f"{path}: cannot write in {parent} (permission denied); choose another path")
+
+
+def _output_file(path: str) -> str:
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise SplitFXError(f"{path!r} is a folder; give a file name such as {os.path.join(path or '.', 'out')}...")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise SplitFXError(f"{path}: the file is read-only; choose another path")
+    _writable_parent(path)
+    return path
+
+
+def _picture(path: str) -> str:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    if ext and ext not in formats:
+        raise SplitFXError(f"{path}: matplotlib cannot write .{ext} pictures; use .png, .svg or .pdf")
+    return _output_file(path)
+
+
+def _output_dir(path: str) -> str:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SplitFXError(f"{path} is a file; --out takes a folder for the run (checkpoint.pt, metrics.jsonl, ...)")
+    if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+        raise SplitFXError(f"{path}: cannot write in this folder (permission denied); choose another --out")
+    _writable_parent(path)
+    return path
+
+
+def _existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise SplitFXError(f"{path}: {'a folder' if os.path.isdir(path) else 'no such file'}; give the "
+                           "checkpoint.pt that splitfx train wrote in its run folder")
+    return path
+
+
+def _model_or_checkpoint(text: str) -> str:
+    if os.path.isfile(text):
+        return text
+    if os.sep in text or text.endswith(CHECKPOINT_SUFFIXES):
+        return _existing_file(text)
+    check_model(text)
+    return text
+
+
+def _model(text: str) -> str:
+    check_model(text)
+    return text
+
+
+output_file = _checked(_output_file, "output file")
+picture_file = _checked(_picture, "picture file")
+output_dir = _checked(_output_dir, "output folder")
+checkpoint_file = _checked(_existing_file, "checkpoint")
+model_spec = _checked(_model, "model")
+model_or_checkpoint = _checked(_model_or_checkpoint, "model or checkpoint")
+device = _checked(resolve_device, "device")
+data_spec = _checked(lambda text: check_data(text) or text, "data")
+
+
+def add_model(p: argparse.ArgumentParser, default: str | None = None, many: bool = False,
+              resumable: bool = False) -> None:
+    """The ``MODEL`` positional (optional when there is a default; several with ``many``). With
+    ``resumable`` its value is None when not given, so ``--resume`` can tell it from the default."""
     if many:
-        p.add_argument("models", nargs="*", metavar="MODEL", default=[default],
+        p.add_argument("models", nargs="*", metavar="MODEL", default=[default], type=model_spec,
                        help=f"one or more models: {MODEL_HELP} (default {default})")
     elif default is not None:
-        p.add_argument("model", nargs="?", metavar="MODEL", default=default, help=f"{MODEL_HELP} (default %(default)s)")
+        p.add_argument("model", nargs="?", metavar="MODEL", default=None if resumable else default, type=model_spec,
+                       help=f"{MODEL_HELP} (default {default})")
     else:
-        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        p.add_argument("model", metavar="MODEL", type=model_spec, help=MODEL_HELP)
 
 
 def _input_size(values: list[int]) -> tuple[int, int, int]:
@@ -40,12 +167,13 @@ class _InputSize(argparse.Action):
 
 def add_input_size(p: argparse.ArgumentParser, default: str = "the model's own, else 3 224 224") -> None:
     """``--input-size S`` or ``--input-size C H W``, stored as (C, H, W) or None."""
-    p.add_argument("--input-size", nargs="+", type=int, action=_InputSize, metavar="N",
+    p.add_argument("--input-size", nargs="+", type=positive_int, action=_InputSize, metavar="N",
                    help=f"input size: S for 3×S×S, or C H W (default: {default})")
 
 
-def add_batch(p: argparse.ArgumentParser, default: int, what: str = "batch size") -> None:
-    p.add_argument("--batch", "-b", type=int, default=default, help=f"{what} (default %(default)s)")
+def add_batch(p: argparse.ArgumentParser, default: int | None, what: str = "batch size") -> None:
+    shown = TrainConfig.batch if default is None else default
+    p.add_argument("--batch", "-b", type=positive_int, default=default, help=f"{what} (default {shown})")
 
 
 def add_example_input(p: argparse.ArgumentParser, batch: int, what: str,
@@ -56,29 +184,42 @@ def add_example_input(p: argparse.ArgumentParser, batch: int, what: str,
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default %(default)s)")
+    p.add_argument("--device", default="auto", type=device,
+                   help="torch device: auto (cuda where there is one, else cpu), cpu, cuda, cuda:1, ... "
+                        "(default %(default)s)")
 
 
-def add_recipe(p: argparse.ArgumentParser, default: str, what: str = "local-learning recipe") -> None:
+def add_recipe(p: argparse.ArgumentParser, default: str, what: str = "local-learning recipe",
+               resumable: bool = False) -> None:
     """``--recipe``, its choices the registered recipes (built-in and installed)."""
-    p.add_argument("--recipe", default=default, choices=list_recipes(), help=f"{what} (default %(default)s)")
+    p.add_argument("--recipe", default=None if resumable else default, choices=list_recipes(),
+                   help=f"{what} (default {default})")
+
+
+class _Replace(argparse.Action):
+    """``--replace 3`` → 3 (at least 2), ``--replace a b`` → ["a", "b"]."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 and values[0].lstrip("+-").isdigit():
+            values = int(values[0])
+            if values < 2:
+                parser.error(f"argument --replace: N takes every N-th block and must be at least 2, got {values}")
+        setattr(namespace, self.dest, values)
 
 
 def add_replace(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--replace", nargs="+", metavar="N|MODULE", help=help)
+    p.add_argument("--replace", nargs="+", metavar="N|MODULE", action=_Replace, help=help)
 
 
-def replace_arg(values: list[str] | None) -> int | list[str] | None:
-    """``--replace 3`` → 3, ``--replace a b`` → ["a", "b"]."""
-    if values and len(values) == 1 and values[0].isdigit():
-        return int(values[0])
-    return values
+def add_blocks(p: argparse.ArgumentParser, default: int | None, help: str = "number of gradient-isolated blocks",
+               **kwargs) -> None:
+    shown = TrainConfig.blocks if default is None else default
+    p.add_argument("--blocks", "-k", type=positive_int, default=default, help=f"{help} (default {shown})", **kwargs)
 
 
 def add_split(p: argparse.ArgumentParser) -> None:
     """How the model is cut: ``--blocks``, ``--method``, ``--split-points``, ``--recipe``, ``--leaf``, RepL."""
-    p.add_argument("--blocks", "-k", type=int, default=4,
-                   help="number of gradient-isolated blocks (default %(default)s)")
+    add_blocks(p, 4)
     p.add_argument("--method", default="memory", choices=METHODS,
                    help="what the blocks are balanced by (default %(default)s)")
     p.add_argument("--split-points", nargs="+", metavar="MODULE",
@@ -92,15 +233,20 @@ def add_split(p: argparse.ArgumentParser) -> None:
 
 
 def add_training(p: argparse.ArgumentParser) -> None:
-    """What ``train`` and ``accuracy`` share: data, epochs, optimisation, seed."""
-    p.add_argument("--epochs", type=int, default=10, help="epochs (default %(default)s)")
-    add_batch(p, 64)
-    p.add_argument("--data", default="digits",
+    """What ``train`` and ``accuracy`` share: data, epochs, optimisation, seed. Defaults are
+    :class:`TrainConfig`'s, applied after parsing (None here: ``--resume`` sees what was given)."""
+    c = TrainConfig
+    p.add_argument("--epochs", type=positive_int, help=f"epochs; with --resume the total (default {c.epochs})")
+    add_batch(p, None)
+    p.add_argument("--data", type=data_spec,
                    help="digits (embedded scikit-learn digits, no download), cifar10:DIR (CIFAR-10 python "
-                        "batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); default %(default)s")
-    add_input_size(p, "32: digits are upsampled to 3×32×32")
+                        f"batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); default {c.data}")
+    add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}")
     add_device(p)
-    p.add_argument("--amp", action="store_true", help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
-    p.add_argument("--lr", type=float, default=2e-3,
-                   help="AdamW learning rate, ×0.8 after every epoch (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order (default %(default)s)")
+    p.add_argument("--amp", action="store_true", default=None,
+                   help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
+    p.add_argument("--lr", type=positive_float,
+                   help=f"AdamW learning rate, ×{c.lr_decay} after every epoch (default {c.lr})")
+    p.add_argument("--seed", type=count, help=f"seed for initialisation and data order (default {c.seed})")
+    p.add_argument("--max-batches", type=positive_int, metavar="N",
+                   help="train at most N batches per epoch, for a quick trial (default: the whole training set)")

@@ -10,7 +10,9 @@ from ..recipes import list_recipes
 from . import commands
 from .options import (
     EPILOG,
+    Parser,
     add_batch,
+    add_blocks,
     add_device,
     add_example_input,
     add_model,
@@ -18,6 +20,14 @@ from .options import (
     add_replace,
     add_split,
     add_training,
+    checkpoint_file,
+    count,
+    model_or_checkpoint,
+    model_spec,
+    output_dir,
+    output_file,
+    picture_file,
+    positive_int,
 )
 
 
@@ -36,25 +46,28 @@ def _plan(sub) -> None:
     add_split(p)
     add_example_input(p, 8, "batch size the memory is predicted for")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the plan to this image file")
+    p.add_argument("--plot", metavar="FILE.png", type=picture_file, help="also draw the plan to this image file")
 
 
 def _train(sub) -> None:
     p = _command(sub, "train", commands.train)
-    add_model(p, default="resnet18")
-    p.add_argument("--blocks", "-k", type=int, default=4,
-                   help="number of gradient-isolated blocks (default %(default)s)")
-    add_recipe(p, "infopro")
+    add_model(p, default="resnet18", resumable=True)
+    add_blocks(p, None)
+    add_recipe(p, "linear", resumable=True)
     add_training(p)
-    p.add_argument("--out", help="folder for checkpoint.pt and metrics.json (default: write nothing)")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint written by --out")
+    p.add_argument("--out", metavar="DIR", type=output_dir,
+                   help="run folder: checkpoint.pt, metrics.jsonl, plan.png, model.onnx (default: "
+                        "runs/MODEL-RECIPE-kK, numbered if it exists; with --resume the checkpoint's folder)")
+    p.add_argument("--resume", metavar="CKPT", type=checkpoint_file,
+                   help="continue from a checkpoint.pt of an earlier run (same model, blocks, recipe, data)")
 
 
 def _export(sub) -> None:
     p = _command(sub, "export", commands.export)
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
-                   help="a model name (random weights) or a checkpoint.pt written by splitfx train --out")
-    p.add_argument("--out", "-o", required=True, metavar="FILE.onnx", help="where to write the ONNX file")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", type=model_or_checkpoint,
+                   help="a model name (random weights) or a checkpoint.pt written by splitfx train")
+    p.add_argument("--out", "-o", required=True, metavar="FILE.onnx", type=output_file,
+                   help="where to write the ONNX file")
     add_example_input(p, 2, "batch size of the example input", "the checkpoint's or the model's own")
     p.add_argument("--static-batch", action="store_true", help="fix the batch dimension instead of making it dynamic")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
@@ -63,36 +76,59 @@ def _export(sub) -> None:
 def _bench(sub) -> None:
     p = _command(sub, "bench", commands.bench)
     add_model(p)
-    p.add_argument("--blocks", "-k", type=int, nargs="+", default=[4], help="one or more K (default %(default)s)")
+    add_blocks(p, [4], "one or more K", nargs="+")
     add_recipe(p, "linear", "recipe of the local mode")
     add_example_input(p, 8, "batch size")
     add_device(p)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per mode (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps per mode (default %(default)s)")
+    p.add_argument("--warmup", type=count, default=2, help="untimed steps first (default %(default)s)")
     add_replace(p, "also run local training with RepL and compare trainable parameters and optimizer state")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
 
 
 def _bench_convert(sub) -> None:
     p = _command(sub, "bench-convert", commands.bench_convert)
-    p.add_argument("--vit-depths", type=int, nargs="*", default=[12, 24, 48],
+    p.add_argument("--vit-depths", type=positive_int, nargs="*", default=[12, 24, 48],
                    help="ViT-B/16 depths (default %(default)s)")
-    p.add_argument("--models", nargs="*", default=["resnet50", "resnet101", "resnet152"],
+    p.add_argument("--models", nargs="*", type=model_spec, default=["resnet50", "resnet101", "resnet152"],
                    help="more models (default %(default)s)")
-    p.add_argument("--blocks", "-k", type=int, default=4, help="K (default %(default)s)")
+    add_blocks(p, 4, "K")
     add_batch(p, 8, "batch size of the example input")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"takes I/N with 0 ≤ I < N, got {text!r}")
+    return int(i), int(n)
+
+
 def _coverage(sub) -> None:
+    from ..programs.coverage import STAGES
+    from ..programs.sweep import DEFAULT_CHECK
+
     p = _command(sub, "coverage", commands.coverage)
+    p.add_argument("--results", default="coverage.jsonl", metavar="FILE",
+                   help="JSON-lines file each model's result is appended to (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip models already in --results for the same timm, torch and splitfx versions and stages")
     p.add_argument("--filter", default="*", metavar="GLOB",
                    help="fnmatch pattern over timm.list_models() (default all)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                   help="run only the models at positions ≡ I mod N of the sorted, filtered list (default 0/1)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, metavar="STAGE",
+                   help=f"stages to run, the stages they need added ({', '.join(STAGES)}; default all)")
     p.add_argument("--jobs", "-j", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                    help="models in parallel (default %(default)s)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per model (default %(default)s)")
-    p.add_argument("--out", help="also write the report to this markdown file")
+    p.add_argument("--check", default=DEFAULT_CHECK, metavar="MODULE:FUNCTION",
+                   help="function that checks one model in its worker process (default %(default)s)")
+    p.add_argument("--report", metavar="FILE",
+                   help="run nothing: make the report from this results file (with --out, into that file)")
+    p.add_argument("--out", metavar="FILE.md", help="write the report to this markdown file (after a sweep: "
+                   "the report from --results)")
 
 
 def _accuracy(sub) -> None:
@@ -101,14 +137,13 @@ def _accuracy(sub) -> None:
     p.add_argument("--recipes", nargs="+", default=list_recipes(), choices=list_recipes(), metavar="RECIPE",
                    help="recipes, e2e trained once per model (default: every registered recipe: "
                         f"{', '.join(list_recipes())})")
-    p.add_argument("--blocks", dest="blocks_list", nargs="+", type=int, default=[2, 4, 8],
-                   help="values of K (default %(default)s)")
+    add_blocks(p, [2, 4, 8], "values of K", nargs="+", dest="blocks_list")
     add_training(p)
-    p.add_argument("--out", help="also write the table to this markdown file")
+    p.add_argument("--out", type=output_file, help="also write the table to this markdown file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="splitfx", epilog=EPILOG,
         description="Split a model into memory-balanced, gradient-isolated blocks for local learning.",
     )

@@ -5,11 +5,15 @@ The keys are the fields of :class:`Checkpoint`, in this module alone; ``model`` 
 """
 from __future__ import annotations
 
+import os
+import pickle
+import zipfile
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
+from ..base.errors import CheckpointError
 from ..base.files import atomic_path
 from ..passes.names import PREFIX, unprefix
 from ..runtime.split_module import SplitModule
@@ -44,7 +48,22 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str) -> Checkpoint:
-        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+        """The checkpoint at ``path``; a missing, truncated or foreign file is a :class:`CheckpointError`."""
+        if not os.path.isfile(path):
+            what = "a folder" if os.path.isdir(path) else "no such file"
+            raise CheckpointError(f"{path}: {what}; give the checkpoint.pt that splitfx train wrote in its run folder")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # plain data: no code runs
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            raise CheckpointError(f"{path}: cannot be read as a checkpoint, the file is truncated or is not a "
+                                  f"torch file ({type(err).__name__}); use a checkpoint.pt written by splitfx "
+                                  "train") from err
+        names = {f.name for f in fields(cls)}
+        if not isinstance(state, dict) or not names <= state.keys():
+            found = list(state)[:5] if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path}: not a splitfx train checkpoint (it holds {found}, not the keys "
+                                  f"{sorted(names)[:4]}...); use a checkpoint.pt written by splitfx train")
+        return cls(**{k: state[k] for k in names})
 
     def restore(self, sm: SplitModule, opt: torch.optim.Optimizer, sched, scaler) -> None:
         """Put the training state back exactly as it was saved (RNG included)."""

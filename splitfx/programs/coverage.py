@@ -1,37 +1,41 @@
-"""``splitfx coverage``: how much of the timm zoo survives every stage, one process per model.
+"""One timm model through every stage, in this process: what ``splitfx coverage`` runs per model.
 
-Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer: models it cannot
-trace are reported as excluded, not failed), ``trace``, ``plan`` (K=4, or fewer when the model has
-fewer legal cuts), ``convert``, ``step`` (one local training step, finite losses), ``parity`` (eval
-outputs ``torch.equal`` to the original), ``onnx`` (export + onnxruntime parity). Each model runs in
-its own Python process under a time limit so one crash or hang cannot stop the sweep.
+Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer), ``trace``, ``plan``
+(K=4 and K=8, or the largest K the model allows when fewer), ``convert`` (the K=4 plan), ``step`` (one
+local training step, finite losses), ``parity`` (eval outputs ``torch.equal`` to the original),
+``onnx`` (export + onnxruntime parity). Each stage needs the one before it, except that ``timm_fx``
+needs only ``create`` and stops nothing: a model timm cannot fx-trace fails at ``timm_fx`` with timm's
+reason, and splitfx's own stages still run on it. The sweep over many models is :mod:`.sweep`.
 """
 from __future__ import annotations
 
-import fnmatch
-import json
 import math
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 from ..base.errors import first_line
 
 STAGES = ("create", "timm_fx", "trace", "plan", "convert", "step", "parity", "onnx")
+CHAIN = tuple(s for s in STAGES if s != "timm_fx")  # each needs the one before it
+BLOCKS = (4, 8)
+
+StageHook = Callable[[str, "dict[str, Any] | None"], None]  # (stage, None) on start, (stage, result) on end
 
 
 @dataclass
 class Outcome:
     model: str
     family: str
-    status: str  # pass | fail | timeout | excluded
-    stage: str | None = None  # the failing stage
+    status: str  # pass | fail (the sweep adds timeout | crash)
+    stage: str | None = None  # the first failing stage
     reason: str = ""
     seconds: float = 0.0
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage → status, seconds[, reason]
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)  # "4"/"8" → k and memory figures
 
 
 def family(name: str) -> str:
@@ -41,124 +45,143 @@ def family(name: str) -> str:
     return registry._model_to_module.get(name.split(".")[0], "?")
 
 
-def check(name: str, blocks: int = 4, onnx_dir: str | None = None) -> Outcome:
-    """Run every stage on ``name`` in this process; the first failing stage ends it."""
-    import tempfile
+def with_prerequisites(stages: Iterable[str]) -> tuple[str, ...]:
+    """``stages`` plus every stage they need, in run order (``["plan"]`` → create, trace, plan)."""
+    wanted = set(stages)
+    unknown = wanted - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    needed = {"create"} if wanted else set()
+    for stage in wanted & set(CHAIN):
+        needed |= set(CHAIN[: CHAIN.index(stage) + 1])
+    return tuple(s for s in STAGES if s in wanted | needed)
 
+
+def plan_figures(plan, asked: int) -> dict[str, Any]:
+    """K used for a request of ``asked`` blocks and how evenly it splits the saved activations."""
+    e2e = max(plan.e2e_saved_bytes, 1)
+    return {"asked": asked, "k": plan.num_blocks, "local_peak_bytes": plan.local_peak_bytes,
+            "e2e_saved_bytes": plan.e2e_saved_bytes, "local_over_e2e": plan.local_peak_bytes / e2e,
+            "floor_ratio": plan.local_peak_bytes * plan.num_blocks / e2e}
+
+
+def _create(c: SimpleNamespace) -> None:
     import timm
     import torch
 
-    from ..api.conversion import convert
-    from ..api.onnx_export import export_onnx
-    from ..api.planning import plan as make_plan
-    from ..base.errors import PlanError
-    from ..passes.trace import trace
     from .models import default_input_size
 
-    outcome = Outcome(name, family(name), "pass")
-    began = time.perf_counter()
-    stage = "create"
-    try:
-        torch.manual_seed(0)
-        model = timm.create_model(name, pretrained=False, num_classes=10)
-        x = torch.randn(2, *default_input_size(model))
-        y = torch.randint(0, 10, (2,))
-        stage = "timm_fx"
-        try:
-            timm.layers.get_graph_node_names(model)
-        except Exception as err:
-            outcome.status, outcome.stage, outcome.reason = ("excluded", stage,
-                                                             f"timm cannot fx-trace it: {first_line(err)}")
-            return outcome
-        stage = "trace"
-        trace(model, (x,))
-        stage = "plan"
-        try:
-            plan = make_plan(model, x, blocks)
-        except PlanError as err:
-            if err.max_blocks is None:
-                raise
-            plan = make_plan(model, x, err.max_blocks)
-        stage = "convert"
-        sm = convert(model, x, plan=plan)
-        stage = "step"
-        opt = torch.optim.SGD(sm.parameters(), lr=1e-3)
-        losses = sm.train_step(x, y, opt)
-        if not all(math.isfinite(v) for v in losses):
-            raise AssertionError(f"non-finite local losses {losses}")
-        stage = "parity"
-        sm.eval()
-        with torch.no_grad():
-            if not torch.equal(sm(x), model(x)):
-                raise AssertionError("eval outputs differ from the original model")
-        stage = "onnx"
-        with tempfile.TemporaryDirectory(dir=onnx_dir) as tmp:
-            export_onnx(sm, os.path.join(tmp, "m.onnx"), x)
-    except Exception as err:
-        outcome.status, outcome.stage, outcome.reason = "fail", stage, first_line(err)
-    finally:
-        outcome.seconds = time.perf_counter() - began
-    return outcome
+    torch.manual_seed(0)
+    c.model = timm.create_model(c.name, pretrained=False, num_classes=10)
+    c.x = torch.randn(2, *default_input_size(c.model))
+    c.y = torch.randint(0, 10, (2,))
 
 
-def _run_isolated(name: str, timeout: float) -> Outcome:
-    began = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "splitfx.programs.coverage", name], capture_output=True, text=True,
-                              timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return Outcome(name, family(name), "timeout", None, f"over {timeout:.0f} s", time.perf_counter() - began)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return Outcome(**json.loads(line))
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return Outcome(name, family(name), "fail", "crash", f"exit {proc.returncode}: {tail[:300]}",
-                   time.perf_counter() - began)
-
-
-def sweep(names: Iterable[str], jobs: int, timeout: float, progress: Callable[[Outcome], None]) -> list[Outcome]:
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_isolated, n, timeout) for n in names]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            progress(results[-1])
-    return results
-
-
-def select(pattern: str) -> list[str]:
+def _timm_fx(c: SimpleNamespace) -> None:
     import timm
 
-    return [n for n in timm.list_models() if fnmatch.fnmatch(n, pattern)]
+    try:
+        timm.layers.get_graph_node_names(c.model)
+    except Exception as err:
+        raise RuntimeError(f"timm cannot fx-trace it: {first_line(err)}") from err
 
 
-def report(results: list[Outcome], header: str) -> str:
-    """Markdown: summary, per family, and every model not passing with its stage and reason."""
-    traceable = [r for r in results if r.status != "excluded"]
-    passed = [r for r in traceable if r.status == "pass"]
-    lines = [header, "", f"{len(results)} models; {len(results) - len(traceable)} excluded (timm itself cannot "
-             f"fx-trace them); **{len(passed)} / {len(traceable)} traceable models pass every stage "
-             f"({100 * len(passed) / max(len(traceable), 1):.1f} %)**.", "",
-             "| family | models | excluded | pass | fail | timeout |", "|---|---|---|---|---|---|"]
-    families: dict[str, list[Outcome]] = {}
-    for r in results:
-        families.setdefault(r.family, []).append(r)
-    for fam in sorted(families):
-        rs = families[fam]
-        count = {s: sum(r.status == s for r in rs) for s in ("excluded", "pass", "fail", "timeout")}
-        lines.append(f"| {fam} | {len(rs)} | {count['excluded']} | {count['pass']} | {count['fail']} "
-                     f"| {count['timeout']} |")
-    lines += ["", "| model | family | status | stage | reason |", "|---|---|---|---|---|"]
-    for r in results:
-        if r.status != "pass":
-            lines.append(f"| {r.model} | {r.family} | {r.status} | {r.stage or ''} | {r.reason.replace('|', '/')} |")
-    return "\n".join(lines)
+def _trace(c: SimpleNamespace) -> None:
+    from ..passes.trace import trace
+
+    trace(c.model, (c.x,))
 
 
-def main_one(name: str) -> None:
-    print(json.dumps(asdict(check(name))), flush=True)
+def _plan(c: SimpleNamespace) -> None:
+    from ..api.planning import plan as make_plan
+    from ..base.errors import PlanError
+
+    made: dict[int, Any] = {}
+
+    def at(k: int):
+        if k not in made:
+            made[k] = make_plan(c.model, c.x, k)
+        return made[k]
+
+    cap = None
+    for k in c.blocks:
+        want = k if cap is None else min(k, cap)
+        try:
+            try:
+                c.plans[str(k)] = at(want)
+            except PlanError as err:
+                if err.max_blocks is None:
+                    raise
+                cap = err.max_blocks
+                c.plans[str(k)] = at(cap)
+        except Exception as err:
+            if k == c.blocks[0]:
+                raise
+            raise RuntimeError(f"K={k}: {first_line(err)}") from err
+    c.plan = c.plans[str(c.blocks[0])]
 
 
-if __name__ == "__main__":
-    main_one(sys.argv[1])
+def _convert(c: SimpleNamespace) -> None:
+    from ..api.conversion import convert
+
+    c.sm = convert(c.model, c.x, plan=c.plan)
+
+
+def _step(c: SimpleNamespace) -> None:
+    import torch
+
+    losses = c.sm.train_step(c.x, c.y, torch.optim.SGD(c.sm.parameters(), lr=1e-3))
+    if not all(math.isfinite(v) for v in losses):
+        raise AssertionError(f"non-finite local losses {losses}")
+
+
+def _parity(c: SimpleNamespace) -> None:
+    import torch
+
+    c.sm.eval()
+    with torch.no_grad():
+        if not torch.equal(c.sm(c.x), c.model(c.x)):
+            raise AssertionError("eval outputs differ from the original model")
+
+
+def _onnx(c: SimpleNamespace) -> None:
+    import tempfile
+
+    from ..api.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory(dir=c.onnx_dir) as tmp:
+        export_onnx(c.sm, os.path.join(tmp, "m.onnx"), c.x)
+
+
+RUN = {"create": _create, "timm_fx": _timm_fx, "trace": _trace, "plan": _plan, "convert": _convert,
+       "step": _step, "parity": _parity, "onnx": _onnx}
+
+
+def check(name: str, stages: Iterable[str] = STAGES, *, blocks: tuple[int, ...] = BLOCKS,
+          onnx_dir: str | None = None, on_stage: StageHook | None = None) -> Outcome:
+    """Run ``stages`` (and the stages they need) on timm model ``name``; a failing stage stops the
+    ones after it, except ``timm_fx``. ``on_stage`` hears each stage start and end (the sweep's
+    worker reports them, so a timeout or crash names the stage in flight)."""
+    outcome = Outcome(name, family(name), "pass")
+    c = SimpleNamespace(name=name, blocks=blocks, onnx_dir=onnx_dir, plans={})
+    began = time.perf_counter()
+    for stage in with_prerequisites(stages):
+        if on_stage:
+            on_stage(stage, None)
+        start = time.perf_counter()
+        result: dict[str, Any] = {"status": "pass"}
+        try:
+            RUN[stage](c)
+        except Exception as err:
+            result = {"status": "fail", "reason": first_line(err)}
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        outcome.stages[stage] = result
+        if on_stage:
+            on_stage(stage, result)
+        if result["status"] != "pass" and outcome.status == "pass":
+            outcome.status, outcome.stage, outcome.reason = "fail", stage, result["reason"]
+        if result["status"] != "pass" and stage != "timm_fx":
+            break
+    outcome.plans = {k: plan_figures(p, int(k)) for k, p in c.plans.items()}
+    outcome.seconds = round(time.perf_counter() - began, 3)
+    return outcome

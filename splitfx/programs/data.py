@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from ..base.errors import SplitFXError
+from ..base.errors import SplitFXError, first_line
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -38,15 +38,30 @@ def _torchvision(size: int, train: bool):
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
-    """(train, test, num_classes) for a ``--data`` spec."""
+def check(spec: str) -> None:
+    """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
+    (no image is read: cheap enough to run before any work starts)."""
     kind, _, root = spec.partition(":")
     if kind == "digits" and not root:
-        return digits(size)
+        return
     if kind not in ("cifar10", "imagefolder") or not root:
         raise SplitFXError(f"--data {spec!r}: use digits, cifar10:DIR or imagefolder:DIR")
     if not os.path.isdir(root):
         raise SplitFXError(f"--data {spec!r}: {root} is not a folder")
+    if kind == "imagefolder":
+        for split in ("train", "val"):
+            folder = os.path.join(root, split)
+            if not os.path.isdir(folder) or not any(e.is_dir() for e in os.scandir(folder)):
+                raise SplitFXError(f"--data {spec!r}: expected {root}/train and {root}/val, each with one folder "
+                                   f"of images per class; {folder} has no class folders")
+
+
+def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
+    """(train, test, num_classes) for a ``--data`` spec."""
+    check(spec)
+    kind, _, root = spec.partition(":")
+    if kind == "digits":
+        return digits(size)
     from torchvision import datasets
 
     if kind == "cifar10":
@@ -56,9 +71,13 @@ def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
         except RuntimeError as err:
             raise SplitFXError(f"--data {spec!r}: no CIFAR-10 python batches under {root} ({err})") from err
         return train, test, 10
-    for split in ("train", "val"):
-        if not os.path.isdir(os.path.join(root, split)):
-            raise SplitFXError(f"--data {spec!r}: expected {root}/train and {root}/val, one folder per class")
-    train = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, True))
-    test = datasets.ImageFolder(os.path.join(root, "val"), transform=_torchvision(size, False))
+    try:
+        train = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, True))
+        test = datasets.ImageFolder(os.path.join(root, "val"), transform=_torchvision(size, False))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SplitFXError(f"--data {spec!r}: {first_line(err, 200)}; put images (.jpg, .png, ...) in "
+                           f"{root}/train/CLASS/ and {root}/val/CLASS/") from err
+    if train.classes != test.classes:
+        raise SplitFXError(f"--data {spec!r}: train has classes {train.classes[:5]}, val {test.classes[:5]}; "
+                           "give both the same class folders")
     return train, test, len(train.classes)

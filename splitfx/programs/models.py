@@ -1,34 +1,63 @@
 """Model names on the command line: timm names, ``torchvision:NAME`` and ``package.module:factory``."""
 from __future__ import annotations
 
+import difflib
 import importlib
 
 from torch import nn
 
 from ..base.errors import SplitFXError
 
+HOW = "For torchvision use 'torchvision:NAME'; for your own model 'package.module:factory'."
+
+
+def check_model(spec: str) -> None:
+    """Raise :class:`SplitFXError` unless ``spec`` names a model :func:`create_model` can build
+    (nothing is built: cheap enough to check every name before any work starts)."""
+    if spec.startswith(("torchvision:", "tv:")):
+        import torchvision
+
+        name, known = spec.split(":", 1)[1], torchvision.models.list_models()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=6)
+            hint = f" Close matches: {', '.join(close)}." if close else " See torchvision.models.list_models()."
+            raise SplitFXError(f"{spec!r}: torchvision has no model {name!r}.{hint}")
+    elif ":" in spec:
+        _factory(spec)
+    else:
+        import timm
+
+        if not timm.is_model(spec):
+            close = timm.list_models(f"*{spec}*")[:8] or difflib.get_close_matches(spec, timm.list_models(), n=6)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise SplitFXError(f"{spec!r} is not a timm model name.{hint} {HOW}")
+
+
+def _factory(spec: str):
+    module, _, name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise SplitFXError(f"cannot build {spec!r}: {err}. {HOW}") from err
+    if not callable(factory):
+        raise SplitFXError(f"cannot build {spec!r}: {name} is a {type(factory).__name__}, not a factory function")
+    return factory
+
 
 def create_model(spec: str, **kwargs) -> nn.Module:
     """Build a randomly initialised model from ``spec`` (never downloads weights)."""
+    check_model(spec)
     if spec.startswith(("torchvision:", "tv:")):
         import torchvision
 
         return torchvision.models.get_model(spec.split(":", 1)[1], weights=None, **kwargs)
     if ":" in spec:
-        module, factory = spec.split(":", 1)
-        try:
-            return getattr(importlib.import_module(module), factory)(**kwargs)
-        except (ImportError, AttributeError) as err:
-            raise SplitFXError(f"cannot build {spec!r}: {err}") from err
+        model = _factory(spec)(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise SplitFXError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
     import timm
 
-    if not timm.is_model(spec):
-        close = timm.list_models(f"*{spec}*")[:8]
-        hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise SplitFXError(
-            f"{spec!r} is not a timm model name.{hint} For torchvision use 'torchvision:NAME'; for your "
-            "own model 'package.module:factory'."
-        )
     return timm.create_model(spec, pretrained=False, **kwargs)
 
 

@@ -8,43 +8,25 @@ where kernels are deterministic).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..api.conversion import convert
-from ..base.errors import SplitFXError
-from ..base.files import write_text
+from ..base.errors import CheckpointError, SplitFXError, first_line
 from ..base.meter import SavedTensorMeter, state_keys
 from ..runtime.split_module import SplitModule
 from . import data as datasets
 from .checkpoint import Checkpoint
+from .config import TrainConfig, check_resume, resolve_device
+from .measure import e2e_saved_bytes
 from .models import create_model
-
-CHECKPOINT = "checkpoint.pt"  # in the --out folder
-
-
-@dataclass
-class TrainConfig:
-    model: str = "resnet18"
-    blocks: int = 4
-    recipe: str = "infopro"
-    epochs: int = 10
-    batch: int = 64
-    data: str = "digits"
-    input_size: int = 32
-    device: str = "cpu"
-    amp: bool = False
-    lr: float = 2e-3
-    lr_decay: float = 0.8  # per epoch; independent of ``epochs`` so a resumed run equals a straight one
-    weight_decay: float = 0.05
-    seed: int = 0
+from .run_folder import CHECKPOINT, write_metrics
 
 
 @dataclass
@@ -62,12 +44,27 @@ class EpochResult:
 class TrainResult:
     config: TrainConfig
     trained_blocks: int
-    e2e_saved_bytes: int  # predicted by the plan for one E2E step at this batch size
+    e2e_saved_bytes: int  # measured: one E2E step of the unsplit model, same meter, same batch
     history: list[EpochResult] = field(default_factory=list)
+    e2e_predicted_bytes: int = 0  # the plan's prediction of the same
+    module: SplitModule | None = field(default=None, repr=False, compare=False)  # the trained model
+    example: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def final_accuracy(self) -> float:
         return self.history[-1].test_accuracy if self.history else float("nan")
+
+    @property
+    def peak_saved_bytes(self) -> int:
+        return max((h.peak_saved_bytes for h in self.history), default=0)
+
+    def summary(self) -> str:
+        local, e2e = self.peak_saved_bytes, self.e2e_saved_bytes
+        return (f"peak saved activations, measured with the same meter on the same batch: local "
+                f"{local / 2**20:.1f} MiB (K={self.trained_blocks}, {self.config.recipe}) vs E2E "
+                f"{e2e / 2**20:.1f} MiB: {local / max(e2e, 1):.2f}× ({'less' if local < e2e else 'MORE'} "
+                f"memory); test accuracy {100 * self.final_accuracy:.2f} % (best "
+                f"{100 * max(h.test_accuracy for h in self.history):.2f} %)")
 
 
 def build_model(name: str, num_classes: int, size: int) -> nn.Module:
@@ -98,32 +95,40 @@ def evaluate(sm: SplitModule, dataset, batch: int, device: str) -> float:
     return correct / len(dataset)
 
 
+def open_resume(resume: str | Checkpoint, config: TrainConfig, where: str = "the checkpoint") -> Checkpoint:
+    """The checkpoint to resume, refused when ``config`` trains something else or has nothing left to do."""
+    state = resume if isinstance(resume, Checkpoint) else Checkpoint.load(resume)
+    where = resume if isinstance(resume, str) else where
+    check_resume(config, state.config, where)
+    if config.epochs <= state.epoch + 1:
+        raise SplitFXError(f"--resume {where}: {state.epoch + 1} epoch(s) are already trained and --epochs is "
+                           f"the total ({config.epochs}); give --epochs {state.epoch + 2} or more")
+    return state
+
+
 def train(
     config: TrainConfig,
     out: str | None = None,
-    resume: str | None = None,
+    resume: str | Checkpoint | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``config.model`` with ``config.recipe``; checkpoint to ``out/checkpoint.pt`` each epoch."""
-    state = None
-    if resume is not None:
-        if not os.path.isfile(resume):
-            raise SplitFXError(f"--resume {resume}: no such checkpoint")
-        state = Checkpoint.load(resume)
-        config = TrainConfig(**{**state.config, "epochs": config.epochs, "device": config.device})
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SplitFXError("--device cuda: no CUDA device is visible to torch")
+    """Train ``config.model`` with ``config.recipe``; checkpoint to ``out/checkpoint.pt`` and the epochs
+    so far to ``out/metrics.jsonl`` after each epoch. ``resume`` must have been trained with the same
+    config (``epochs``, ``device`` and ``amp`` may differ)."""
+    state = open_resume(resume, config) if resume is not None else None
+    config = replace(config, device=resolve_device(config.device))
     torch.manual_seed(config.seed)
     train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
     model = build_model(config.model, num_classes, config.input_size)
-    example = torch.stack([train_set[i][0] for i in range(config.batch)])
+    example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
     sm = convert(model, example, config.blocks, recipe=config.recipe).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes)
+    e2e = e2e_saved_bytes(sm.model, example.to(config.device), labels, sm.loss_fn, amp)
+    result = TrainResult(config, sm.num_blocks, e2e, [], sm.plan.e2e_saved_bytes, sm, example)
     start_epoch = 0
     if state is not None:
         state.restore(sm, opt, sched, scaler)
@@ -136,7 +141,7 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         sm.train()
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        batches = [order[i:i + config.batch] for i in range(0, len(order), config.batch)]
+        batches = [order[i:i + config.batch] for i in range(0, len(order), config.batch)][:config.max_batches]
         sums = torch.zeros(sm.num_blocks)
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -158,28 +163,31 @@ def train(
         log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
-            Checkpoint.capture(
-                sm, opt, sched, scaler, config=asdict(config), epoch=epoch, history=[asdict(h) for h in result.history],
-                e2e_saved_bytes=result.e2e_saved_bytes, num_classes=num_classes,
-            ).save(os.path.join(out, CHECKPOINT))
-    if result.history:
-        peak = max(h.peak_saved_bytes for h in result.history)
-        log(f"peak saved activations: {peak / 2**20:.1f} MiB local (measured) vs "
-            f"{result.e2e_saved_bytes / 2**20:.1f} MiB E2E (the plan's prediction for fp32, exact on CPU), "
-            f"{peak / max(result.e2e_saved_bytes, 1):.2f}×")
-    if out is not None:
-        write_text(os.path.join(out, "metrics.json"), json.dumps(
-            {"config": asdict(config), "history": [asdict(h) for h in result.history],
-             "e2e_saved_bytes": result.e2e_saved_bytes}, indent=2))
+            _save(result, sm, opt, sched, scaler, out, num_classes)
+    log(result.summary())
     return result
+
+
+def _save(result: TrainResult, sm: SplitModule, opt, sched, scaler, out: str, num_classes: int) -> None:
+    history = [asdict(h) for h in result.history]
+    Checkpoint.capture(
+        sm, opt, sched, scaler, config=asdict(result.config), epoch=result.history[-1].epoch - 1, history=history,
+        e2e_saved_bytes=result.e2e_saved_bytes, num_classes=num_classes,
+    ).save(os.path.join(out, CHECKPOINT))
+    extra = {"blocks": result.trained_blocks, "recipe": result.config.recipe, "e2e_saved_bytes": result.e2e_saved_bytes,
+             "e2e_predicted_bytes": result.e2e_predicted_bytes}
+    write_metrics(out, [{**h, **extra} for h in history])
 
 
 def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
     """The user's model with the trained weights of a ``splitfx train`` checkpoint (heads dropped)."""
     state = Checkpoint.load(path)
-    config = TrainConfig(**state.config)
+    config = TrainConfig(**{k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__})
     model = build_model(config.model, state.num_classes, config.input_size)
-    model.load_state_dict(state.model_weights(), strict=True)
+    try:
+        model.load_state_dict(state.model_weights(), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit {config.model!r} ({first_line(err, 160)})") from err
     return model.eval(), config
 
 

@@ -1,0 +1,63 @@
+"""Checks the commands make before any work starts, beyond what each option's ``type=`` checks alone:
+options that depend on each other (``--resume`` against the options given), and requests that only a
+cheap plan can refuse (``accuracy``'s largest K)."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+
+from ..base.errors import PlanError, SplitFXError
+from ..programs.checkpoint import Checkpoint
+from ..programs.config import TrainConfig
+
+# TrainConfig fields the command line sets, when given (None: not given).
+GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "seed", "max_batches")
+
+
+def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (the defaults, or a resumed checkpoint's config) with the options given on the command line."""
+    given = {name: getattr(args, name, None) for name in GIVEN}
+    if args.input_size is not None:
+        c, h, w = args.input_size
+        if c != 3 or h != w:
+            raise SplitFXError(f"--input-size {c} {h} {w}: training images are square with 3 channels; "
+                               "give one size S")
+        given["input_size"] = h
+    return replace(base or TrainConfig(), **{k: v for k, v in given.items() if v is not None})
+
+
+def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None, str]:
+    """The config, the checkpoint to resume (loaded and checked) and the run folder of ``splitfx train``.
+    Resuming, what is not given comes from the checkpoint; what is given must agree with it."""
+    from ..programs.run_folder import default_dir
+    from ..programs.train import open_resume
+
+    if args.resume is None:
+        config = train_config(args)
+        return config, None, args.out or default_dir(config)
+    state = Checkpoint.load(args.resume)
+    known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
+    config = train_config(args, TrainConfig(**known))
+    open_resume(state, config, args.resume)  # --epochs not given: the interrupted run's own total
+    return config, state, args.out or os.path.dirname(os.path.abspath(args.resume))
+
+
+def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig) -> None:
+    """Refuse, before the first run trains, a K that a model cannot be split into."""
+    import torch
+
+    from ..api.planning import plan
+    from ..programs.train import build_model
+
+    if not any(r != "e2e" for r in recipes):
+        return
+    k = max(blocks)
+    for name in models:
+        model = build_model(name, 10, config.input_size)
+        try:
+            plan(model, torch.randn(2, 3, config.input_size, config.input_size), k)
+        except PlanError as err:
+            hint = f" (at most {err.max_blocks})" if err.max_blocks else ""
+            raise SplitFXError(f"accuracy: {name} cannot be split into K={k} blocks{hint}: {err}. Nothing was "
+                               "trained; give smaller --blocks") from err

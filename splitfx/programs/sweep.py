@@ -1,0 +1,194 @@
+"""The coverage sweep: many models, each in its own process, one JSON line per model as it finishes.
+
+A results line holds the model, its family, the timm/torch/splitfx versions, the stages asked for,
+the outcome (``pass``, ``fail``, ``timeout`` or ``crash``, the first failing stage and a one-line
+reason), wall seconds, each stage's status and seconds, and the plan's memory figures at K=4 and
+K=8 (:func:`.coverage.plan_figures`). A line is appended with one ``write`` on an ``O_APPEND``
+descriptor and fsynced before the next model is taken, so a killed sweep loses at most the models in
+flight, and several sweeps (shards) may share one file. ``--resume`` skips a model whose line has the
+same versions and covers the stages asked for.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..base.version import __version__
+from . import coverage, coverage_worker
+
+DEFAULT_CHECK = "splitfx.programs.coverage:check"
+WORKER = (sys.executable, "-c",
+          f"from runpy import run_path; run_path({coverage_worker.__file__!r}, run_name='__main__')")
+
+Record = dict[str, Any]
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"timm": timm.__version__, "torch": torch.__version__, "splitfx": __version__}
+
+
+def select(pattern: str = "*", shard: tuple[int, int] = (0, 1), names: Iterable[str] | None = None) -> list[str]:
+    """Sorted model names matching ``pattern``; of those, shard ``(i, n)`` keeps the ones at positions ≡ i mod n."""
+    if names is None:
+        import timm
+
+        names = timm.list_models()
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard {i}/{n}: need 0 ≤ I < N")
+    matching = sorted(name for name in set(names) if fnmatch.fnmatchcase(name, pattern))
+    return matching[i::n]
+
+
+def read_records(path: str | os.PathLike) -> Iterator[Record]:
+    """Every complete JSON object line of a results file (a missing file has none); torn lines are skipped."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "model" in record:
+                yield record
+
+
+def append_record(path: str | os.PathLike, record: Record) -> None:
+    """Append ``record`` as one line: a single write in append mode, then fsync."""
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+            data = b"\n" + data  # a line torn by a crash stays alone, unreadable, not glued to this one
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str]) -> list[str]:
+    """``names`` minus those already recorded in ``path`` for these versions and (at least) these stages."""
+    here, wanted = versions(), set(coverage.with_prerequisites(stages))
+    done = {r["model"] for r in read_records(path)
+            if r.get("versions") == here and wanted <= set(r.get("requested", ()))}
+    return [n for n in names if n not in done]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and anything it started
+    except (AttributeError, ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _crash_reason(returncode: int, stderr: str) -> str:
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit {returncode}"
+    tail = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return f"{how}: {tail[-1][:300]}" if tail else f"{how} without an outcome"
+
+
+def _from_events(name: str, stdout: str, stderr: str, returncode: int, timeout: float | None,
+                 seconds: float) -> Record:
+    """The worker's outcome line, or, when it timed out or crashed, what its stage lines tell."""
+    events = [json.loads(line[len(coverage_worker.PREFIX):]) for line in stdout.splitlines()
+              if line.startswith(coverage_worker.PREFIX)]
+    for event in reversed(events):
+        if "outcome" in event:
+            return event["outcome"]
+    stages, in_flight = {}, None
+    for event in events:
+        if event.get("result") is None:
+            in_flight = event.get("stage")
+        else:
+            stages[event["stage"]], in_flight = event["result"], None
+    status = "timeout" if timeout is not None else "crash"
+    reason = f"over the {timeout:g} s limit" if timeout is not None else _crash_reason(returncode, stderr)
+    if in_flight:
+        spent = seconds - sum(s.get("seconds", 0.0) for s in stages.values())
+        stages[in_flight] = {"status": status, "reason": reason, "seconds": round(max(spent, 0.0), 3)}
+    return {"model": name, "status": status, "stage": in_flight, "reason": reason, "stages": stages, "plans": {}}
+
+
+def run_one(name: str, stages: Iterable[str], timeout: float, check: str = DEFAULT_CHECK,
+            live: set | None = None) -> Record:
+    """Check ``name`` in a fresh process (``OMP_NUM_THREADS=1`` unless set) under ``timeout`` seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    began = time.perf_counter()
+    proc = subprocess.Popen([*WORKER, check, name, ",".join(stages), str(timeout)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    live = set() if live is None else live
+    live.add(proc)
+    limit = None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        out, err = proc.communicate()
+        limit = timeout
+    finally:
+        live.discard(proc)
+    seconds = time.perf_counter() - began
+    record = _from_events(name, out, err, proc.returncode, limit, seconds)
+    record.update(model=name, family=coverage.family(name), seconds=round(seconds, 3))
+    return record
+
+
+def run(names: Iterable[str], results: str | os.PathLike, stages: Iterable[str] = coverage.STAGES, *,
+        jobs: int = 1, timeout: float = 600.0, check: str = DEFAULT_CHECK, command: str = "",
+        progress: Callable[[Record], None] | None = None) -> list[Record]:
+    """Check every model of ``names``, ``jobs`` at a time, appending each line to ``results`` as it ends.
+
+    On Ctrl-C or SIGTERM the workers in flight are killed and nothing is written for them."""
+    stages = coverage.with_prerequisites(stages)
+    meta = {"versions": versions(), "requested": list(stages), "command": command}
+    lock, live, stopping = threading.Lock(), set(), threading.Event()
+
+    def one(name: str) -> Record | None:
+        record = run_one(name, stages, timeout, check, live)
+        with lock:
+            if stopping.is_set():
+                return None
+            record = {key: record.get(key) for key in ("model", "family", "status", "stage", "reason", "seconds")
+                      } | meta | {"stages": record.get("stages", {}), "plans": record.get("plans", {})}
+            append_record(results, record)
+            if progress:
+                progress(record)
+        return record
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = [pool.submit(one, name) for name in names]
+        done = [f.result() for f in futures]
+    except BaseException:
+        with lock:
+            stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(live):
+            _kill(proc)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    pool.shutdown()
+    return [r for r in done if r is not None]
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # ``kill PID`` ends the sweep as Ctrl-C does: workers killed, nothing half-written

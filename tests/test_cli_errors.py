@@ -1,0 +1,158 @@
+"""The command line's error boundary: every bad invocation is one line on stderr and exit status 2,
+with no traceback, and no file the user had is changed, removed or left half-written."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from splitfx.cli import commands, main
+from splitfx.programs.checkpoint import Checkpoint
+from splitfx.programs.config import TrainConfig
+
+CUDA_MISSING = "cuda:99"  # no machine has 100 GPUs: refused with or without CUDA
+SMALL = ["--input-size", "32", "--batch", "2"]
+
+BAD = [
+    # (argv, a few words the message must contain)
+    (["plan", "resnet18", "--recipe", "nope"], "invalid choice: 'nope'"),
+    (["plan", "resnet18", "--replace", "1"], "at least 2"),
+    (["plan", "resnet18", "--replace", "0"], "at least 2"),
+    (["plan", "torchvision:nope"], "torchvision has no model 'nope'"),
+    (["plan", "resnet5"], "not a timm model name"),
+    (["plan", "no_such_package_xyz:factory"], "cannot build"),
+    (["plan", "resnet18", "--batch", "0"], "positive integer"),
+    (["plan", "resnet18", "--batch", "-3"], "positive integer"),
+    (["plan", "resnet18", "--blocks", "0"], "positive integer"),
+    (["plan", "resnet18", "--blocks", "two"], "not a positive integer"),
+    (["plan", "resnet18", "--input-size", "3", "0", "32"], "positive integer"),
+    (["plan", "resnet18", "--input-size", "3", "32"], "S (square, 3 channels) or C H W"),
+    (["plan", "resnet18", "--plot", "folder"], "is a folder"),
+    (["plan", "resnet18", "--plot", "plan.xyz"], "cannot write .xyz"),
+    (["plan", "resnet18", "--plot", "notes.txt/plan.png"], "is a file, not a folder"),
+    (["plan", "resnet18", "--method", "nope"], "invalid choice"),
+    (["plan", "resnet18", "--blocks", "99", *SMALL], "at most"),
+    (["plan", "resnet18", "--split-points", "nothing", *SMALL], "no module of that name"),
+    (["plan", "resnet18", "--no-such-option"], "unrecognized arguments"),
+    (["plan"], "required: MODEL"),
+    ([], "required: COMMAND"),
+    (["nocommand"], "invalid choice: 'nocommand'"),
+    (["train", "--epochs", "0"], "positive integer"),
+    (["train", "--batch", "0"], "positive integer"),
+    (["train", "--lr", "0"], "positive number"),
+    (["train", "--lr", "nan"], "positive number"),
+    (["train", "--seed", "-1"], "integer ≥ 0"),
+    (["train", "--out", "notes.txt"], "is a file"),
+    (["train", "--resume", "missing.pt"], "no such file"),
+    (["train", "--resume", "folder"], "a folder"),
+    (["train", "--resume", "empty.pt"], "truncated"),
+    (["train", "--resume", "truncated.pt"], "truncated"),
+    (["train", "--resume", "foreign.pt"], "not a splitfx train checkpoint"),
+    (["train", "--resume", "run/checkpoint.pt", "--recipe", "dgl"], "--recipe 'dgl' (checkpoint: 'linear')"),
+    (["train", "--resume", "run/checkpoint.pt", "resnet34", "--blocks", "3"], "MODEL 'resnet34'"),
+    (["train", "--resume", "run/checkpoint.pt", "--input-size", "16"], "--input-size 16 (checkpoint: 32)"),
+    (["train", "--resume", "run/checkpoint.pt"], "already trained"),
+    (["train", "--resume", "run/checkpoint.pt", "--epochs", "1"], "give --epochs 2 or more"),
+    (["train", "--device", CUDA_MISSING], "cuda"),
+    (["train", "--device", "foo"], "not a torch device"),
+    (["train", "--device", "meta"], "real device"),
+    (["train", "--data", "imagefolder:empty_images"], "no class folders"),
+    (["train", "--data", "imagefolder:missing_folder"], "is not a folder"),
+    (["train", "--data", "nope"], "use digits, cifar10:DIR or imagefolder:DIR"),
+    (["train", "--input-size", "3", "32", "16"], "square with 3 channels"),
+    (["train", "--blocks", "99", "--max-batches", "1"], "at most"),
+    (["export", "resnet18", "--out", "folder"], "is a folder"),
+    (["export", "resnet18"], "required: --out"),
+    (["export", "missing.pt", "--out", "m.onnx"], "no such file"),
+    (["export", "truncated.pt", "--out", "m.onnx"], "truncated"),
+    (["export", "foreign.pt", "--out", "m.onnx"], "not a splitfx train checkpoint"),
+    (["export", "nosuchmodel_xyz", "--out", "m.onnx"], "not a timm model name"),
+    (["accuracy", "resnet18", "--recipes", "linear", "nope"], "invalid choice: 'nope'"),
+    (["accuracy", "resnet18", "nosuchmodel_xyz", "--recipes", "linear"], "not a timm model name"),
+    (["accuracy", "resnet18", "--blocks", "0"], "positive integer"),
+    (["accuracy", "--recipes", "e2e", "linear", "--blocks", "2", "99", "--epochs", "1"], "K=99"),
+    (["accuracy", "--out", "folder"], "is a folder"),
+    (["bench", "resnet18", "--steps", "0"], "positive integer"),
+    (["bench", "resnet18", "--warmup", "-1"], "integer ≥ 0"),
+    (["bench", "resnet18", "--json", "folder"], "is a folder"),
+    (["bench-convert", "--models", "nosuchmodel_xyz"], "not a timm model name"),
+]
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """A folder as a user might have it: files, a folder, broken and foreign checkpoints, and the
+    checkpoint of a finished one-epoch run (its config is all the refusals read)."""
+    root = tmp_path_factory.mktemp("user")
+    (root / "notes.txt").write_text("mine\n")
+    (root / "folder").mkdir()
+    (root / "folder" / "kept.txt").write_text("also mine\n")
+    (root / "empty.pt").write_bytes(b"")
+    (root / "empty_images" / "train").mkdir(parents=True)
+    (root / "empty_images" / "val").mkdir()
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    (root / "run").mkdir()
+    Checkpoint(config=asdict(TrainConfig(epochs=1)), epoch=0, model={}, optimizer={}, scheduler={}, scaler=None,
+               rng=torch.get_rng_state(), cuda_rng=None, history=[], e2e_saved_bytes=1,
+               num_classes=10).save(str(root / "run" / "checkpoint.pt"))
+    (root / "truncated.pt").write_bytes((root / "run" / "checkpoint.pt").read_bytes()[:200])
+    return root
+
+
+def snapshot(root) -> dict[str, str]:
+    """Every file and folder below ``root`` with a hash of its bytes."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(folder, name), root)] = "dir"
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+@pytest.mark.parametrize("argv,words", BAD, ids=[" ".join(a) or "(nothing)" for a, _ in BAD])
+def test_bad_invocation_is_one_line_and_exit_2_and_touches_nothing(argv, words, user_files, monkeypatch, capsys):
+    monkeypatch.chdir(user_files)
+    before = snapshot(user_files)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("splitfx: error: ") and words in lines[0], lines[0]
+    assert "Traceback" not in err + out
+    assert snapshot(user_files) == before
+
+
+def test_at_least_thirty_bad_invocations():
+    assert len(BAD) >= 30
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        """Plan, but with a bug."""
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(commands, "plan", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["plan", "resnet18"])
+
+
+def test_installed_command_prints_one_line_and_exits_2(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "splitfx", "plan", "resnet18", "--recipe", "nope"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("splitfx: error: argument --recipe")
+    assert run.stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("splitfx ")

@@ -1,0 +1,223 @@
+"""The coverage sweep: a killed sweep resumes, shards partition, versions count, the report covers the zoo.
+
+Most tests sweep with tests/fake_check.py as the check (no model is built, workers start in
+milliseconds); the last two run the real check on timm's tiny ``test_*`` models up to the plan stage.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+
+import splitfx.api.planning
+from splitfx import PlanError
+from splitfx.cli import main
+from splitfx.cli.parser import build_parser
+from splitfx.programs import sweep
+from splitfx.programs.coverage import STAGES, check, with_prerequisites
+
+FAKE = "fake_check:check"
+VITS = ["test_vit", "test_vit2", "test_vit3", "test_vit4", "test_vit_relpos"]  # --filter 'test_vit*', sorted
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """The folder tests/fake_check.py takes its orders from, and a PYTHONPATH on which workers find it."""
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    monkeypatch.setenv("FAKE_CHECK_DIR", str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    return folder
+
+
+def _checked(folder: Path) -> Counter:
+    """How many times the fake check ran for each model."""
+    path = folder / "checked.txt"
+    return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+def _models(results: Path) -> list[str]:
+    return [r["model"] for r in sweep.read_records(results)]
+
+
+def _line(model: str, versions: dict, requested=STAGES, **fields) -> dict:
+    return {"model": model, "status": "pass", "stage": None, "reason": "", "seconds": 1.0, "versions": versions,
+            "requested": list(requested), "command": "test", "stages": {}, "plans": {}, **fields}
+
+
+def test_killed_sweep_resumes_without_redoing_finished_models(fake, tmp_path):
+    assert sweep.select("test_vit*") == VITS
+    results = tmp_path / "coverage.jsonl"
+    (fake / "kill-test_vit3").touch()  # the worker for test_vit3 SIGKILLs the sweep while that model is in flight
+    argv = [sys.executable, "-m", "splitfx", "coverage", "--filter", "test_vit*", "--check", FAKE,
+            "--results", str(results), "--jobs", "1", "--timeout", "120", "--resume"]
+    killed = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _models(results) == ["test_vit", "test_vit2"], "each finished model is on disk, the one in flight is not"
+    resumed = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 models checked" in resumed.stdout and "2 already in" in resumed.stdout
+    assert sorted(_models(results)) == VITS
+    assert _checked(fake) == {**dict.fromkeys(VITS, 1), "test_vit3": 2}, "only the model in flight ran twice"
+
+
+def test_timeout_crash_and_failure_are_recorded_with_their_stage(fake, tmp_path):
+    (fake / "crash-b").touch()
+    (fake / "hang-c").touch()
+    (fake / "fail-d").write_text("PlanError: no legal cut | anywhere")
+    results = tmp_path / "r.jsonl"
+    records = sweep.run(["a", "b", "c", "d"], results, ["plan"], jobs=2, timeout=3, check=FAKE, command="test")
+    by = {r["model"]: r for r in sweep.read_records(results)}
+    assert sorted(by) == ["a", "b", "c", "d"] and len(records) == 4
+    assert by["a"]["status"] == "pass" and by["a"]["requested"] == ["create", "trace", "plan"]
+    assert by["a"]["plans"]["8"]["k"] == 8
+    assert (by["b"]["status"], by["b"]["stage"]) == ("crash", "trace") and by["b"]["reason"].startswith("exit 3")
+    assert by["b"]["stages"]["create"]["status"] == "pass" and by["b"]["stages"]["trace"]["status"] == "crash"
+    assert (by["c"]["status"], by["c"]["stage"]) == ("timeout", "trace") and "3 s limit" in by["c"]["reason"]
+    assert (by["d"]["status"], by["d"]["stage"]) == ("fail", "plan")
+    assert by["d"]["reason"] == "PlanError: no legal cut | anywhere"
+    assert all(r["versions"] == sweep.versions() and r["command"] == "test" for r in by.values())
+
+
+def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path):
+    results = tmp_path / "r.jsonl"
+    here = sweep.versions()
+    sweep.append_record(results, _line("test_vit", here))
+    sweep.append_record(results, _line("test_vit2", {**here, "timm": "0.9.0"}))
+    sweep.append_record(results, _line("test_vit3", {**here, "torch": "2.0.0"}))
+    sweep.append_record(results, _line("test_vit4", {**here, "splitfx": "0.0.1"}))
+    sweep.append_record(results, _line("test_vit_relpos", here, requested=["create", "trace", "plan"]))
+    assert sweep.remaining(VITS, results, ["plan"]) == ["test_vit2", "test_vit3", "test_vit4"]
+    argv = ["coverage", "--filter", "test_vit*", "--check", FAKE, "--results", str(results), "--resume", "-j", "1"]
+    assert main(argv) == 0
+    assert _checked(fake) == dict.fromkeys(VITS[1:], 1), "other versions and fewer stages are checked again"
+    assert main(argv) == 0
+    assert _checked(fake) == dict.fromkeys(VITS[1:], 1), "a second resume has nothing left to do"
+
+
+def test_a_line_torn_by_a_crash_leaves_every_whole_line_readable(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sweep.append_record(path, {"model": "a"})
+    with open(path, "a") as f:
+        f.write('{"model": "b", "sta')
+    sweep.append_record(path, {"model": "c"})
+    assert _models(path) == ["a", "c"]
+
+
+def test_shards_partition_the_sorted_list_exactly():
+    zoo = timm.list_models()
+    assert sweep.select() == sorted(zoo)
+    for pattern in ("*", "vit_*"):
+        everything = sweep.select(pattern)
+        for n in (1, 2, 7):
+            shards = [sweep.select(pattern, (i, n)) for i in range(n)]
+            assert sorted(name for shard in shards for name in shard) == everything, "the union is the whole list"
+            assert sum(map(len, shards)) == len(everything), "no model in two shards"
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+            assert shards == [sweep.select(pattern, (i, n), names=reversed(zoo)) for i in range(n)], "deterministic"
+    parser = build_parser()
+    assert parser.parse_args(["coverage", "--shard", "2/5"]).shard == (2, 5)
+    for bad in ("5/5", "a/2", "1", "-1/2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["coverage", "--shard", bad])
+
+
+def test_stages_bring_the_stages_they_need():
+    assert with_prerequisites(["plan"]) == ("create", "trace", "plan")
+    assert with_prerequisites(["timm_fx"]) == ("create", "timm_fx")
+    assert with_prerequisites(["onnx", "timm_fx"]) == STAGES
+    with pytest.raises(ValueError, match="unknown stage"):
+        with_prerequisites(["compile"])
+
+
+def test_report_counts_the_whole_zoo_and_lists_every_failure(tmp_path):
+    zoo, here = timm.list_models(), sweep.versions()
+    done = {s: {"status": "pass", "seconds": 1.0} for s in STAGES}
+
+    def plans(floor):
+        return {str(k): {"asked": k, "k": k, "local_peak_bytes": 1, "e2e_saved_bytes": 1,
+                         "local_over_e2e": floor / k, "floor_ratio": floor} for k in (4, 8)}
+
+    lines = [
+        _line("resnet18", here, stages=done, plans=plans(1.2)),
+        _line("vit_tiny_patch16_224", here, status="fail", stage="timm_fx", reason="timm cannot fx-trace it: boom",
+              stages={**done, "timm_fx": {"status": "fail", "reason": "timm cannot fx-trace it: boom"}},
+              plans=plans(2.0)),
+        _line("convnext_atto", here, status="fail", stage="convert", reason="RuntimeError: a | b",
+              stages={"create": done["create"], "convert": {"status": "fail", "reason": "RuntimeError: a | b"}}),
+        _line("levit_128s", here, status="timeout", stage="onnx", reason="over the 600 s limit",
+              stages={"onnx": {"status": "timeout", "reason": "over the 600 s limit"}}),
+        _line("mixer_s16_224", here, status="crash", stage=None, reason="killed by SIGSEGV without an outcome"),
+        _line("efficientnet_b0", here, requested=["create", "trace", "plan"]),
+        _line("densenet121", {**here, "timm": "0.9.0"}, stages=done),
+    ]
+    results, out = tmp_path / "r.jsonl", tmp_path / "coverage.md"
+    for line in lines:
+        sweep.append_record(results, line)
+    assert main(["coverage", "--report", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    first = text.splitlines()[0]
+    assert f"1 / {len(zoo):,} models pass every stage" in first
+    for count in ("2 fail", "1 time out", "1 crash", "1 passed only the stages", f"{len(zoo) - 6:,} not run"):
+        assert count in first
+    assert f"**2 / {len(zoo):,} pass every stage but `timm_fx`**, 1 of them although" in text
+    assert f"splitfx coverage --report {results} --out {out}" in text, "the report names its command"
+    failures = text.split("## Failures")[1].split("|---|---|---|---|---|")[1]
+    rows = re.findall(r"^\| (\S+) \| \S+ \| (\S+) \| (\S+) \| (.*) \|$", failures, re.M)
+    assert sorted(rows) == sorted([
+        ("vit_tiny_patch16_224", "timm_fx", "fail", "timm cannot fx-trace it: boom"),
+        ("convnext_atto", "convert", "fail", "RuntimeError: a \\| b"),
+        ("levit_128s", "onnx", "timeout", "over the 600 s limit"),
+        ("mixer_s16_224", "–", "crash", "killed by SIGSEGV without an outcome"),
+    ])
+    families = text.split("## Families")[1].split("##")[0]
+    row = r"^\| \w+ \| " + r" \| ".join([r"([\d,]+)"] * 7) + r" \|$"
+    counts = [[int(c.replace(",", "")) for c in cells] for cells in re.findall(row, families, re.M)]
+    assert sum(row[0] for row in counts) == len(zoo) and all(row[0] == sum(row[1:]) for row in counts)
+    assert "| **all** | 2 | 0.40 | 1.60 | 2 | 0.20 | 1.60 |" in text
+
+
+def test_check_plans_k4_and_caps_k8_at_the_largest_k_allowed(monkeypatch):
+    asked = []
+
+    def fake_plan(model, x, k):
+        asked.append(k)
+        if k > 6:
+            raise PlanError(f"{k} blocks: at most 6", max_blocks=6)
+        return SimpleNamespace(num_blocks=k, local_peak_bytes=60 // k + 5, e2e_saved_bytes=60)
+
+    monkeypatch.setattr(splitfx.api.planning, "plan", fake_plan)
+    outcome = check("test_resnet", ["plan"])
+    assert outcome.status == "pass" and list(outcome.stages) == ["create", "trace", "plan"], outcome
+    assert asked == [4, 8, 6]
+    assert {k: p["k"] for k, p in outcome.plans.items()} == {"4": 4, "8": 6}
+    assert outcome.plans["8"]["floor_ratio"] == pytest.approx(15 * 6 / 60)
+
+    def k8_breaks(model, x, k):
+        if k == 8:
+            raise ValueError("bad cut")
+        return fake_plan(model, x, k)
+
+    monkeypatch.setattr(splitfx.api.planning, "plan", k8_breaks)
+    outcome = check("test_resnet", ["convert"])
+    assert (outcome.status, outcome.stage, outcome.reason) == ("fail", "plan", "RuntimeError: K=8: ValueError: bad cut")
+    assert "convert" not in outcome.stages
+
+
+def test_real_check_in_a_worker_process(tmp_path):
+    results = tmp_path / "r.jsonl"
+    [record] = sweep.run(["test_byobnet"], results, ["timm_fx", "plan"], timeout=300)
+    assert record["status"] == "pass", record
+    assert list(record["stages"]) == ["create", "timm_fx", "trace", "plan"] and record["family"] == "byobnet"
+    k4, k8 = record["plans"]["4"], record["plans"]["8"]
+    assert k4["k"] == 4 and 4 <= k8["k"] <= 8
+    for figures in (k4, k8):
+        assert figures["local_over_e2e"] == pytest.approx(figures["local_peak_bytes"] / figures["e2e_saved_bytes"])
+        assert figures["floor_ratio"] == pytest.approx(figures["local_over_e2e"] * figures["k"])
+    assert list(sweep.read_records(results)) == [record]
