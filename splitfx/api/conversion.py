@@ -33,6 +33,7 @@ def convert(
     ``num_classes``, ``leaf_modules``, ``replace``, ``replace_mode``), plus ``plan`` (reuse a plan of
     this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
     last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied."""
+    fresh = plan is None  # a plan made here is no one else's: its heads can be used as they are
     if plan is None:
         plan = make_plan(model, example_inputs, num_blocks, **options)
     elif options:
@@ -40,14 +41,13 @@ def convert(
     ctx = _context(plan)
     if ctx.model is not model:
         raise ValueError("plan= was made for another model object; plan and convert the same model.")
-    ref = next(iter(model.parameters()), None)
-    device = ref.device if ref is not None else torch.device("cpu")
-    heads = [ctx.recipe.make_head(b, ctx.graph).to(device).train(model.training) for b in ctx.boundaries]
+    parts = ctx.parts
+    heads = parts.heads if fresh else [ctx.recipe.make_head(b, ctx.graph).to(_device(model)) for b in ctx.boundaries]
     return SplitModule(
         dataclasses.replace(plan, context=None),  # the fake-tensor probe is not needed any more
-        ctx.recipe, ctx.gm, segments(plan), heads, loss_fn or nn.CrossEntropyLoss(),
-        [block_parameters(ctx.gm, nodes) for nodes in ctx.block_nodes],
-        segments(plan, detach=False) if ctx.recipe.cascade else (),
+        ctx.recipe, ctx.gm, parts.blocks, [h.train(model.training) for h in heads], parts.merges,
+        loss_fn or nn.CrossEntropyLoss(), [block_parameters(ctx.gm, nodes) for nodes in ctx.block_nodes],
+        parts.attached,
     )
 
 
@@ -67,6 +67,11 @@ def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
     ctx = _context(plan)
     cuts = [None, *ctx.cuts, None]
     return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach) for k, nodes in enumerate(ctx.block_nodes)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    ref = next(iter(model.parameters()), None)
+    return ref.device if ref is not None else torch.device("cpu")
 
 
 def _context(plan: SplitPlan) -> PlanContext:

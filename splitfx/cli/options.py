@@ -87,6 +87,11 @@ def add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leaf", nargs="+", default=[], metavar="MODULE", help="module names to keep opaque when tracing")
     add_replace(p, "RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
                    "or the blocks named; their weights are synthesised from their neighbours")
+    p.add_argument("--max-cut-tensors", type=int, default=16, metavar="N",
+                   help="most tensors one cut may hand over (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="prefer fewer multi-tensor cuts among splits within this fraction of the best balance "
+                        "(default %(default)s)")
     p.add_argument("--replace-mode", default="tensor", choices=("tensor", "channel"),
                    help="RepL fusion coefficients: one (a, b) per tensor or per output channel (default %(default)s)")
 
