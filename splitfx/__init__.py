@@ -5,7 +5,7 @@
 """
 from .api.conversion import convert
 from .api.onnx_export import ExportReport, export_onnx
-from .api.planning import plan
+from .api.planning import max_batch, plan
 from .base.errors import ArgumentError, ArgumentTypeError, CheckpointError, PlanError, SplitFXError, TraceError
 from .base.report import BlockPlan, SplitPlan
 from .base.version import __version__
@@ -30,6 +30,7 @@ __all__ = [
     "convert",
     "export_onnx",
     "list_recipes",
+    "max_batch",
     "plan",
     "recipe",
     "register_recipe",

@@ -16,7 +16,7 @@ def assert_eval_equal(sm: splitfx.SplitModule, model: torch.nn.Module, x: torch.
         ref, out = model(x), sm(x)
         staged = x
         for block in sm.blocks:
-            staged = block(staged)
+            staged = block(*staged) if isinstance(staged, tuple) else block(staged)
     assert torch.equal(out, ref)
     assert torch.equal(staged, ref), "running the blocks one after another must equal the model"
 

@@ -234,7 +234,9 @@ class Head(nn.Module):
         super().__init__()
         self.fc = nn.Linear(features, classes)
 
-    def forward(self, f, target):
+    def forward(self, features, target):
+        """``features``: the tensors a cut hands over (one here)."""
+        f = features[0] if isinstance(features, tuple) else features
         return F.cross_entropy(self.fc(f.flatten(1)), target)
 
 
@@ -258,17 +260,17 @@ def test_aux_cost_of_a_head_matches_measurement_and_shares_the_blocks_storage():
         built.append(Head(8))
         return built[-1]
 
-    cost = aux.cost("relu", "linear-head", build)
+    cost = aux.cost(("relu",), "linear-head", build)
     assert cost.params == 8 * 3 + 3
     assert cost.flops == 2 * 4 * 8 * 3
     assert sorted(cost.saves.values()) == _real_head_bytes(built[0], (4, 8))
     (relu_key,) = P.graph.nodes["relu"]["saved"]
     assert cost.saves[relu_key] == 4 * 8 * F32, "the head saves the storage the ReLU already saved"
-    again = aux.cost("tanh", "linear-head", build)  # same key: the module is built once
+    again = aux.cost(("tanh",), "linear-head", build)  # same key: the module is built once
     assert len(built) == 1
     (tanh_key,) = P.graph.nodes["tanh"]["saved"]  # tanh saves its own output
     assert again.saves[tanh_key] == 4 * 8 * F32 and relu_key not in again.saves
-    aux.cost("tanh", "other", build)
+    aux.cost(("tanh",), "other", build)
     assert len(built) == 2
 
 

@@ -10,11 +10,16 @@ from splitfx.passes.trace import trace
 from tinynets import MLP, Branchy, Tokens, Width
 
 
+def one(position, node, shape, recompute=(), batch_from=0, constants=()):
+    """A cut handing over one tensor."""
+    return Cut(position, (node,), (shape,), recompute, batch_from, constants)
+
 def graph(*nodes) -> nx.DiGraph:
     """``(name, op, inputs[, attrs])`` in fx order → the attributes :func:`schedule` reads."""
     G = nx.DiGraph()
     for name, op, inputs, *rest in nodes:
-        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True)
+        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static_int=False,
+                     value=None)
         attrs.update(*rest)
         G.add_node(name, **attrs)
         for i in inputs:
@@ -36,7 +41,7 @@ def test_chain_has_a_cut_after_every_node_but_the_input_and_the_last():
               ("c", "call_module", ["b"]), ("output", "output", ["c"]))
     s = schedule(G)
     assert s.order == ["x", "a", "b", "c"] and s.output == "output" and s.free == set()
-    assert s.cuts == [Cut(2, "a", (2, 4)), Cut(3, "b", (2, 4))]
+    assert s.cuts == [one(2, "a", (2, 4)), one(3, "b", (2, 4))]
 
 
 def test_skip_connection_blocks_cuts_inside_it():
@@ -50,14 +55,14 @@ def test_tuple_crossing_is_no_cut():
               ("t", "call_function", ["a"], dict(is_tensor=False, shape=None)),
               ("g0", "call_function", ["t"]), ("g1", "call_function", ["t"]),
               ("c", "call_function", ["g0", "g1"]), ("d", "call_module", ["c"]), ("output", "output", ["d"]))
-    assert schedule(G).cuts == [Cut(2, "a", (2, 4)), Cut(6, "c", (2, 4))]
+    assert schedule(G).cuts == [one(2, "a", (2, 4)), one(6, "c", (2, 4))]
 
 
 def test_one_cut_per_handed_over_tensor():
     """A node nobody uses does not change what crosses: the later position replaces the earlier."""
     G = graph(("x", "placeholder", []), ("a", "call_module", ["x"]), ("dead", "call_function", ["x"]),
               ("b", "call_module", ["a"]), ("c", "call_module", ["b"]), ("output", "output", ["c"]))
-    assert schedule(G).cuts == [Cut(3, "a", (2, 4)), Cut(4, "b", (2, 4))]
+    assert schedule(G).cuts == [one(3, "a", (2, 4)), one(4, "b", (2, 4))]
 
 
 def test_free_nodes_are_outside_the_order_and_never_cross():
@@ -67,17 +72,17 @@ def test_free_nodes_are_outside_the_order_and_never_cross():
     s = schedule(G)
     assert s.free == {"p", "q"}
     assert s.order == ["x", "a", "b", "c"]
-    assert s.cuts == [Cut(2, "a", (2, 4)), Cut(3, "b", (2, 4))]
+    assert s.cuts == [one(2, "a", (2, 4)), one(3, "b", (2, 4))]
 
 
 def test_second_input_stays_live_until_used():
     G = graph(("x", "placeholder", []), ("y", "placeholder", []), ("a", "call_module", ["x"]),
               ("b", "call_function", ["a", "y"]), ("c", "call_module", ["b"]), ("output", "output", ["c"]))
-    assert schedule(G).cuts == [Cut(4, "b", (2, 4))]
+    assert schedule(G).cuts == [one(4, "b", (2, 4))]
 
 
 @pytest.mark.parametrize("batch_int,batch_dim0,expected", [
-    (True, True, [Cut(3, "a", (2, 4), ("s",)), Cut(4, "b", (2, 4), ("s",))]),
+    (True, True, [one(3, "a", (2, 4), ("s",)), one(4, "b", (2, 4), ("s",))]),
     (True, False, []),  # the cut tensor does not carry the batch: the int cannot be rebuilt
     (False, True, []),  # any other int crossing makes the cut illegal
 ])
@@ -88,7 +93,7 @@ def test_batch_size_ints_are_recomputed_other_ints_block(batch_int, batch_dim0, 
               ("b", "call_module", ["a"], dict(batch_dim0=batch_dim0)),
               ("c", "call_function", ["b", "s"]), ("d", "call_module", ["c"]), ("output", "output", ["d"]))
     assert schedule(G).cuts[:-1] == expected
-    assert schedule(G).cuts[-1] == Cut(5, "c", (2, 4))
+    assert schedule(G).cuts[-1] == one(5, "c", (2, 4))
 
 
 # --- traced models -------------------------------------------------------------------------------
@@ -98,27 +103,27 @@ def test_sequential_net_cuts_after_every_layer():
     s = _sched(MLP(), torch.randn(5, 6))
     assert s.order == ["x", "fc1", "act1", "fc2", "act2", "fc3"]
     assert s.free == set() and s.output == "output"
-    assert s.cuts == [Cut(2, "fc1", (5, 8)), Cut(3, "act1", (5, 8)), Cut(4, "fc2", (5, 8)), Cut(5, "act2", (5, 8))]
+    assert s.cuts == [one(2, "fc1", (5, 8)), one(3, "act1", (5, 8)), one(4, "fc2", (5, 8)), one(5, "act2", (5, 8))]
 
 
 def test_no_cut_inside_a_residual_block_or_between_concat_branches():
     s = _sched(Branchy(depth=2), torch.randn(2, 3, 6, 6))
     pos = {n: i for i, n in enumerate(s.order)}
-    assert [c.node for c in s.cuts] == ["stem", "act", "add", "layers_0_relu_1", "add_1", "layers_1_relu_1",
+    assert [c.nodes[0] for c in s.cuts] == ["stem", "act", "add", "layers_0_relu_1", "add_1", "layers_1_relu_1",
                                         "cat", "mul", "mean"]
     at = {c.position for c in s.cuts}
     for block, inp in (("0", "act"), ("1", "layers_0_relu_1")):
         inside = range(pos[f"layers_{block}_conv1"] + 1, pos["add" if block == "0" else "add_1"] + 1)
         assert not at & set(inside), f"cut inside residual block {block} while {inp} is live"
     assert pos["right"] not in at, "no cut between the two branches of the concat"
-    assert all(c.shape == (2, 4, 6, 6) for c in s.cuts[:-1]) and s.cuts[-1].shape == (2, 4)
+    assert all(c.shapes[0] == (2, 4, 6, 6) for c in s.cuts[:-1]) and s.cuts[-1].shapes[0] == (2, 4)
     assert all(c.recompute == () for c in s.cuts)
 
 
 def test_parameter_via_get_attr_is_free_and_never_crosses():
     s = _sched(Branchy(depth=1), torch.randn(2, 3, 6, 6))
     assert s.free == {"scale"}
-    assert "scale" not in s.order and all(c.node != "scale" for c in s.cuts)
+    assert "scale" not in s.order and all(c.nodes[0] != "scale" for c in s.cuts)
     pos = {n: i for i, n in enumerate(s.order)}
     assert pos["mul"] in {c.position for c in s.cuts}, "the cut right before x * scale is legal"
 
@@ -128,12 +133,27 @@ def test_class_token_expanded_to_the_batch_recomputes_the_batch_int():
     assert s.free == {"cls", "pos", "mul"}, "pos * 2 depends on parameters alone"
     assert s.order == ["x", "getattr_1", "getitem", "embed", "expand", "cat", "add", "mix", "relu", "getitem_1",
                        "head"]
-    assert s.cuts[0] == Cut(4, "embed", (2, 3, 8), ("getitem",))
+    assert s.cuts[0] == one(4, "embed", (2, 3, 8), ("getitem",))
     assert [c.position for c in s.cuts] == [4, 6, 7, 8, 9, 10]  # none at 5: expand and embed are both live
     assert all(c.recompute == () for c in s.cuts[1:])
-    assert not {c.node for c in s.cuts} & s.free
+    assert not {c.nodes[0] for c in s.cuts} & s.free
 
 
-def test_non_batch_int_blocks_every_cut_while_live():
+def test_shape_ints_the_batch_does_not_change_cross_cuts_as_constants():
     s = _sched(Width(), torch.randn(2, 4, 6))
-    assert s.cuts == [Cut(8, "reshape", (2, 24))]
+    baked = [c for c in s.cuts if c.constants]
+    assert [c.nodes[0] for c in baked] == ["a", "relu", "b"]
+    assert [c.constants for c in baked] == [(("getitem", 4),), (("getitem", 4),), (("mul", 24),)]
+    assert s.cuts[-1] == one(8, "reshape", (2, 24))
+
+
+def test_a_block_with_baked_constants_refuses_inputs_of_another_size():
+    import splitfx
+
+    model, x = Width(), torch.randn(2, 4, 6)
+    sm = splitfx.convert(model, x, 2, split_points=["a"], num_classes=3)
+    assert "expect_shapes" in sm.blocks[1].code
+    out = sm.blocks[1](sm.blocks[0](x))
+    assert torch.equal(out, model(x))
+    with pytest.raises(splitfx.SplitFXError, match="convert the model again"):
+        sm.blocks[1](torch.randn(2, 5, 6))

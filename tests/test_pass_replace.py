@@ -180,7 +180,7 @@ def test_fused_graph_keeps_its_cuts_and_counts_only_the_coefficients():
     G = probe(f.gm, (f.x,)).graph
     sched = schedule(G)
     assert "repl_blocks__2" in sched.order
-    assert [c.node for c in sched.cuts] == ["stem", "add", "add_1", "repl_blocks__2", "add_3", "add_4"]
+    assert [c.nodes[0] for c in sched.cuts] == ["stem", "add", "add_1", "repl_blocks__2", "add_3", "add_4"]
     assert G.nodes["repl_blocks__2"]["param_bytes"] == 2 * 6 * 4, "only the coefficients a and b"
 
 

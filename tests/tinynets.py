@@ -104,7 +104,7 @@ class Tokens(nn.Module):
 
 
 class Width(nn.Module):
-    """An int that is not the batch size (``x.shape[1]``) stays live until the end: no cut before it."""
+    """An int that is not the batch size (``x.shape[1]``) stays live until the end: a shape constant."""
 
     def __init__(self):
         super().__init__()

@@ -35,6 +35,7 @@ def convert(
     this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
     last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied."""
     check_convert(model, locals())
+    fresh = plan is None  # a plan made here is no one else's: its heads can be used as they are
     if plan is None:
         plan = make_plan(model, example_inputs, num_blocks, **options)
     elif options:
@@ -43,12 +44,14 @@ def convert(
     if ctx.model is not model:
         raise ArgumentError("plan= was made for another model object; plan and convert the same model.")
     check_output(ctx.probe.outputs, loss_fn, type(model).__name__)
-    heads = [_like(ctx.recipe.make_head(b, ctx.graph), model) for b in ctx.boundaries]
+    parts = ctx.parts
+    heads = [_like(h if fresh else ctx.recipe.make_head(b, ctx.graph), model)
+             for h, b in zip(parts.heads, ctx.boundaries, strict=True)]
     sm = SplitModule(
         dataclasses.replace(plan, context=None),  # the fake-tensor probe is not needed any more
-        ctx.recipe, ctx.gm, segments(plan), heads, loss_fn or nn.CrossEntropyLoss(),
-        [block_parameters(ctx.gm, nodes) for nodes in ctx.block_nodes],
-        segments(plan, detach=False) if ctx.recipe.cascade else (),
+        ctx.recipe, ctx.gm, parts.blocks, heads, parts.merges,
+        loss_fn or nn.CrossEntropyLoss(), [block_parameters(ctx.gm, nodes) for nodes in ctx.block_nodes],
+        parts.attached,
     )
     sm.training = model.training  # the SplitModule's mode is the model's (its submodules keep their own)
     return sm

@@ -1,16 +1,24 @@
-"""``splitfx.plan``: inspect how a model would be split, without converting it."""
+"""``splitfx.plan`` and ``splitfx.max_batch``: inspect how a model would be split, without converting it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
+from ..base.errors import PlanError
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
+from ..base.units import parse_bytes
 from ..passes.trace import LeafSpec
-from ..planner.driver import make_plan
+from ..planner.budget import largest_batch, most_blocks, smallest_blocks
+from ..planner.driver import Planner
 from ..recipes import Recipe, create_recipe
 from .validation import check_plan_arguments
+
+# Enough for every frontier of the zoo's dense blocks and multi-branch stages (docs/design.md):
+# beyond it a cut costs a message per tensor in a pipeline and a wide merged aux input.
+MAX_CUT_TENSORS = 16
 
 
 def plan(
@@ -25,6 +33,10 @@ def plan(
     leaf_modules: Sequence[LeafSpec] = (),
     replace: int | Sequence[str] | None = None,
     replace_mode: str = "tensor",
+    max_cut_tensors: int | None = MAX_CUT_TENSORS,
+    tolerance: float = 0.05,
+    memory_budget: int | str | None = None,
+    optimizer: str = "adamw",
 ) -> SplitPlan:
     """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks.
 
@@ -33,10 +45,62 @@ def plan(
     ``split_points`` cuts right after the named modules instead. ``recipe`` (a registered name or a
     :class:`Recipe`) decides the aux heads whose cost is counted. ``leaf_modules`` (names or classes)
     stay opaque when tracing. ``replace`` turns on RepL fusion: every n-th interior block of each run
-    of identical blocks, or the blocks named; ``replace_mode`` is ``"tensor"`` or ``"channel"``."""
+    of identical blocks, or the blocks named; ``replace_mode`` is ``"tensor"`` or ``"channel"``.
+
+    A cut may hand over up to ``max_cut_tensors`` tensors at once (None: any number): HRNet's
+    branches, DenseNet's dense features, a residual block entered half-way. Among splits whose
+    largest block is within ``tolerance`` (a fraction) of the best balance, the planner prefers
+    fewer multi-tensor cuts and fewer tensors handed over, so residual networks still cut between
+    stages when that is as good.
+
+    ``memory_budget`` (bytes, or a string such as ``"4GiB"``) chooses K instead of ``num_blocks``:
+    the fewest blocks whose predicted training peak (:meth:`SplitPlan.training_peak_bytes` with
+    ``optimizer``) fits; a budget no K meets is a :class:`PlanError` stating the smallest peak."""
     check_plan_arguments(**locals())
-    return make_plan(
-        model, as_tuple(example_inputs), num_blocks, method=method, split_points=split_points,
-        recipe=create_recipe(recipe), num_classes=num_classes, leaf_modules=leaf_modules, replace=replace,
-        replace_mode=replace_mode,
-    )
+    planner = _planner(model, as_tuple(example_inputs), method, recipe, num_classes, leaf_modules, replace,
+                       replace_mode, max_cut_tensors, tolerance)
+    if memory_budget is None:
+        return planner.plan(num_blocks, split_points)
+    if split_points is not None:
+        raise PlanError("memory_budget= chooses the number of blocks; it cannot be combined with split_points=")
+    most = most_blocks(planner.ok, len(planner.sched.cuts)) if planner.recipe.split else 1
+    return smallest_blocks(planner.plan, most, parse_bytes(memory_budget), optimizer)
+
+
+def max_batch(
+    model: nn.Module,
+    example_inputs: Inputs,
+    num_blocks: int = 4,
+    *,
+    memory_budget: int | str,
+    optimizer: str = "adamw",
+    **options,
+) -> SplitPlan:
+    """The plan at the largest batch size whose predicted training peak at ``num_blocks`` blocks fits
+    ``memory_budget``; its ``input_shapes`` say the batch. Takes :func:`plan`'s other keywords."""
+    inputs = as_tuple(example_inputs)
+    batch = inputs[0].shape[0]
+    split_points = options.pop("split_points", None)
+
+    def plan_at(b: int) -> SplitPlan:
+        resized = tuple(x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in inputs)
+        return _planner(model, resized, **_defaults(options)).plan(num_blocks, split_points)
+
+    return largest_batch(plan_at, batch, parse_bytes(memory_budget), optimizer)
+
+
+def _defaults(options: dict) -> dict:
+    known = dict(method="memory", recipe="linear", num_classes=None, leaf_modules=(), replace=None,
+                 replace_mode="tensor", max_cut_tensors=MAX_CUT_TENSORS, tolerance=0.05)
+    unknown = set(options) - set(known)
+    if unknown:
+        raise TypeError(f"max_batch() got unexpected keywords {sorted(unknown)}")
+    return {**known, **options}
+
+
+def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, recipe: str | Recipe,
+             num_classes: int | None, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
+             max_cut_tensors: int | None, tolerance: float) -> Planner:
+    return Planner(model, inputs, method=method, recipe=create_recipe(recipe), num_classes=num_classes,
+                   leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
+                   max_cut_tensors=max_cut_tensors, tolerance=tolerance)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..base.errors import ArgumentError, ArgumentTypeError
-from ..base.report import SplitPlan
-from ..planner.driver import METHODS
+from ..base.report import OPTIMIZER_STATES, SplitPlan
+from ..base.units import parse_bytes
+from ..planner.balance import METHODS
 from ..recipes import Recipe, list_recipes
 from ..runtime.split_module import SplitModule
 
@@ -139,7 +140,25 @@ _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "replace_mode": lambda v: _choice("replace_mode", v, REPLACE_MODES),
     "loss_fn": lambda v: None if v is None or callable(v) else _raise_type("loss_fn", "a callable (output, target)", v),
     "plan": lambda v: None if v is None or isinstance(v, SplitPlan) else _raise_type("plan", "a SplitPlan", v),
+    "max_cut_tensors": lambda v: _int("max_cut_tensors", v, 1, none_ok=True),
+    "tolerance": lambda v: _fraction("tolerance", v),
+    "memory_budget": lambda v: None if v is None else _size("memory_budget", v),
+    "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZER_STATES))),
 }
+
+
+def _fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _raise_type(name, "a number such as 0.05", value)
+    if not 0 <= value < 10:
+        raise ArgumentError(f"{name} must be a non-negative fraction such as 0.05, got {value!r}")
+
+
+def _size(name: str, value: Any) -> None:
+    try:
+        parse_bytes(value)
+    except ValueError as err:
+        raise ArgumentError(f"{name}: {err}") from None
 
 
 def _raise_type(name: str, what: str, value: Any) -> None:

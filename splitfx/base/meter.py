@@ -32,13 +32,13 @@ def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
 
 
 class _Packed:
-    __slots__ = ("key", "meter", "tensor")
+    __slots__ = ("generation", "key", "meter", "tensor")
 
     def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter):
-        self.tensor, self.key, self.meter = tensor, key, meter
+        self.tensor, self.key, self.meter, self.generation = tensor, key, meter, meter._generation
 
     def __del__(self):
-        self.meter._release(self.key)
+        self.meter._release(self.key, self.generation)
 
 
 class SavedTensorMeter:
@@ -56,6 +56,7 @@ class SavedTensorMeter:
         self.peak = 0
         self._counts: dict[int, int] = {}
         self._bytes: dict[int, int] = {}
+        self._generation = 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _pack(self, t: torch.Tensor):
@@ -77,7 +78,9 @@ class SavedTensorMeter:
     def _unpack(p):
         return p.tensor if isinstance(p, _Packed) else p
 
-    def _release(self, key: int) -> None:
+    def _release(self, key: int, generation: int) -> None:
+        if generation != self._generation:
+            return  # saved before forget(): already taken off
         count = self._counts[key] - 1
         if count:
             self._counts[key] = count
@@ -87,6 +90,14 @@ class SavedTensorMeter:
 
     def mark(self) -> None:
         self.peak = self.live
+
+    def forget(self) -> None:
+        """Count everything saved so far as released, as ``backward`` releases a graph's saved
+        tensors even while Python still references the graph (fake-tensor simulations)."""
+        self._generation += 1
+        self._counts.clear()
+        self._bytes.clear()
+        self.live = self.peak = 0
 
     def __enter__(self) -> SavedTensorMeter:
         self._hooks.__enter__()

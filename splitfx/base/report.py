@@ -27,7 +27,8 @@ class BlockPlan:
     flops: int
     aux_flops: int
     aux_params: int
-    output_shape: list[int] | None  # the tensor handed to the next block (None for the last)
+    output_shapes: list[list[int]] | None  # the tensors handed to the next block (None for the last)
+    handover_bytes: int  # their bytes
     start: int
     end: int
 
@@ -58,12 +59,22 @@ class SplitPlan:
     trainable_params_before: int  # before RepL
     trainable_params: int  # after RepL (fusion coefficients included)
     shared_parameters: list[str] = field(default_factory=list)  # used on both sides of a would-be cut
+    param_bytes: int = 0  # every parameter: the model's, the aux heads', RepL coefficients
+    trainable_bytes: int = 0  # those that get gradients and optimizer state
     saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
     context: Any = field(default=None, repr=False, compare=False)  # the planner's internals, for convert
 
     @property
     def memory_ratio(self) -> float:
         return self.local_peak_bytes / max(self.e2e_saved_bytes, 1)
+
+    def training_peak_bytes(self, optimizer: str = "adamw") -> int:
+        """Predicted peak memory of a local training step: the largest block's saved activations,
+        every parameter, and a gradient plus ``optimizer``'s state for every trainable one (held
+        whole, as ``train_step`` does before its one ``optimizer.step()``)."""
+        if optimizer not in OPTIMIZER_STATES:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_STATES)}")
+        return self.local_peak_bytes + self.param_bytes + self.trainable_bytes * (1 + OPTIMIZER_STATES[optimizer])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
@@ -83,7 +94,7 @@ class SplitPlan:
             rows.append((
                 str(b.index), b.span, count(b.params), nbytes(b.saved_bytes), nbytes(b.aux_saved_bytes),
                 f"{(b.flops + b.aux_flops) / 1e9:.2f}", count(b.aux_params),
-                "×".join(map(str, b.output_shape)) if b.output_shape else "(output)",
+                _handover(b),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [
@@ -125,6 +136,19 @@ class SplitPlan:
         _plot(self, path)
 
 
+# Tensors of optimizer state per parameter: SGD with momentum keeps one, Adam/AdamW two.
+OPTIMIZER_STATES = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1}
+
+
+def _handover(block: BlockPlan) -> str:
+    """One shape, or how many tensors and their bytes (``to_json`` lists every shape)."""
+    if not block.output_shapes:
+        return "(output)"
+    if len(block.output_shapes) == 1:
+        return "×".join(map(str, block.output_shapes[0]))
+    return f"{len(block.output_shapes)} tensors, {nbytes(block.handover_bytes)}"
+
+
 def nbytes(n: float) -> str:
     """Bytes for people: ``512 B``, ``1.5 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -153,9 +177,11 @@ def _plot(plan: SplitPlan, path: str) -> None:
     for b in plan.blocks:
         x = np.arange(b.start, b.end)
         top.fill_between(x, 0, cumulative[b.start:b.end], alpha=0.35, label=f"block {b.index}")
-        if b.index:
-            top.axvline(b.start - 0.5, color="black", lw=0.8, ls="--")
-    top.set_xlabel("node position in topological order (dashed: cuts)")
+        if b.output_shapes:
+            several = len(b.output_shapes) > 1
+            top.axvline(b.end - 0.5, color="tab:red" if several else "black", lw=1.2 if several else 0.8,
+                        ls=":" if several else "--")
+    top.set_xlabel("node position in topological order (cuts: dashed one tensor, red dotted several)")
     top.set_ylabel("MiB")
     top.set_title(f"{plan.model}: predicted saved activations, input {plan.input_shapes[0]}")
     top.legend(loc="upper left", fontsize=8)

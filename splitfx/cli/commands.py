@@ -22,18 +22,35 @@ def plan(args: argparse.Namespace) -> int:
 
     Trace MODEL, predict per-node saved activations and FLOPs under FakeTensorMode (no real
     compute), and print the memory-balanced split: per block the module span, parameters,
-    predicted saved activation bytes (aux head included), FLOPs, and the predicted peak of E2E
-    vs local training.
+    predicted saved activation bytes (aux head included), FLOPs, the tensors it hands over, and the
+    predicted peak of E2E vs local training. With --budget, K is the fewest blocks whose training
+    step (activations, parameters, gradients, optimizer state) fits; with --max-batch too, the
+    largest batch that fits at --blocks.
     """
     import torch
 
+    from ..api.planning import max_batch
     from ..api.planning import plan as make_plan
+    from ..base.report import nbytes
 
     model, size = _model_and_size(args)
-    p = make_plan(model, torch.randn(args.batch, *size), args.blocks, method=args.method,
-                  split_points=args.split_points, recipe=args.recipe, leaf_modules=args.leaf,
-                  replace=args.replace, replace_mode=args.replace_mode)
+    options = dict(method=args.method, recipe=args.recipe, leaf_modules=args.leaf,
+                   replace=args.replace, replace_mode=args.replace_mode,
+                   max_cut_tensors=args.max_cut_tensors, tolerance=args.tolerance)
+    x = torch.randn(args.batch, *size)
+    if args.max_batch and args.budget is None:
+        raise SplitFXError("--max-batch needs --budget SIZE: the memory the batch must fit in")
+    if args.max_batch:
+        p = max_batch(model, x, args.blocks, memory_budget=args.budget, optimizer=args.optimizer,
+                      split_points=args.split_points, **options)
+    else:
+        p = make_plan(model, x, args.blocks, split_points=args.split_points, memory_budget=args.budget,
+                      optimizer=args.optimizer, **options)
     print(p.to_json() if args.json else p.table())
+    if args.budget is not None and not args.json:
+        what = f"batch {p.input_shapes[0][0]} is the largest that fits" if args.max_batch else f"K={p.num_blocks} fits"
+        print(f"{what}: predicted training peak {nbytes(p.training_peak_bytes(args.optimizer))} with "
+              f"{args.optimizer} (budget {args.budget})")
     if args.plot:
         p.plot(args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 
 from ..base.errors import SplitFXError
+from ..base.units import parse_bytes
 from ..programs.config import TrainConfig, resolve_device
 from ..programs.data import check as check_data
 from ..programs.models import check_model
@@ -63,6 +64,16 @@ def _number(kind: type, least: float, what: str) -> Callable[[str], object]:
 positive_int = _number(int, 1, "a positive integer")
 count = _number(int, 0, "an integer ≥ 0")
 positive_float = _number(float, 1e-300, "a positive number")
+count_fraction = _number(float, 0.0, "a fraction ≥ 0, such as 0.05")
+
+
+def memory_size(text: str) -> str:
+    """``--budget 4GiB``: checked here, parsed by the API."""
+    try:
+        parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _writable_parent(path: str) -> None:
@@ -228,6 +239,11 @@ def add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leaf", nargs="+", default=[], metavar="MODULE", help="module names to keep opaque when tracing")
     add_replace(p, "RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
                    "or the blocks named; their weights are synthesised from their neighbours")
+    p.add_argument("--max-cut-tensors", type=positive_int, default=16, metavar="N",
+                   help="most tensors one cut may hand over (default %(default)s)")
+    p.add_argument("--tolerance", type=count_fraction, default=0.05,
+                   help="prefer fewer multi-tensor cuts among splits within this fraction of the best balance "
+                        "(default %(default)s)")
     p.add_argument("--replace-mode", default="tensor", choices=("tensor", "channel"),
                    help="RepL fusion coefficients: one (a, b) per tensor or per output channel (default %(default)s)")
 

@@ -5,6 +5,7 @@ import argparse
 import inspect
 import os
 
+from ..base.report import OPTIMIZER_STATES
 from ..base.version import __version__
 from ..recipes import list_recipes
 from . import commands
@@ -22,6 +23,7 @@ from .options import (
     add_training,
     checkpoint_file,
     count,
+    memory_size,
     model_or_checkpoint,
     model_spec,
     output_dir,
@@ -45,6 +47,12 @@ def _plan(sub) -> None:
     add_model(p)
     add_split(p)
     add_example_input(p, 8, "batch size the memory is predicted for")
+    p.add_argument("--budget", type=memory_size, metavar="SIZE",
+                   help="memory for one training step, e.g. 4GiB: choose the fewest blocks that fit (or, with "
+                        "--max-batch, the largest batch at --blocks)")
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATES),
+                   help="optimizer whose state --budget counts (default %(default)s)")
+    p.add_argument("--max-batch", action="store_true", help="with --budget: report the largest batch that fits")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     p.add_argument("--plot", metavar="FILE.png", type=picture_file, help="also draw the plan to this image file")
 

@@ -2,8 +2,8 @@
 
 The module runs under the same fake mode and :class:`~splitfx.base.meter.SavedTensorMeter` as the
 graph (see :mod:`.cost`), on the very fake tensor the cut hands over, so a storage the block already
-saves is not counted twice. Modules are memoised by a key: boundaries with equal keys get
-structurally identical heads, and probing one is enough.
+saves is not counted twice. Costs are memoised by a key: boundaries with equal keys get
+structurally identical heads on inputs of the same shapes, and probing one is enough.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..base.meter import storage_key
 from .cost import Probe
 
 
@@ -32,15 +33,26 @@ class AuxProbe:
         self.inputs = tuple(probe.fake(x) for x in example_inputs)
         self.target = probe.fake(torch.zeros(example_inputs[0].shape[0], dtype=torch.long, device=device))
         self.device = device
-        self._modules: dict[Hashable, nn.Module] = {}
+        self._costs: dict[Hashable, tuple[list, int, int]] = {}
 
-    def cost(self, node: str, key: Hashable, build: Callable[[], nn.Module]) -> AuxCost:
-        """Saves, FLOPs and parameters of ``build()`` run on the value of ``node`` (built once per key)."""
-        if key not in self._modules:
-            self._modules[key] = build().to(self.device)
-        module = self._modules[key]
-        _, saves, flops = self.probe.run_module(module, self.probe.values[node], self.target)
-        return AuxCost(dict(saves), flops, sum(p.numel() for p in module.parameters()))
+    def cost(self, nodes: Sequence[str], key: Hashable, build: Callable[[], nn.Module]) -> AuxCost:
+        """Saves, FLOPs and parameters of ``build()`` called as ``module(values, target)`` on the tuple
+        of the values of ``nodes``. Built and run once per key: equal keys mean identical heads on
+        inputs of identical shapes, so a later cut reuses the saves with its own input storages."""
+        values = tuple(self.probe.values[n] for n in nodes)
+        inputs = [storage_key(v) for v in values]
+        if key not in self._costs:
+            with torch.device("meta"):  # only shapes matter here: skip initialising weights
+                module = build()
+            module = module.to_empty(device=self.device)
+            if values[0].is_floating_point():
+                module = module.to(dtype=values[0].dtype)  # heads follow the model's dtype
+            _, saves, flops = self.probe.run_module(module, values, self.target)
+            template = [(inputs.index(k) if k in inputs else None, k, b) for k, b in dict(saves).items()]
+            self._costs[key] = (template, flops, sum(p.numel() for p in module.parameters()))
+        template, flops, params = self._costs[key]
+        saves = {inputs[i] if i is not None else k: b for i, k, b in template}
+        return AuxCost(saves, flops, params)
 
     def output_loss(self, loss: nn.Module) -> dict[int, int]:
         """Saves of ``loss(output, target)`` on the model's output, when the output is one tensor."""

@@ -6,7 +6,8 @@ excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
 
 ``op, target, scope, cls`` (from the trace), ``saved`` (storage keys the node saves for backward),
 ``out_bytes``, ``param_bytes`` (parameters first used here), ``flops`` (forward), ``is_tensor``,
-``shape``, ``dtype``. ``graph.graph["storages"]`` maps storage key → bytes.
+``shape``, ``dtype``, ``value`` (ints), ``batch_int`` / ``static_int`` (an int that is the batch size /
+that the batch size does not change), ``batch_dim0``. ``graph.graph["storages"]`` maps storage key → bytes.
 """
 from __future__ import annotations
 
@@ -191,11 +192,12 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
 
 
 def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequence[torch.Tensor]) -> None:
-    """Flag ints equal to the batch size and tensors whose dim 0 is the batch.
+    """Flag ints equal to the batch size, ints the batch does not change, and tensors whose dim 0
+    is the batch.
 
     The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch."""
     for name in G.nodes:
-        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = False
+        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = G.nodes[name]["static_int"] = False
     if not example_inputs or example_inputs[0].dim() == 0:
         return
     batch = example_inputs[0].shape[0]
@@ -221,3 +223,5 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
             attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
         elif type(grown_value) is int and grown_value == batch + 1:
             attrs["batch_int"] = attrs["value"] == batch
+        elif type(grown_value) is int:
+            attrs["static_int"] = attrs["value"] == grown_value  # e.g. swin's H, W, C: a shape constant

@@ -1,10 +1,14 @@
-"""Cut discovery: positions in topological order where exactly one tensor value is live.
+"""Cut discovery: positions in topological order where every live value can be handed over.
 
 Parameters, ``get_attr`` constants and anything computed from them alone (``cls_token.expand``,
 position-embedding resampling) are *free*: they are rematerialised in whichever block uses them, so
-they never cross a cut. Everything else is ordered; a cut after position ``p`` is legal when the
-only value produced at or before ``p`` and used after it is a single tensor. A Python int, a shape
-or a tuple crossing the cut makes it illegal.
+they never cross a cut. Everything else is ordered; the *frontier* after position ``p`` is every
+value produced at or before ``p`` and used after it. A cut there is legal when the frontier is made
+of tensors (at most ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the
+batch size when one of those tensors carries the batch in dim 0 (the next block recomputes them),
+plus shape ints the batch size does not change (swin's ``B, H, W, C = x.shape``: the next block
+gets them as constants, guarded by a check of its inputs' shapes). Any other int, a shape or a tuple
+crossing the cut makes it illegal.
 """
 from __future__ import annotations
 
@@ -15,12 +19,19 @@ import networkx as nx
 
 @dataclass(frozen=True)
 class Cut:
-    """A legal boundary: the block ending at ``position`` (exclusive end) hands over ``node``."""
+    """A legal boundary: the block ending at ``position`` (exclusive end) hands over ``nodes``."""
 
     position: int  # index into Schedule.order of the first node *after* the cut
-    node: str  # the single live tensor
-    shape: tuple
-    recompute: tuple[str, ...] = ()  # batch-size ints crossing the cut, rebuilt as node.size(0)
+    nodes: tuple[str, ...]  # the live tensors handed over, in the order they were produced
+    shapes: tuple[tuple[int, ...], ...]
+    recompute: tuple[str, ...] = ()  # batch-size ints crossing the cut, rebuilt as nodes[batch_from].size(0)
+    batch_from: int = 0  # which handed-over tensor carries the batch in dim 0
+    constants: tuple[tuple[str, int], ...] = ()  # shape ints the batch does not change, baked into the next block
+
+    @property
+    def single(self) -> bool:
+        """Whether exactly one tensor is handed over."""
+        return len(self.nodes) == 1
 
 
 @dataclass
@@ -33,11 +44,10 @@ class Schedule:
     output: str
 
 
-def schedule(G: nx.DiGraph) -> Schedule:
+def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
     """Order the cost graph's nodes and find its legal cuts (see module docstring).
 
-    Batch-size ints (``B = x.shape[0]`` at the top of a forward) do not block a cut when the cut
-    tensor carries the batch in dim 0: the next block recomputes them from it."""
+    ``max_tensors`` bounds the tensors one cut may hand over (None: no bound)."""
     topo = list(G.nodes)  # insertion order is fx order, already topological
     placeholders = [n for n in topo if G.nodes[n]["op"] == "placeholder"]
     output = next(n for n in topo if G.nodes[n]["op"] == "output")
@@ -56,25 +66,36 @@ def schedule(G: nx.DiGraph) -> Schedule:
             expire.setdefault(max(users), []).append(n)
 
     cuts: list[Cut] = []
-    live: set[str] = set()
+    live: dict[str, None] = {}  # insertion-ordered: the order values were produced
     used = {n for names in expire.values() for n in names}
     for p, n in enumerate(order[:-1]):
         if n in used:
-            live.add(n)
-        live.difference_update(expire.pop(p, ()))
-        batch_ints = tuple(sorted(v for v in live if G.nodes[v]["batch_int"]))
-        rest = [v for v in live if not G.nodes[v]["batch_int"]]
-        if len(rest) != 1:
+            live[n] = None
+        for gone in expire.pop(p, ()):
+            live.pop(gone, None)
+        cut = _cut(G, p + 1, list(live), max_tensors)
+        if cut is None:
             continue
-        (node,) = rest
-        attrs = G.nodes[node]
-        if not attrs["is_tensor"] or attrs["op"] == "placeholder":
-            continue
-        if batch_ints and not attrs["batch_dim0"]:
-            continue
-        cut = Cut(p + 1, node, attrs["shape"], batch_ints)
-        if cuts and cuts[-1].node == node:
-            cuts[-1] = cut  # nothing passed on in between: keep one cut per handed-over tensor
+        if cuts and cuts[-1].nodes == cut.nodes:
+            cuts[-1] = cut  # nothing passed on in between: keep one cut per frontier
         else:
             cuts.append(cut)
     return Schedule(order, free, cuts, output)
+
+
+def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None) -> Cut | None:
+    """The cut at ``position`` with frontier ``live``, or None if it cannot be handed over."""
+    batch_ints = tuple(sorted(v for v in live if G.nodes[v]["batch_int"]))
+    constants = tuple((v, G.nodes[v]["value"]) for v in live if G.nodes[v]["static_int"])
+    tensors = [v for v in live if not (G.nodes[v]["batch_int"] or G.nodes[v]["static_int"])]
+    if not tensors or any(not G.nodes[v]["is_tensor"] for v in tensors):
+        return None
+    if all(G.nodes[v]["op"] == "placeholder" for v in tensors):
+        return None  # nothing computed yet
+    if max_tensors is not None and len(tensors) > max_tensors:
+        return None
+    carriers = [i for i, v in enumerate(tensors) if G.nodes[v]["batch_dim0"]]
+    if batch_ints and not carriers:
+        return None
+    shapes = tuple(tuple(G.nodes[v]["shape"]) for v in tensors)
+    return Cut(position, tuple(tensors), shapes, batch_ints, carriers[0] if carriers else 0, constants)

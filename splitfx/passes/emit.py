@@ -1,6 +1,7 @@
 """Emit pass: one GraphModule per block, bound to the user's model (no copies of any module).
 
-Each block after the first starts with an explicit ``detach`` node on its input, followed by a
+Each block after the first starts with an explicit ``detach`` node on each of its inputs (the tensors
+its cut hands over), followed by a
 ``clone`` when one of the block's first ops writes its input in place (``ReLU(inplace=True)``):
 ``detach`` shares storage and version counter with the upstream tensor, which the previous block
 or its aux head may still need for backward. Parameters, constants and whatever is computed from
@@ -15,6 +16,7 @@ import networkx as nx
 import torch.fx as fx
 from torch import nn
 
+from ..base.errors import SplitFXError
 from .bind import attach
 from .cuts import Cut, Schedule
 
@@ -75,6 +77,14 @@ def block_nodes(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, start: int, 
     return [n for n in gm.graph.nodes if n.name in wanted]
 
 
+def expect_shapes(tensors: tuple, shapes: tuple, index: int) -> None:
+    """A block that baked shape constants runs only on inputs of the shapes it was planned for."""
+    got = tuple(tuple(t.shape[1:]) for t in tensors)
+    if got != shapes:
+        raise SplitFXError(f"block {index} was planned for inputs of shape (B, *{shapes}) and got (B, *{got}): "
+                           "it holds shape constants of that size; convert the model again for this input size.")
+
+
 def emit_block(
     gm: fx.GraphModule,
     nodes: list[fx.Node],
@@ -87,27 +97,36 @@ def emit_block(
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
     variant that lets gradient through to the previous block (cascade recipes)."""
     by_name = {n.name: n for n in gm.graph.nodes}
+    inside = set(nodes)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     if cut_in is not None:
-        src = by_name[cut_in.node]
-        x = graph.placeholder(src.name)
-        if detach_input:
-            x = graph.call_method("detach", (x,))
-        if any(writes_input_in_place(gm, u, src) for u in src.users if u in nodes):
-            x = graph.call_method("clone", (x,))
-        env[src] = x
+        handed = []
+        for name in cut_in.nodes:
+            src = by_name[name]
+            x = graph.placeholder(src.name)
+            if detach_input:
+                x = graph.call_method("detach", (x,))
+            if any(writes_input_in_place(gm, u, src) for u in src.users if u in inside):
+                x = graph.call_method("clone", (x,))
+            env[src] = x
+            handed.append(x)
         if cut_in.recompute:
-            batch = graph.call_method("size", (x, 0))
+            batch = graph.call_method("size", (handed[cut_in.batch_from], 0))
             for name in cut_in.recompute:
                 env[by_name[name]] = batch
+        if cut_in.constants:
+            graph.call_function(expect_shapes, (tuple(handed), tuple(s[1:] for s in cut_in.shapes), index))
+            for name, value in cut_in.constants:
+                env[by_name[name]] = value
     for n in nodes:
         if n.op == "output":
             graph.output(fx.map_arg(n.args[0], env.__getitem__))
         else:
             env[n] = graph.node_copy(n, env.__getitem__)
     if cut_out is not None:
-        graph.output(env[by_name[cut_out.node]])
+        outs = tuple(env[by_name[name]] for name in cut_out.nodes)
+        graph.output(outs[0] if cut_out.single else outs)  # one tensor, or a tuple for several
     extras = {name: m for name, m in gm.named_children() if name != "model"}
     return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}",
                   extras)

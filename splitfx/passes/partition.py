@@ -1,10 +1,18 @@
 """Partition pass: exact min-max split of an ordered graph into K contiguous blocks.
 
 Boundaries are indices into a list ``[start, cut_1, ..., cut_m, end]``; ``cost[i, j]`` is the cost
-of the block running from boundary ``i`` to boundary ``j``. The chosen split minimises, in order:
-the largest block cost, then the spread (largest − smallest), then the summed weight of the chosen
-boundaries (bytes handed across cuts). Three small dynamic programmes over numpy arrays make that
-lexicographic optimum exact; ``O(K·M²)`` for ``M`` boundaries.
+of the block running from boundary ``i`` to boundary ``j`` (``inf``: not allowed). The chosen split
+is the lexicographic optimum of
+
+1. the largest block cost, within ``tolerance`` of the smallest possible;
+2. the fewest cuts that hand over several tensors, then the fewest tensors handed over;
+3. the largest block cost;
+4. the smallest block cost, largest first (the spread);
+5. the summed boundary weight (bytes handed across cuts).
+
+With one tensor per cut (2) is the same for every split and this is min-max, spread, bytes. Small
+dynamic programmes over numpy arrays make the optimum exact: each criterion is a min-max, max-min or
+lexicographic min-sum, and optimal sub-splits stay optimal; ``O(K·M²)`` each for ``M`` boundaries.
 """
 from __future__ import annotations
 
@@ -13,48 +21,89 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 INF = np.inf
+_MULTI = 10_000.0  # one multi-tensor cut weighs more than any number of tensors handed over
 
 
-def min_max_partition(cost: np.ndarray, num_blocks: int, boundary_weight: Sequence[float]) -> list[int]:
+def min_max_partition(cost: np.ndarray, num_blocks: int, boundary_weight: Sequence[float],
+                      handover: Sequence[int] | None = None, tolerance: float = 0.0) -> list[int]:
     """Indices of the ``num_blocks - 1`` interior boundaries of the lexicographic optimum.
 
-    ``cost`` is ``M × M`` with ``inf`` where ``i >= j``; ``boundary_weight[j]`` is paid when
-    boundary ``j`` is chosen as a cut."""
+    ``cost`` is ``M × M``; ``boundary_weight[j]`` is paid when boundary ``j`` is chosen as a cut and
+    ``handover[j]`` is how many tensors that cut hands over (default one each)."""
     m = cost.shape[0]
     if not 1 <= num_blocks <= m - 1:
         raise ValueError(f"num_blocks must be in [1, {m - 1}], got {num_blocks}")
     upper = np.triu(np.ones((m, m), dtype=bool), 1)
     c = np.where(upper, cost, INF)
+    best_max = _min_max(c, num_blocks)
+    if not np.isfinite(best_max):
+        raise ValueError(f"no split into {num_blocks} blocks has a finite cost")
+    counts = np.ones(m) if handover is None else np.asarray(handover, dtype=float)
+    tensors = _MULTI * (counts > 1) + counts
+    tensors[0] = tensors[-1] = 0.0
+    limit = best_max * (1 + tolerance)
+    fewest = _min_sum(c <= limit, [tensors], num_blocks)[0]
+    bound = best_max
+    if _min_sum(c <= best_max, [tensors], num_blocks)[0] != fewest:
+        values = np.unique(c[upper & (c >= best_max) & (c <= limit)])
+        lo, hi = 0, len(values) - 1  # the smallest bound that still allows the fewest tensors
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _min_sum(c <= values[mid], [tensors], num_blocks)[0] == fewest:
+                hi = mid
+            else:
+                lo = mid + 1
+        bound = values[lo]
+    best_min = _max_min(c, bound, tensors, num_blocks)
+    w = np.asarray(boundary_weight, dtype=float).copy()
+    w[-1] = 0.0
+    return _min_sum(upper & (c <= bound) & (c >= best_min), [tensors, w], num_blocks, backtrack=True)
 
-    # 1. minimise the maximum block cost
+
+def _min_max(c: np.ndarray, num_blocks: int) -> float:
+    """The smallest possible largest block cost."""
     f = c[0].copy()
     for _ in range(num_blocks - 1):
         f = np.min(np.maximum(f[:, None], c), axis=0)
-    best_max = f[-1]
+    return float(f[-1])
 
-    # 2. among those, maximise the minimum block cost
-    lo = np.where(upper & (c <= best_max), c, -INF)
-    g = lo[0].copy()
-    for _ in range(num_blocks - 1):
-        g = np.max(np.minimum(g[:, None], lo), axis=0)
-    best_min = g[-1]
 
-    # 3. among those, minimise the summed boundary weight
-    feasible = upper & (c <= best_max) & (c >= best_min)
-    w = np.asarray(boundary_weight, dtype=float).copy()
-    w[-1] = 0.0
-    h = np.where(feasible[0], w, INF)
+def _min_sum(feasible: np.ndarray, weights: list[np.ndarray], num_blocks: int, backtrack: bool = False):
+    """Lexicographic minimum of the summed boundary ``weights`` over splits into feasible blocks:
+    the optimal sums, or with ``backtrack`` the interior boundaries of an optimal split."""
+    m = feasible.shape[0]
+    h = [np.where(feasible[0], w, INF) for w in weights]
     choices = []
     for _ in range(num_blocks - 1):
-        total = np.where(feasible, h[:, None], INF)
-        arg = np.argmin(total, axis=0)
-        h = total[arg, np.arange(m)] + w
+        tie = feasible & np.isfinite(h[0])[:, None]
+        for crit in h:
+            cand = np.where(tie, crit[:, None], INF)
+            tie &= cand == cand.min(axis=0)[None, :]
+        arg = np.argmax(tie, axis=0)
+        reachable = tie.any(axis=0)
+        h = [np.where(reachable, crit[arg] + w, INF) for crit, w in zip(h, weights, strict=True)]
         choices.append(arg)
+    if not backtrack:
+        return [float(crit[-1]) for crit in h]
     cuts, j = [], m - 1
     for arg in reversed(choices):
         j = int(arg[j])
         cuts.append(j)
     return sorted(cuts)
+
+
+def _max_min(c: np.ndarray, bound: float, tensors: np.ndarray, num_blocks: int) -> float:
+    """Among splits with every block ≤ ``bound`` and the fewest tensors, the largest smallest block."""
+    feasible = c <= bound
+    h_t = np.where(feasible[0], tensors, INF)
+    h_m = np.where(feasible[0], c[0], -INF)
+    for _ in range(num_blocks - 1):
+        cand_t = np.where(feasible, h_t[:, None], INF)
+        tie = np.isfinite(cand_t) & (cand_t == cand_t.min(axis=0)[None, :])
+        cand_m = np.where(tie, np.minimum(h_m[:, None], c), -INF)
+        h_t = np.where(tie.any(axis=0), cand_t.min(axis=0) + tensors, INF)
+        h_m = cand_m.max(axis=0)
+    return float(h_m[-1])
 
 
 def additive_cost(weights: Sequence[float], boundaries: Sequence[int]) -> np.ndarray:
@@ -86,12 +135,14 @@ def storage_cost(
     storage_bytes: Mapping[int, int],
     boundaries: Sequence[int],
     extra: Sequence[Mapping[int, int]] | None = None,
+    held: Sequence[Mapping[int, int]] | None = None,
 ) -> np.ndarray:
     """Saved bytes of each block, counting a storage once per block that saves it.
 
     ``saves[p]`` lists the storage keys saved at position ``p``. ``extra[j]`` maps key → bytes saved
-    by whatever runs after a block that ends at boundary ``j`` (its aux head); a key the block
-    itself already saves is not counted twice."""
+    by whatever runs after a block that ends at boundary ``j`` (its aux head); ``held[i]`` maps key
+    → bytes kept alive while a block that starts at boundary ``i`` runs (the tensors handed to it).
+    A key the block itself already saves is not counted twice."""
     positions = _save_positions(saves)
     bounds = np.asarray(boundaries)
     prefix = np.concatenate([[0.0], np.cumsum(first_saves(saves, storage_bytes))])
@@ -115,5 +166,11 @@ def storage_cost(
             ps = positions.get(key)
             if ps:
                 cost[:, j] -= nbytes * (next_save(ps) < bounds[j])
+    for i, frontier in enumerate(held or ()):
+        for key, nbytes in frontier.items():
+            cost[i, :] += nbytes
+            ps = positions.get(key)
+            if ps:
+                cost[i, :] -= nbytes * (next_save(ps)[i] < bounds)
     return cost
 

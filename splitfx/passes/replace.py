@@ -165,13 +165,13 @@ def fuse(gm: fx.GraphModule, model: nn.Module, probe: Probe, sched: Schedule, re
     surrogates = nn.ModuleDict()
     gm.repl = surrogates
     by_name = {n.name: n for n in gm.graph.nodes}
-    at = {c.position: c for c in sched.cuts}
+    at = {c.position: c for c in sched.cuts if c.single}
     spans = {u.name: u for u in units}
     for prev, name, nxt in replacement.triples:
         unit = spans[name]
         key = name.replace(".", "__")
         surrogates[key] = Surrogate((prev, name, nxt), tuple(model.get_submodule(n) for n in (prev, name, nxt)), mode)
-        src, dst = by_name[at[unit.start].node], by_name[at[unit.end].node]
+        src, dst = by_name[at[unit.start].nodes[0]], by_name[at[unit.end].nodes[0]]
         with gm.graph.inserting_after(dst):
             call = gm.graph.call_module(f"repl.{key}", (src,))
         call.meta = {"splitfx": {"scope": name, "cls": type(model.get_submodule(name)).__name__}}

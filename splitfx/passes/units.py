@@ -1,7 +1,7 @@
 """Units: the model's own layers, found in the graph, that recipes copy into aux heads.
 
 A unit is a module (residual block, transformer block, stem layer) whose nodes form one
-contiguous run of the ordered graph that starts and ends at legal cuts, that is a layer of the model
+contiguous run of the ordered graph that starts and ends at single-tensor cuts, that is a layer of the model
 (a child of the root or of a Sequential/ModuleList) with parameters, and that contains no finer
 such module. Each unit is checked to run eagerly on its
 single input under the probe's fake mode, so ``module(x)`` on a tensor of ``in_shape`` is known to
@@ -37,7 +37,7 @@ def find_units(model: nn.Module, probe: Probe, sched: Schedule) -> list[Unit]:
         parts = scope.split(".") if scope else []
         for i in range(1, len(parts) + 1):
             span.setdefault(".".join(parts[:i]), []).append(p)
-    at = {c.position: c for c in sched.cuts}
+    at = {c.position: c for c in sched.cuts if c.single}
     found: dict[str, Unit] = {}
     for name, positions in span.items():
         first, last = positions[0], positions[-1]
@@ -48,9 +48,9 @@ def find_units(model: nn.Module, probe: Probe, sched: Schedule) -> list[Unit]:
             continue
         if next(model.get_submodule(name).parameters(), None) is None:
             continue  # activations, pooling, dropout: nothing for an aux copy to learn
-        found[name] = Unit(name, first, last + 1, tuple(at[first].shape), tuple(at[last + 1].shape))
+        found[name] = Unit(name, first, last + 1, at[first].shapes[0], at[last + 1].shapes[0])
     minimal = [u for name, u in found.items() if not any(o != name and inside(o, name) for o in found)]
-    return [u for u in sorted(minimal, key=lambda u: u.start) if _runs_alone(model, probe, u, at[u.start].node)]
+    return [u for u in sorted(minimal, key=lambda u: u.start) if _runs_alone(model, probe, u, at[u.start].nodes[0])]
 
 
 def _runs_alone(model: nn.Module, probe: Probe, unit: Unit, input_node: str) -> bool:

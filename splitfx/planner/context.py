@@ -1,4 +1,4 @@
-"""What ``convert`` reuses from planning: the traced graph, its cost probe and the chosen cuts."""
+"""What ``convert`` reuses from planning: the traced graph, its cost probe, the chosen cuts and blocks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ from torch import nn
 
 from ..passes.cost import Probe
 from ..passes.cuts import Cut, Schedule
-from ..recipes.base import Boundary, GraphInfo, Recipe
+from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 
 
 @dataclass
@@ -24,3 +24,4 @@ class PlanContext:
     boundaries: list[Boundary]  # one per chosen cut
     cuts: list[Cut]  # the chosen cuts
     block_nodes: list[list[fx.Node]]  # the fx nodes each block runs (free nodes included)
+    parts: SplitParts  # the emitted blocks, heads and merges the plan was measured with

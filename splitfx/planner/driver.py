@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -20,38 +18,40 @@ from ..base.errors import PlanError
 from ..base.report import BlockPlan, SplitPlan
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
-from ..passes.cuts import Schedule, schedule
-from ..passes.emit import block_nodes, block_parameters
+from ..passes.cuts import Cut, Schedule, schedule
+from ..passes.emit import block_nodes, block_parameters, emit_block
 from ..passes.names import unprefix
-from ..passes.partition import additive_cost, first_saves, min_max_partition, storage_cost
+from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
 from ..passes.sharing import parameter_uses, shared_spans, trainable_per_position
 from ..passes.trace import LeafSpec, trace
 from ..passes.units import find_units
-from ..recipes.base import Boundary, GraphInfo, Recipe
+from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
+from ..recipes.merge import merge_for
+from .balance import METHODS, choose_path
 from .context import PlanContext
-from .legality import mask_untrainable, offer_cuts, require_trainable, trainable_blocks
+from .legality import offer_cuts, require_trainable, trainable_blocks
 from .scopes import split_point_cut
-
-METHODS = ("memory", "flops", "params", "uniform")
+from .simulate import step_peaks
 
 
 class _LocalLoss(nn.Module):
-    """Aux head + recipe loss as one module, so the aux probe can swap in fake parameters."""
+    """Merge + aux head + recipe loss as one module, so the aux probe can swap in fake parameters."""
 
-    def __init__(self, recipe: Recipe, head: nn.Module, inputs: tuple):
+    def __init__(self, recipe: Recipe, merge: nn.Module, head: nn.Module, inputs: tuple):
         super().__init__()
-        self.recipe, self.head, self.inputs = recipe, head, inputs
+        self.recipe, self.merge, self.head, self.inputs = recipe, merge, head, inputs
 
-    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.recipe.local_loss(self.head, features, target, self.inputs)
+    def forward(self, features: tuple, target: torch.Tensor) -> torch.Tensor:
+        return self.recipe.local_loss(self.head, self.merge(*features), target, self.inputs)
 
 
-def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str):
+def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
+            max_cut_tensors: int | None):
     """The bound graph, its cost probe and schedule, with RepL fused in when asked for."""
     gm = trace(model, inputs, leaf_modules)
     probe = cost_pass.probe(gm, inputs)
-    sched = schedule(probe.graph)
+    sched = schedule(probe.graph, max_cut_tensors)
     replacement = Replacement()
     if replace is not None:
         units = find_units(model, probe, sched)
@@ -59,7 +59,7 @@ def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], r
         if replacement.replaced:
             fuse(gm, model, probe, sched, replacement, units, replace_mode)
             probe = cost_pass.probe(gm, inputs)
-            sched = schedule(probe.graph)
+            sched = schedule(probe.graph, max_cut_tensors)
     return gm, probe, sched, replacement
 
 
@@ -74,122 +74,162 @@ def _check_blocks(num_blocks: int, sched: Schedule, name: str) -> None:
         )
 
 
-def make_plan(
-    model: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    num_blocks: int,
-    *,
-    method: str,
-    split_points: Sequence[str] | None,
-    recipe: Recipe,
-    num_classes: int | None,
-    leaf_modules: Sequence[LeafSpec],
-    replace: int | Sequence[str] | None,
-    replace_mode: str,
-) -> SplitPlan:
-    """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks."""
-    name = type(model).__name__
-    if method not in METHODS:
-        raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
-    if not recipe.split:
-        num_blocks, split_points = 1, None
-    trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    gm, probe, sched, replacement = _traced(model, inputs, leaf_modules, replace, replace_mode)
-    G = probe.graph
-    outputs = probe.outputs
-    if num_classes is None and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
-        num_classes = int(outputs.shape[-1])
-    uses = parameter_uses(gm, G, sched)
-    layouts, shared = offer_cuts(sched, G, replacement, shared_spans(uses),
-                                 tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
-    chosen = None
-    if split_points is not None:
-        chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
-        num_blocks = len(chosen) + 1
-    _check_blocks(num_blocks, sched, name)
-    if num_blocks == 1:
-        sched.cuts = []  # one block: nothing to place, no aux head to probe
-    elif num_classes is None:
-        raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
+class Planner:
+    """Everything about one model that does not depend on K: trace, costs, legal cuts, aux costs.
 
-    boundaries = [
-        Boundary(0, num_blocks, tuple(c.shape), G.nodes[c.node]["dtype"], layouts[c.node],
-                 num_classes or 0, tuple(inputs[0].shape), c.position)
-        for c in sched.cuts
-    ]
-    graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units and sched.cuts else [])
-    aux = AuxProbe(probe, inputs)
+    ``plan(num_blocks)`` then partitions for any K, so a memory budget can try several K cheaply."""
 
-    def aux_cost(j: int, boundary: Boundary) -> AuxCost:
-        """Aux head + loss at cut ``j`` (an index into ``sched.cuts``) for ``boundary``."""
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor, ...],
+        *,
+        method: str,
+        recipe: Recipe,
+        num_classes: int | None,
+        leaf_modules: Sequence[LeafSpec],
+        replace: int | Sequence[str] | None,
+        replace_mode: str,
+        max_cut_tensors: int | None,
+        tolerance: float,
+    ):
+        if method not in METHODS:
+            raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
+        self.model, self.inputs, self.method, self.recipe, self.tolerance = model, inputs, method, recipe, tolerance
+        self.name = type(model).__name__
+        self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
+                                                      max_cut_tensors)
+        self.gm, self.probe, self.sched, G = gm, probe, sched, probe.graph
+        outputs = probe.outputs
+        if num_classes is None and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+            num_classes = int(outputs.shape[-1])
+        self.num_classes = num_classes
+        self.uses = parameter_uses(gm, G, sched)
+        self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
+                                               tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
+        self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units else [])
+        self.aux = AuxProbe(probe, inputs)
+        self.final_loss = self.aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None else {}
+        self.bounds = [0, *(c.position for c in sched.cuts), len(sched.order)]
+        self.ok = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
+        self._aux_costs: list[AuxCost] | None = None
+
+    def _boundaries(self, num_blocks: int) -> list[Boundary]:
+        G = self.probe.graph
+        return [_boundary(c, self.layouts[c.position], G, num_blocks, self.num_classes or 0, self.inputs, self.recipe)
+                for c in self.sched.cuts]
+
+    def _aux_cost(self, j: int, boundary: Boundary) -> AuxCost:
+        """Merge + aux head + loss at cut ``j`` (an index into ``sched.cuts``) for ``boundary``."""
+        recipe, graph = self.recipe, self.graph
+
         def build() -> nn.Module:
-            return _LocalLoss(recipe, recipe.make_head(boundary, graph), aux.inputs)
+            merge = merge_for(boundary.parts, recipe.merge)[0]
+            return _LocalLoss(recipe, merge, recipe.make_head(boundary, graph), self.aux.inputs)
 
-        return aux.cost(sched.cuts[j].node, (recipe.head_key(boundary), boundary.index), build)
+        key = (recipe.head_key(boundary, graph), boundary.index)
+        return self.aux.cost(self.sched.cuts[j].nodes, key, build)
 
-    final_loss = aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None else {}
-    n = len(sched.order)
-    bounds = [0, *(c.position for c in sched.cuts), n]
-    saves = [G.nodes[v]["saved"] for v in sched.order]
-    storages = G.graph["storages"]
-    flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], bounds)
-    ok = trainable_blocks(trainable_per_position(uses, gm, n), bounds)
-    if chosen is not None:
-        path = [0, *(i + 1 for i in chosen), len(bounds) - 1]
-        require_trainable(ok, path, name)
-    else:
-        aux_costs = [aux_cost(j, b) for j, b in enumerate(boundaries)]
-        costs = {
-            "memory": lambda: storage_cost(saves, storages, bounds, [{}, *(a.saves for a in aux_costs), final_loss]),
-            "flops": lambda: flops + np.asarray([0, *(a.flops for a in aux_costs), 0], dtype=float)[None, :],
-            "params": lambda: additive_cost([G.nodes[v]["param_bytes"] for v in sched.order], bounds),
-            "uniform": lambda: additive_cost([G.nodes[v]["op"].startswith("call") for v in sched.order], bounds),
-        }
-        weights = [0, *(G.nodes[c.node]["out_bytes"] for c in sched.cuts), 0]
-        cost = mask_untrainable(costs[method](), ok, num_blocks, name)
-        path = [0, *min_max_partition(cost, num_blocks, weights), len(bounds) - 1]
+    def plan(self, num_blocks: int, split_points: Sequence[str] | None = None) -> SplitPlan:
+        """The split into ``num_blocks`` blocks (or right after ``split_points``)."""
+        sched, G, name = self.sched, self.probe.graph, self.name
+        if not self.recipe.split:
+            num_blocks, split_points = 1, None
+        chosen = None
+        if split_points is not None:
+            chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
+            num_blocks = len(chosen) + 1
+        _check_blocks(num_blocks, sched, name)
+        if num_blocks > 1 and self.num_classes is None:
+            raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
+        boundaries = self._boundaries(num_blocks)
+        if num_blocks == 1:
+            path = [0, len(self.bounds) - 1]
+        elif chosen is not None:
+            path = [0, *(i + 1 for i in chosen), len(self.bounds) - 1]
+            require_trainable(self.ok, path, name)
+        else:
+            if self._aux_costs is None and self.method in ("memory", "flops"):
+                self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(boundaries)]
+            path = choose_path(self.method, num_blocks, self.probe, sched, self._aux_costs or [], self.final_loss,
+                               self.ok, self.tolerance, name)
+        return self._report(num_blocks, path, boundaries, "split_points" if chosen is not None else self.method)
 
-    # Re-probe the chosen cuts with their real depth (InfoPro's weights, AugLocal's pyramid).
-    cut_ids = [j - 1 for j in path[1:-1]]
-    chosen_boundaries = [dataclasses.replace(boundaries[j], index=k) for k, j in enumerate(cut_ids)]
-    chosen_aux = [aux_cost(j, b) for j, b in zip(cut_ids, chosen_boundaries, strict=True)]
-    ends = [bounds[j] for j in path]
-    with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), final_loss])
-    backbone = storage_cost(saves, storages, ends)
-    nodes = [block_nodes(gm, G, sched, start, end) for start, end in pairwise(ends)]
-    blocks = [
-        _block(k, nodes[k], gm, G, start, end, int(recipe.step_bytes(with_aux, backbone, k)),
-               int(flops[path[k], path[k + 1]]), chosen_aux[k] if k < len(chosen_aux) else None,
-               sched.cuts[cut_ids[k]].shape if k < len(cut_ids) else None)
-        for k, (start, end) in enumerate(pairwise(ends))
-    ]
-    context = PlanContext(model, gm, probe, sched, recipe, graph, chosen_boundaries,
-                          [sched.cuts[j] for j in cut_ids], nodes)
-    return SplitPlan(
-        model=model_name(model),
-        num_blocks=num_blocks,
-        method="split_points" if chosen is not None else method,
-        recipe=recipe.name,
-        input_shapes=[list(x.shape) for x in inputs],
-        blocks=blocks,
-        e2e_saved_bytes=int(sum(storages.values()) + sum(final_loss.values())),
-        local_peak_bytes=max(b.saved_bytes for b in blocks),
-        total_params=sum(p.numel() for p in model.parameters()),
-        legal_cuts=len(sched.cuts),
-        positions=n,
-        replaced=replacement.replaced,
-        replace_skipped=replacement.skipped,
-        trainable_params_before=trainable_before,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad)
-        + sum(p.numel() for p in getattr(gm, "repl", nn.Module()).parameters()),
-        shared_parameters=shared,
-        saved_profile=[int(b) for b in first_saves(saves, storages)],
-        context=context,
-    )
+    def _parts(self, nodes: list[list[fx.Node]], cuts: list[Cut], boundaries: list[Boundary]) -> SplitParts:
+        """The blocks, heads and merges of a split, bound to the user's model (what convert returns)."""
+        ends = [None, *cuts, None]
+        blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k) for k, n in enumerate(nodes)]
+        attached = [emit_block(self.gm, n, ends[k], ends[k + 1], k, detach_input=False) for k, n in enumerate(nodes)]
+        ref = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
+        heads = [self.recipe.make_head(b, self.graph).to(device=device, dtype=dtype) for b in boundaries]
+        merges = [merge_for(b.parts, self.recipe.merge)[0] for b in boundaries]
+        return SplitParts(blocks, heads, nn.CrossEntropyLoss(), self.model, merges,
+                          attached if self.recipe.cascade else ())
+
+    def _report(self, num_blocks: int, path: list[int], boundaries: list[Boundary], method: str) -> SplitPlan:
+        """The plan of the blocks between ``path``'s boundaries, its chosen cuts re-probed at their depth."""
+        gm, sched, G, model = self.gm, self.sched, self.probe.graph, self.model
+        cut_ids = [j - 1 for j in path[1:-1]]
+        chosen_boundaries = [dataclasses.replace(boundaries[j], index=k) for k, j in enumerate(cut_ids)]
+        chosen_aux = [self._aux_cost(j, b) for j, b in zip(cut_ids, chosen_boundaries, strict=True)]
+        ends = [self.bounds[j] for j in path]
+        saves = [G.nodes[v]["saved"] for v in sched.order]
+        storages = G.graph["storages"]
+        with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss])
+        backbone = storage_cost(saves, storages, ends)
+        flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], ends)
+        nodes = [block_nodes(gm, G, sched, start, end) for start, end in pairwise(ends)]
+        cuts = [sched.cuts[j] for j in cut_ids]
+        parts = self._parts(nodes, cuts, chosen_boundaries)
+        estimate = [self.recipe.step_bytes(with_aux, backbone, k) for k in range(num_blocks)]
+        saved = step_peaks(self.aux, parts, self.recipe, getattr(gm, "repl", nn.Module())) or estimate
+        blocks = [
+            _block(k, nodes[k], gm, G, start, end, int(saved[k]), int(flops[k, k + 1]),
+                   chosen_aux[k] if k < len(cuts) else None, cuts[k] if k < len(cuts) else None)
+            for k, (start, end) in enumerate(pairwise(ends))
+        ]
+        heads = sum(a.params for a in chosen_aux)
+        everything = (*model.parameters(), *getattr(gm, "repl", nn.Module()).parameters())
+        trainable = [p for p in everything if p.requires_grad]
+        itemsize = next((p.element_size() for p in trainable), 4)
+        return SplitPlan(
+            model=model_name(model),
+            num_blocks=num_blocks,
+            method=method,
+            recipe=self.recipe.name,
+            input_shapes=[list(x.shape) for x in self.inputs],
+            blocks=blocks,
+            e2e_saved_bytes=int(sum(storages.values()) + sum(self.final_loss.values())),
+            local_peak_bytes=max(b.saved_bytes for b in blocks),
+            total_params=sum(p.numel() for p in model.parameters()),
+            legal_cuts=len(sched.cuts),
+            positions=len(sched.order),
+            replaced=self.replacement.replaced,
+            replace_skipped=self.replacement.skipped,
+            trainable_params_before=self.trainable_before,
+            trainable_params=sum(p.numel() for p in trainable),
+            shared_parameters=self.shared,
+            param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()) + heads * itemsize,
+            trainable_bytes=sum(p.numel() * p.element_size() for p in trainable) + heads * itemsize,
+            saved_profile=[int(b) for b in first_saves(saves, storages)],
+            context=PlanContext(model, gm, self.probe, sched, self.recipe, self.graph, chosen_boundaries, cuts, nodes,
+                                parts),
+        )
+
+
+def _boundary(cut: Cut, layouts: tuple[str, ...], G, num_blocks: int, num_classes: int, inputs: tuple,
+              recipe: Recipe) -> Boundary:
+    """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
+    parts = tuple(zip(cut.shapes, layouts, strict=True))
+    _, shape, layout = merge_for(parts, recipe.merge)
+    return Boundary(0, num_blocks, shape, G.nodes[cut.nodes[0]]["dtype"], layout, num_classes,
+                    tuple(inputs[0].shape), cut.position, parts)
 
 
 def _block(k: int, nodes: list[fx.Node], gm: fx.GraphModule, G, start: int, end: int, saved: int, flops: int,
-           aux: AuxCost | None, output_shape: Any) -> BlockPlan:
+           aux: AuxCost | None, cut: Cut | None) -> BlockPlan:
     return BlockPlan(
         index=k,
         modules=list(dict.fromkeys(
@@ -201,7 +241,8 @@ def _block(k: int, nodes: list[fx.Node], gm: fx.GraphModule, G, start: int, end:
         flops=flops,
         aux_flops=aux.flops if aux else 0,
         aux_params=aux.params if aux else 0,
-        output_shape=list(output_shape) if output_shape is not None else None,
+        output_shapes=[list(s) for s in cut.shapes] if cut else None,
+        handover_bytes=sum(G.nodes[v]["out_bytes"] for v in cut.nodes) if cut else 0,
         start=start,
         end=end,
     )

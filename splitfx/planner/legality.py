@@ -1,6 +1,6 @@
 """Which cuts the partitioner may use, and which blocks are worth training.
 
-A cut is offered when an aux head can read its tensor (a known layout, the batch in dim 0), it does
+A cut is offered when an aux head can read its tensors (known layouts, the batch in dim 0), it does
 not separate a RepL block from the neighbours it is synthesised from, and it does not separate two
 uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
 so the span between its first and last use stays in one block (the model's math is unchanged and
@@ -24,20 +24,21 @@ from .scopes import span
 
 
 def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
-               input_hw: tuple[int, int] | None) -> tuple[dict[str, str | None], list[str]]:
+               input_hw: tuple[int, int] | None) -> tuple[dict[int, tuple[str, ...]], list[str]]:
     """Drop the cuts that may not be used (see module docstring) from ``sched.cuts``.
 
-    Returns every cut tensor's layout and the shared parameters that cost at least one cut."""
-    layouts = {c.node: infer_layout(c.shape, input_hw) for c in sched.cuts}
+    Returns the layouts of each offered cut's tensors (by cut position) and the shared parameters
+    that cost at least one cut."""
+    layouts = {c.position: tuple(infer_layout(shape, input_hw) for shape in c.shapes) for c in sched.cuts}
     together = [span(sched, G, triple) for triple in replacement.triples]
     readable = [
         c for c in sched.cuts
-        if layouts[c.node] is not None and G.nodes[c.node]["batch_dim0"]
+        if None not in layouts[c.position] and all(G.nodes[v]["batch_dim0"] for v in c.nodes)
         and not any(lo < c.position <= hi for lo, hi in together)
     ]
     costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in readable)]
     sched.cuts = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
-    return layouts, sorted(unprefix(name) for name in costly)
+    return {c.position: layouts[c.position] for c in sched.cuts}, sorted(unprefix(name) for name in costly)
 
 
 def trainable_blocks(trainable: list[int], bounds: list[int]) -> np.ndarray:

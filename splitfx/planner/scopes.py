@@ -24,7 +24,7 @@ def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str) 
     for i, cut in enumerate(sched.cuts):
         if cut.position == position:
             return i
-    legal = sorted({G.nodes[c.node]["scope"] for c in sched.cuts} - {""})
+    legal = sorted({G.nodes[c.nodes[-1]]["scope"] for c in sched.cuts} - {""})
     raise PlanError(
         f"split point {name!r}: more than one value is live after it in {model_name}, so it cannot be "
         f"a cut. Modules right before a legal cut: {', '.join(legal)}"

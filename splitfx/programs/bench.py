@@ -215,10 +215,11 @@ def run(
     def checkpoint_step():
         opt.zero_grad(set_to_none=True)
         with autocast():
-            h = x
-            for part in parts[:-1]:
-                h = checkpoint(part, h, use_reentrant=False)
-            loss = F.cross_entropy(parts[-1](h), y)
+            h = (x,)
+            for part in parts[:-1]:  # a cut may hand over several tensors: a tuple
+                out = checkpoint(part, *h, use_reentrant=False)
+                h = out if isinstance(out, tuple) else (out,)
+            loss = F.cross_entropy(parts[-1](*h), y)
         loss.backward()
         opt.step()
 

@@ -30,6 +30,7 @@ class Boundary:
     num_classes: int
     input_shape: tuple
     position: int = 0  # where the cut is in the ordered graph
+    parts: tuple = ()  # (shape, layout) of every tensor the cut hands over; shape/layout are their merge
 
     @property
     def depth(self) -> float:
@@ -50,15 +51,22 @@ class GraphInfo:
 
 @dataclass(frozen=True)
 class SplitParts:
-    """What a recipe's loop runs: block k maps block k-1's output to its own, ``attached[k]`` is
-    the same block without the input detach (cascade recipes only), ``heads[k]`` is block k's aux
-    head, ``loss_fn`` trains the last block, ``model`` is the user's model."""
+    """What a recipe's loop runs: block k maps block k-1's output to its own (one tensor, or a tuple
+    when its cut hands over several: :func:`handed`), ``merges[k]`` joins block k's handed-over
+    tensors into what ``heads[k]`` reads, ``attached[k]`` is block k without the input detach
+    (cascade recipes only), ``loss_fn`` trains the last block, ``model`` is the user's model."""
 
     blocks: Sequence[Callable[..., torch.Tensor]]
     heads: Sequence[nn.Module]
     loss_fn: LossFn
     model: nn.Module
+    merges: Sequence[Callable[..., torch.Tensor]]
     attached: Sequence[Callable[..., torch.Tensor]] = ()
+
+
+def handed(out: torch.Tensor | tuple) -> tuple[torch.Tensor, ...]:
+    """A non-final block's output as the tuple of tensors its cut hands over."""
+    return out if isinstance(out, tuple) else (out,)
 
 
 class Recipe:
@@ -73,13 +81,16 @@ class Recipe:
     split = True  # False: the model is one block (E2E)
     cascade = False  # True: loss k also runs block k-1 on its input (needs ``SplitParts.attached``)
     needs_units = False  # True: make_head copies the model's own layers
+    merge = "map"  # how a cut's several tensors join for the head: "map" or "vector" (recipes/merge.py)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         raise NotImplementedError(f"recipe {self.name!r} does not define make_head")
 
-    def head_key(self, boundary: Boundary) -> Hashable:
-        """Boundaries with equal keys get structurally identical heads (the planner probes one)."""
-        return boundary.shape, boundary.layout, boundary.position if self.needs_units else None
+    def head_key(self, boundary: Boundary, graph: GraphInfo) -> Hashable:
+        """Boundaries with equal keys get structurally identical heads (the planner probes one).
+        Heads built from the model's own layers depend on the layers after the cut."""
+        after = graph.units_after(boundary.position)[:1] if self.needs_units else ()
+        return boundary.parts, boundary.shape, boundary.layout, tuple(u.name for u in after)
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         return F.cross_entropy(head(features), target)
@@ -100,8 +111,8 @@ class Recipe:
             if k == last:
                 yield parts.loss_fn(out, target)
             else:
-                yield self.local_loss(parts.heads[k], out, target, inputs)
-                h = (out.detach(),)
+                yield self.local_loss(parts.heads[k], parts.merges[k](*handed(out)), target, inputs)
+                h = tuple(t.detach() for t in handed(out))
             del out
 
     def after_step(self, parts: SplitParts) -> None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .auglocal import sampled_chain
-from .base import Boundary, GraphInfo, Recipe, SplitParts
+from .base import Boundary, GraphInfo, Recipe, SplitParts, handed
 from .copies import EMA, weight_copy
 from .heads import Classifier1c2f, PoolLinear, adapter, patches
 from .layout import channels, infer_layout
@@ -62,12 +62,13 @@ class Cascade(Recipe):
         for k, block in enumerate(parts.blocks):
             out = block(*h)
             # Block k without its input detach, on block k-1's fresh output: gradient reaches both.
-            cascaded = parts.attached[k](parts.blocks[k - 1](*prev)) if k else out
+            cascaded = parts.attached[k](*handed(parts.blocks[k - 1](*prev))) if k else out
             if k == last:
                 yield self.wx * parts.loss_fn(out, target) + self.wy * parts.loss_fn(cascaded, target)
             else:
-                yield self.cascade_loss(parts.heads[k], out, cascaded, target)
-                prev, h = h, (out.detach(),)
+                merge = parts.merges[k]
+                yield self.cascade_loss(parts.heads[k], merge(*handed(out)), merge(*handed(cascaded)), target)
+                prev, h = h, tuple(t.detach() for t in handed(out))
             del out, cascaded
 
 

@@ -27,5 +27,7 @@ class Linear(Recipe):
 
     paper = "Belilovsky et al. 2019, linear-probe variant"
 
+    merge = "vector"  # several tensors: pool each, concatenate
+
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         return PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), boundary.num_classes)

@@ -32,6 +32,7 @@ class SplitModule(nn.Module):
         traced: fx.GraphModule,
         blocks: Sequence[fx.GraphModule],
         heads: Sequence[nn.Module],
+        merges: Sequence[nn.Module],
         loss_fn: LossFn,
         block_params: Sequence[Sequence[nn.Parameter]],
         attached_blocks: Sequence[fx.GraphModule] = (),
@@ -39,6 +40,7 @@ class SplitModule(nn.Module):
         super().__init__()
         self.model = traced.model
         self.heads = nn.ModuleList(heads)
+        self.merges = nn.ModuleList(merges)  # parameter-free: joins a cut's tensors for its head
         self.repl = getattr(traced, "repl", nn.ModuleDict())  # RepL surrogates: fusion coefficients
         self.plan = plan
         self.recipe = recipe
@@ -66,7 +68,7 @@ class SplitModule(nn.Module):
 
     def parts(self) -> SplitParts:
         """The view of this module a recipe's loop runs on."""
-        return SplitParts(self.blocks, self.heads, self.loss_fn, self.model, self.attached_blocks)
+        return SplitParts(self.blocks, self.heads, self.loss_fn, self.model, self.merges, self.attached_blocks)
 
     def local_losses(self, inputs: Inputs, target: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next

@@ -1,0 +1,60 @@
+"""Choosing the blocks: the cost matrix of each balancing method, and the partition over it.
+
+``memory`` counts what a step keeps alive: the block's saved activations, its aux head and loss,
+and the tensors handed to it that it does not save itself (several, at a multi-tensor cut).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+import numpy as np
+
+from ..base.meter import storage_bytes, storage_key
+from ..passes.aux_cost import AuxCost
+from ..passes.cost import Probe
+from ..passes.cuts import Schedule
+from ..passes.partition import additive_cost, min_max_partition, storage_cost
+from .legality import mask_untrainable
+
+METHODS = ("memory", "flops", "params", "uniform")
+
+
+def held_tensors(probe: Probe, sched: Schedule) -> list[dict[int, int]]:
+    """Per boundary (start, every cut, end): storage key → bytes of the tensors handed over there."""
+    held = [{storage_key(probe.values[v]): storage_bytes(probe.values[v]) for v in c.nodes} for c in sched.cuts]
+    return [{}, *held, {}]
+
+
+def choose_path(
+    method: str,
+    num_blocks: int,
+    probe: Probe,
+    sched: Schedule,
+    aux_costs: Sequence[AuxCost],
+    final_loss: dict[int, int],
+    ok: np.ndarray,
+    tolerance: float,
+    model_name: str,
+) -> list[int]:
+    """Boundary indices ``[0, ..., M-1]`` of the chosen split (see :mod:`splitfx.passes.partition`)."""
+    G: nx.DiGraph = probe.graph
+    order = sched.order
+    bounds = [0, *(c.position for c in sched.cuts), len(order)]
+
+    def cost() -> np.ndarray:
+        if method == "memory":
+            saves = [G.nodes[v]["saved"] for v in order]
+            return storage_cost(saves, G.graph["storages"], bounds, [{}, *(a.saves for a in aux_costs), final_loss],
+                                held_tensors(probe, sched))
+        if method == "flops":
+            flops = additive_cost([G.nodes[v]["flops"] for v in order], bounds)
+            return flops + np.asarray([0, *(a.flops for a in aux_costs), 0], dtype=float)[None, :]
+        if method == "params":
+            return additive_cost([G.nodes[v]["param_bytes"] for v in order], bounds)
+        return additive_cost([G.nodes[v]["op"].startswith("call") for v in order], bounds)
+
+    weights = [0, *(sum(G.nodes[v]["out_bytes"] for v in c.nodes) for c in sched.cuts), 0]
+    handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
+    masked = mask_untrainable(cost(), ok, num_blocks, model_name)
+    return [0, *min_max_partition(masked, num_blocks, weights, handover, tolerance), len(bounds) - 1]

@@ -1,0 +1,73 @@
+"""Several handed-over tensors → the one tensor an aux head reads.
+
+A cut may hand over several tensors (HRNet's branches, DenseNet's dense features, a residual block
+entered half-way). Every one must reach the head, or the layers that produced it get no gradient
+from the local loss. :class:`Merge` joins them, in one of two ways a recipe chooses:
+
+* ``"vector"``: global average pool each (any layout) and concatenate → ``(N, ΣC)``, layout NC;
+* ``"map"``: each as an NCHW map (tokens on their grid), resized to the largest map's H×W (adaptive
+  average pooling down, nearest upsampling up), concatenated on channels → NCHW.
+
+A single tensor passes through untouched, so single-tensor cuts cost exactly what they did.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import as_map
+from .layout import pool
+
+MODES = ("vector", "map")
+
+
+class Merge(nn.Module):
+    """Joins the tensors of one cut for its aux head (see module docstring)."""
+
+    def __init__(self, layouts: Sequence[str], mode: str, size: tuple[int, int] | None = None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
+        self.layouts, self.mode, self.size = tuple(layouts), mode, size
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1:
+            return xs[0]
+        if self.mode == "vector":
+            return torch.cat([pool(x, layout) for x, layout in zip(xs, self.layouts, strict=True)], dim=1)
+        maps = [as_map(x, layout) for x, layout in zip(xs, self.layouts, strict=True)]
+        return torch.cat([_resize(m, self.size) for m in maps], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.layouts)} tensors, mode={self.mode!r}, size={self.size}"
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: str) -> tuple[Merge, tuple[int, ...], str]:
+    """The merge of tensors of these (shape, layout) parts, and the shape and layout it produces."""
+    layouts, size, shape, layout = _merged(tuple((tuple(s), lay) for s, lay in parts), mode)
+    return Merge(layouts, mode, size), shape, layout
+
+
+@functools.lru_cache(maxsize=4096)
+def _merged(parts: tuple, mode: str) -> tuple[tuple[str, ...], tuple[int, int] | None, tuple[int, ...], str]:
+    layouts = tuple(layout for _, layout in parts)
+    if len(parts) == 1:
+        return layouts, None, parts[0][0], layouts[0]
+    probes = [torch.empty(shape, device="meta") for shape, _ in parts]
+    sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
+    size = tuple(max(sizes, key=lambda s: s[0] * s[1]))
+    shape = tuple(Merge(layouts, mode, size)(*probes).shape)
+    return layouts, size, shape, "NC" if mode == "vector" else "NCHW"
