@@ -131,10 +131,10 @@ def test_models_of_any_floating_dtype_train(dtype, recipe):
         assert torch.equal(sm(x), model(x))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="the planner's aux-cost probe builds InfoPro's decoder "
-                   "in float32 (planner/driver.py aux_cost.build, passes/aux_cost.py .to(device)): not this layer's")
-def test_infopro_plans_a_float64_model():
-    splitfx.convert(Tiny().double(), X.double(), 3, recipe="infopro")
+def test_infopro_plans_and_trains_a_float64_model():
+    sm = splitfx.convert(Tiny().double(), X.double(), 3, recipe="infopro")
+    assert all(p.dtype == torch.float64 for p in sm.heads.parameters())
+    assert all(torch.isfinite(torch.tensor(sm.train_step(X.double(), Y, torch.optim.SGD(sm.parameters(), lr=0.1)))))
 
 
 def test_heads_follow_the_model_mode_and_the_split_module_says_so():

@@ -18,6 +18,7 @@ import timm
 import splitfx.api.planning
 from splitfx import PlanError
 from splitfx.cli import main
+from splitfx.cli.options import UsageError
 from splitfx.cli.parser import build_parser
 from splitfx.programs import sweep
 from splitfx.programs.coverage import STAGES, check, with_prerequisites
@@ -124,7 +125,7 @@ def test_shards_partition_the_sorted_list_exactly():
     parser = build_parser()
     assert parser.parse_args(["coverage", "--shard", "2/5"]).shard == (2, 5)
     for bad in ("5/5", "a/2", "1", "-1/2"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(UsageError, match="--shard"):
             parser.parse_args(["coverage", "--shard", bad])
 
 
