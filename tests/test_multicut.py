@@ -65,6 +65,26 @@ class Residual(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class ThroughIdentity(nn.Module):
+    """The handed-over tensor reaches an in-place ReLU through an Identity (a DropBlock at p=0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.drop, self.act = nn.Identity(), nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.act(self.drop(self.conv1(x)))
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
+def test_an_input_written_in_place_through_an_alias_is_cloned_first():
+    model, x = ThroughIdentity(), torch.randn(2, 3, 8, 8)
+    sm = _check(model, x, 2, recipe="dgl", split_points=["conv1"])  # DGL's pooling saves conv1's output
+    assert "clone" in sm.blocks[1].code
+
+
 def _check(model, x, num_blocks, **kwargs):
     y = torch.randint(0, 3, (x.shape[0],))
     sm = splitfx.convert(model, x, num_blocks, **kwargs)

@@ -1,8 +1,8 @@
 """Emit pass: one GraphModule per block, bound to the user's model (no copies of any module).
 
 Each block after the first starts with an explicit ``detach`` node on each of its inputs (the tensors
-its cut hands over), followed by a
-``clone`` when one of the block's first ops writes its input in place (``ReLU(inplace=True)``):
+its cut hands over), followed by a ``clone`` when an op of the block writes that input — or a view
+or alias of it, through Identity, DropPath or a reshape — in place (``ReLU(inplace=True)``):
 ``detach`` shares storage and version counter with the upstream tensor, which the previous block
 or its aux head may still need for backward. Parameters, constants and whatever is computed from
 them alone are rematerialised inside each block that uses them, so they are never detached.
@@ -37,6 +37,40 @@ def writes_input_in_place(gm: fx.GraphModule, user: fx.Node, value: fx.Node) -> 
         name = getattr(user.target, "__name__", "")
         return (user.kwargs.get("inplace") is True or user.target in _INPLACE_FUNCTIONS
                 or (name.endswith("_") and not name.endswith("__")))
+    return False
+
+
+# Calls whose output may share storage with their first argument: views, and what returns its input.
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "t",
+                 "expand", "expand_as", "squeeze", "unsqueeze", "narrow", "select", "contiguous", "detach",
+                 "chunk", "split", "unbind", "movedim", "as_strided", "type_as", "to", "float", "__getitem__"}
+_VIEW_FUNCTIONS = {"flatten", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "narrow", "select",
+                   "chunk", "split", "unbind", "movedim", "getitem", "identity"}
+
+
+def may_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s output may share storage with its first argument (conservatively: every
+    parameter-free module may return its input, as Identity, DropPath and in-place activations do)."""
+    if node.op == "call_module":
+        return next(gm.get_submodule(node.target).parameters(), None) is None
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS or writes_input_in_place(gm, node, node.args[0])
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return name in _VIEW_FUNCTIONS or writes_input_in_place(gm, node, node.args[0])
+    return False
+
+
+def written_in_place(gm: fx.GraphModule, src: fx.Node, nodes: list[fx.Node]) -> bool:
+    """Whether any of ``nodes`` writes ``src``, or a view or alias of it, in place."""
+    aliases = {src}
+    for n in nodes:
+        if n.op == "output" or not n.args or not isinstance(n.args[0], fx.Node) or n.args[0] not in aliases:
+            continue
+        if writes_input_in_place(gm, n, n.args[0]):
+            return True
+        if may_alias(gm, n):
+            aliases.add(n)
     return False
 
 
@@ -97,7 +131,6 @@ def emit_block(
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
     variant that lets gradient through to the previous block (cascade recipes)."""
     by_name = {n.name: n for n in gm.graph.nodes}
-    inside = set(nodes)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     if cut_in is not None:
@@ -107,7 +140,7 @@ def emit_block(
             x = graph.placeholder(src.name)
             if detach_input:
                 x = graph.call_method("detach", (x,))
-            if any(writes_input_in_place(gm, u, src) for u in src.users if u in inside):
+            if written_in_place(gm, src, nodes):
                 x = graph.call_method("clone", (x,))
             env[src] = x
             handed.append(x)
