@@ -14,6 +14,19 @@ from ..base.report import SplitPlan, nbytes
 from .legality import max_blocks
 
 
+class _Fits:
+    """Whether the plan for a value (K, or a batch size) fits the budget; each plan made once."""
+
+    def __init__(self, plan_for: Callable[[int], SplitPlan], budget: int, optimizer: str):
+        self.plan_for, self.budget, self.optimizer = plan_for, budget, optimizer
+        self.plans: dict[int, SplitPlan] = {}
+
+    def __call__(self, value: int) -> bool:
+        if value not in self.plans:
+            self.plans[value] = self.plan_for(value)
+        return self.plans[value].training_peak_bytes(self.optimizer) <= self.budget
+
+
 def _bisect(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     """With ``fits(hi)`` and not ``fits(lo)``: a value v in (lo, hi] with ``fits(v)`` and not ``fits(v-1)``."""
     while hi - lo > 1:
@@ -24,13 +37,8 @@ def _bisect(fits: Callable[[int], bool], lo: int, hi: int) -> int:
 
 def smallest_blocks(plan_for: Callable[[int], SplitPlan], most: int, budget: int, optimizer: str) -> SplitPlan:
     """The plan with the fewest blocks (up to ``most``) whose training peak fits ``budget`` bytes."""
-    plans: dict[int, SplitPlan] = {}
-
-    def fits(k: int) -> bool:
-        if k not in plans:
-            plans[k] = plan_for(k)
-        return plans[k].training_peak_bytes(optimizer) <= budget
-
+    fits = _Fits(plan_for, budget, optimizer)
+    plans = fits.plans
     if fits(1):
         return plans[1]
     lo, k = 1, 2
@@ -49,13 +57,8 @@ def smallest_blocks(plan_for: Callable[[int], SplitPlan], most: int, budget: int
 
 def largest_batch(plan_at: Callable[[int], SplitPlan], batch: int, budget: int, optimizer: str) -> SplitPlan:
     """The plan at the largest batch size whose training peak fits ``budget`` bytes."""
-    plans: dict[int, SplitPlan] = {}
-
-    def fits(b: int) -> bool:
-        if b not in plans:
-            plans[b] = plan_at(b)
-        return plans[b].training_peak_bytes(optimizer) <= budget
-
+    fits = _Fits(plan_at, budget, optimizer)
+    plans = fits.plans
     fits(batch)
     start = plans[batch]
     # Activations grow about linearly with the batch: start the bracket at that estimate.
