@@ -47,3 +47,28 @@ def test_checkpoint_exports_and_loads_into_fresh_timm_model(tmp_path, capsys):
     state = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
     fresh = timm.create_model("resnet18", num_classes=10)
     fresh.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}, strict=True)
+
+
+class _ZeroPadThenMaxPool(torch.nn.Module):
+    """BiT ResNet-V2's stem in miniature: the zero padding wins wherever a window is all negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad, self.pool = torch.nn.ConstantPad2d(1, 0.0), torch.nn.MaxPool2d(3, 2)
+
+    def forward(self, x):
+        return self.pool(self.pad(x - 1.0))
+
+
+def test_zero_padding_before_max_pool_survives_onnxruntime_pad_fusion(tmp_path):
+    """onnxruntime's Pad_Fusion folds Pad(0) into MaxPool, whose padding is -inf: exported as is, the
+    border of this model's output would be the negative window maxima instead of 0."""
+    report = splitfx.export_onnx(_ZeroPadThenMaxPool(), tmp_path / "p.onnx", torch.rand(2, 3, 8, 8) * 0.5)
+    assert report.max_abs_diff == 0.0
+
+
+def test_bit_resnetv2_exports_within_tolerance(tmp_path):
+    model = timm.create_model("resnetv2_50x1_bit", num_classes=10)
+    report = splitfx.export_onnx(model, tmp_path / "bit.onnx", torch.randn(2, 3, 64, 64))
+    assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output)
+    assert all(p.requires_grad for p in model.parameters()), "the model itself was not rewritten"

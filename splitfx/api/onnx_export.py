@@ -24,6 +24,7 @@ from ..base.files import atomic_path
 from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
+from .folding import exportable
 from .validation import check_export
 
 
@@ -85,7 +86,7 @@ def export_onnx(
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
     path = os.fspath(path)
     with _untouched(model), atomic_path(path) as tmp:
-        exporter = _export(model, inputs, tmp, dynamic_batch)
+        exporter = _export(exportable(model), inputs, tmp, dynamic_batch)
         report = ExportReport(path, (), 0.0, True)
         if verify:
             report = _verify(model, tmp, inputs, dynamic_batch, atol, path)

@@ -12,10 +12,13 @@ import dataclasses
 import importlib
 import json
 import math
+import os
+import resource
 import signal
 import sys
 
 PREFIX = "@@splitfx "
+MEMORY_ENV = "SPLITFX_WORKER_MEMORY"  # bytes of address space a worker may use (0: no limit)
 
 
 def emit(**event) -> None:
@@ -31,6 +34,9 @@ def main(argv: list[str]) -> None:
     spec, model, stages, limit = argv
     if hasattr(signal, "alarm"):
         signal.alarm(math.ceil(float(limit)) + 60)
+    memory = int(os.environ.get(MEMORY_ENV, "0"))
+    if memory:  # a giant model fails with an allocation error instead of pushing the machine out of memory
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     check = load(spec)
     outcome = check(model, stages.split(","), on_stage=lambda stage, result: emit(stage=stage, result=result))
     emit(outcome=dataclasses.asdict(outcome) if dataclasses.is_dataclass(outcome) else dict(outcome))

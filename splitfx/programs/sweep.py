@@ -124,10 +124,18 @@ def _from_events(name: str, stdout: str, stderr: str, returncode: int, timeout: 
     return {"model": name, "status": status, "stage": in_flight, "reason": reason, "stages": stages, "plans": {}}
 
 
+# Address space per worker: torch's libraries map ~5 GiB; the rest is the model, its fakes and one step.
+# Models that need more (billion-parameter ViTs) fail with an allocation error instead of taking the
+# machine down; set SPLITFX_WORKER_MEMORY (bytes, 0 for none) on a bigger machine.
+WORKER_MEMORY = 14 * 2**30
+
+
 def run_one(name: str, stages: Iterable[str], timeout: float, check: str = DEFAULT_CHECK,
             live: set | None = None) -> Record:
-    """Check ``name`` in a fresh process (``OMP_NUM_THREADS=1`` unless set) under ``timeout`` seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    """Check ``name`` in a fresh process (``OMP_NUM_THREADS=1`` unless set) under ``timeout`` seconds and
+    :data:`WORKER_MEMORY` bytes of address space."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "SPLITFX_WORKER_MEMORY": os.environ.get("SPLITFX_WORKER_MEMORY", str(WORKER_MEMORY))}
     began = time.perf_counter()
     proc = subprocess.Popen([*WORKER, check, name, ",".join(stages), str(timeout)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
