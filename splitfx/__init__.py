@@ -6,7 +6,15 @@
 from .api.conversion import convert
 from .api.onnx_export import ExportReport, export_onnx
 from .api.planning import max_batch, plan
-from .base.errors import ArgumentError, ArgumentTypeError, CheckpointError, PlanError, SplitFXError, TraceError
+from .base.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CheckpointError,
+    DistributedError,
+    PlanError,
+    SplitFXError,
+    TraceError,
+)
 from .base.report import BlockPlan, SplitPlan
 from .base.version import __version__
 from .recipes import Recipe, SplitParts, list_recipes, register_recipe
@@ -18,6 +26,7 @@ __all__ = [
     "ArgumentTypeError",
     "BlockPlan",
     "CheckpointError",
+    "DistributedError",
     "ExportReport",
     "PlanError",
     "Recipe",

@@ -42,9 +42,11 @@ def assert_interleaved_equals_summed(sm: splitfx.SplitModule, x: torch.Tensor, y
 
 def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> list[set[str]]:
     """Observed, not trusted: after loss k's backward alone, exactly the parameters of the blocks
-    ``recipe.reaches(k)`` and of aux head k have a gradient; no backbone parameter belongs to two
-    blocks; every trainable backbone parameter is reached by some loss; every loss is finite and has
-    a grad path. Returns, per k, the names of the parameters that got a gradient."""
+    ``recipe.reaches(k)`` and of the aux modules ``recipe.aux_reaches(k, heads)`` (head k unless the
+    recipe says otherwise, e.g. a block with no loss of its own) have a gradient; no backbone
+    parameter belongs to two blocks; every trainable parameter, backbone and aux heads, is reached by
+    some loss; every loss is finite and has a grad path. Returns, per k, the names of the parameters
+    that got a gradient."""
     sm.train()
     names = {id(p): n for n, p in sm.named_parameters()}
     owners: dict[str, int] = {}
@@ -62,13 +64,13 @@ def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -
             if i == k:
                 loss.backward()
         got = {n for n, p in sm.named_parameters() if p.grad is not None}
-        expected = {names[id(p)] for b in sm.recipe.reaches(k) for p in sm.block_parameters(b) if p.requires_grad}
-        if k < sm.num_blocks - 1:
-            expected |= {names[id(p)] for p in sm.heads[k].parameters()}
+        blocks = sm.recipe.reaches(k, sm.num_blocks)
+        expected = {names[id(p)] for b in blocks for p in sm.block_parameters(b) if p.requires_grad}
+        expected |= {names[id(p)] for m in sm.recipe.aux_reaches(k, sm.heads) for p in m.parameters()}
         unexpected, missing = sorted(got - expected)[:5], sorted(expected - got)[:5]
         assert got == expected, f"block {k}: unexpected {unexpected}, missing {missing}"
         reached.append(got)
-    trainable = {n for n, p in sm.named_parameters() if p.requires_grad and not n.startswith("heads.")}
+    trainable = {n for n, p in sm.named_parameters() if p.requires_grad}
     unreached = trainable - set().union(*reached)
     assert not unreached, f"no loss trains {sorted(unreached)[:5]}"
     return reached

@@ -71,13 +71,26 @@ class Net(nn.Module):
 def test_untraceable_module_is_named_with_the_escape_hatch():
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(splitfx.TraceError) as info:
-        splitfx.plan(Net(), x, num_blocks=2)
+        splitfx.plan(Net(), x, num_blocks=2, auto_leaf=False)
     message = str(info.value)
     assert "'gate'" in message and "DataDependent" in message and "leaf_modules=['gate']" in message
     sm = splitfx.convert(Net(), x, num_blocks=2, leaf_modules=["gate"])
     assert sm.num_blocks == 2
     sm2 = splitfx.convert(Net(), x, num_blocks=2, leaf_modules=[DataDependent])
     assert any(n.op == "call_module" and n.target == "model.gate" for n in sm2.traced.graph.nodes)
+
+
+def test_an_untraceable_submodule_becomes_a_leaf_and_the_model_still_splits():
+    from checks import assert_eval_equal, assert_isolated
+
+    model, x = Net(), torch.randn(2, 3, 8, 8)
+    plan = splitfx.plan(model, x, num_blocks=3, num_classes=4)
+    assert list(plan.auto_leaves) == ["gate"] and "TraceError" in plan.auto_leaves["gate"]
+    assert "kept whole (fx cannot trace inside it): gate" in plan.table()
+    sm = splitfx.convert(model, x, num_blocks=3, num_classes=4)
+    assert any(n.op == "call_module" and n.target == "model.gate" for n in sm.traced.graph.nodes)
+    assert_eval_equal(sm, model, x)
+    assert_isolated(sm, x, torch.randint(0, 4, (2,)))
 
 
 def test_unknown_leaf_name_is_an_error():

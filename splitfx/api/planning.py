@@ -13,6 +13,7 @@ from ..base.units import parse_bytes
 from ..passes.trace import LeafSpec
 from ..planner.budget import largest_batch, most_blocks, smallest_blocks
 from ..planner.driver import Planner
+from ..planner.stages import balance_stages
 from ..recipes import Recipe, create_recipe
 from .validation import check_plan_arguments
 
@@ -37,6 +38,8 @@ def plan(
     tolerance: float = 0.05,
     memory_budget: int | str | None = None,
     optimizer: str = "adamw",
+    auto_leaf: bool = True,
+    stages: int | None = None,
 ) -> SplitPlan:
     """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks.
 
@@ -55,10 +58,21 @@ def plan(
 
     ``memory_budget`` (bytes, or a string such as ``"4GiB"``) chooses K instead of ``num_blocks``:
     the fewest blocks whose predicted training peak (:meth:`SplitPlan.training_peak_bytes` with
-    ``optimizer``) fits; a budget no K meets is a :class:`PlanError` stating the smallest peak."""
+    ``optimizer``) fits; a budget no K meets is a :class:`PlanError` stating the smallest peak.
+
+    With ``auto_leaf`` (the default), a submodule fx cannot trace is kept whole as a leaf and the
+    model still splits around it (``plan.auto_leaves`` says which and why); ``False`` raises instead.
+
+    ``stages`` groups the blocks into that many pipeline ranks (``plan.stages``), balanced by
+    predicted training FLOPs; ``memory_budget`` is then each rank's limit and K stays ``num_blocks``."""
     check_plan_arguments(**locals())
     planner = _planner(model, as_tuple(example_inputs), method, recipe, num_classes, leaf_modules, replace,
-                       replace_mode, max_cut_tensors, tolerance)
+                       replace_mode, max_cut_tensors, tolerance, auto_leaf)
+    if stages is not None:
+        made = planner.plan(num_blocks, split_points)
+        budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        made.stages = balance_stages(made, stages, budget, optimizer, tolerance)
+        return made
     if memory_budget is None:
         return planner.plan(num_blocks, split_points)
     if split_points is not None:
@@ -91,7 +105,7 @@ def max_batch(
 
 def _defaults(options: dict) -> dict:
     known = dict(method="memory", recipe="linear", num_classes=None, leaf_modules=(), replace=None,
-                 replace_mode="tensor", max_cut_tensors=MAX_CUT_TENSORS, tolerance=0.05)
+                 replace_mode="tensor", max_cut_tensors=MAX_CUT_TENSORS, tolerance=0.05, auto_leaf=True)
     unknown = set(options) - set(known)
     if unknown:
         raise TypeError(f"max_batch() got unexpected keywords {sorted(unknown)}")
@@ -100,7 +114,7 @@ def _defaults(options: dict) -> dict:
 
 def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, recipe: str | Recipe,
              num_classes: int | None, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
-             max_cut_tensors: int | None, tolerance: float) -> Planner:
+             max_cut_tensors: int | None, tolerance: float, auto_leaf: bool = True) -> Planner:
     return Planner(model, inputs, method=method, recipe=create_recipe(recipe), num_classes=num_classes,
                    leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
-                   max_cut_tensors=max_cut_tensors, tolerance=tolerance)
+                   max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf)

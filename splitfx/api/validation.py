@@ -142,8 +142,10 @@ _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "plan": lambda v: None if v is None or isinstance(v, SplitPlan) else _raise_type("plan", "a SplitPlan", v),
     "max_cut_tensors": lambda v: _int("max_cut_tensors", v, 1, none_ok=True),
     "tolerance": lambda v: _fraction("tolerance", v),
+    "auto_leaf": lambda v: None if isinstance(v, bool) else _raise_type("auto_leaf", "True or False", v),
     "memory_budget": lambda v: None if v is None else _size("memory_budget", v),
     "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZER_STATES))),
+    "stages": lambda v: _int("stages", v, 1, none_ok=True),
 }
 
 

@@ -41,3 +41,8 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     """``Type: message`` cut to its first non-empty line: a reason that fits in a table cell."""
     lines = [line for line in f"{type(err).__name__}: {err}".splitlines() if line.strip()]
     return lines[0][:limit] if lines else type(err).__name__
+
+
+class DistributedError(SplitFXError):
+    """A multi-process run cannot start (bad world size, stages, plans that differ across ranks) or a
+    peer stopped answering (the message names the rank)."""

@@ -59,8 +59,10 @@ class SplitPlan:
     trainable_params_before: int  # before RepL
     trainable_params: int  # after RepL (fusion coefficients included)
     shared_parameters: list[str] = field(default_factory=list)  # used on both sides of a would-be cut
+    auto_leaves: dict[str, str] = field(default_factory=dict)  # modules fx could not trace → why
     param_bytes: int = 0  # every parameter: the model's, the aux heads', RepL coefficients
     trainable_bytes: int = 0  # those that get gradients and optimizer state
+    stages: Any = None  # plan(..., stages=S): a base.stages.StagePlan, the blocks of each pipeline rank
     saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
     context: Any = field(default=None, repr=False, compare=False)  # the planner's internals, for convert
 
@@ -78,9 +80,10 @@ class SplitPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
-        skip = ("blocks", "context", "saved_profile")
+        skip = ("blocks", "context", "saved_profile", "stages")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["blocks"] = [asdict(b) for b in self.blocks]
+        d["stages"] = self.stages.to_dict() if self.stages is not None else None
         d["memory_ratio"] = self.memory_ratio
         return d
 
@@ -111,10 +114,13 @@ class SplitPlan:
             f"predicted peak saved activations: E2E {nbytes(self.e2e_saved_bytes)}, "
             f"local {nbytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
         )
+        lines += [f"kept whole (fx cannot trace inside it): {name}: {why}" for name, why in self.auto_leaves.items()]
         if self.shared_parameters:
             lines.append(f"kept in one block (used in several places, no cut between uses): "
                          f"{', '.join(self.shared_parameters)}")
         lines += self._replacement_lines()
+        if self.stages is not None:
+            lines.append(self.stages.table())
         return "\n".join(lines)
 
     def _replacement_lines(self) -> list[str]:

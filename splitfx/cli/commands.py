@@ -17,6 +17,12 @@ def _model_and_size(args: argparse.Namespace):
     return model, args.input_size or default_input_size(model)
 
 
+def _recipe(args: argparse.Namespace):
+    from .preflight import recipe_from
+
+    return recipe_from(args)
+
+
 def plan(args: argparse.Namespace) -> int:
     """Show how a model would be split and what each block costs.
 
@@ -34,9 +40,9 @@ def plan(args: argparse.Namespace) -> int:
     from ..base.report import nbytes
 
     model, size = _model_and_size(args)
-    options = dict(method=args.method, recipe=args.recipe, leaf_modules=args.leaf,
+    options = dict(method=args.method, recipe=_recipe(args), leaf_modules=args.leaf,
                    replace=args.replace, replace_mode=args.replace_mode,
-                   max_cut_tensors=args.max_cut_tensors, tolerance=args.tolerance)
+                   max_cut_tensors=args.max_cut_tensors, tolerance=args.tolerance, auto_leaf=args.auto_leaf)
     x = torch.randn(args.batch, *size)
     if args.max_batch and args.budget is None:
         raise SplitFXError("--max-batch needs --budget SIZE: the memory the batch must fit in")
@@ -45,9 +51,9 @@ def plan(args: argparse.Namespace) -> int:
                       split_points=args.split_points, **options)
     else:
         p = make_plan(model, x, args.blocks, split_points=args.split_points, memory_budget=args.budget,
-                      optimizer=args.optimizer, **options)
+                      optimizer=args.optimizer, stages=args.stages, **options)
     print(p.to_json() if args.json else p.table())
-    if args.budget is not None and not args.json:
+    if args.budget is not None and not args.json and args.stages is None:  # with --stages: per stage, above
         what = f"batch {p.input_shapes[0][0]} is the largest that fits" if args.max_batch else f"K={p.num_blocks} fits"
         print(f"{what}: predicted training peak {nbytes(p.training_peak_bytes(args.optimizer))} with "
               f"{args.optimizer} (budget {args.budget})")
@@ -87,8 +93,13 @@ def bench(args: argparse.Namespace) -> int:
     In one process, train MODEL for --steps timed steps (after --warmup) end to end, with
     activation checkpointing over the same K segments (use_reentrant=False), and with local
     losses; print median step time, peak saved activations (the plan's prediction beside it) and
-    peak RSS (CPU) or max_memory_allocated (CUDA), each as a ratio to E2E.
+    peak RSS (CPU) or max_memory_allocated (CUDA), each as a ratio to E2E. With --stages S, under
+    torchrun --nproc-per-node S: samples/s and per-rank memory of the S-rank pipeline vs one process
+    vs torch.distributed.pipelining (GPipe, 1F1B), on CPU with one thread per rank.
     """
+    if args.stages is not None:
+        from .launch import bench as bench_stages
+        return bench_stages(args)
     from ..programs import bench as programs_bench
     from ..programs.models import create_model
 
@@ -96,7 +107,7 @@ def bench(args: argparse.Namespace) -> int:
     results = []
     for k in args.blocks:
         result = programs_bench.run(
-            lambda: create_model(args.model), args.model, k, recipe=args.recipe, batch=args.batch, input_size=size,
+            lambda: create_model(args.model), args.model, k, recipe=_recipe(args), batch=args.batch, input_size=size,
             device=args.device, steps=args.steps, warmup=args.warmup, replace=args.replace,
             channels_last=args.channels_last, amp=args.amp,
         )
@@ -211,8 +222,13 @@ def train(args: argparse.Namespace) -> int:
     batch. Leaves a run folder (default runs/MODEL-RECIPE-kK): checkpoint.pt after every epoch
     (atomically), metrics.jsonl (one line per epoch), plan.png and model.onnx (the trained model,
     verified with onnxruntime). --resume continues a checkpoint bit-exactly on CPU; options not given
-    come from it, options given must match it, and --epochs is the total.
+    come from it, options given must match it, and --epochs is the total. With --stages S, under
+    torchrun --nproc-per-node N: S pipeline stages × N/S data-parallel replicas, the same checkpoint
+    (it resumes on any number of ranks); see docs/distributed.md.
     """
+    if args.stages is not None:
+        from .launch import train as train_stages
+        return train_stages(args)
     from ..programs.run_folder import finish
     from ..programs.train import train as run_training
     from .preflight import train_run

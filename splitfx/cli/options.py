@@ -7,8 +7,11 @@ a bad one is one line (``splitfx: error: argument --batch: ...``): the parser ra
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 from ..base.errors import SplitFXError
 from ..base.units import parse_bytes
@@ -202,9 +205,34 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_recipe(p: argparse.ArgumentParser, default: str, what: str = "local-learning recipe",
                resumable: bool = False) -> None:
-    """``--recipe``, its choices the registered recipes (built-in and installed)."""
+    """``--recipe``, its choices the registered recipes (built-in and installed), and its options."""
     p.add_argument("--recipe", default=None if resumable else default, choices=list_recipes(),
                    help=f"{what} (default {default})")
+    add_recipe_options(p)
+
+
+def recipe_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (KEY, VALUE), the value a Python literal (``(5, 0)``, ``3``, ``0.99``, ``'text'``);
+    a bare word is a string."""
+    key, sep, value = (part.strip() for part in text.partition("="))
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, such as lambda1=(5,0) or n=3")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        if value.isidentifier():
+            return key, value
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a Python literal (a number, a tuple such "
+                                         "as (5, 0), True, 'text')") from None
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """``--recipe-option KEY=VALUE``, repeatable (once per parser: ``train`` gets it from ``--recipe``,
+    ``accuracy`` from its training options)."""
+    with contextlib.suppress(argparse.ArgumentError):  # this parser has it already
+        p.add_argument("--recipe-option", action="append", type=recipe_option, dest="recipe_options",
+                       metavar="KEY=VALUE", help="a recipe option, the value a Python literal; repeatable: "
+                       "--recipe-option lambda1=(5,0) --recipe-option lambda2=(0,1)")
 
 
 class _Replace(argparse.Action):
@@ -237,6 +265,8 @@ def add_split(p: argparse.ArgumentParser) -> None:
                    help="cut right after these modules instead of balancing (overrides --blocks)")
     add_recipe(p, "linear", "aux-head recipe whose heads are costed")
     p.add_argument("--leaf", nargs="+", default=[], metavar="MODULE", help="module names to keep opaque when tracing")
+    p.add_argument("--no-auto-leaf", dest="auto_leaf", action="store_false",
+                   help="fail instead of keeping a submodule fx cannot trace whole (as a leaf)")
     add_replace(p, "RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
                    "or the blocks named; their weights are synthesised from their neighbours")
     p.add_argument("--max-cut-tensors", type=positive_int, default=16, metavar="N",
@@ -252,6 +282,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
     """What ``train`` and ``accuracy`` share: data, epochs, optimisation, seed. Defaults are
     :class:`TrainConfig`'s, applied after parsing (None here: ``--resume`` sees what was given)."""
     c = TrainConfig
+    add_recipe_options(p)
     p.add_argument("--epochs", type=positive_int, help=f"epochs; with --resume the total (default {c.epochs})")
     add_batch(p, None)
     p.add_argument("--data", type=data_spec,

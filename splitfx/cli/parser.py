@@ -9,6 +9,7 @@ from ..base.report import OPTIMIZER_STATES
 from ..base.version import __version__
 from ..recipes import list_recipes
 from . import commands
+from .launch import add_stages
 from .options import (
     EPILOG,
     Parser,
@@ -54,6 +55,9 @@ def _plan(sub) -> None:
                    help="optimizer whose state --budget counts (default %(default)s)")
     p.add_argument("--max-batch", action="store_true", help="with --budget: report the largest batch that fits")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    p.add_argument("--stages", type=positive_int, metavar="S",
+                   help="also group the blocks into S pipeline stages balanced by predicted time (with --budget: "
+                        "each stage's memory limit)")
     p.add_argument("--plot", metavar="FILE.png", type=picture_file, help="also draw the plan to this image file")
 
 
@@ -68,6 +72,7 @@ def _train(sub) -> None:
                         "runs/MODEL-RECIPE-kK, numbered if it exists; with --resume the checkpoint's folder)")
     p.add_argument("--resume", metavar="CKPT", type=checkpoint_file,
                    help="continue from a checkpoint.pt of an earlier run (same model, blocks, recipe, data)")
+    add_stages(p, "train as a pipeline of S ranks")
 
 
 def _export(sub) -> None:
@@ -94,6 +99,7 @@ def _bench(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
+    add_stages(p, "compare an S-rank pipeline with one process and with torch.distributed.pipelining")
 
 
 def _bench_convert(sub) -> None:

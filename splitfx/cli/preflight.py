@@ -6,18 +6,45 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
+from typing import Any
 
 from ..base.errors import PlanError, SplitFXError
 from ..programs.checkpoint import Checkpoint
-from ..programs.config import TrainConfig
+from ..programs.config import TrainConfig, check_options_used, with_all_options
+from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "seed", "max_batches")
 
 
+def recipe_from(args: argparse.Namespace):
+    """``--recipe`` made with its ``--recipe-option`` values (its name alone when none is given)."""
+    from ..recipes import create_recipe
+
+    options = recipe_options(args)
+    return create_recipe(args.recipe, **options) if options else args.recipe
+
+
+def recipe_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--recipe-option`` values as a dict; None when none was given (``--resume`` keeps the
+    checkpoint's). A key given twice is an error."""
+    pairs = getattr(args, "recipe_options", None)
+    if pairs is None:
+        return None
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in options:
+            raise UsageError(f"--recipe-option {key} is given twice ({options[key]!r} and {value!r})")
+        options[key] = value
+    return options
+
+
 def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (the defaults, or a resumed checkpoint's config) with the options given on the command line."""
+    """``base`` (the defaults, or a resumed checkpoint's config) with the options given on the command
+    line; recipe options given are added to the base's."""
     given = {name: getattr(args, name, None) for name in GIVEN}
+    options = recipe_options(args)
+    given["recipe_options"] = None if options is None else {**(base.recipe_options if base else {}), **options}
     if args.input_size is not None:
         c, h, w = args.input_size
         if c != 3 or h != w:
@@ -34,22 +61,24 @@ def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None,
     from ..programs.train import open_resume
 
     if args.resume is None:
-        config = train_config(args)
+        config = with_all_options(train_config(args))
         return config, None, args.out or default_dir(config)
     state = Checkpoint.load(args.resume)
     known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
-    config = train_config(args, TrainConfig(**known))
+    config = with_all_options(train_config(args, TrainConfig(**known)))
     open_resume(state, config, args.resume)  # --epochs not given: the interrupted run's own total
     return config, state, args.out or os.path.dirname(os.path.abspath(args.resume))
 
 
 def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig) -> None:
-    """Refuse, before the first run trains, a K that a model cannot be split into."""
+    """Refuse, before the first run trains, a recipe option no recipe takes and a K that a model cannot
+    be split into."""
     import torch
 
     from ..api.planning import plan
     from ..programs.train import build_model
 
+    check_options_used(recipes, config.recipe_options)
     if not any(r != "e2e" for r in recipes):
         return
     k = max(blocks)

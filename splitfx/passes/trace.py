@@ -7,6 +7,8 @@
 * Modules whose traced code depends on ``self.training`` are made leaves automatically: the graph is
   traced in both modes and every module where the two traces differ is kept opaque, so one graph is
   exact in train and eval mode alike.
+* A submodule fx cannot trace (data-dependent Python) becomes a leaf too, and the trace is repeated
+  (``auto_leaf``, up to 16 modules): the model still splits at the boundaries around it.
 * Each node gets ``node.meta["splitfx"] = {"scope": FQN, "cls": class name}``.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..base.errors import TraceError
+from ..base.errors import TraceError, first_line
 from .bind import bind
 from .names import inside
 
@@ -31,6 +33,7 @@ LeafSpec = str | type
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _MAX_MODE_FIXES = 8
+_MAX_AUTO_LEAVES = 16
 
 
 def _timm_notrace() -> tuple[set[type], set]:
@@ -115,6 +118,14 @@ def _explain(model: nn.Module, tracer: SplitTracer, err: Exception) -> str:
     )
 
 
+class _UntraceableError(TraceError):
+    """A trace that failed inside ``module`` ("" for the top-level forward), for the auto-leaf retry."""
+
+    def __init__(self, message: str, module: str, reason: str):
+        super().__init__(message)
+        self.module, self.reason = module, reason
+
+
 def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) -> fx.Graph:
     tracer = SplitTracer(*tracer_args)
     try:
@@ -122,7 +133,8 @@ def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) 
     except TraceError:
         raise
     except Exception as err:
-        raise TraceError(_explain(model, tracer, err)) from err
+        module = tracer.failed_in[0] if tracer.failed_in is not None else ""
+        raise _UntraceableError(_explain(model, tracer, err), module, first_line(err)) from err
 
 
 def _stack(node: fx.Node) -> list[str]:
@@ -222,11 +234,14 @@ def trace(
     model: nn.Module,
     example_inputs: Sequence[torch.Tensor],
     leaf_modules: Sequence[LeafSpec] = (),
+    auto_leaf: bool = True,
 ) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule bound to it (see :mod:`splitfx.passes.bind`).
 
     The returned graph is valid in both train and eval mode: modules whose code branches on
-    ``self.training`` are kept as leaves. Raises :class:`TraceError` naming the failing module."""
+    ``self.training`` are kept as leaves. With ``auto_leaf``, a submodule that fx cannot trace (data-
+    dependent Python) becomes a leaf and the trace is repeated, up to a bound; ``gm.meta["auto_leaves"]``
+    maps each such module to the reason. Otherwise raises :class:`TraceError` naming the module."""
     timm_classes, timm_functions = _timm_notrace()
     leaf_names = {s for s in leaf_modules if isinstance(s, str)}
     leaf_classes = timm_classes | {s for s in leaf_modules if isinstance(s, type)}
@@ -235,13 +250,21 @@ def trace(
     if unknown:
         raise TraceError(f"leaf_modules names no module of {type(model).__name__}: {unknown}")
     concrete = _concrete_args(model, len(example_inputs))
+    auto: dict[str, str] = {}
 
-    for _ in range(_MAX_MODE_FIXES):
+    for _ in range(_MAX_MODE_FIXES + _MAX_AUTO_LEAVES):
         tracer_args = (leaf_classes, leaf_names, timm_functions)
         graphs = {}
-        for mode in (True, False):
-            with training_mode(model, mode):
-                graphs[mode] = _trace_once(model, tracer_args, concrete)
+        try:
+            for mode in (True, False):
+                with training_mode(model, mode):
+                    graphs[mode] = _trace_once(model, tracer_args, concrete)
+        except _UntraceableError as err:
+            if not auto_leaf or not err.module or err.module in leaf_names or len(auto) >= _MAX_AUTO_LEAVES:
+                raise
+            auto[err.module] = err.reason
+            leaf_names.add(err.module)
+            continue
         patches, scopes = _reconcile(graphs[True], graphs[False])
         if not scopes:
             _read_training_flag(graphs[True], patches)
@@ -254,8 +277,10 @@ def trace(
             )
         leaf_names |= scopes
     else:
-        raise TraceError(f"{type(model).__name__}: too many training-dependent modules to make leaves.")
+        raise TraceError(f"{type(model).__name__}: too many modules to make leaves ({sorted(leaf_names)[:8]} ...).")
 
     graph = graphs[True]
     _annotate_scopes(model, graph)
-    return bind(model, graph, type(model).__name__ + "Traced")
+    gm = bind(model, graph, type(model).__name__ + "Traced")
+    gm.meta["auto_leaves"] = auto
+    return gm

@@ -47,9 +47,9 @@ class _LocalLoss(nn.Module):
 
 
 def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
-            max_cut_tensors: int | None):
+            max_cut_tensors: int | None, auto_leaf: bool):
     """The bound graph, its cost probe and schedule, with RepL fused in when asked for."""
-    gm = trace(model, inputs, leaf_modules)
+    gm = trace(model, inputs, leaf_modules, auto_leaf)
     probe = cost_pass.probe(gm, inputs)
     sched = schedule(probe.graph, max_cut_tensors)
     replacement = Replacement()
@@ -92,6 +92,7 @@ class Planner:
         replace_mode: str,
         max_cut_tensors: int | None,
         tolerance: float,
+        auto_leaf: bool = True,
     ):
         if method not in METHODS:
             raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
@@ -99,7 +100,7 @@ class Planner:
         self.name = type(model).__name__
         self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
-                                                      max_cut_tensors)
+                                                      max_cut_tensors, auto_leaf)
         self.gm, self.probe, self.sched, G = gm, probe, sched, probe.graph
         outputs = probe.outputs
         if num_classes is None and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
@@ -211,6 +212,7 @@ class Planner:
             trainable_params_before=self.trainable_before,
             trainable_params=sum(p.numel() for p in trainable),
             shared_parameters=self.shared,
+            auto_leaves=dict(gm.meta.get("auto_leaves", {})),
             param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()) + heads * itemsize,
             trainable_bytes=sum(p.numel() * p.element_size() for p in trainable) + heads * itemsize,
             saved_profile=[int(b) for b in first_saves(saves, storages)],

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ..recipes import create_recipe
+from .config import options_for, with_all_options
 from .train import TrainConfig, train
 
 
@@ -15,12 +16,14 @@ def run(
     base: TrainConfig,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One training run per (model, recipe, K); a recipe that does not split (``e2e``) runs once per model."""
+    """One training run per (model, recipe, K); a recipe that does not split (``e2e``) runs once per model.
+    Each recipe gets the options of ``base.recipe_options`` that it takes."""
     rows = []
     for model in models:
         for recipe in recipes:
             for k in (blocks if create_recipe(recipe).split else [1]):
-                config = replace(base, model=model, recipe=recipe, blocks=k)
+                config = with_all_options(replace(base, model=model, recipe=recipe, blocks=k,
+                                                  recipe_options=options_for(recipe, base.recipe_options)))
                 result = train(config, log=lambda _: None)
                 last = result.history[-1]
                 rows.append({

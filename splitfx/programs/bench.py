@@ -34,6 +34,7 @@ from ..api.conversion import convert, segments
 from ..api.planning import plan as make_plan
 from ..base.meter import SavedTensorMeter, state_keys
 from ..passes.trace import trace
+from ..recipes import Recipe
 
 
 @dataclass
@@ -159,7 +160,7 @@ def run(
     model_name: str,
     num_blocks: int = 4,
     *,
-    recipe: str = "linear",
+    recipe: str | Recipe = "linear",
     batch: int = 8,
     input_size: Sequence[int] = (3, 224, 224),
     device: str = "cpu",
@@ -185,7 +186,8 @@ def run(
     y = torch.randint(0, num_classes, (batch,), device=device)
     plan = make_plan(model, x, num_blocks, recipe=recipe)
     flops = sum(b.flops for b in plan.blocks)
-    result = BenchResult(model_name, plan.num_blocks, recipe, batch, tuple(input_size), device, steps,
+    label = recipe if isinstance(recipe, str) else repr(recipe)  # a recipe made with options shows them
+    result = BenchResult(model_name, plan.num_blocks, label, batch, tuple(input_size), device, steps,
                          sum(b.aux_flops for b in plan.blocks) / max(flops, 1))
 
     def sgd(params) -> torch.optim.Optimizer:

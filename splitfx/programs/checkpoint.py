@@ -21,7 +21,7 @@ from ..runtime.split_module import SplitModule
 
 @dataclass
 class Checkpoint:
-    config: dict[str, Any]  # TrainConfig as a dict
+    config: dict[str, Any]  # TrainConfig as a dict, every recipe option included (resume is exact)
     epoch: int  # the last finished epoch (0-based)
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]

@@ -2,15 +2,18 @@
 
 The default run is the README's main job: ResNet-18 with linear aux heads at K=4 on the embedded
 digits at 32². It is chosen so that local training saves activation memory (measured: about a third
-of E2E's); InfoPro's decoder upsamples back to the input and saves more than the whole backbone.
+of E2E's); reconstruction heads (InfoPro, MAN, HPFF) cost more at such small inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
 from ..base.errors import ArgumentError, SplitFXError
+from ..recipes import Recipe, create_recipe, list_recipes
+from ..recipes.registry import describe_options
 
 # May differ between a checkpoint and the run resuming it: --epochs is the new total, and where
 # and how fast it runs does not change what is trained.
@@ -33,10 +36,38 @@ class TrainConfig:
     weight_decay: float = 0.05
     seed: int = 0
     max_batches: int | None = None  # per epoch; None: the whole training set (fewer: quick trials)
+    # The recipe's options (``splitfx.recipe(recipe, **recipe_options)``). ``splitfx train`` records
+    # every one, defaults included (:func:`with_all_options`), so a resumed run trains the same recipe.
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+
+    def make_recipe(self) -> Recipe:
+        """The recipe this run trains with: ``recipe`` made with ``recipe_options``."""
+        return create_recipe(self.recipe, **self.recipe_options)
+
+
+def with_all_options(config: TrainConfig) -> TrainConfig:
+    """``config`` with every option of its recipe recorded (the given ones checked, defaults filled in)."""
+    return replace(config, recipe_options=config.make_recipe().options())
+
+
+def options_for(recipe: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options among ``options`` that ``recipe`` takes (``accuracy`` gives one set to several recipes)."""
+    accepted = create_recipe(recipe).option_defaults()
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def check_options_used(recipes: list[str], options: dict[str, Any]) -> None:
+    """Refuse an option that none of ``recipes`` takes, naming what each accepts."""
+    unused = sorted(k for k in options if not any(k in create_recipe(r).option_defaults() for r in recipes))
+    if unused:
+        accepts = "; ".join(f"{r}: {describe_options(r)}" for r in recipes)
+        raise ArgumentError(f"--recipe-option {', '.join(unused)}: none of the recipes takes it ({accepts})")
 
 
 def option(name: str) -> str:
     """How the command line spells a config field: ``model`` is the positional, the rest ``--flags``."""
+    if name == "recipe_options":
+        return "--recipe-option"
     return "MODEL" if name == "model" else "--" + name.replace("_", "-")
 
 
@@ -46,6 +77,11 @@ def check_resume(config: TrainConfig, saved: dict, path: str) -> None:
     if unknown:
         raise SplitFXError(f"--resume {path}: the checkpoint's config has fields this splitfx does not know "
                            f"({', '.join(unknown)}); resume it with the splitfx version that wrote it")
+    recipe = saved.get("recipe", config.recipe)
+    if "recipe_options" not in saved and recipe in list_recipes() and create_recipe(recipe).option_defaults():
+        raise SplitFXError(f"--resume {path}: the checkpoint does not record its recipe's options (it predates "
+                           "them), so this splitfx cannot resume it exactly; resume it with the splitfx version "
+                           "that wrote it, or start a new run")
     differ = [f"{option(f.name)} {getattr(config, f.name)!r} (checkpoint: {saved[f.name]!r})"
               for f in fields(TrainConfig) if f.name not in RESUMABLE and f.name in saved
               and getattr(config, f.name) != saved[f.name]]

@@ -122,7 +122,7 @@ def train(
     train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert(model, example, config.blocks, recipe=config.recipe).to(config.device)
+    sm = convert(model, example, config.blocks, recipe=config.make_recipe()).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)

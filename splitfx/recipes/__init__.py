@@ -3,7 +3,7 @@
 Importing this package registers the built-in recipes (each module registers its own)."""
 from __future__ import annotations
 
-from . import auglocal, cascade, dgl, infopro, man, simple  # noqa: F401  (they register themselves)
+from . import auglocal, dgl, hpff, infopro, man, mlaan, simple  # noqa: F401  (they register themselves)
 from .base import Boundary, GraphInfo, LossFn, Recipe, SplitParts
 from .registry import create_recipe, list_recipes, register_recipe
 

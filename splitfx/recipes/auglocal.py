@@ -1,40 +1,54 @@
 """``auglocal``: AugLocal (Ma, Wu, Ma, Zhang, Li, ICLR 2024).
 
-The aux net of the block ending at a cut is built from *architecture copies* of layers sampled
-uniformly from the layers after the cut (``round(n·i/d)``, i = 1..d, so the last layer of the model
-is always the deepest), each freshly initialised, then GAP → Linear. Depth is pyramidal: d shrinks
-linearly from ``max_depth`` at the first cut to half of it at the last (coefficient 0.5).
+Published: the aux net of the block ending at layer l (of L) is d layers sampled uniformly from the
+layers after it, ``round(l + (L−l−1)/d · i)`` for i = 1..d (so the last layer of the network is
+always the deepest), each a fresh, randomly initialised block with that layer's architecture, then
+GAP → Linear. Depth is pyramidal: ``max(1, round(d·(1−c·t) + c·t))`` at relative depth t = l/L,
+c = 0.5. Options: ``d`` (default 2, the README's ResNet-32 setting; it uses 3 on ResNet-110) and ``c``.
+Python's ``round`` (halves to even), as the public code computes it; at d = 2 the pyramid keeps
+depth 2 wherever two layers remain, at d = 3 it goes 3 → 2.
 
-Departures: "layers" are the units splitfx finds in this very graph (residual / transformer blocks,
-stem layers); when a sampled layer expects another width or resolution than the features reaching
-it, a 1×1 conv (stride where the resolution drops) or Linear adapter is inserted, and layers no
-adapter fits are skipped; ``max_depth`` defaults to 2 to keep aux compute modest. Cuts with no
-layer after them fall back to pool + Linear.
+Departures, and why:
+- "Layers" are the model's repeated units that splitfx finds in the graph (residual, transformer,
+  inverted-residual blocks — :meth:`GraphInfo.repeated`): never a stem conv, a final norm or the
+  classifier, which are not layers of the network in the paper's sense. l counts the repeated units
+  before the cut; a unit the cut falls inside counts on neither side.
+- Where a sampled layer expects another width or resolution than the features reaching it, a 1×1
+  conv (stride where the resolution drops) or Linear adapter is inserted (the paper builds the
+  sampled layer with that stride and width itself); where none fits (a cut inside a transformer
+  block handing over attention tensors), a resampling bridge (:class:`~.heads.Resample`: pool to
+  the layer's positions, Linear to its width), so the aux net keeps its depth at every cut.
+- Fewer layers than d left after the cut: the aux net samples those there are; none: pool + Linear.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
-from .copies import fresh_copy
-from .heads import PoolLinear, adapter
-from .layout import channels, infer_layout
+from .copies import chain, fresh_copy
+from .heads import pool_linear
 from .registry import register_recipe
+from .values import count, fraction
 
 
-def sampled_chain(boundary: Boundary, graph: GraphInfo, units, fresh) -> tuple[list[nn.Module], tuple, str]:
-    """Modules running ``units`` one after another from the boundary tensor, with adapters."""
-    hw = boundary.input_shape[-2:]
-    shape, layout = boundary.shape, boundary.layout
-    layers: list[nn.Module] = []
-    for unit in units:
-        want = infer_layout(unit.in_shape, hw)
-        bridge = adapter(shape, layout, unit.in_shape, want)
-        if bridge is None:
-            continue
-        layers += [bridge, fresh(graph.model.get_submodule(unit.name))]
-        shape, layout = unit.out_shape, infer_layout(unit.out_shape, hw)
-    return [m for m in layers if not isinstance(m, nn.Identity)], shape, layout
+def pyramid_depth(d: int, c: float, t: float) -> int:
+    """AugLocal's aux depth at relative depth t: ``max(1, round(d·(1−c·t) + c·t))``."""
+    return max(1, round(d * (1 - c * t) + c * t))
+
+
+def sampled(boundary: Boundary, graph: GraphInfo, d: int, c: float) -> list:
+    """The repeated units AugLocal samples for the cut of ``boundary`` (in order)."""
+    repeated = graph.repeated()
+    before = sum(u.end <= boundary.position for u in repeated)
+    after = graph.repeated_after(boundary.position)
+    if not after:
+        return []
+    t = before / len(repeated)
+    depth = min(pyramid_depth(d, c, t), len(after))
+    last = before - 1  # index of the block's last layer among the repeated units
+    n = len(after)
+    picks = [round(last + n / depth * i) - before for i in range(1, depth + 1)]
+    return [after[i] for i in dict.fromkeys(min(max(i, 0), n - 1) for i in picks)]
 
 
 @register_recipe("auglocal")
@@ -42,13 +56,11 @@ class AugLocal(Recipe):
     paper = "Ma et al., ICLR 2024"
     needs_units = True
 
-    def __init__(self, max_depth: int = 2, pyramid: float = 0.5):
-        self.max_depth, self.pyramid = max_depth, pyramid
+    def __init__(self, d: int = 2, c: float = 0.5):
+        self.d, self.c = count("d", d), fraction("c", c)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        after = graph.units_after(boundary.position)
-        depth = max(1, round(self.max_depth * (1 - self.pyramid * boundary.depth)))
-        depth = min(depth, len(after))
-        picks = list(dict.fromkeys(after[round(len(after) * i / depth) - 1] for i in range(1, depth + 1)))
-        layers, shape, layout = sampled_chain(boundary, graph, picks, fresh_copy)
-        return nn.Sequential(*layers, PoolLinear(layout, channels(shape, layout), boundary.num_classes))
+        units = sampled(boundary, graph, self.d, self.c)
+        spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
+        layers, shape, layout = chain(units, graph, spec, boundary.shape, boundary.input_shape, fresh_copy)
+        return nn.Sequential(*layers, pool_linear(shape, layout, boundary.num_classes))

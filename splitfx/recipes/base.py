@@ -5,8 +5,10 @@ final loss, the model for EMA sources), never the runtime's ``SplitModule``.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..passes.units import Unit
+from .layout import MapSpec, map_spec
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,6 +51,27 @@ class GraphInfo:
     def units_after(self, position: int) -> list[Unit]:
         return [u for u in self.units if u.start >= position]
 
+    def repeated(self) -> list[Unit]:
+        """The model's repeated layers: units that are composite modules (residual, transformer,
+        inverted-residual blocks) of a class that occurs at least twice — not a stem conv, a final
+        norm or a classifier head. Models with no such class fall back to leaf units of a repeated
+        class (a plain conv stack)."""
+        kinds = [type(self.model.get_submodule(u.name)) for u in self.units]
+        composite = [next(self.model.get_submodule(u.name).children(), None) is not None for u in self.units]
+        for need_children in (True, False):
+            found = [u for u, kind, parent in zip(self.units, kinds, composite, strict=True)
+                     if kinds.count(kind) >= 2 and (parent or not need_children)]
+            if found:
+                return found
+        return []
+
+    def repeated_after(self, position: int) -> list[Unit]:
+        return [u for u in self.repeated() if u.start >= position]
+
+    def spec(self, shape: Sequence[int], layout: str, input_shape: Sequence[int]) -> MapSpec:
+        """How a tensor of ``shape`` becomes a map in this model (token grids from its prefix count)."""
+        return map_spec(shape, layout, input_shape, self.model)
+
 
 @dataclass(frozen=True)
 class SplitParts:
@@ -73,7 +97,9 @@ class Recipe:
     """A recipe: one aux head per non-final block, a local loss, and the per-step loop.
 
     The default loop runs block k on the detached output of block k-1, yields its loss, and moves
-    on; ``reaches(k)`` says which blocks loss k trains (gradient isolation as the method defines it).
+    on; ``reaches(k)`` says which blocks loss k trains and ``aux_reaches(k, heads)`` which aux
+    modules (gradient isolation as the method defines it). Options are the keyword arguments of
+    ``__init__``, each kept as the attribute of the same name (:meth:`options`).
     Subclasses register with ``@splitfx.register_recipe("name")``."""
 
     name = "base"
@@ -83,20 +109,42 @@ class Recipe:
     needs_units = False  # True: make_head copies the model's own layers
     merge = "map"  # how a cut's several tensors join for the head: "map" or "vector" (recipes/merge.py)
 
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The recipe's options and their defaults: the keyword arguments of its ``__init__``."""
+        if cls.__init__ is object.__init__:
+            return {}
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in params
+                if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def options(self) -> dict[str, Any]:
+        """The options this instance was made with."""
+        return {name: getattr(self, name, default) for name, default in self.option_defaults().items()}
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.options().items())})"
+
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         raise NotImplementedError(f"recipe {self.name!r} does not define make_head")
 
     def head_key(self, boundary: Boundary, graph: GraphInfo) -> Hashable:
         """Boundaries with equal keys get structurally identical heads (the planner probes one).
-        Heads built from the model's own layers depend on the layers after the cut."""
-        after = graph.units_after(boundary.position)[:1] if self.needs_units else ()
-        return boundary.parts, boundary.shape, boundary.layout, tuple(u.name for u in after)
+        Heads may depend on the cut's depth (λ schedules) and, when built from the model's own
+        layers, on every layer after the cut."""
+        after = graph.units_after(boundary.position) if self.needs_units else ()
+        return boundary.parts, boundary.shape, boundary.layout, boundary.depth, tuple(u.name for u in after)
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         return F.cross_entropy(head(features), target)
 
-    def reaches(self, k: int) -> tuple[int, ...]:
+    def reaches(self, k: int, num_blocks: int | None = None) -> tuple[int, ...]:
+        """The blocks loss k trains (``num_blocks``, when given, for recipes whose rule depends on it)."""
         return (k,)
+
+    def aux_reaches(self, k: int, heads: Sequence[nn.Module]) -> list[nn.Module]:
+        """The aux modules loss k trains: head k (the last loss, the model's own head, trains none)."""
+        return [heads[k]] if k < len(heads) else []
 
     def step_bytes(self, with_aux: np.ndarray, backbone: np.ndarray, k: int) -> float:
         """Predicted saved bytes while loss k is alive, from block costs over the chosen boundaries

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from ..passes.units import Unit
+from .base import GraphInfo
+from .heads import Resample, adapter
+from .layout import MapSpec, infer_layout
 
 
 def _copy(module: nn.Module) -> nn.Module:
@@ -62,3 +68,37 @@ class EMA(nn.Module):
             self.module.get_buffer(name).lerp_(p.detach(), 1.0 - self.momentum)
         for name, b in source.named_buffers():
             self.module.get_buffer(name).copy_(b)
+
+
+class Follows(nn.Module):
+    """An aux module holding ``ema``, an EMA copy of the backbone layer named ``source``."""
+
+    ema: EMA
+    source: str
+
+    def ema_sources(self) -> list[tuple[EMA, str]]:
+        return [(self.ema, self.source)]
+
+
+def bridge(spec: MapSpec, have: Sequence[int], have_layout: str, want: Sequence[int], want_layout: str
+           ) -> nn.Module:
+    """The layer that lets a copied layer expecting ``want`` read a tensor of ``have``: the cheap
+    :func:`~.heads.adapter` where one fits (identity, 1×1 conv, Linear), else :class:`~.heads.Resample`."""
+    cheap = adapter(have, have_layout, want, want_layout)
+    return cheap if cheap is not None else Resample(spec, have, want, want_layout)
+
+
+def chain(units: Sequence[Unit], graph: GraphInfo, spec: MapSpec, shape: Sequence[int], input_shape: Sequence[int],
+          copy: Callable[[nn.Module], nn.Module]) -> tuple[list[nn.Module], tuple, str]:
+    """``copy`` of each unit, run one after another from a tensor of ``shape`` read through ``spec``,
+    with a :func:`bridge` where a unit expects another shape. Returns the modules and the shape and
+    layout they produce."""
+    hw = input_shape[-2:]
+    layers: list[nn.Module] = []
+    layout = spec.layout
+    for unit in units:
+        want = infer_layout(unit.in_shape, hw)
+        layers += [bridge(spec, shape, layout, unit.in_shape, want), copy(graph.model.get_submodule(unit.name))]
+        shape, layout = unit.out_shape, infer_layout(unit.out_shape, hw)
+        spec = graph.spec(shape, layout, input_shape)
+    return [m for m in layers if not isinstance(m, nn.Identity)], tuple(shape), layout

@@ -1,12 +1,16 @@
 """``dgl``: Decoupled Greedy Learning (Belilovsky, Eickenberg, Oyallon, ICML 2020).
 
-Aux net "MLP-SR": adaptive average pool to ⌈H/4⌉ → n × [1×1 conv, BN, ReLU] → adaptive average
-pool 2×2 → m × [Linear 4C→4C, BN1d, ReLU] → Linear → classes; cross-entropy.
+Published: aux net "MLP-SR": adaptive average pool to ⌈H/4⌉ → n × [1×1 conv C→C, BN, ReLU] →
+adaptive average pool 2×2 → m × [Linear 4C→4C, BN1d, ReLU] → Linear → classes; cross-entropy.
+Defaults n = m = 3, the official code's (its ImageNet script); options ``n``, ``m`` (n = m = 1 is the
+cheapest setting the paper sweeps).
 
-Departures: n = m = 1 by default (the paper sweeps them); blocks are placed by splitfx's planner
-(memory-balanced) instead of uniformly; one optimizer for all blocks (DGL uses one per block; pass
+Departures, and why: blocks are placed by splitfx's planner (memory-balanced) instead of uniformly,
+the point of splitfx; one optimizer for all blocks (DGL uses one per block; pass
 ``sm.block_parameters(k)`` + ``sm.heads[k].parameters()`` to your own optimizers to get that back);
-token boundaries are reshaped to their square grid first."""
+token grids are read with the model's prefix tokens dropped, and a sequence with no grid as a 1×L
+map, because the paper's net is defined on maps only.
+"""
 from __future__ import annotations
 
 from torch import nn
@@ -14,14 +18,16 @@ from torch import nn
 from .base import Boundary, GraphInfo, Recipe
 from .heads import MLPSR
 from .registry import register_recipe
+from .values import count
 
 
 @register_recipe("dgl")
 class DGL(Recipe):
     paper = "Belilovsky et al., ICML 2020"
 
-    def __init__(self, n: int = 1, m: int = 1):
-        self.n, self.m = n, m
+    def __init__(self, n: int = 3, m: int = 3):
+        self.n, self.m = count("n", n, 0), count("m", m, 0)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        return MLPSR(boundary.layout, boundary.shape, boundary.num_classes, self.n, self.m)
+        spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
+        return MLPSR(spec, boundary.shape, boundary.num_classes, self.n, self.m)

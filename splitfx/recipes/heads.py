@@ -1,38 +1,25 @@
-"""Aux-head building blocks shared by the recipes, for any boundary layout."""
+"""Aux-head building blocks shared by the recipes, for any boundary layout.
+
+Convolutional heads read the boundary through a :class:`~.layout.MapSpec` (token grids recognised
+from the model, sequences kept as 1×L rows); pooling heads read every position as it is.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from math import isqrt
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import channels, pool
+from .layout import MapSpec, as_row, channels, pool
 
 
 def as_map(x: torch.Tensor, layout: str) -> torch.Tensor:
-    """An NCHW map from any layout. Tokens become their square grid (prefix tokens such as CLS or
-    distillation tokens are dropped); a token count with no square grid becomes a 1×L map."""
-    if layout == "NCHW":
-        return x
-    if layout == "NHWC":
-        return x.permute(0, 3, 1, 2)
-    if layout == "NC":
-        return x[:, :, None, None]
-    n, length, c = x.shape
-    side = isqrt(length)
-    prefix = length - side * side
-    if side and prefix <= 8:
-        return x[:, prefix:].transpose(1, 2).reshape(n, c, side, side)
-    return x.transpose(1, 2).unsqueeze(2)
-
-
-def map_shape(shape: Sequence[int], layout: str) -> tuple[int, int, int]:
-    """(C, H, W) of ``as_map`` for a boundary of ``shape``."""
-    probe = torch.empty(shape, device="meta")
-    _, c, h, w = as_map(probe, layout).shape
-    return c, h, w
+    """An NCHW map from any layout without knowing the model: tokens stay a 1×L row (no grid is
+    guessed; heads that know the model use :func:`~.layout.map_spec`)."""
+    if layout == "NLC":
+        return as_row(x)
+    return MapSpec(layout)(x)
 
 
 class PoolLinear(nn.Module):
@@ -47,17 +34,24 @@ class PoolLinear(nn.Module):
         return self.fc(pool(x, self.layout))
 
 
+def pool_linear(shape: Sequence[int], layout: str, num_classes: int) -> PoolLinear:
+    return PoolLinear(layout, channels(shape, layout), num_classes)
+
+
+def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU())
+
+
 class MLPSR(nn.Module):
     """DGL's aux net: pool to ⌈H/4⌉, n × [1×1 conv, BN, ReLU], pool 2×2, m × [Linear, BN1d, ReLU], Linear."""
 
-    def __init__(self, layout: str, shape: Sequence[int], num_classes: int, n: int = 1, m: int = 1):
+    def __init__(self, spec: MapSpec, shape: Sequence[int], num_classes: int, n: int = 3, m: int = 3):
         super().__init__()
-        self.layout = layout
-        c, h, w = map_shape(shape, layout)
+        self.spec = spec
+        c, h, w = spec.map_shape(shape)
         self.pool = nn.AdaptiveAvgPool2d((max(1, -(-h // 4)), max(1, -(-w // 4))))
-        self.convs = nn.Sequential(*[
-            nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()) for _ in range(n)
-        ])
+        self.convs = nn.Sequential(*[conv_bn_relu(c, c, kernel=1) for _ in range(n)])
         self.pool2 = nn.AdaptiveAvgPool2d(2)
         self.mlp = nn.Sequential(*[
             nn.Sequential(nn.Linear(4 * c, 4 * c, bias=False), nn.BatchNorm1d(4 * c), nn.ReLU()) for _ in range(m)
@@ -65,55 +59,50 @@ class MLPSR(nn.Module):
         self.fc = nn.Linear(4 * c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(self.pool(as_map(x, self.layout)))
+        x = self.convs(self.pool(self.spec(x)))
         return self.fc(self.mlp(torch.flatten(self.pool2(x), 1)))
 
 
-class Classifier1c2f(nn.Module):
-    """InfoPro's "1c2f": conv3×3 (stride 2 and 2× width on narrow maps) → BN → ReLU → GAP →
-    Linear(→hidden) → ReLU → Linear(→out)."""
+class Classifier(nn.Module):
+    """InfoPro's "1c2f" (``convs=1``) and HPFF's "2c2f" (``convs=2``): conv3×3 (stride 2 and 2× width
+    on narrow maps, C < 64) → BN → ReLU [→ conv3×3 → BN → ReLU] → GAP → Linear(→hidden) → ReLU →
+    Linear(→out)."""
 
-    def __init__(self, layout: str, shape: Sequence[int], out_features: int, hidden: int = 128):
+    def __init__(self, spec: MapSpec, shape: Sequence[int], out_features: int, convs: int = 1, hidden: int = 128):
         super().__init__()
-        self.layout = layout
-        c, h, w = map_shape(shape, layout)
+        self.spec = spec
+        c, h, w = spec.map_shape(shape)
         narrow = c < 64
         width = 2 * c if narrow else c
         stride = 2 if narrow and min(h, w) >= 4 else 1
-        self.conv = nn.Sequential(nn.Conv2d(c, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.conv = nn.Sequential(conv_bn_relu(c, width, 3, stride),
+                                  *[conv_bn_relu(width, width) for _ in range(convs - 1)])
         self.fc = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(as_map(x, self.layout)).mean((2, 3)))
+        return self.fc(self.conv(self.spec(x)).mean((2, 3)))
 
 
-class Decoder(nn.Module):
-    """InfoPro's reconstruction decoder: bilinear upsample to the input size → conv3×3 → BN → ReLU
-    → conv3×3 → image channels."""
+class Scored(nn.Module):
+    """A classifier with ``loss(features, target, image)``: cross-entropy on its logits."""
 
-    def __init__(self, layout: str, shape: Sequence[int], image_shape: Sequence[int], width: int = 12):
+    def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.layout = layout
-        c = map_shape(shape, layout)[0]
-        self.size = tuple(image_shape[-2:])
-        self.net = nn.Sequential(
-            nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, image_shape[-3], 3, 1, 1),
-        )
+        self.classifier = classifier
+        self.weights = {"task": 1.0}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(as_map(x, self.layout), size=self.size, mode="bilinear", align_corners=True)
-        return self.net(x)
+        return self.classifier(x)
+
+    def loss(self, features: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(features), target)
 
 
-def patches(x: torch.Tensor, layout: str, parts: int = 2) -> list[torch.Tensor]:
-    """HPFF's patch split: parts×parts spatial patches of a map (token runs for sequences)."""
-    if layout == "NC":
-        return [x]
-    if layout == "NLC":
-        return list(x.chunk(parts * parts, dim=1))
-    h_dim, w_dim = (2, 3) if layout == "NCHW" else (1, 2)
-    return [p for rows in x.chunk(parts, dim=h_dim) for p in rows.chunk(parts, dim=w_dim)]
+class NoHead(nn.Module):
+    """Stands at a cut whose block has no loss of its own: no parameters, nothing computed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this cut has no aux head: its block learns only through the next block's cascade")
 
 
 def supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -130,9 +119,6 @@ def supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
     return -(mean_log_prob * valid).sum() / valid.sum().clamp(min=1)
 
 
-__all__ = ["MLPSR", "Classifier1c2f", "Decoder", "PoolLinear", "as_map", "channels", "patches", "supcon"]
-
-
 class _Permuted(nn.Module):
     """Run an NCHW module on NHWC maps."""
 
@@ -142,6 +128,28 @@ class _Permuted(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Resample(nn.Module):
+    """Any boundary → a tensor of shape ``want`` in ``want_layout``, for a copied layer no cheap
+    :func:`adapter` fits (a cut inside a transformer block handing over attention tensors): the
+    boundary as a map (``spec``), average-pooled to the target's positions, a linear map to its
+    channels."""
+
+    def __init__(self, spec: MapSpec, have: Sequence[int], want: Sequence[int], want_layout: str):
+        super().__init__()
+        self.spec, self.want, self.layout = spec, tuple(want[1:]), want_layout
+        self.fc = nn.Linear(spec.map_shape(have)[0], channels(want, want_layout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.spec(x)
+        if self.layout in ("NCHW", "NHWC"):
+            hw = self.want[1:] if self.layout == "NCHW" else self.want[:2]
+            x = self.fc(F.adaptive_avg_pool2d(x, hw).permute(0, 2, 3, 1))
+            return x.permute(0, 3, 1, 2) if self.layout == "NCHW" else x
+        if self.layout == "NLC":
+            return self.fc(F.adaptive_avg_pool1d(x.flatten(2), self.want[0]).transpose(1, 2))
+        return self.fc(x.mean((2, 3)))
 
 
 def adapter(have: Sequence[int], have_layout: str, want: Sequence[int], want_layout: str) -> nn.Module | None:
@@ -162,3 +170,7 @@ def adapter(have: Sequence[int], have_layout: str, want: Sequence[int], want_lay
         conv = nn.Sequential(nn.Conv2d(ci, co, 1, stride=(hi // ho, wi // wo), bias=False), nn.BatchNorm2d(co))
         return conv if have_layout == "NCHW" else _Permuted(conv)
     return None
+
+
+__all__ = ["MLPSR", "Classifier", "NoHead", "PoolLinear", "Resample", "Scored", "adapter", "as_map", "conv_bn_relu",
+           "pool_linear", "supcon"]

@@ -1,15 +1,24 @@
 """``infopro`` / ``infopro_supcon``: InfoPro (Wang, Ni, Song, Yang, Huang, ICLR 2021).
 
-Two heads per cut: a decoder (bilinear upsample to the input size → conv3×3 → BN → ReLU → conv3×3
-→ image channels) with a reconstruction loss, and the "1c2f" classifier (conv3×3 → BN → ReLU → GAP
-→ Linear(128) → ReLU → Linear(classes), or → 128-d features for SupCon at temperature 0.07).
-Loss = λ1·recon + λ2·task, λ1 going linearly 5 → 0 and λ2 0.5 → 1 from the first to the last cut
-(the public code's ixx/ixy for CIFAR).
+Published: two heads per cut, a decoder with a reconstruction loss and the "1c2f" classifier
+(conv3×3 → BN → ReLU → GAP → Linear(128) → ReLU → Linear(classes), or → 128-d features for SupCon
+at temperature 0.07); loss = λ1·recon + λ2·task, λ1 and λ2 linear in the cut index over K−2 between
+endpoints the public scripts tune per K. Defaults: ``lambda1=(5, 0)``, ``lambda2=(0, 1)`` (their
+ResNet-110 K=8 script; K=16 uses ``lambda2=(0, 1)`` with ``lambda1=(5, 0.5)``). Options:
+``lambda1``, ``lambda2`` as (first cut, last cut) or one number for both.
 
-Departures: the reconstruction target is the input as given (the paper's is the un-normalised image,
-which splitfx does not see) and the loss is MSE, not Sigmoid + BCELoss (which is not autocast-safe);
-cut placement is splitfx's memory-balanced plan, which automates the hand-tuned "InfoPro*" splits;
-token boundaries are reshaped to their square grid.
+Departures, and why:
+- The decoder reduces channels with a 1×1 conv before upsampling in ×2 stages (the authors'
+  ImageNet decoder, generalised in :mod:`.decoders`), not the CIFAR decoder's upsample-first: that
+  one holds C·H·W floats per image and makes the aux head the step's memory peak at 224².
+- The reconstruction target is the input as given (the paper's is the un-normalised image, which
+  splitfx does not see) and the loss is MSE, not Sigmoid + BCELoss (not autocast-safe).
+- A term whose λ is 0 at a cut is left out there (no decoder at the last cut by default): it would
+  add memory and only zero gradients. Where no reconstruction is possible (a token sequence that is
+  not a grid, a vector, a non-image input) the head is the classifier alone, at weight λ2 (1 where
+  λ2 is 0).
+- Cuts are splitfx's memory-balanced plan (it automates the hand-tuned "InfoPro*" splits); the
+  classifier reads token grids with the model's prefix tokens dropped.
 """
 from __future__ import annotations
 
@@ -18,39 +27,73 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
-from .heads import Classifier1c2f, Decoder, supcon
+from .decoders import ImageDecoder, can_reconstruct
+from .heads import Classifier, supcon
+from .layout import MapSpec
 from .registry import register_recipe
+from .values import between, endpoints, some_term
 
 
 class InfoProHead(nn.Module):
-    def __init__(self, layout: str, shape, image_shape, num_classes: int, depth: float, contrast: bool):
+    """Decoder (when λ1 > 0 and the map can be decoded) + classifier (when its weight > 0).
+    ``weights`` holds the weight of each term present."""
+
+    def __init__(self, spec: MapSpec, shape, image_shape, out_features: int, recon: float, task: float,
+                 contrast: bool = False, convs: int = 1):
         super().__init__()
-        self.recon_weight = 5.0 * (1.0 - depth)
-        self.task_weight = 0.5 + 0.5 * depth
-        self.decoder = Decoder(layout, shape, image_shape) if self.recon_weight else None
-        self.classifier = Classifier1c2f(layout, shape, 128 if contrast else num_classes)
+        decodable = can_reconstruct(spec, image_shape)
+        if not decodable:
+            recon, task = 0.0, task or 1.0
+        self.weights = {name: w for name, w in (("recon", recon), ("task", task)) if w}
+        self.decoder = ImageDecoder(spec, shape, image_shape) if recon else None
+        self.classifier = Classifier(spec, shape, out_features, convs) if task else None
         self.contrast = contrast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
 
+    def terms(self, features: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.decoder is not None:
+            out["recon"] = self.decoder.loss(features, image)
+        if self.classifier is not None:
+            z = self.classifier(features)
+            out["task"] = supcon(z, target) if self.contrast else F.cross_entropy(z, target)
+        return out
+
     def loss(self, features: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        z = self.classifier(features)
-        task = supcon(z, target) if self.contrast else F.cross_entropy(z, target)
-        if self.decoder is None:
-            return self.task_weight * task
-        recon = F.mse_loss(self.decoder(features).float(), image.float())
-        return self.recon_weight * recon + self.task_weight * task
+        terms = self.terms(features, target, image)
+        return sum(self.weights[name] * value for name, value in terms.items())
+
+
+class Lambdas(Recipe):
+    """A recipe whose loss weighs terms by λ1, λ2 interpolated from the first cut to the last."""
+
+    every_cut = True  # every cut's loss needs a term with λ > 0 (False: the recipe adds another term)
+
+    def __init__(self, lambda1=(5.0, 0.0), lambda2=(0.0, 1.0)):
+        self.lambda1, self.lambda2 = endpoints("lambda1", lambda1), endpoints("lambda2", lambda2)
+        if self.every_cut:
+            some_term(self.lambda1, self.lambda2)
+
+    def weights(self, boundary: Boundary) -> tuple[float, float]:
+        """(λ1, λ2) at this cut: linear in the cut index over K−2, as the public code."""
+        return between(self.lambda1, boundary.depth), between(self.lambda2, boundary.depth)
 
 
 @register_recipe("infopro")
-class InfoPro(Recipe):
+class InfoPro(Lambdas):
     paper = "Wang et al., ICLR 2021"
     contrast = False
 
+    def infopro_head(self, boundary: Boundary, graph: GraphInfo, shape, layout: str) -> InfoProHead:
+        """InfoPro's heads on a tensor of ``shape``/``layout`` (the boundary itself, or MAN's copies)."""
+        spec = graph.spec(shape, layout, boundary.input_shape)
+        out = 128 if self.contrast else boundary.num_classes
+        return InfoProHead(spec, shape, boundary.input_shape, out, *self.weights(boundary), self.contrast)
+
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        return InfoProHead(boundary.layout, boundary.shape, boundary.input_shape, boundary.num_classes,
-                           boundary.depth, self.contrast)
+        return self.infopro_head(boundary, graph, boundary.shape, boundary.layout)
 
     def local_loss(self, head, features, target, inputs):
         return head.loss(features, target, inputs[0])
@@ -58,4 +101,6 @@ class InfoPro(Recipe):
 
 @register_recipe("infopro_supcon")
 class InfoProSupCon(InfoPro):
+    """InfoPro with the supervised contrastive loss (temperature 0.07) on 128-d features."""
+
     contrast = True

@@ -1,12 +1,20 @@
-"""Feature layouts at a cut: NCHW maps, NHWC maps, NLC tokens, NC vectors.
+"""Feature layouts at a cut: NCHW maps, NHWC maps, NLC tokens, NC vectors; and how each becomes a map.
 
 A 4-D boundary tensor is ambiguous; its spatial dims are the pair whose ratio matches the input
-image and that divides it (swin keeps NHWC, most CNNs NCHW). Pooling and channel count follow."""
+image and that divides it (swin keeps NHWC, most CNNs NCHW). Pooling and channel count follow.
+
+A token sequence (NLC) is a grid only when the model says so: its prefix tokens (class,
+distillation, register tokens) are the model's own ``num_prefix_tokens`` (timm's attribute), and the
+remaining tokens must be exactly ``h·w`` with ``h:w`` the input's aspect ratio. Anything else is a
+sequence and is never reshaped into a grid (:class:`MapSpec` makes it a 1×L row).
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
@@ -46,3 +54,71 @@ def pool(x: torch.Tensor, layout: str) -> torch.Tensor:
         return x.mean(1)
     return x
 
+
+def prefix_tokens(model: nn.Module | None) -> int:
+    """The model's own count of tokens before the patch grid (timm's ``num_prefix_tokens``), else 0."""
+    count = getattr(model, "num_prefix_tokens", 0)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
+
+
+def token_grid(length: int, prefix: int, input_hw: Sequence[int] | None) -> tuple[int, int] | None:
+    """(h, w) when ``length − prefix`` tokens are exactly an h×w grid of the input's aspect ratio."""
+    tokens = length - prefix
+    if tokens <= 0 or not input_hw:
+        return None
+    ih, iw = input_hw
+    for h in range(1, tokens + 1):
+        if tokens % h == 0 and h * iw == (tokens // h) * ih:
+            return h, tokens // h
+    return None
+
+
+def as_row(x: torch.Tensor) -> torch.Tensor:
+    """A token sequence (N, L, C) as a 1×L map (N, C, 1, L): positions kept in order, no grid."""
+    return x.transpose(1, 2).unsqueeze(2)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """How a boundary tensor becomes an NCHW map for a convolutional head.
+
+    ``prefix`` tokens are dropped and the rest reshaped to ``grid`` for token grids; ``grid`` None
+    on an NLC tensor means a plain sequence (1×L row). ``spatial`` says whether the map has image
+    geometry (NCHW/NHWC maps and token grids), which a reconstruction decoder needs."""
+
+    layout: str
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+
+    @property
+    def spatial(self) -> bool:
+        return self.layout in ("NCHW", "NHWC") or self.grid is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "NCHW":
+            return x
+        if self.layout == "NHWC":
+            return x.permute(0, 3, 1, 2)
+        if self.layout == "NC":
+            return x[:, :, None, None]
+        if self.grid is None:
+            return as_row(x)
+        n, _, c = x.shape
+        return x[:, self.prefix:].transpose(1, 2).reshape(n, c, *self.grid)
+
+    def map_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """(C, H, W) of the map of a tensor of ``shape``."""
+        _, c, h, w = self(torch.empty(tuple(shape), device="meta")).shape
+        return c, h, w
+
+
+def map_spec(shape: Sequence[int], layout: str, input_shape: Sequence[int], model: nn.Module | None) -> MapSpec:
+    """The :class:`MapSpec` of a tensor of ``shape``/``layout`` in ``model`` fed inputs of ``input_shape``."""
+    if layout != "NLC":
+        return MapSpec(layout)
+    hw = tuple(input_shape[-2:]) if len(input_shape) == 4 else None
+    for prefix in dict.fromkeys((prefix_tokens(model), 0)):
+        grid = token_grid(shape[1], prefix, hw)
+        if grid is not None:
+            return MapSpec(layout, prefix, grid)
+    return MapSpec(layout)

@@ -1,15 +1,24 @@
 """``man``: Momentum Auxiliary Network (Su et al., ECCV 2024; MAN++ 2026).
 
-At each cut the aux input is ``y = s·LB(x) + (2−s)·EMA(x)``: LB a learnable copy of the next layer
-of the backbone (initialised from its weights), EMA an exponential moving average of that same
-backbone layer (buffers, θ ← m·θ + (1−m)·θ_next after every step, m = 0.995), s a learnable scalar
-starting at 1 (MAN++). Then the InfoPro heads and loss on ``y``.
+Published: at each cut the aux input is ``y = s·LB(x) + (2−s)·EMA(x)``: LB a learnable copy of the
+next backbone block (initialised from its weights), EMA an exponential moving average of that same
+block (θ ← m·θ + (1−m)·θ_next after every step, m = 0.995), s a learnable scalar starting at 1
+(MAN++). Then InfoPro's heads (decoder + "1c2f") with MAN's own λ: its code interpolates λ by
+*stage* index, so λ1 ≈ 4–5 and λ2 ≈ 0.4–0.5 at every cut on CIFAR (a fixed 5 / 0.75 on ImageNet),
+not InfoPro's schedule to λ1 = 0. For ViTs (MAN++): LB copies the next two blocks, EMA the first,
+and the head is LayerNorm → Linear on the class token. Defaults: ``lambda1=(5, 5)``,
+``lambda2=(0.5, 0.5)``, ``momentum=0.995``; options ``lambda1``, ``lambda2``, ``momentum``.
 
-Departures: "the next block" is the next layer (unit) of the backbone, not the whole next
-gradient-isolated block, so the aux cost stays one layer whatever K is; for ViTs LB is that one
-transformer block (MAN++ copies two). The public code's ``--momentum`` default of 1.0 (an EMA that
-never moves) is rejected. Where the cut falls inside a layer, the next whole layer is used behind a
-1×1 conv / Linear adapter; with no layer after the cut, the head is InfoPro's alone.
+Departures, and why:
+- λ is held at the first stage's values (5, 0.5) at every cut: splitfx's cuts are not tied to
+  stages, and the public code's drift (4.9 → 3.9 over three stages) is an artefact of its indexing.
+- "The next block" is the next repeated unit of the backbone (:meth:`GraphInfo.repeated`), not the
+  whole next gradient-isolated block, so the aux cost stays one layer whatever K is. Where the cut
+  falls inside a layer, the next whole layer is used behind an adapter (:func:`~.copies.bridge`);
+  with no layer after the cut (after the last block), the head is InfoPro's alone (same λ).
+- Token boundaries (NLC) take the MAN++ ViT head whatever the model (class token when the model has
+  prefix tokens, else the mean token), with cross-entropy alone: METHODS lists no reconstruction for it.
+- The public code's ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
 """
 from __future__ import annotations
 
@@ -17,19 +26,36 @@ import torch
 from torch import nn
 
 from .base import Boundary, GraphInfo
-from .copies import EMA, weight_copy
-from .heads import adapter
-from .infopro import InfoPro, InfoProHead
-from .layout import infer_layout
+from .copies import EMA, Follows, bridge, chain, weight_copy
+from .heads import Scored
+from .infopro import InfoPro
+from .layout import infer_layout, prefix_tokens
 from .registry import register_recipe
+from .values import momentum as check_momentum
 
 
-class MomentumHead(nn.Module):
-    def __init__(self, source: str, module: nn.Module, head: nn.Module, momentum: float, bridge: nn.Module):
+class TokenClassifier(nn.Module):
+    """MAN++'s ViT head: LayerNorm → Linear on the class token (the mean token without one)."""
+
+    def __init__(self, width: int, num_classes: int, class_token: bool):
+        super().__init__()
+        self.class_token = class_token
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x[:, 0] if self.class_token else x.mean(1)))
+
+
+class MomentumHead(Follows):
+    """``y = s·LB(bridge(x)) + (2−s)·EMA(bridge(x))``, then ``head`` (InfoPro's or MAN++'s token head)."""
+
+    def __init__(self, source: str, module: nn.Module, lb: nn.Module, head: nn.Module, momentum: float,
+                 bridge: nn.Module):
         super().__init__()
         self.source = source
         self.bridge = bridge
-        self.lb = weight_copy(module)
+        self.lb = lb
         self.ema = EMA(module, momentum)
         self.scale = nn.Parameter(torch.ones(()))
         self.head = head
@@ -44,27 +70,31 @@ class MomentumHead(nn.Module):
     def loss(self, features, target, image):
         return self.head.loss(self.features(features), target, image)
 
-    def ema_sources(self):
-        return [(self.ema, self.source)]
-
 
 @register_recipe("man")
 class MAN(InfoPro):
     paper = "Su et al., ECCV 2024 (MAN), MAN++ 2026"
     needs_units = True
 
-    def __init__(self, momentum: float = 0.995):
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"MAN's EMA momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
+    def __init__(self, lambda1=(5.0, 5.0), lambda2=(0.5, 0.5), momentum: float = 0.995):
+        super().__init__(lambda1, lambda2)
+        self.momentum = check_momentum(momentum)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        hw = boundary.input_shape[-2:]
-        for unit in graph.units_after(boundary.position):
-            bridge = adapter(boundary.shape, boundary.layout, unit.in_shape, infer_layout(unit.in_shape, hw))
-            if bridge is not None:
-                layout = infer_layout(unit.out_shape, hw)
-                head = InfoProHead(layout, unit.out_shape, boundary.input_shape, boundary.num_classes, boundary.depth,
-                                   False)
-                return MomentumHead(unit.name, graph.model.get_submodule(unit.name), head, self.momentum, bridge)
-        return super().make_head(boundary, graph)
+        after = graph.repeated_after(boundary.position)
+        if not after:
+            return super().make_head(boundary, graph)
+        unit, shape = after[0], boundary.input_shape
+        hw = shape[-2:]
+        module, layout = graph.model.get_submodule(unit.name), infer_layout(unit.out_shape, hw)
+        spec = graph.spec(boundary.shape, boundary.layout, shape)
+        link = bridge(spec, boundary.shape, boundary.layout, unit.in_shape, infer_layout(unit.in_shape, hw))
+        if layout == "NLC":  # MAN++ on tokens: LB = the next two blocks when they keep the shape
+            two = [u for u in after[:2] if u.in_shape == unit.in_shape and u.out_shape == unit.out_shape]
+            start = graph.spec(unit.in_shape, layout, shape)
+            lb = nn.Sequential(*chain(two, graph, start, unit.in_shape, shape, weight_copy)[0])
+            head = Scored(TokenClassifier(unit.out_shape[-1], boundary.num_classes, prefix_tokens(graph.model) > 0))
+        else:
+            lb = weight_copy(module)
+            head = self.infopro_head(boundary, graph, unit.out_shape, layout)
+        return MomentumHead(unit.name, module, lb, head, self.momentum, link)

@@ -5,8 +5,11 @@ entered half-way). Every one must reach the head, or the layers that produced it
 from the local loss. :class:`Merge` joins them, in one of two ways a recipe chooses:
 
 * ``"vector"``: global average pool each (any layout) and concatenate → ``(N, ΣC)``, layout NC;
-* ``"map"``: each as an NCHW map (tokens on their grid), resized to the largest map's H×W (adaptive
-  average pooling down, nearest upsampling up), concatenated on channels → NCHW.
+* ``"map"``: each as an NCHW map, resized to the largest map's H×W (per dimension: adaptive average
+  pooling down, nearest upsampling up), concatenated on channels → NCHW. A merge does not see the
+  model, so token sequences join as 1×L rows: no grid is guessed from a token count. Token
+  sequences of one length (a transformer entered half-way) are concatenated per token instead,
+  staying NLC, so heads read them as the model's tokens (grid and prefix tokens included).
 
 A single tensor passes through untouched, so single-tensor cuts cost exactly what they did.
 """
@@ -39,6 +42,8 @@ class Merge(nn.Module):
             return xs[0]
         if self.mode == "vector":
             return torch.cat([pool(x, layout) for x, layout in zip(xs, self.layouts, strict=True)], dim=1)
+        if self.size is None:  # token sequences of one length: concatenated per token, still NLC
+            return torch.cat(xs, dim=2)
         maps = [as_map(x, layout) for x, layout in zip(xs, self.layouts, strict=True)]
         return torch.cat([_resize(m, self.size) for m in maps], dim=1)
 
@@ -47,12 +52,15 @@ class Merge(nn.Module):
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """To ``size``: each dimension pooled where it shrinks (every position still reaches the head)
+    and repeated (nearest) where it grows."""
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
         return x
-    if h >= size[0] and w >= size[1]:
-        return F.adaptive_avg_pool2d(x, size)
-    return F.interpolate(x, size=size, mode="nearest")
+    down = (min(h, size[0]), min(w, size[1]))
+    if down != (h, w):
+        x = F.adaptive_avg_pool2d(x, down)
+    return x if down == tuple(size) else F.interpolate(x, size=size, mode="nearest")
 
 
 def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: str) -> tuple[Merge, tuple[int, ...], str]:
@@ -66,6 +74,8 @@ def _merged(parts: tuple, mode: str) -> tuple[tuple[str, ...], tuple[int, int] |
     layouts = tuple(layout for _, layout in parts)
     if len(parts) == 1:
         return layouts, None, parts[0][0], layouts[0]
+    if mode == "map" and set(layouts) == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1:
+        return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), "NLC"
     probes = [torch.empty(shape, device="meta") for shape, _ in parts]
     sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
     size = tuple(max(sizes, key=lambda s: s[0] * s[1]))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from ..base.errors import ArgumentError
 from .base import Recipe
 
 R = TypeVar("R", bound=type[Recipe])
@@ -59,8 +60,18 @@ def list_recipes() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_options(recipe: str | type[Recipe]) -> str:
+    """``lambda1 (default (5.0, 0.0)), ...`` for messages; "no options" when it takes none."""
+    cls = recipe if isinstance(recipe, type) else _REGISTRY[recipe]
+    defaults = cls.option_defaults()
+    return ", ".join(f"{k} (default {v!r})" for k, v in defaults.items()) or "no options"
+
+
 def create_recipe(recipe: str | Recipe, **options: Any) -> Recipe:
-    """A recipe instance from its registered name and options (or the instance itself)."""
+    """A recipe instance from its registered name and options (or the instance itself).
+
+    An option the recipe does not take, or a value it refuses, is an :class:`ArgumentError` (a
+    ``ValueError``) naming the recipe and the options it accepts."""
     if isinstance(recipe, Recipe):
         if options:
             raise TypeError("options are given with a recipe name, not with a recipe instance")
@@ -69,4 +80,14 @@ def create_recipe(recipe: str | Recipe, **options: Any) -> Recipe:
     if recipe not in _REGISTRY:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {list_recipes()} or register your own "
                          "with @splitfx.register_recipe")
-    return _REGISTRY[recipe](**options)
+    cls = _REGISTRY[recipe]
+    unknown = sorted(set(options) - set(cls.option_defaults()))
+    if unknown:
+        raise ArgumentError(f"recipe {recipe!r} has no option {', '.join(map(repr, unknown))}; it accepts: "
+                            f"{describe_options(cls)}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ArgumentError):
+            raise
+        raise ArgumentError(f"recipe {recipe!r}: {err} (its options: {describe_options(cls)})") from err

@@ -1,0 +1,73 @@
+"""``--stages``: the commands as one rank of a ``torchrun`` launch (pipeline × data parallelism).
+
+    torchrun --nproc-per-node 2 -m splitfx train resnet50 --stages 2       # one machine, 2 ranks
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m splitfx train resnet50 --stages 4                                 # 2 machines: 4 stages × 4
+
+Every rank parses the same command line; only rank 0 prints the run and writes the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..base.errors import SplitFXError
+from .options import positive_float, positive_int
+
+
+def add_stages(p: argparse.ArgumentParser, what: str) -> None:
+    """``--stages S`` and ``--timeout SECONDS``."""
+    p.add_argument("--stages", type=positive_int, metavar="S",
+                   help=f"{what}: run as one of S×R ranks under torchrun (S pipeline stages × R data-parallel "
+                        "replicas; S=1 is data parallelism alone)")
+    p.add_argument("--timeout", dest="rank_timeout", type=positive_float, default=300.0, metavar="SECONDS",
+                   help="with --stages: longest wait for another rank before the run stops with an error naming "
+                        "it (default %(default)s)")
+
+
+def train(args: argparse.Namespace) -> int:
+    """``splitfx train --stages S`` on this rank."""
+    from ..programs.distributed import train_distributed
+    from ..programs.run_folder import CHECKPOINT
+    from ..programs.train import load_checkpoint_model
+    from ..runtime.grid import launched
+    from .preflight import train_run
+
+    rank, _ = launched(args.stages)
+    config, state, out = train_run(args)
+    if rank == 0:
+        print(f"run folder: {out}{os.sep}", flush=True)
+    result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout)
+    if result is not None:
+        from ..api.onnx_export import export_onnx
+        from ..programs.run_folder import ONNX, PLOT
+
+        result.module.plan.plot(os.path.join(out, PLOT))
+        model, _ = load_checkpoint_model(os.path.join(out, CHECKPOINT))
+        report = export_onnx(model, os.path.join(out, ONNX), result.example[:2].cpu())
+        print(f"run folder {out}{os.sep}: {CHECKPOINT} (resume with --resume, on any number of ranks), "
+              f"{PLOT}, {ONNX} (onnxruntime max abs diff {report.max_abs_diff:.1e})")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``splitfx bench MODEL --stages S`` on this rank."""
+    import json
+
+    from ..base.files import write_text
+    from ..programs.models import create_model, default_input_size
+    from ..programs.pipeline_bench import run
+
+    if len(args.blocks) > 1 or args.replace or args.amp or args.channels_last:
+        raise SplitFXError("bench --stages compares one K in float32 on CPU (--device is not used): give one "
+                           "--blocks and no --replace, --amp or --channels-last")
+    size = args.input_size or default_input_size(create_model(args.model))
+    from .preflight import recipe_from
+
+    result = run(args.model, args.stages, blocks=args.blocks[0], recipe=recipe_from(args), batch=args.batch,
+                 input_size=size, steps=args.steps, warmup=args.warmup, timeout=args.rank_timeout)
+    if result is not None:
+        print(result.table(), flush=True)
+        if args.json:
+            write_text(args.json, json.dumps(result.to_dict(), indent=2))
+    return 0

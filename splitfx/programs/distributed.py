@@ -1,0 +1,177 @@
+"""``torchrun … -m splitfx train --stages S``: local training as a pipeline × data-parallel grid.
+
+The world is S stages × R replicas (:mod:`splitfx.runtime.grid`). Every rank plans and converts the
+same model (the plan's fingerprint is compared before training), keeps only its stage's blocks and
+aux heads, and trains them with its own AdamW (:mod:`splitfx.runtime.schedule`). Each global batch
+is split into R shards, one per replica; the data order, the learning-rate decay and the checkpoint
+(:mod:`.gather`, the one-process format) are those of ``splitfx train``, so with one replica the
+weights equal one process's bit for bit on CPU, and any run resumes on any world size.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..api.conversion import convert
+from ..base.errors import DistributedError
+from ..base.meter import SavedTensorMeter, state_keys
+from ..base.version import __version__
+from ..runtime import grid as grids
+from ..runtime.pipeline import Stage, check_pipeline
+from ..runtime.schedule import Rank
+from ..runtime.transport import wait
+from . import data as datasets
+from .checkpoint import Checkpoint
+from .config import RESUMABLE, TrainConfig, resolve_device
+from .gather import gather_checkpoint, stage_optimizer_state
+from .run_folder import CHECKPOINT, write_metrics
+from .train import EpochResult, TrainResult, _amp_dtype, _batch, build_model, open_resume
+
+OnStep = Callable[[int, int], None]
+STEPS_PER_EPOCH = 1_000_000  # message tags: epoch · this + step (training), negative for evaluation
+
+
+def _reduce(grid: grids.Grid, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=grid.device)
+    wait(dist.all_reduce(t, op=op, async_op=True), grid.timeout, f"rank {grid.rank}: a rank stopped at the end "
+         "of the epoch")
+    return t.tolist()
+
+
+def _shards(idx: torch.Tensor, grid: grids.Grid) -> torch.Tensor | None:
+    """This replica's part of a global batch (None for a batch smaller than the replicas: skipped)."""
+    return idx.tensor_split(grid.replicas)[grid.replica] if len(idx) >= grid.replicas else None
+
+
+def _evaluate(me: Rank, test_set, batch: int, epoch: int) -> float:
+    """Test accuracy through the pipeline: each replica takes a share of the test set."""
+    me.stage.sm.eval()
+    order = torch.arange(len(test_set))
+    correct = 0
+    for t, idx in enumerate(order[i:i + batch] for i in range(0, len(order), batch)):
+        shard = _shards(idx, me.grid)
+        if shard is None or not len(shard):
+            continue
+        data = tuple(x.to(me.grid.device) for x in _batch(test_set, shard)) if me.grid.stage == 0 else None
+        correct += me.eval_step(-(epoch * STEPS_PER_EPOCH + t + 1), data)
+    me.link.flush()
+    return _reduce(me.grid, [correct])[0] / len(test_set)
+
+
+def _fingerprint(sm, config: TrainConfig, grid: grids.Grid) -> int:
+    trained = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in RESUMABLE}
+    return grids.digest(__version__, torch.__version__, sm.plan.to_dict(), trained, grid.stages, grid.world)
+
+
+def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool, on_step: OnStep | None):
+    """One epoch of this rank; its per-block loss sums, the batches and its peak saved bytes."""
+    grid, stage = me.grid, me.stage
+    stage.sm.train()
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    batches = [order[i:i + config.batch] for i in range(0, len(order), config.batch)][:config.max_batches]
+    batches = [s for s in (_shards(b, grid) for b in batches) if s is not None]
+    sums = torch.zeros(len(stage.blocks), dtype=torch.float64)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=None if progress and grid.rank == 0 else True)
+    with SavedTensorMeter(state_keys([stage.sm])) as meter:
+        for t, idx in enumerate(bar):
+            data = tuple(x.to(grid.device) for x in _batch(train_set, idx)) if grid.stage == 0 else None
+            sums += torch.tensor(me.train_step(epoch * STEPS_PER_EPOCH + t, data), dtype=torch.float64)
+            if on_step is not None:
+                on_step(epoch, t)
+        me.link.flush()
+    return sums, len(batches), meter.peak
+
+
+def train_distributed(config: TrainConfig, stages: int, out: str | None = None, resume: str | Checkpoint | None = None,
+                      log: Callable[[str], None] = print, progress: bool = True, timeout: float = 300.0,
+                      on_step: OnStep | None = None) -> TrainResult | None:
+    """This rank's part of a ``stages``-stage pipeline × data-parallel run of ``config``; rank 0 writes
+    ``out/checkpoint.pt`` and ``metrics.jsonl`` after every epoch and returns the result, the others
+    None. ``timeout`` bounds every wait: a rank that stops or hangs ends the others with an error
+    naming it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there)."""
+    state = open_resume(resume, config) if resume is not None else None
+    config = replace(config, device=resolve_device(config.device))
+    if stages > config.blocks:
+        raise DistributedError(f"--stages {stages} is more than --blocks {config.blocks}: every stage trains at "
+                               "least one block")
+    grid = grids.start(stages, config.device, timeout)
+    try:
+        result = _train(grid, config, state, out, log, progress, on_step)
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    grids.finish(grid)
+    return result
+
+
+def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out: str | None, log, progress: bool,
+           on_step: OnStep | None) -> TrainResult | None:
+    torch.manual_seed(config.seed)
+    log = log if grid.rank == 0 else (lambda _: None)
+    train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
+    model = build_model(config.model, num_classes, config.input_size)
+    example, _ = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
+    sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages)
+    ranges = sm.plan.stages.ranges
+    check_pipeline(sm, ranges)
+    grids.agree(grid, _fingerprint(sm, config, grid), "the plan (or the training options)")
+    if state is not None:
+        sm.load_state_dict(state.model)
+    stage = Stage(sm, *ranges[grid.stage])
+    stage.place(grid.device)
+    opt = torch.optim.AdamW([p for _, p in stage.named_parameters()], lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
+    amp = _amp_dtype(config)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes, [], sm.plan.e2e_saved_bytes, sm, example)
+    start_epoch = 0
+    if state is not None:
+        opt.load_state_dict(stage_optimizer_state(state.optimizer, sm, stage))
+        sched.load_state_dict(state.scheduler)
+        torch.set_rng_state(state.rng)
+        result.history = [EpochResult(**h) for h in state.history]
+        result.e2e_saved_bytes = state.e2e_saved_bytes
+        start_epoch = state.epoch + 1
+    me = Rank(grid, stage, opt, scaler, amp)
+    log(f"{config.model}: {sm.num_blocks} blocks on {grid.stages} stage(s) × {grid.replicas} replica(s), recipe "
+        f"{config.recipe!r}, on {config.device}\n{sm.plan.stages.table()}")
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        sums, steps, peak = _epoch(me, train_set, config, epoch, progress, on_step)
+        sched.step()
+        accuracy = _evaluate(me, test_set, config.batch, epoch)
+        totals = [0.0] * sm.num_blocks
+        totals[stage.start:stage.end] = (sums / max(steps, 1) / grid.replicas).tolist()
+        block_losses = _reduce(grid, totals)
+        peak = int(_reduce(grid, [peak], dist.ReduceOp.MAX)[0])
+        result.history.append(EpochResult(epoch + 1, block_losses[-1], block_losses, accuracy,
+                                          time.perf_counter() - began, peak))
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
+            f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
+        if out is not None:
+            _save(grid, result, stage, opt, sched, scaler, out, num_classes)
+    me.close()
+    log(result.summary())
+    return result if grid.rank == 0 else None
+
+
+def _save(grid: grids.Grid, result: TrainResult, stage: Stage, opt, sched, scaler, out: str, num_classes: int) -> None:
+    """Gather the one-process checkpoint to rank 0 and write it (atomically) with the metrics."""
+    history = [asdict(h) for h in result.history]
+    ckpt = gather_checkpoint(grid, stage.sm, stage, opt, sched, scaler, config=asdict(result.config),
+                             epoch=result.history[-1].epoch - 1, history=history,
+                             e2e_saved_bytes=result.e2e_saved_bytes, num_classes=num_classes)
+    if ckpt is not None:
+        ckpt.save(os.path.join(out, CHECKPOINT))
+        write_metrics(out, [{**h, "blocks": result.trained_blocks, "recipe": result.config.recipe,
+                             "stages": grid.stages, "replicas": grid.replicas} for h in history])
+    wait(dist.barrier(async_op=True), grid.timeout, f"rank {grid.rank}: a rank stopped while the checkpoint "
+         "was written")

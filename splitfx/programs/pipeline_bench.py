@@ -1,0 +1,243 @@
+"""``torchrun --nproc-per-node S -m splitfx bench MODEL --stages S``: the pipeline against one process
+and against ``torch.distributed.pipelining``, on the same batches, one thread per rank.
+
+Modes, each timed over the same ``steps`` batches after ``warmup`` untimed ones:
+
+* ``one process``: rank 0 alone runs ``SplitModule.train_step`` over all K blocks (the others wait).
+* ``pipeline``: S ranks, each its stage's blocks (:mod:`splitfx.runtime.schedule`); no gradient
+  goes back, so batches stream through without a flush.
+* ``GPipe`` / ``1F1B``: the same S stages trained end to end with ``torch.distributed.pipelining``
+  (one loss on the last stage, gradients sent back, each batch split into micro-batches).
+
+Memory per rank is what training holds: parameters, optimizer state (AdamW everywhere) and the peak
+of saved activations (the same meter as ``splitfx bench``); a rank keeps only its stage's tensors.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..api.conversion import convert, segments
+from ..api.planning import plan as make_plan
+from ..base.errors import DistributedError
+from ..base.meter import SavedTensorMeter, state_keys
+from ..base.report import nbytes
+from ..recipes import Recipe
+from ..runtime import grid as grids
+from ..runtime.pipeline import Stage, check_pipeline
+from ..runtime.placement import block_tensors, held_bytes, place
+from ..runtime.schedule import Rank
+from .models import create_model
+
+
+@dataclass
+class Memory:
+    params: int
+    optimizer: int
+    saved: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer + self.saved
+
+
+@dataclass
+class Mode:
+    name: str
+    ranks: int
+    samples_per_s: float
+    memory: list[Memory]  # per rank
+
+    @property
+    def largest(self) -> Memory:
+        return max(self.memory, key=lambda m: m.total)
+
+
+@dataclass
+class PipelineBench:
+    model: str
+    blocks: int
+    method: str
+    stages: int
+    recipe: str
+    batch: int
+    input_size: tuple
+    steps: int
+    microbatches: int
+    ranges: list
+    shares: list
+    modes: list[Mode] = field(default_factory=list)
+
+    def table(self) -> str:
+        base = self.modes[0]
+        head = (f"{self.model}, K={self.blocks} by {self.method}, recipe {self.recipe!r}, batch {self.batch}, input "
+                f"{'×'.join(map(str, self.input_size))}, CPU, one thread per rank, {self.steps} timed steps; stages "
+                + ", ".join(f"{s}: blocks {a}–{b - 1} ({100 * share:.0f} % of predicted time)"
+                            for s, ((a, b), share) in enumerate(zip(self.ranges, self.shares, strict=True))))
+        rows = [["mode", "ranks", "samples/s", "×one", "params", "optimizer", "saved act.", "largest rank", "×one"]]
+        for m in self.modes:
+            big = m.largest
+            rows.append([m.name, str(m.ranks), f"{m.samples_per_s:.2f}", f"{m.samples_per_s / base.samples_per_s:.2f}",
+                         nbytes(big.params), nbytes(big.optimizer), nbytes(big.saved), nbytes(big.total),
+                         f"{big.total / base.largest.total:.2f}"])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head] + ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in
+                                    enumerate(zip(r, widths, strict=True))) for r in rows]
+        lines.append("memory columns: the rank with the most (parameters + optimizer state + saved activations); "
+                     "per rank: " + "; ".join(f"{m.name}: " + ", ".join(nbytes(r.total) for r in m.memory)
+                                              for m in self.modes[1:]))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Segments(nn.Module):
+    """Consecutive blocks without input detach, as one module (a ``torch.distributed.pipelining`` stage)."""
+
+    def __init__(self, parts: list, model: nn.Module):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "parts", parts)
+
+    def forward(self, *h):
+        for part in self.parts:
+            out = part(*h)
+            h = out if isinstance(out, tuple) else (out,)
+        return out
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return held_bytes([t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)])
+
+
+def _timed(grid: grids.Grid, step: Callable[[int], None], data: list, warmup: int, module: nn.Module,
+           flush: Callable[[], None]) -> tuple[float, int]:
+    """Seconds for the timed steps on all ranks (barriers around them) and this rank's saved peak."""
+    for t in range(warmup):
+        step(t)
+    flush()
+    grids.barrier(grid)
+    with SavedTensorMeter(state_keys([module])) as meter:
+        began = time.perf_counter()
+        for t in range(warmup, len(data)):
+            step(t)
+        flush()
+        grids.barrier(grid)
+    return time.perf_counter() - began, meter.peak
+
+
+def _local(grid: grids.Grid, name: str, data: list, blocks: int, recipe: str, method: str,
+           warmup: int) -> tuple[float, Memory]:
+    sm = convert(_fresh(name), data[0][0], blocks, recipe=recipe, method=method, stages=grid.stages)
+    ranges = sm.plan.stages.ranges
+    check_pipeline(sm, ranges)
+    stage = Stage(sm, *ranges[grid.stage])
+    stage.place("cpu")
+    params = [p for _, p in stage.named_parameters()]
+    me = Rank(grid, stage, torch.optim.AdamW(params, lr=1e-4))
+    seconds, peak = _timed(grid, lambda t: me.train_step(t, data[t] if grid.stage == 0 else None), data, warmup, sm,
+                           me.link.flush)
+    me.close()
+    return seconds, Memory(held_bytes(params), _state_bytes(me.optimizer), peak)
+
+
+def _one(name: str, data: list, blocks: int, recipe: str, method: str, warmup: int) -> tuple[float, Memory]:
+    sm = convert(_fresh(name), data[0][0], blocks, recipe=recipe, method=method)
+    opt = torch.optim.AdamW(sm.parameters(), lr=1e-4)
+    for x, y in data[:warmup]:
+        sm.train_step(x, y, opt)
+    with SavedTensorMeter(state_keys([sm])) as meter:
+        began = time.perf_counter()
+        for x, y in data[warmup:]:
+            sm.train_step(x, y, opt)
+        seconds = time.perf_counter() - began
+    return seconds, Memory(held_bytes(sm.parameters()), _state_bytes(opt), meter.peak)
+
+
+def _e2e(grid: grids.Grid, name: str, data: list, blocks: int, method: str, schedule: str, microbatches: int,
+         warmup: int) -> tuple[float, Memory]:
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    model = _fresh(name)
+    planned = make_plan(model, data[0][0], blocks, method=method, stages=grid.stages)
+    a, b = planned.stages.ranges[grid.stage]
+    parts = segments(planned, detach=False)[a:b]
+    module = _Segments(parts, model)
+    place(module, [t for part in parts for t in block_tensors(part)], "cpu")
+    params = [p for p in module.parameters() if p.device.type != "meta"]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    stage = PipelineStage(module, grid.stage, grid.stages, torch.device("cpu"))
+    run = {"GPipe": ScheduleGPipe, "1F1B": Schedule1F1B}[schedule](stage, microbatches, loss_fn=F.cross_entropy)
+
+    def step(t: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        x, y = data[t]
+        if grid.stage == 0:
+            run.step(x)
+        elif grid.next is None:
+            run.step(target=y)
+        else:
+            run.step()
+        opt.step()
+
+    seconds, peak = _timed(grid, step, data, warmup, module, lambda: None)
+    return seconds, Memory(held_bytes(params), _state_bytes(opt), peak)
+
+
+def _fresh(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name).train()
+
+
+def _gather(grid: grids.Grid, value) -> list:
+    every: list = [None] * grid.world
+    try:
+        dist.all_gather_object(every, value)
+    except RuntimeError as err:
+        raise DistributedError(f"rank {grid.rank}: a rank stopped during the benchmark: {err}") from err
+    return every
+
+
+def run(name: str, stages: int, *, blocks: int = 4, recipe: str | Recipe = "linear", method: str = "flops",
+        batch: int = 8,
+        input_size: tuple = (3, 224, 224), steps: int = 10, warmup: int = 2, microbatches: int | None = None,
+        timeout: float = 600.0) -> PipelineBench | None:
+    """Benchmark ``name`` on this rank of an S-rank torchrun launch; rank 0 returns the table. Blocks
+    are balanced by ``method`` (FLOPs: a pipeline runs at its slowest rank's pace), the same blocks
+    in every mode."""
+    torch.set_num_threads(1)
+    grid = grids.start(stages, "cpu", timeout)
+    if grid.replicas != 1:
+        raise DistributedError(f"bench --stages {stages} compares one pipeline: launch exactly {stages} processes")
+    microbatches = microbatches or 2 * stages
+    g = torch.Generator().manual_seed(0)
+    classes = getattr(_fresh(name), "num_classes", 1000)
+    data = [(torch.randn(batch, *input_size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(warmup + steps)]
+    samples = batch * steps
+    one = _one(name, data, blocks, recipe, method, warmup) if grid.rank == 0 else None
+    grids.barrier(grid)
+    local = _gather(grid, _local(grid, name, data, blocks, recipe, method, warmup))
+    e2e = {s: _gather(grid, _e2e(grid, name, data, blocks, method, s, microbatches, warmup))
+           for s in ("GPipe", "1F1B")}
+    grids.finish(grid)
+    if grid.rank != 0:
+        return None
+    shape = make_plan(_fresh(name), data[0][0], blocks, recipe=recipe, method=method, stages=stages).stages
+    label = getattr(recipe, "name", recipe)
+    result = PipelineBench(name, blocks, method, stages, label, batch, tuple(input_size), steps, microbatches,
+                           [list(r) for r in shape.ranges], shape.shares)
+    result.modes.append(Mode(f"one process, local K={blocks}", 1, samples / one[0], [one[1]]))
+    result.modes.append(Mode("splitfx pipeline, local", stages, samples / max(s for s, _ in local),
+                             [m for _, m in local]))
+    for s, figures in e2e.items():
+        result.modes.append(Mode(f"pipelining {s}, E2E, {microbatches} micro-batches", stages,
+                                 samples / max(t for t, _ in figures), [m for _, m in figures]))
+    return result

@@ -1,0 +1,65 @@
+"""``hpff``: Hierarchical local learning with Patch Feature Fusion (Su et al., ECCV 2024).
+
+Published (public code, CIFAR): independent and cascade paths (the loop of :mod:`.cascade`), loss
+of block k ≥ 1 = ``wx·CE(independent classifier(B_k(x_k))) + wy·[λ1·PatchDecoder(z_k) +
+λ2·CE(cascade classifier(z_k))]`` with (wx, wy) = (0.001, 0.999); each path has its own "2c2f"
+classifier (2 × [conv3×3 → BN → ReLU] → GAP → Linear(128) → ReLU → Linear); the patch decoder is
+four decoders, each reconstructing one image quadrant from the same quadrant of the features, the
+four losses summed; λ linear in the cut index over K−2 from (λ1, λ2) = (5, 0.5) to (0, 0), the
+README's command. Block 0 has no loss of its own; the last block uses the model's head on both paths.
+Options: ``wx``, ``wy``, ``lambda1``, ``lambda2`` ((first cut, last cut)).
+
+Departures, and why:
+- Block 0's missing loss: loss 0 is block 1's cascade term and loss 1 its independent term (see
+  :mod:`.cascade`), because ``local_losses`` yields one loss per block; the gradients are the same.
+- Each quadrant decoder is InfoPro's channel-reducing decoder (:mod:`.decoders`) at half the image
+  size, not the CIFAR decoder that upsamples every channel first: same output, a fraction of the
+  memory at 224². MSE on the input as given instead of Sigmoid + BCE (autocast-safe).
+- None: terms whose λ is 0 (the last aux cut's cascade, by default) are computed at weight 0, as the
+  public code does, so which blocks a loss reaches never depends on K. Note what that means at
+  K = 3: block 0's only signal is block 1's cascade, at the last aux cut, so it gets zero gradient
+  with the default λ, as it would in the public code; give e.g. ``lambda2=(0.5, 0.1)`` there.
+- A map with no 2×2 quadrants, a token sequence with no grid or a non-image input has no patch
+  decoder (the cascade keeps its classifier); token grids drop the model's prefix tokens.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Boundary, GraphInfo
+from .cascade import Cascade, CascadeHead
+from .decoders import PatchDecoder
+from .heads import Classifier, NoHead, Scored
+from .infopro import InfoProHead, Lambdas
+from .registry import register_recipe
+
+
+class PatchCascade(InfoProHead):
+    """HPFF's cascade path: the patch decoder (``decoder``) and a 2c2f classifier, weighted by λ."""
+
+    def __init__(self, spec, shape, image_shape, num_classes: int, recon: float, task: float):
+        super().__init__(spec, shape, image_shape, num_classes, 0.0, 1.0, convs=2)
+        self.weights = {"task": task}
+        if PatchDecoder.fits(spec, shape, image_shape):
+            self.decoder = PatchDecoder(spec, shape, image_shape)
+            self.weights = {"recon": recon, "task": task}
+
+
+@register_recipe("hpff")
+class HPFF(Cascade, Lambdas):
+    paper = "Su et al., ECCV 2024"
+    every_cut = False  # a cut whose λ are both 0 keeps the independent path's term
+
+    def __init__(self, wx: float = 0.001, wy: float = 0.999, lambda1=(5.0, 0.0), lambda2=(0.5, 0.0)):
+        Cascade.__init__(self, wx, wy)
+        Lambdas.__init__(self, lambda1, lambda2)
+
+    def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
+        if boundary.index == 0:
+            return NoHead()
+        recon, task = self.weights(boundary)
+        spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
+        independent = Scored(Classifier(spec, boundary.shape, boundary.num_classes, convs=2))
+        cascade = PatchCascade(spec, boundary.shape, boundary.input_shape, boundary.num_classes, recon, task)
+        return CascadeHead(independent, cascade)
+

@@ -1,0 +1,110 @@
+"""``mlaan``: Multilaminar Leap Augmented Auxiliary Network (Zhang et al., 2024).
+
+Published (public code, CIFAR): MLM, the independent + cascade paths of HPFF (:mod:`.cascade`)
+with linear heads (GAP → Linear), (wx, wy) = (0.001, 0.999); LAM, the cascade output running
+through copies of hand-picked *later* backbone blocks ("leap"): up to four, mostly stage
+transitions, always ending at the network's last layer (ResNet-32, K = 8, first cut:
+``[[2,0],[3,0],[3,2],[3,4]]``), initialised from the backbone's weights, the first leap layer summed
+with its EMA copy, then GAP → Linear. Block 0 has no loss of its own; the last block keeps only the
+cascade loss (weight 1). EMA momentum 0.999 (the network's default). Options: ``wx``, ``wy``,
+``momentum``, ``leap`` (most leap layers, default 4).
+
+Departures, and why:
+- Leap layers are chosen from the model's repeated units after the cut (:func:`leap_units`), not by
+  hand: the stage transitions (units that change the tensor's shape) nearest the cut, then units
+  evenly spaced over the last stage, up to ``leap`` in all, always ending at the last unit.
+- Block 0's missing loss: loss 0 is block 1's cascade term, loss 1 its independent term (see
+  :mod:`.cascade`); at K = 2, where the published method is a single cascade loss through both
+  blocks (E2E), loss 1 keeps the independent path (``wx``) so each block has a loss.
+- Every EMA copy is updated after every step (the public code updates only the last one on CIFAR),
+  and its ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
+- A leap layer expecting another shape than the features reaching it gets an adapter
+  (:func:`~.copies.bridge`: 1×1 conv / Linear, or a resampling bridge where none fits).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..passes.units import Unit
+from .base import Boundary, GraphInfo
+from .cascade import Cascade, CascadeHead
+from .copies import EMA, Follows, bridge, chain, weight_copy
+from .heads import NoHead, Scored, pool_linear
+from .layout import infer_layout
+from .registry import register_recipe
+from .values import count
+from .values import momentum as check_momentum
+
+
+def uniform(units: Sequence[Unit], n: int) -> list[Unit]:
+    """``n`` of ``units`` evenly spaced, ending at the last (AugLocal's ``round(l + (L−l−1)/d · i)``
+    with l = −1: the ResNet-32 pick of two from ``3.1 … 3.4`` is ``3.2, 3.4``, as MLAAN's)."""
+    n = min(n, len(units))
+    return [units[round(-1 + len(units) / n * i)] for i in range(1, n + 1)] if n > 0 else []
+
+
+def leap_units(after: Sequence[Unit], leap: int = 4) -> list[Unit]:
+    """MLAAN's leap chain from the repeated units after a cut (see module docstring): the nearest
+    stage transitions (units that change the tensor's shape), then units evenly spaced over the last
+    stage ending at the last unit, then over the rest if the last stage is short; ``leap`` at most."""
+    if not after:
+        return []
+    steps = [i for i, u in enumerate(after[:-1]) if u.in_shape != u.out_shape]
+    chosen = [after[i] for i in steps[:leap - 1]]
+    chosen += uniform(after[steps[-1] + 1 if steps else 0:], leap - len(chosen))
+    rest = [u for u in after if u not in chosen]
+    chosen += uniform(rest, leap - len(chosen))
+    return sorted(chosen, key=lambda u: u.start)
+
+
+class Leap(Follows):
+    """LAM: ``bridge`` → (learnable copy + EMA copy of the first leap layer) → copies of the rest →
+    GAP → Linear."""
+
+    def __init__(self, source: str, first: nn.Module, momentum: float, bridge: nn.Module, rest: nn.Module,
+                 classifier: nn.Module):
+        super().__init__()
+        self.source = source
+        self.bridge = bridge
+        self.first = weight_copy(first)
+        self.ema = EMA(first, momentum)
+        self.rest = rest
+        self.classifier = classifier
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.bridge(z)
+        return self.classifier(self.rest(self.first(z) + self.ema(z)))
+
+
+@register_recipe("mlaan")
+class MLAAN(Cascade):
+    paper = "Zhang et al., 2024"
+    needs_units = True
+    last_independent = False
+
+    def __init__(self, wx: float = 0.001, wy: float = 0.999, momentum: float = 0.999, leap: int = 4):
+        super().__init__(wx, wy)
+        self.momentum, self.leap = check_momentum(momentum), count("leap", leap)
+
+    def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
+        if boundary.index == 0:
+            return NoHead()
+        independent = Scored(pool_linear(boundary.shape, boundary.layout, boundary.num_classes))
+        return CascadeHead(independent, Scored(self.leap_net(boundary, graph)))
+
+    def leap_net(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
+        shape = boundary.input_shape
+        units = leap_units(graph.repeated_after(boundary.position), self.leap)
+        if not units:
+            return pool_linear(boundary.shape, boundary.layout, boundary.num_classes)
+        first, hw = units[0], shape[-2:]
+        spec = graph.spec(boundary.shape, boundary.layout, shape)
+        link = bridge(spec, boundary.shape, boundary.layout, first.in_shape, infer_layout(first.in_shape, hw))
+        layout = infer_layout(first.out_shape, hw)
+        layers, out, out_layout = chain(units[1:], graph, graph.spec(first.out_shape, layout, shape), first.out_shape,
+                                        shape, weight_copy)
+        return Leap(first.name, graph.model.get_submodule(first.name), self.momentum, link, nn.Sequential(*layers),
+                    pool_linear(out, out_layout, boundary.num_classes))
