@@ -161,13 +161,13 @@ class Planner:
         """The blocks, heads and merges of a split, bound to the user's model (what convert returns)."""
         ends = [None, *cuts, None]
         blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k) for k, n in enumerate(nodes)]
-        attached = [emit_block(self.gm, n, ends[k], ends[k + 1], k, detach_input=False) for k, n in enumerate(nodes)]
+        attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, detach_input=False) for k, n in enumerate(nodes)]
+                    if self.recipe.cascade else ())  # only cascades run a block without its input detach
         ref = next((p for p in self.model.parameters() if p.is_floating_point()), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
         heads = [self.recipe.make_head(b, self.graph).to(device=device, dtype=dtype) for b in boundaries]
         merges = [merge_for(b.parts, self.recipe.merge)[0] for b in boundaries]
-        return SplitParts(blocks, heads, nn.CrossEntropyLoss(), self.model, merges,
-                          attached if self.recipe.cascade else ())
+        return SplitParts(blocks, heads, nn.CrossEntropyLoss(), self.model, merges, attached)
 
     def _report(self, num_blocks: int, path: list[int], boundaries: list[Boundary], method: str) -> SplitPlan:
         """The plan of the blocks between ``path``'s boundaries, its chosen cuts re-probed at their depth."""
