@@ -17,6 +17,7 @@ import timm
 
 import splitfx.api.planning
 from splitfx import PlanError
+from splitfx.base.jsonl import append_record, read_records
 from splitfx.cli import main
 from splitfx.cli.options import UsageError
 from splitfx.cli.parser import build_parser
@@ -44,7 +45,7 @@ def _checked(folder: Path) -> Counter:
 
 
 def _models(results: Path) -> list[str]:
-    return [r["model"] for r in sweep.read_records(results)]
+    return [r["model"] for r in read_records(results)]
 
 
 def _line(model: str, versions: dict, requested=STAGES, **fields) -> dict:
@@ -74,7 +75,7 @@ def test_timeout_crash_and_failure_are_recorded_with_their_stage(fake, tmp_path)
     (fake / "fail-d").write_text("PlanError: no legal cut | anywhere")
     results = tmp_path / "r.jsonl"
     records = sweep.run(["a", "b", "c", "d"], results, ["plan"], jobs=2, timeout=3, check=FAKE, command="test")
-    by = {r["model"]: r for r in sweep.read_records(results)}
+    by = {r["model"]: r for r in read_records(results)}
     assert sorted(by) == ["a", "b", "c", "d"] and len(records) == 4
     assert by["a"]["status"] == "pass" and by["a"]["requested"] == ["create", "trace", "plan"]
     assert by["a"]["plans"]["8"]["k"] == 8
@@ -89,11 +90,11 @@ def test_timeout_crash_and_failure_are_recorded_with_their_stage(fake, tmp_path)
 def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path):
     results = tmp_path / "r.jsonl"
     here = sweep.versions()
-    sweep.append_record(results, _line("test_vit", here))
-    sweep.append_record(results, _line("test_vit2", {**here, "timm": "0.9.0"}))
-    sweep.append_record(results, _line("test_vit3", {**here, "torch": "2.0.0"}))
-    sweep.append_record(results, _line("test_vit4", {**here, "splitfx": "0.0.1"}))
-    sweep.append_record(results, _line("test_vit_relpos", here, requested=["create", "trace", "plan"]))
+    append_record(results, _line("test_vit", here))
+    append_record(results, _line("test_vit2", {**here, "timm": "0.9.0"}))
+    append_record(results, _line("test_vit3", {**here, "torch": "2.0.0"}))
+    append_record(results, _line("test_vit4", {**here, "splitfx": "0.0.1"}))
+    append_record(results, _line("test_vit_relpos", here, requested=["create", "trace", "plan"]))
     assert sweep.remaining(VITS, results, ["plan"]) == ["test_vit2", "test_vit3", "test_vit4"]
     argv = ["coverage", "--filter", "test_vit*", "--check", FAKE, "--results", str(results), "--resume", "-j", "1"]
     assert main(argv) == 0
@@ -104,10 +105,10 @@ def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path
 
 def test_a_line_torn_by_a_crash_leaves_every_whole_line_readable(tmp_path):
     path = tmp_path / "r.jsonl"
-    sweep.append_record(path, {"model": "a"})
+    append_record(path, {"model": "a"})
     with open(path, "a") as f:
         f.write('{"model": "b", "sta')
-    sweep.append_record(path, {"model": "c"})
+    append_record(path, {"model": "c"})
     assert _models(path) == ["a", "c"]
 
 
@@ -160,7 +161,7 @@ def test_report_counts_the_whole_zoo_and_lists_every_failure(tmp_path):
     ]
     results, out = tmp_path / "r.jsonl", tmp_path / "coverage.md"
     for line in lines:
-        sweep.append_record(results, line)
+        append_record(results, line)
     assert main(["coverage", "--report", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     first = text.splitlines()[0]
@@ -221,4 +222,4 @@ def test_real_check_in_a_worker_process(tmp_path):
     for figures in (k4, k8):
         assert figures["local_over_e2e"] == pytest.approx(figures["local_peak_bytes"] / figures["e2e_saved_bytes"])
         assert figures["floor_ratio"] == pytest.approx(figures["local_over_e2e"] * figures["k"])
-    assert list(sweep.read_records(results)) == [record]
+    assert list(read_records(results)) == [record]

@@ -2,10 +2,12 @@
 import json
 import os
 
+import pytest
 import torch
 
 from splitfx.cli import main
-from splitfx.programs.data import digits
+from splitfx.programs.data import digits, load
+from splitfx.programs.run_folder import read_metrics
 from splitfx.programs.train import TrainConfig, train
 
 FAST = dict(model="resnet18", recipe="linear", batch=128, input_size=16, blocks=3)
@@ -34,7 +36,7 @@ def test_resume_continues_bit_exactly(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [h["test_accuracy"] for h in a["history"]] == [h["test_accuracy"] for h in b["history"]]
-    assert sorted(os.listdir(split)) == ["checkpoint.pt", "metrics.jsonl"], "no temp files left"
+    assert sorted(os.listdir(split)) == ["checkpoint.pt", "metrics.jsonl", "tensorboard"], "no temp files left"
 
 
 def test_cli_train_learns_and_reports_memory(tmp_path, capsys):
@@ -47,3 +49,25 @@ def test_cli_train_learns_and_reports_memory(tmp_path, capsys):
     accuracies = [h["test_accuracy"] for h in history]
     assert accuracies[-1] > 0.5  # ten classes: chance is 0.1
     assert all(0 < h["peak_saved_bytes"] < h["e2e_saved_bytes"] for h in history)
+
+
+def test_validation_split_is_carved_from_training_images_and_logged(tmp_path):
+    """With --validation the epochs are evaluated on held-out training images, never on test; the
+    per-epoch numbers in metrics.jsonl and TensorBoard agree."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    splits = load("digits", 16, 0.15)
+    assert len(splits.train) + len(splits.val) == 1437 and len(splits.test) == 360
+    seen = {tuple(x.flatten().tolist()) for x in splits.train.tensors[0]}
+    assert not any(tuple(x.flatten().tolist()) in seen for x in splits.val.tensors[0])
+    assert torch.equal(load("digits", 16, 0.15).val.tensors[0], splits.val.tensors[0]), "the same images every run"
+
+    out = str(tmp_path / "run")
+    train(TrainConfig(epochs=2, validation=0.15, **FAST), out=out, progress=False, log=lambda _: None)
+    history = read_metrics(out)
+    assert all(h["test_accuracy"] is None and 0 <= h["val_accuracy"] <= 1 for h in history)
+    events = EventAccumulator(os.path.join(out, "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+    assert logged == [(h["epoch"], pytest.approx(h["val_accuracy"])) for h in history]
+    assert len(events.Scalars("block_loss/2")) == 2

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path
+from .figures import pyplot, save
 
 
 @dataclass
@@ -171,11 +171,7 @@ def count(n: int) -> str:
 
 def _plot(plan: SplitPlan, path: str) -> None:
     """Two panels: E2E saved bytes growing along the forward (cuts marked), and per-block bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     mib = 2.0**20
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 2]})
     cumulative = np.cumsum(np.asarray(plan.saved_profile, dtype=float)) / mib
@@ -204,6 +200,4 @@ def _plot(plan: SplitPlan, path: str) -> None:
     bottom.set_ylabel("MiB")
     bottom.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format=path.rsplit(".", 1)[-1] if "." in path else "png")
-    plt.close(fig)
+    save(fig, path)

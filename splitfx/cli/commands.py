@@ -5,9 +5,11 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 from ..base.errors import SplitFXError
 from ..base.files import write_text
+from .options import UsageError
 
 
 def _model_and_size(args: argparse.Namespace):
@@ -217,7 +219,8 @@ def train(args: argparse.Namespace) -> int:
     """Train a model block by block on the embedded digits (or your data), and show the memory it saves.
 
     Convert MODEL and train it with local losses, one gradient-isolated block at a time. Prints
-    per-epoch train loss and test accuracy, then the peak of saved activations of local training
+    per-epoch train loss and test accuracy (validation accuracy with --validation, and test accuracy
+    once at the end), then the peak of saved activations of local training
     next to that of one E2E step of the unsplit model, both measured with the same meter on the same
     batch. Leaves a run folder (default runs/MODEL-RECIPE-kK): checkpoint.pt after every epoch
     (atomically), metrics.jsonl (one line per epoch), plan.png and model.onnx (the trained model,
@@ -230,31 +233,62 @@ def train(args: argparse.Namespace) -> int:
         from .launch import train as train_stages
         return train_stages(args)
     from ..programs.run_folder import finish
+    from ..programs.train import test_accuracy
     from ..programs.train import train as run_training
     from .preflight import train_run
 
     config, state, out = train_run(args)
     print(f"run folder: {out}{os.sep}", flush=True)
     result = run_training(config, out=out, resume=state)
+    if config.validation:
+        print(f"test accuracy of the final model (test images read once, now): {100 * test_accuracy(result):.2f} %")
     finish(result.module, result.example, out)
     return 0
 
 
 def accuracy(args: argparse.Namespace) -> int:
-    """Table of test accuracy: E2E vs recipes at several K.
+    """Table of test accuracy: E2E vs recipes at several K, over seeds, rates picked on validation.
 
-    Train every (MODEL, recipe, K) with the same data, epochs and seed and print a markdown
-    table of final test accuracy (peak saved activations in brackets). Every model, recipe and K is
-    checked before the first run trains.
+    Every (MODEL, recipe, K) cell, and E2E once per model, gets the same budget: one run per
+    learning rate of --lrs (seed 0) evaluated on a validation split carved from the training images;
+    the rate with the best final validation accuracy is kept, and its runs for --seeds seeds are
+    evaluated once on the test images. The table gives mean ± std per cell and marks differences
+    from E2E larger than the two spreads together. Each run is appended to --results as it finishes:
+    --resume continues a killed table, --report remakes the table (and --figures the pictures) from
+    the file alone. Every model, recipe and K is checked before the first run trains.
     """
+    from ..base.jsonl import read_records
     from ..programs import accuracy as programs_accuracy
+    from ..programs import accuracy_report
     from . import preflight
 
     config = preflight.train_config(args)
-    preflight.accuracy(args.models, args.recipes, args.blocks_list, config)
-    rows = programs_accuracy.run(args.models, args.recipes, args.blocks_list, config)
-    text = programs_accuracy.markdown(rows, args.blocks_list)
+    config = replace(config, validation=0.15) if args.validation is None else config
+    if not config.validation:
+        raise UsageError("accuracy: --validation 0 leaves nothing to choose the learning rate on; give a "
+                         "fraction such as 0.15")
+    table = programs_accuracy.protocol(config, args.lrs, args.seeds)
+    mine = [r for r in read_records(args.results) if r.get("protocol") == table]
+    if args.report:
+        reported = [r for r in mine if r["phase"] == "test"]
+        if not reported:
+            others = {json.dumps({k: v for k, v in r.get("protocol", {}).items() if table.get(k) != v}, sort_keys=True)
+                      for r in read_records(args.results)}
+            raise UsageError(f"--report: {args.results} has no reported run made with these options"
+                             + (f"; its runs differ in {'; '.join(sorted(others))}" if others else ""))
+    else:
+        if mine and not args.resume:
+            raise UsageError(f"--results {args.results} already has {len(mine)} run(s) of this protocol: give "
+                             "--resume to continue that table, or another --results file")
+        preflight.accuracy(args.models, args.recipes, args.blocks_list, config)
+        reported = programs_accuracy.run(args.models, args.recipes, args.blocks_list, config, lrs=args.lrs,
+                                         seeds=args.seeds, results=args.results)
+        mine = [r for r in read_records(args.results) if r.get("protocol") == table]
+    text = accuracy_report.markdown(reported, args.blocks_list, mine)
     print(text)
     if args.out:
         write_text(args.out, text + "\n")
+    if args.figures:
+        for path in accuracy_report.figures(reported, args.figures):
+            print(f"wrote {path}")
     return 0

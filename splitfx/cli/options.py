@@ -50,13 +50,14 @@ def _checked(check: Callable[[str], object], name: str) -> Callable[[str], objec
     return parse
 
 
-def _number(kind: type, least: float, what: str) -> Callable[[str], object]:
+def number(kind: type, least: float, what: str, below: float = float("inf")) -> Callable[[str], object]:
+    """A ``type=`` for numbers in ``[least, below)`` (``below`` excluded; infinity is refused too)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not value >= least:  # also refuses nan
+        if not least <= value < below:  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
 
@@ -64,10 +65,10 @@ def _number(kind: type, least: float, what: str) -> Callable[[str], object]:
     return parse
 
 
-positive_int = _number(int, 1, "a positive integer")
-count = _number(int, 0, "an integer ≥ 0")
-positive_float = _number(float, 1e-300, "a positive number")
-count_fraction = _number(float, 0.0, "a fraction ≥ 0, such as 0.05")
+positive_int = number(int, 1, "a positive integer")
+count = number(int, 0, "an integer ≥ 0")
+positive_float = number(float, 1e-300, "a positive number")
+count_fraction = number(float, 0.0, "a fraction ≥ 0, such as 0.05")
 
 
 def memory_size(text: str) -> str:
@@ -276,24 +277,3 @@ def add_split(p: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
     p.add_argument("--replace-mode", default="tensor", choices=("tensor", "channel"),
                    help="RepL fusion coefficients: one (a, b) per tensor or per output channel (default %(default)s)")
-
-
-def add_training(p: argparse.ArgumentParser) -> None:
-    """What ``train`` and ``accuracy`` share: data, epochs, optimisation, seed. Defaults are
-    :class:`TrainConfig`'s, applied after parsing (None here: ``--resume`` sees what was given)."""
-    c = TrainConfig
-    add_recipe_options(p)
-    p.add_argument("--epochs", type=positive_int, help=f"epochs; with --resume the total (default {c.epochs})")
-    add_batch(p, None)
-    p.add_argument("--data", type=data_spec,
-                   help="digits (embedded scikit-learn digits, no download), cifar10:DIR (CIFAR-10 python "
-                        f"batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); default {c.data}")
-    add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}")
-    add_device(p)
-    p.add_argument("--amp", action="store_true", default=None,
-                   help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
-    p.add_argument("--lr", type=positive_float,
-                   help=f"AdamW learning rate, ×{c.lr_decay} after every epoch (default {c.lr})")
-    p.add_argument("--seed", type=count, help=f"seed for initialisation and data order (default {c.seed})")
-    p.add_argument("--max-batches", type=positive_int, metavar="N",
-                   help="train at most N batches per epoch, for a quick trial (default: the whole training set)")

@@ -21,7 +21,6 @@ from .options import (
     add_recipe,
     add_replace,
     add_split,
-    add_training,
     checkpoint_file,
     count,
     memory_size,
@@ -30,8 +29,10 @@ from .options import (
     output_dir,
     output_file,
     picture_file,
+    positive_float,
     positive_int,
 )
+from .training_options import add_training
 
 
 def _command(sub, name: str, func, **defaults) -> argparse.ArgumentParser:
@@ -153,7 +154,18 @@ def _accuracy(sub) -> None:
                         f"{', '.join(list_recipes())})")
     add_blocks(p, [2, 4, 8], "values of K", nargs="+", dest="blocks_list")
     add_training(p)
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per cell (default %(default)s)")
+    p.add_argument("--lrs", type=positive_float, nargs="+", default=[1e-3, 2e-3, 4e-3], metavar="LR",
+                   help="learning-rate grid searched per recipe and K on the validation split (default "
+                        "%(default)s); --validation defaults to 0.15 here")
+    p.add_argument("--results", default="accuracy.jsonl", metavar="FILE",
+                   help="JSON-lines file each run is appended to as it finishes (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs of --results made with the same protocol (epochs, grid, data, ...)")
+    p.add_argument("--report", action="store_true", help="train nothing: make the table from --results alone")
     p.add_argument("--out", type=output_file, help="also write the table to this markdown file")
+    p.add_argument("--figures", type=output_dir, metavar="DIR",
+                   help="write the pictures (accuracy against memory, validation curves at K=4) into DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ from ..programs.config import TrainConfig, check_options_used, with_all_options
 from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
-GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "seed", "max_batches")
+GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
+         "validation", "max_batches")
 
 
 def recipe_from(args: argparse.Namespace):

@@ -1,12 +1,72 @@
-"""``splitfx accuracy``: E2E vs every recipe at several K on the same data, epochs and seed."""
+"""``splitfx accuracy``: E2E vs every recipe at several K, with seeds and validation-picked learning rates.
+
+Every cell (model, recipe, K; E2E once per model at K=1) gets the same budget:
+
+1. **search**: one run per learning rate of the grid, seed 0, evaluated after every epoch on the
+   validation split (training images held out, :mod:`.data`); the test images are not read;
+2. **choose** the rate whose final validation accuracy is best (:func:`choose_lr`, which sees
+   validation curves only);
+3. **report**: the chosen rate's seed-0 model and new runs for seeds 1 … N−1 at that rate are
+   evaluated once on the test images.
+
+Each finished run appends one JSON line to the results file (:mod:`splitfx.base.jsonl`), so a killed
+table resumes where it stopped: runs are deterministic on CPU, so a seed-0 model lost between its
+search and its test evaluation is retrained to the same weights. Lines of another protocol (epochs,
+grid, data, ... differ) are ignored on resume.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
+from ..base.jsonl import Record, append_record, read_records
+from ..base.version import __version__
 from ..recipes import create_recipe
-from .config import options_for, with_all_options
-from .train import TrainConfig, train
+from .config import TrainConfig, options_for, with_all_options
+from .train import TrainResult, test_accuracy, train
+
+# What must agree for two runs to belong to one table (the cell and the rate/seed are keys of a run).
+PROTOCOL = ("epochs", "batch", "data", "input_size", "validation", "lr_decay", "weight_decay", "max_batches",
+            "device", "amp")
+
+
+def choose_lr(curves: dict[float, Sequence[float]]) -> float:
+    """The learning rate whose run ends with the best validation accuracy; ties go to the better mean
+    over the epochs, then to the smaller rate. Takes validation curves only: nothing else can steer it."""
+    return max(curves, key=lambda lr: (curves[lr][-1], sum(curves[lr]) / len(curves[lr]), -lr))
+
+
+def protocol(base: TrainConfig, lrs: Sequence[float], seeds: int) -> dict[str, Any]:
+    """The settings every run of one table shares, recorded with each run."""
+    return {**{k: getattr(base, k) for k in PROTOCOL}, "lrs": list(lrs), "seeds": seeds, "splitfx": __version__}
+
+
+def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], base: TrainConfig) -> list[TrainConfig]:
+    """One config per (model, recipe, K), E2E once per model; each recipe gets the options it takes."""
+    out = []
+    for model in models:
+        for recipe in recipes:
+            for k in (blocks if create_recipe(recipe).split else [1]):
+                out.append(with_all_options(replace(base, model=model, recipe=recipe, blocks=k,
+                                                    recipe_options=options_for(recipe, base.recipe_options))))
+    return out
+
+
+def _key(config: TrainConfig | Record) -> tuple:
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return get("model"), get("recipe"), get("blocks"), repr(sorted(get("recipe_options").items()))
+
+
+def _record(config: TrainConfig, result: TrainResult, phase: str, wall: float, table: dict) -> Record:
+    return {
+        "model": config.model, "recipe": config.recipe, "blocks": config.blocks, "recipe_options":
+        config.recipe_options, "lr": config.lr, "seed": config.seed, "phase": phase,
+        "trained_blocks": result.trained_blocks, "val": [h.val_accuracy for h in result.history],
+        "test": None, "peak_saved_mib": result.peak_saved_bytes / 2**20,
+        "e2e_saved_mib": result.e2e_saved_bytes / 2**20, "wall_seconds": wall, "protocol": table,
+    }
 
 
 def run(
@@ -14,44 +74,54 @@ def run(
     recipes: Sequence[str],
     blocks: Sequence[int],
     base: TrainConfig,
+    *,
+    lrs: Sequence[float],
+    seeds: int,
+    results: str,
     log: Callable[[str], None] = print,
-) -> list[dict]:
-    """One training run per (model, recipe, K); a recipe that does not split (``e2e``) runs once per model.
-    Each recipe gets the options of ``base.recipe_options`` that it takes."""
-    rows = []
-    for model in models:
-        for recipe in recipes:
-            for k in (blocks if create_recipe(recipe).split else [1]):
-                config = with_all_options(replace(base, model=model, recipe=recipe, blocks=k,
-                                                  recipe_options=options_for(recipe, base.recipe_options)))
-                result = train(config, log=lambda _: None)
-                last = result.history[-1]
-                rows.append({
-                    "model": model, "recipe": recipe, "blocks": result.trained_blocks,
-                    "accuracy": last.test_accuracy,
-                    "peak_saved_mib": max(h.peak_saved_bytes for h in result.history) / 2**20,
-                    "e2e_saved_mib": result.e2e_saved_bytes / 2**20,
-                    "seconds_per_epoch": sum(h.seconds for h in result.history) / len(result.history),
-                })
-                log(f"{model:>24} {recipe:>15} K={result.trained_blocks}: {100 * last.test_accuracy:.2f} %")
-    return rows
+    trainer: Callable[[TrainConfig], TrainResult] | None = None,
+) -> list[Record]:
+    """Search, choose and report every cell (see the module docstring), appending to ``results``;
+    returns the report lines (one per cell and seed) of this protocol, earlier ones included."""
+    if not base.validation:
+        raise ValueError("accuracy tables choose learning rates on a validation split: give validation > 0")
+    trainer = trainer or (lambda config: train(config, log=lambda _: None, progress=False))
+    table = protocol(base, lrs, seeds)
+    mine = [r for r in read_records(results) if r.get("protocol") == table]
+    todo = cells(models, recipes, blocks, base)
+    for n, cell in enumerate(todo, 1):
+        done = [r for r in mine if _key(r) == _key(cell)]
+        for line in _cell(cell, done, lrs, seeds, trainer, table):
+            append_record(results, line)
+            mine.append(line)
+            what = (f"test {100 * line['test']:.2f} %" if line["phase"] == "test"
+                    else f"val {100 * line['val'][-1]:.2f} %")
+            log(f"[{n}/{len(todo)}] {cell.model} {cell.recipe} K={line['trained_blocks']} lr={line['lr']:g} "
+                f"seed {line['seed']} ({line['phase']}): {what}, {line['wall_seconds']:.0f} s")
+    return [r for r in mine if r["phase"] == "test"]
 
 
-def markdown(rows: list[dict], blocks: Sequence[int]) -> str:
-    """Per model: one row per recipe, test accuracy (and peak saved MiB) per K."""
-    out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        e2e = next((r for r in mine if r["recipe"] == "e2e"), None)
-        out.append(f"### {model}\n")
-        out.append("| recipe | " + " | ".join(f"K={k}" for k in blocks) + " |")
-        out.append("|---|" + "---|" * len(blocks))
-        for recipe in dict.fromkeys(r["recipe"] for r in mine):
-            cells = []
-            for k in blocks:
-                hit = [r for r in mine if r["recipe"] == recipe and (r["blocks"] == k or recipe == "e2e")]
-                cells.append(f"{100 * hit[0]['accuracy']:.2f} % ({hit[0]['peak_saved_mib']:.1f} MiB)" if hit else "–")
-            out.append(f"| {recipe} | " + " | ".join(cells) + " |")
-        if e2e is not None:
-            out.append(f"\nE2E saves {e2e['peak_saved_mib']:.1f} MiB of activations per step.\n")
-    return "\n".join(out)
+def _cell(cell: TrainConfig, done: list[Record], lrs: Sequence[float], seeds: int,
+          trainer: Callable[[TrainConfig], TrainResult], table: dict) -> Iterable[Record]:
+    def fit(lr: float, seed: int) -> tuple[TrainResult, float]:
+        began = time.perf_counter()
+        result = trainer(replace(cell, lr=lr, seed=seed))
+        return result, time.perf_counter() - began
+
+    curves = {r["lr"]: r["val"] for r in done if r["phase"] == "search"}
+    kept: dict[float, tuple[TrainResult, float]] = {}
+    for lr in lrs:
+        if lr not in curves:
+            result, wall = kept[lr] = fit(lr, 0)
+            line = _record(replace(cell, lr=lr, seed=0), result, "search", wall, table)
+            curves[lr] = line["val"]
+            yield line
+    chosen = choose_lr({lr: curves[lr] for lr in lrs})
+    reported = {r["seed"] for r in done if r["phase"] == "test"}
+    for seed in range(seeds):
+        if seed in reported:
+            continue
+        result, wall = kept.pop(chosen) if seed == 0 and chosen in kept else fit(chosen, seed)
+        line = _record(replace(cell, lr=chosen, seed=seed), result, "test", wall, table)
+        line["test"] = test_accuracy(result)
+        yield line

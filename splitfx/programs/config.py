@@ -35,6 +35,9 @@ class TrainConfig:
     lr_decay: float = 0.8  # per epoch; independent of ``epochs`` so a resumed run equals a straight one
     weight_decay: float = 0.05
     seed: int = 0
+    # Fraction of the training images held out for validation (the same images in every run); with
+    # one, epochs are evaluated on it and the test images are not read during training.
+    validation: float = 0.0
     max_batches: int | None = None  # per epoch; None: the whole training set (fewer: quick trials)
     # The recipe's options (``splitfx.recipe(recipe, **recipe_options)``). ``splitfx train`` records
     # every one, defaults included (:func:`with_all_options`), so a resumed run trains the same recipe.

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ..base.jsonl import Record, read_records
 from .coverage import BLOCKS, CHAIN, STAGES, family
-from .sweep import Record, read_records
 
 OUTCOMES = ("pass", "fail", "timeout", "crash", "partial", "not run")
 TROUBLE = ("fail", "timeout", "crash")

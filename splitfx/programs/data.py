@@ -3,18 +3,40 @@
 ``digits`` is scikit-learn's handwritten digits (1,797 real 8×8 images, 10 classes), shipped inside
 scikit-learn, so training needs no download. Images are standardised, upsampled bilinearly to the
 model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is held out for test.
+
+``validation`` > 0 carves that fraction of the *training* images (stratified, a fixed seed, the same
+for every run) into a validation set, so that learning rates and epochs can be chosen without the
+test images: a run with a validation split evaluates on it and never touches ``test``.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..base.errors import SplitFXError, first_line
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLIT_SEED = 0  # every run carves the same validation images, whatever its own --seed
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The images of one ``--data`` spec: ``train`` is what is trained on (without the validation
+    images), ``val`` is None without a validation split."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    num_classes: int
+
+    @property
+    def monitored(self) -> tuple[str, Dataset]:
+        """The set evaluated after every epoch: validation when there is one, else test."""
+        return ("val", self.val) if self.val is not None else ("test", self.test)
 
 
 def digits(size: int, channels: int = 3) -> tuple[Dataset, Dataset, int]:
@@ -56,12 +78,51 @@ def check(spec: str) -> None:
                                    f"of images per class; {folder} has no class folders")
 
 
-def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
-    """(train, test, num_classes) for a ``--data`` spec."""
+def labels_of(dataset: Dataset) -> list[int]:
+    """Every image's class, without loading images where the dataset lists them."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist()
+    if hasattr(dataset, "targets"):
+        return list(dataset.targets)
+    return [int(y) for _, y in dataset]
+
+
+def carve(train: Dataset, fraction: float, evaluated: Dataset | None = None) -> tuple[Dataset, Dataset]:
+    """(train without the validation images, validation images): ``fraction`` of ``train``, stratified
+    by class with a fixed seed. ``evaluated`` is the same images under the evaluation transform."""
+    from sklearn.model_selection import train_test_split
+
+    labels = labels_of(train)
+    try:
+        kept, held = train_test_split(range(len(labels)), test_size=fraction, random_state=SPLIT_SEED,
+                                      stratify=labels)
+    except ValueError as err:
+        raise SplitFXError(f"--validation {fraction}: cannot hold out {fraction:.0%} of {len(labels)} training "
+                           f"images with every class in both parts ({first_line(err, 120)}); give a fraction "
+                           "that leaves each class at least one image on each side") from err
+    kept, held = sorted(kept), sorted(held)
+    if isinstance(train, TensorDataset) and evaluated is None:  # stays a TensorDataset: batches by indexing
+        return (TensorDataset(*(t[kept] for t in train.tensors)), TensorDataset(*(t[held] for t in train.tensors)))
+    return Subset(train, kept), Subset(train if evaluated is None else evaluated, held)
+
+
+def load(spec: str, size: int, validation: float = 0.0) -> Splits:
+    """The train, validation (``validation`` of the training images, 0: none) and test images of a
+    ``--data`` spec."""
     check(spec)
+    if not 0 <= validation < 1:
+        raise SplitFXError(f"--validation {validation}: give a fraction of the training images in [0, 1)")
+    train, test, classes, evaluated = _load(spec, size)
+    if not validation:
+        return Splits(train, None, test, classes)
+    return Splits(*carve(train, validation, evaluated), test, classes)
+
+
+def _load(spec: str, size: int) -> tuple[Dataset, Dataset, int, Dataset | None]:
+    """(train, test, classes, the training images under the test transform where it differs)."""
     kind, _, root = spec.partition(":")
     if kind == "digits":
-        return digits(size)
+        return (*digits(size), None)
     from torchvision import datasets
 
     if kind == "cifar10":
@@ -70,7 +131,8 @@ def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
             test = datasets.CIFAR10(root, train=False, download=False, transform=_torchvision(size, False))
         except RuntimeError as err:
             raise SplitFXError(f"--data {spec!r}: no CIFAR-10 python batches under {root} ({err})") from err
-        return train, test, 10
+        evaluated = datasets.CIFAR10(root, train=True, download=False, transform=_torchvision(size, False))
+        return train, test, 10, evaluated
     try:
         train = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, True))
         test = datasets.ImageFolder(os.path.join(root, "val"), transform=_torchvision(size, False))
@@ -80,4 +142,5 @@ def load(spec: str, size: int) -> tuple[Dataset, Dataset, int]:
     if train.classes != test.classes:
         raise SplitFXError(f"--data {spec!r}: train has classes {train.classes[:5]}, val {test.classes[:5]}; "
                            "give both the same class folders")
-    return train, test, len(train.classes)
+    evaluated = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, False))
+    return train, test, len(train.classes), evaluated

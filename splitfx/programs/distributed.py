@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint
 from .config import RESUMABLE, TrainConfig, resolve_device
 from .gather import gather_checkpoint, stage_optimizer_state
 from .run_folder import CHECKPOINT, write_metrics
-from .train import EpochResult, TrainResult, _amp_dtype, _batch, build_model, open_resume
+from .train import EpochResult, TrainResult, _amp_dtype, _batch, build_model, epoch_result, open_resume
 
 OnStep = Callable[[int, int], None]
 STEPS_PER_EPOCH = 1_000_000  # message tags: epoch · this + step (training), negative for evaluation
@@ -50,7 +50,7 @@ def _shards(idx: torch.Tensor, grid: grids.Grid) -> torch.Tensor | None:
 
 
 def _evaluate(me: Rank, test_set, batch: int, epoch: int) -> float:
-    """Test accuracy through the pipeline: each replica takes a share of the test set."""
+    """Accuracy on ``test_set`` (the monitored split) through the pipeline: each replica takes a share."""
     me.stage.sm.eval()
     order = torch.arange(len(test_set))
     correct = 0
@@ -116,7 +116,9 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
            on_step: OnStep | None) -> TrainResult | None:
     torch.manual_seed(config.seed)
     log = log if grid.rank == 0 else (lambda _: None)
-    train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
+    splits = datasets.load(config.data, config.input_size, config.validation)
+    train_set, num_classes = splits.train, splits.num_classes
+    monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, _ = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
     sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages)
@@ -147,14 +149,14 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
         began = time.perf_counter()
         sums, steps, peak = _epoch(me, train_set, config, epoch, progress, on_step)
         sched.step()
-        accuracy = _evaluate(me, test_set, config.batch, epoch)
+        accuracy = _evaluate(me, monitored, config.batch, epoch)
         totals = [0.0] * sm.num_blocks
         totals[stage.start:stage.end] = (sums / max(steps, 1) / grid.replicas).tolist()
         block_losses = _reduce(grid, totals)
         peak = int(_reduce(grid, [peak], dist.ReduceOp.MAX)[0])
-        result.history.append(EpochResult(epoch + 1, block_losses[-1], block_losses, accuracy,
-                                          time.perf_counter() - began, peak))
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
+        result.history.append(epoch_result(epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began,
+                                           peak))
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, {monitor} accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
             _save(grid, result, stage, opt, sched, scaler, out, num_classes)

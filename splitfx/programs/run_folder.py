@@ -1,10 +1,13 @@
 """The run folder ``splitfx train`` leaves: ``checkpoint.pt`` (every epoch), ``metrics.jsonl`` (one
-JSON line per epoch), ``plan.png`` (the split) and ``model.onnx`` (the trained model, verified with
+JSON line per epoch, and the same scalars under ``tensorboard/`` when the ``tensorboard`` extra is
+installed), ``plan.png`` (the split) and ``model.onnx`` (the trained model, verified with
 onnxruntime). Without ``--out`` it is ``runs/<model>-<recipe>-k<K>``, numbered so that no earlier
 run is overwritten."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import numbers
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -16,7 +19,7 @@ from ..base.files import write_text
 from ..runtime.split_module import SplitModule
 from .config import TrainConfig
 
-CHECKPOINT, METRICS, PLOT, ONNX = "checkpoint.pt", "metrics.jsonl", "plan.png", "model.onnx"
+CHECKPOINT, METRICS, PLOT, ONNX, TENSORBOARD = "checkpoint.pt", "metrics.jsonl", "plan.png", "model.onnx", "tensorboard"
 
 
 def default_dir(config: TrainConfig, root: str = "runs") -> str:
@@ -30,8 +33,24 @@ def default_dir(config: TrainConfig, root: str = "runs") -> str:
 
 
 def write_metrics(out: str, lines: Sequence[dict]) -> None:
-    """All epochs so far, one JSON object per line (rewritten whole, atomically, after each epoch)."""
+    """All epochs so far, one JSON object per line (rewritten whole, atomically, after each epoch);
+    the newest epoch's numbers also go to TensorBoard where it is installed."""
     write_text(os.path.join(out, METRICS), "".join(json.dumps(line) + "\n" for line in lines))
+    if lines and importlib.util.find_spec("tensorboard") is not None:
+        _tensorboard(out, lines[-1])
+
+
+def _tensorboard(out: str, line: dict) -> None:
+    """The epoch's scalars (losses per block, accuracies, memory, seconds) at step ``epoch``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(os.path.join(out, TENSORBOARD)) as writer:
+        for key, value in line.items():
+            if key == "block_losses":
+                for k, loss in enumerate(value):
+                    writer.add_scalar(f"block_loss/{k}", loss, line["epoch"])
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool) and key != "epoch":
+                writer.add_scalar(key, value, line["epoch"])
 
 
 def read_metrics(out: str) -> list[dict]:

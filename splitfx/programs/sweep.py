@@ -18,19 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
+from ..base.jsonl import Record, append_record, read_records
 from ..base.version import __version__
 from . import coverage, coverage_worker
 
 DEFAULT_CHECK = "splitfx.programs.coverage:check"
 WORKER = (sys.executable, "-c",
           f"from runpy import run_path; run_path({coverage_worker.__file__!r}, run_name='__main__')")
-
-Record = dict[str, Any]
-
 
 def versions() -> dict[str, str]:
     import timm
@@ -50,35 +47,6 @@ def select(pattern: str = "*", shard: tuple[int, int] = (0, 1), names: Iterable[
         raise ValueError(f"shard {i}/{n}: need 0 ≤ I < N")
     matching = sorted(name for name in set(names) if fnmatch.fnmatchcase(name, pattern))
     return matching[i::n]
-
-
-def read_records(path: str | os.PathLike) -> Iterator[Record]:
-    """Every complete JSON object line of a results file (a missing file has none); torn lines are skipped."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "model" in record:
-                yield record
-
-
-def append_record(path: str | os.PathLike, record: Record) -> None:
-    """Append ``record`` as one line: a single write in append mode, then fsync."""
-    data = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
-            data = b"\n" + data  # a line torn by a crash stays alone, unreadable, not glued to this one
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str]) -> list[str]:

@@ -34,10 +34,23 @@ class EpochResult:
     epoch: int
     train_loss: float  # mean loss of the last block (the model's own loss)
     block_losses: list[float]
-    test_accuracy: float
+    test_accuracy: float | None  # None when the run has a validation split: it never reads test images
     seconds: float
     peak_saved_bytes: int  # measured, live saved-for-backward activations
     peak_cuda_bytes: int | None = None
+    val_accuracy: float | None = None  # with a validation split (``TrainConfig.validation``)
+
+    @property
+    def accuracy(self) -> float:
+        """The accuracy evaluated after this epoch: validation when the run has a split, else test."""
+        return self.val_accuracy if self.val_accuracy is not None else self.test_accuracy
+
+
+def epoch_result(epoch: int, block_losses: list[float], monitor: str, accuracy: float, seconds: float,
+                 peak_saved_bytes: int, peak_cuda_bytes: int | None = None) -> EpochResult:
+    """One epoch's record, ``accuracy`` filed under what it was measured on (``val`` or ``test``)."""
+    return EpochResult(epoch, block_losses[-1], block_losses, accuracy if monitor == "test" else None, seconds,
+                       peak_saved_bytes, peak_cuda_bytes, accuracy if monitor == "val" else None)
 
 
 @dataclass
@@ -51,8 +64,13 @@ class TrainResult:
     example: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
+    def monitored(self) -> str:
+        """What was evaluated after every epoch: ``val`` (a validation split) or ``test``."""
+        return "val" if self.config.validation else "test"
+
+    @property
     def final_accuracy(self) -> float:
-        return self.history[-1].test_accuracy if self.history else float("nan")
+        return self.history[-1].accuracy if self.history else float("nan")
 
     @property
     def peak_saved_bytes(self) -> int:
@@ -63,8 +81,8 @@ class TrainResult:
         return (f"peak saved activations, measured with the same meter on the same batch: local "
                 f"{local / 2**20:.1f} MiB (K={self.trained_blocks}, {self.config.recipe}) vs E2E "
                 f"{e2e / 2**20:.1f} MiB: {local / max(e2e, 1):.2f}× ({'less' if local < e2e else 'MORE'} "
-                f"memory); test accuracy {100 * self.final_accuracy:.2f} % (best "
-                f"{100 * max(h.test_accuracy for h in self.history):.2f} %)")
+                f"memory); {self.monitored} accuracy {100 * self.final_accuracy:.2f} % (best "
+                f"{100 * max(h.accuracy for h in self.history):.2f} %)")
 
 
 def build_model(name: str, num_classes: int, size: int) -> nn.Module:
@@ -115,11 +133,15 @@ def train(
 ) -> TrainResult:
     """Train ``config.model`` with ``config.recipe``; checkpoint to ``out/checkpoint.pt`` and the epochs
     so far to ``out/metrics.jsonl`` after each epoch. ``resume`` must have been trained with the same
-    config (``epochs``, ``device`` and ``amp`` may differ)."""
+    config (``epochs``, ``device`` and ``amp`` may differ). With ``config.validation`` the epochs are
+    evaluated on the validation split and the test images are never read (:func:`test_accuracy`
+    reads them once, when the caller has chosen what to report)."""
     state = open_resume(resume, config) if resume is not None else None
     config = replace(config, device=resolve_device(config.device))
     torch.manual_seed(config.seed)
-    train_set, test_set, num_classes = datasets.load(config.data, config.input_size)
+    splits = datasets.load(config.data, config.input_size, config.validation)
+    train_set, num_classes = splits.train, splits.num_classes
+    monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
     sm = convert(model, example, config.blocks, recipe=config.make_recipe()).to(config.device)
@@ -136,7 +158,7 @@ def train(
         start_epoch = state.epoch + 1
 
     log(f"{config.model}: {sm.num_blocks} gradient-isolated blocks, recipe {config.recipe!r}, "
-        f"{len(train_set)} train / {len(test_set)} test images of {config.input_size}², on {config.device}")
+        f"{len(train_set)} train / {len(monitored)} {monitor} images of {config.input_size}², on {config.device}")
     exclude = state_keys([sm])
     for epoch in range(start_epoch, config.epochs):
         sm.train()
@@ -154,18 +176,25 @@ def train(
                 sums += torch.tensor(losses)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
-        accuracy = evaluate(sm, test_set, config.batch, config.device)
+        accuracy = evaluate(sm, monitored, config.batch, config.device)
         block_losses = (sums / len(batches)).tolist()
-        result.history.append(EpochResult(
-            epoch + 1, block_losses[-1], block_losses, accuracy, time.perf_counter() - began, meter.peak,
+        result.history.append(epoch_result(
+            epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began, meter.peak,
             torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None,
         ))
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, test accuracy "
+        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, {monitor} accuracy "
             f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
             _save(result, sm, opt, sched, scaler, out, num_classes)
     log(result.summary())
     return result
+
+
+def test_accuracy(result: TrainResult) -> float:
+    """The test accuracy of a trained run's final model: the one place a run with a validation split
+    reads its test images, called once what to report has been chosen."""
+    config = result.config
+    return evaluate(result.module, datasets.load(config.data, config.input_size).test, config.batch, config.device)
 
 
 def _save(result: TrainResult, sm: SplitModule, opt, sched, scaler, out: str, num_classes: int) -> None:

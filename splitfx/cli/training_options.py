@@ -1,0 +1,47 @@
+"""The training options ``train`` and ``accuracy`` share: data, epochs, optimisation, seed, validation."""
+from __future__ import annotations
+
+import argparse
+
+from ..programs.config import TrainConfig
+from .options import (
+    add_batch,
+    add_device,
+    add_input_size,
+    add_recipe_options,
+    count,
+    data_spec,
+    number,
+    positive_float,
+    positive_int,
+)
+
+unit_fraction = number(float, 1e-300, "a number in (0, 1]", below=1 + 1e-12)
+validation_fraction = number(float, 0.0, "a fraction in [0, 1), such as 0.15", below=1.0)
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    """What ``train`` and ``accuracy`` share: data, epochs, optimisation, seed. Defaults are
+    :class:`TrainConfig`'s, applied after parsing (None here: ``--resume`` sees what was given)."""
+    c = TrainConfig
+    add_recipe_options(p)
+    p.add_argument("--epochs", type=positive_int, help=f"epochs; with --resume the total (default {c.epochs})")
+    add_batch(p, None)
+    p.add_argument("--data", type=data_spec,
+                   help="digits (embedded scikit-learn digits, no download), cifar10:DIR (CIFAR-10 python "
+                        f"batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); default {c.data}")
+    add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}")
+    add_device(p)
+    p.add_argument("--amp", action="store_true", default=None,
+                   help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
+    p.add_argument("--lr", type=positive_float,
+                   help=f"AdamW learning rate, ×{c.lr_decay} after every epoch (default {c.lr})")
+    p.add_argument("--lr-decay", type=unit_fraction, metavar="FACTOR",
+                   help=f"learning rate factor applied after every epoch (default {c.lr_decay})")
+    p.add_argument("--seed", type=count, help=f"seed for initialisation and data order (default {c.seed})")
+    p.add_argument("--validation", type=validation_fraction, metavar="FRACTION",
+                   help="hold out this fraction of the training images (stratified, the same images in every "
+                        "run) and evaluate epochs on them; the test images are then read once, after training "
+                        f"(default {c.validation}: no validation split, epochs evaluated on test)")
+    p.add_argument("--max-batches", type=positive_int, metavar="N",
+                   help="train at most N batches per epoch, for a quick trial (default: the whole training set)")
