@@ -6,6 +6,7 @@
 from .api.conversion import convert
 from .api.onnx_export import ExportReport, export_onnx
 from .api.planning import max_batch, plan
+from .api.timing import measure_block_times
 from .base.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -40,6 +41,7 @@ __all__ = [
     "export_onnx",
     "list_recipes",
     "max_batch",
+    "measure_block_times",
     "plan",
     "recipe",
     "register_recipe",

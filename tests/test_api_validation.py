@@ -70,6 +70,10 @@ BAD = [
     (dict(model=nn.DataParallel(Tiny())), TypeError, "pass model.module"),
     (dict(model=torch.compile(Tiny())), TypeError, "model._orig_mod"),
     (dict(model=lambda x: x), TypeError, "must be a torch.nn.Module"),
+    (dict(stage_balance="time"), ValueError, "give stages=S too"),
+    (dict(stages=2, stage_balance="fastest"), ValueError, "unknown stage_balance 'fastest'"),
+    (dict(stages=2, stage_balance=[1.0, -1.0]), ValueError, "stage_balance[1] is -1.0"),
+    (dict(stages=2, stage_balance=3.0), TypeError, "a list of seconds per block"),
 ]
 
 

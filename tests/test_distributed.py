@@ -2,9 +2,10 @@
 
 Process start-up (importing torch, timm, scikit-learn) is most of the cost, so each session starts
 its ranks once (forked from a server that imported them) and runs every scenario in them: the
-2-rank session trains pipelines and data-parallel replicas, checks that mismatched plans are
-refused, then runs ``train --stages 2`` and kills rank 1 in its second epoch; the 4-rank session
-trains a 4-stage pipeline and a 2 × 2 grid, then resumes the killed run's checkpoint on 4 stages.
+2-rank session trains pipelines and data-parallel replicas, balances stages by the block times rank
+0 measured, checks that mismatched plans are refused, then runs ``train --stages 2`` (stages by
+measured time) and kills rank 1 in its second epoch; the 4-rank session trains a 4-stage pipeline
+and a 2 × 2 grid, balances by time too, then resumes the killed run's checkpoint on 4 stages.
 The parent compares everything with one process (one thread, like every rank). Every wait has a
 timeout, so a hang fails instead of stalling.
 """
@@ -19,7 +20,7 @@ from dist_helpers import batches, converted, held, mismatches, one_thread, optim
 
 from splitfx.base.errors import DistributedError
 from splitfx.programs.checkpoint import Checkpoint
-from splitfx.programs.distributed import train_distributed
+from splitfx.programs.distributed import balance_by_time, train_distributed
 from splitfx.programs.train import TrainConfig, train
 from splitfx.runtime import grid as grids
 from splitfx.runtime.pipeline import Stage, check_pipeline
@@ -57,6 +58,14 @@ def _train(stages: int, blocks: int, recipe: str, replicas: int, ranges=None, **
     return held(sm)
 
 
+def _measured() -> dict:
+    """The 2-stage plan this rank gets when the stages are balanced by measured block times."""
+    grid = grids.start(2, "cpu", timeout=30)
+    sm = converted(4, stages=2)
+    balance_by_time(grid, sm, batches(1)[0])
+    return sm.plan.stages.to_dict()
+
+
 def _program(rank: int, stages: int, out: str, resume: str | None, kill: tuple | None) -> dict:
     def on_step(epoch: int, step: int) -> None:
         if kill is not None and (rank, epoch, step) == kill:
@@ -77,6 +86,7 @@ def _session(rank: int, world: int, scenarios: dict, program: dict) -> dict:
     began = time.monotonic()
     results = {name: _train(stages, blocks, recipe, world // stages, **extra)
                for name, (stages, blocks, recipe, extra) in scenarios.items()}
+    results["measured"] = _measured()
     try:
         grid = grids.Grid(rank, world, 1, torch.device("cpu"), 30)
         grids.agree(grid, grids.digest("plan", rank == world - 1), "the plan")
@@ -137,6 +147,14 @@ def test_ranks_equal_one_process(runs, session, world):
         shares = [r[name] for r in results if r is not None and name in r]
         assert len(shares) == world
         assert mismatches(shares, runs["refs"][name]) == [], name
+
+
+def test_every_rank_gets_the_stages_rank_0_measured(runs):
+    for session in ("two", "four"):
+        assert all(r is not None and "measured" in r for r in runs[session]), f"{session}: a rank died"
+        plans = [r["measured"] for r in runs[session]]
+        assert plans[0]["balanced_by"] == "time" and len(plans[0]["seconds"]) == 2
+        assert all(p == plans[0] for p in plans), "the same times (measured once) and stages on every rank"
 
 
 def test_mismatched_plans_are_refused(runs):

@@ -11,7 +11,8 @@ import torch
 from dist_helpers import TwoPath, converted
 
 import splitfx
-from splitfx.base.errors import DistributedError, PlanError
+from splitfx.api.timing import rebalance_stages
+from splitfx.base.errors import ArgumentError, DistributedError, PlanError
 from splitfx.cli import main
 from splitfx.planner.stages import balance_stages, stage_costs
 from splitfx.programs.distributed import train_distributed
@@ -86,6 +87,59 @@ def test_stages_are_balanced_by_time_within_the_memory_budget():
         balance_stages(plan, 3, memory_budget=1000)
     with pytest.raises(PlanError, match="at least 7 blocks"):
         balance_stages(plan, 7)
+
+
+def test_measured_times_balance_the_stages_where_flops_mispredict():
+    model = timm.create_model("resnet18", num_classes=10)
+    x = torch.randn(4, 3, 32, 32)
+    plan = splitfx.plan(model, x, 6, stages=2)
+    times = [6.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # block 0 far slower than its FLOPs say (a CPU's large feature maps)
+    by_time = balance_stages(plan, 2, times=times)
+    assert plan.stages.ranges == [(0, 5), (5, 6)] and plan.stages.balanced_by == "flops"
+    assert by_time.ranges == [(0, 1), (1, 6)] and by_time.seconds == [6.0, 5.0] and by_time.balanced_by == "time"
+    assert by_time.shares == pytest.approx([6 / 11, 5 / 11]) and by_time.bubble() == pytest.approx(1 - 11 / 12)
+    assert "balanced by measured block times" in by_time.table() and by_time.to_dict()["balanced_by"] == "time"
+    assert splitfx.plan(model, x, 6, stages=2, stage_balance=times).stages.ranges == by_time.ranges
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # brute force agrees: the least largest stage time (within the 1 % memory tie-break)
+        t = (torch.rand(6, generator=g) + 0.1).tolist()
+        best = min(max(sum(t[a:b]) for a, b in itertools.pairwise((0, *cut, 6)))
+                   for cut in itertools.combinations(range(1, 6), 2))
+        assert max(balance_stages(plan, 3, times=t).seconds) <= best * 1.01
+    budget = max(by_time.memory) - 1  # memory stays a constraint: the next best split that fits
+    fitted = balance_stages(plan, 2, memory_budget=budget, times=times)
+    assert fitted.ranges == [(0, 2), (2, 6)] and max(fitted.memory) <= budget
+    with pytest.raises(PlanError, match="6 positive seconds"):
+        balance_stages(plan, 2, times=times[:5])
+
+
+def test_measured_block_times_leave_the_module_as_it_was():
+    sm = converted(4, stages=2)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    before, rng = {k: v.clone() for k, v in sm.state_dict().items()}, torch.get_rng_state()
+    times = splitfx.measure_block_times(sm, x, y)
+    assert len(times) == 4 and all(t > 0 for t in times)
+    assert all(torch.equal(before[k], v) for k, v in sm.state_dict().items()), "weights and BatchNorm statistics"
+    assert all(p.grad is None for p in sm.parameters()) and torch.equal(rng, torch.get_rng_state())
+    rebalance_stages(sm, [1.0, 1.0, 1.0, 5.0])
+    assert sm.plan.stages.ranges == [(0, 3), (3, 4)] and sm.plan.stages.seconds == [3.0, 5.0]
+    timed = converted(4, stages=2, stage_balance="time")
+    assert timed.plan.stages.balanced_by == "time" and len(timed.plan.stages.seconds) == 2
+    with pytest.raises(ArgumentError, match="measures the converted blocks"):
+        splitfx.plan(TwoPath(), x, 4, stages=2, stage_balance="time")
+    Stage(sm, 0, 3).place("cpu")
+    with pytest.raises(ArgumentError, match="whole SplitModule"):
+        splitfx.measure_block_times(sm, x, y)
+
+
+def test_stage_balance_option(capsys):
+    assert main(["bench", "resnet18", "--stages", "2", "--stage-balance", "fastest"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --stage-balance: invalid choice: 'fastest'" in err and "Traceback" not in err
+    assert main(["train", "--stages", "2", "--stage-balance", "flops"]) == 2  # parsed; then: not under torchrun
+    assert "launch with torchrun" in capsys.readouterr().err
+    with pytest.raises(DistributedError, match="stage_balance must be one of flops, time"):
+        train_distributed(TrainConfig(epochs=1, **FAST), 2, stage_balance="fastest")
 
 
 def test_header_round_trip():

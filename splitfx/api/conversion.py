@@ -16,7 +16,8 @@ from ..planner.context import PlanContext
 from ..recipes import LossFn
 from ..runtime.split_module import SplitModule
 from .planning import plan as make_plan
-from .validation import check_convert, check_output
+from .timing import OPTIMIZERS, measure_block_times, rebalance_stages
+from .validation import check_convert, check_output, check_plan_arguments
 
 
 def convert(
@@ -33,11 +34,19 @@ def convert(
     Takes every keyword of :func:`splitfx.plan` (``method``, ``split_points``, ``recipe``,
     ``num_classes``, ``leaf_modules``, ``replace``, ``replace_mode``), plus ``plan`` (reuse a plan of
     this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
-    last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied."""
+    last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied.
+
+    With ``stages=S, stage_balance="time"`` the stages are balanced by each block's training time
+    measured here on ``example_inputs`` (:func:`splitfx.measure_block_times`, stepping the
+    ``optimizer`` named) instead of predicted FLOPs; ``model`` is left as it was."""
     check_convert(model, locals())
     fresh = plan is None  # a plan made here is no one else's: its heads can be used as they are
+    measured = options.get("stage_balance") == "time"
+    if measured:  # planned by FLOPs first: check what was given (stages=S among it)
+        check_plan_arguments(model, example_inputs, num_blocks=num_blocks, **options)
     if plan is None:
-        plan = make_plan(model, example_inputs, num_blocks, **options)
+        plan = make_plan(model, example_inputs, num_blocks, **{**options, "stage_balance": "flops"} if measured
+                         else options)
     elif options:
         raise ArgumentTypeError(f"convert(plan=...) takes the plan's own options; drop {sorted(options)}")
     ctx = _context(plan)
@@ -54,6 +63,9 @@ def convert(
         parts.attached,
     )
     sm.training = model.training  # the SplitModule's mode is the model's (its submodules keep their own)
+    if measured:
+        times = measure_block_times(sm, example_inputs, optimizer=OPTIMIZERS[sm.plan.stages.optimizer])
+        rebalance_stages(sm, times, options.get("tolerance", 0.05))
     return sm
 
 

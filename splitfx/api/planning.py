@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..base.errors import PlanError
+from ..base.errors import ArgumentError, PlanError
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..base.units import parse_bytes
@@ -40,6 +40,7 @@ def plan(
     optimizer: str = "adamw",
     auto_leaf: bool = True,
     stages: int | None = None,
+    stage_balance: str | Sequence[float] = "flops",
 ) -> SplitPlan:
     """Trace ``model``, predict its costs and choose ``num_blocks`` gradient-isolated blocks.
 
@@ -63,15 +64,23 @@ def plan(
     With ``auto_leaf`` (the default), a submodule fx cannot trace is kept whole as a leaf and the
     model still splits around it (``plan.auto_leaves`` says which and why); ``False`` raises instead.
 
-    ``stages`` groups the blocks into that many pipeline ranks (``plan.stages``), balanced by
-    predicted training FLOPs; ``memory_budget`` is then each rank's limit and K stays ``num_blocks``."""
+    ``stages`` groups the blocks into that many pipeline ranks (``plan.stages``); ``memory_budget``
+    is then each rank's limit and K stays ``num_blocks``. ``stage_balance`` says what the stages
+    balance: ``"flops"`` (predicted training FLOPs), measured seconds per block (a sequence of K, as
+    :func:`splitfx.measure_block_times` returns), or ``"time"``, which only :func:`splitfx.convert`
+    takes (it measures the blocks it made)."""
     check_plan_arguments(**locals())
+    if stage_balance == "time":
+        raise ArgumentError("stage_balance='time' measures the converted blocks: use splitfx.convert(..., "
+                            "stage_balance='time'), or pass the seconds per block that "
+                            "splitfx.measure_block_times(split_module, inputs) returns")
     planner = _planner(model, as_tuple(example_inputs), method, recipe, num_classes, leaf_modules, replace,
                        replace_mode, max_cut_tensors, tolerance, auto_leaf)
     if stages is not None:
         made = planner.plan(num_blocks, split_points)
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
-        made.stages = balance_stages(made, stages, budget, optimizer, tolerance)
+        times = None if isinstance(stage_balance, str) else stage_balance
+        made.stages = balance_stages(made, stages, budget, optimizer, tolerance, times=times)
         return made
     if memory_budget is None:
         return planner.plan(num_blocks, split_points)

@@ -128,6 +128,21 @@ def _recipe(value: Any) -> None:
         _choice("recipe", value, list_recipes(), " (splitfx.list_recipes()), or a splitfx.Recipe instance")
 
 
+STAGE_BALANCES = ("flops", "time")
+
+
+def _stage_balance(value: Any) -> None:
+    """``"flops"``, ``"time"`` or measured seconds per block (positive numbers)."""
+    if isinstance(value, str):
+        _choice("stage_balance", value, STAGE_BALANCES, " or a list of seconds per block")
+        return
+    if not isinstance(value, list | tuple) or not value:
+        _raise_type("stage_balance", "'flops', 'time' or a list of seconds per block", value)
+    for i, t in enumerate(value):
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf"):
+            raise ArgumentError(f"stage_balance[{i}] is {t!r}; measured block times are positive seconds")
+
+
 # One check per keyword of plan/convert; keywords without an entry are the planner's to check.
 _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "num_blocks": lambda v: _int("num_blocks", v, 1),
@@ -146,6 +161,7 @@ _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "memory_budget": lambda v: None if v is None else _size("memory_budget", v),
     "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZER_STATES))),
     "stages": lambda v: _int("stages", v, 1, none_ok=True),
+    "stage_balance": _stage_balance,
 }
 
 
@@ -175,6 +191,8 @@ def check_plan_arguments(model: Any, example_inputs: Any, **keywords: Any) -> No
     check_inputs(example_inputs, model)
     if isinstance(keywords.get("split_points"), list | tuple) and not keywords["split_points"]:
         raise ArgumentError("split_points=[] names no module; pass None to balance by method=, or module names")
+    if keywords.get("stages") is None and keywords.get("stage_balance", "flops") != "flops":
+        raise ArgumentError("stage_balance= balances pipeline stages; give stages=S too")
     for name, value in keywords.items():
         _KEYWORDS.get(name, lambda _: None)(value)
 

@@ -107,7 +107,7 @@ def bench(args: argparse.Namespace) -> int:
 
     _, size = _model_and_size(args)
     results = []
-    for k in args.blocks:
+    for k in args.blocks or [4]:
         result = programs_bench.run(
             lambda: create_model(args.model), args.model, k, recipe=_recipe(args), batch=args.batch, input_size=size,
             device=args.device, steps=args.steps, warmup=args.warmup, replace=args.replace,

@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..api.validation import STAGE_BALANCES
 from ..base.errors import SplitFXError
 from .options import positive_float, positive_int
 
 
 def add_stages(p: argparse.ArgumentParser, what: str) -> None:
-    """``--stages S`` and ``--timeout SECONDS``."""
+    """``--stages S``, ``--stage-balance`` and ``--timeout SECONDS``."""
     p.add_argument("--stages", type=positive_int, metavar="S",
                    help=f"{what}: run as one of S×R ranks under torchrun (S pipeline stages × R data-parallel "
                         "replicas; S=1 is data parallelism alone)")
+    p.add_argument("--stage-balance", choices=STAGE_BALANCES, default="time",
+                   help="with --stages: group the blocks into stages by their training times, measured on rank 0 "
+                        "and sent to every rank (time), or by predicted FLOPs (flops) (default %(default)s)")
     p.add_argument("--timeout", dest="rank_timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="with --stages: longest wait for another rank before the run stops with an error naming "
                         "it (default %(default)s)")
@@ -37,7 +41,8 @@ def train(args: argparse.Namespace) -> int:
     config, state, out = train_run(args)
     if rank == 0:
         print(f"run folder: {out}{os.sep}", flush=True)
-    result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout)
+    result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout,
+                               stage_balance=args.stage_balance)
     if result is not None:
         from ..api.onnx_export import export_onnx
         from ..programs.run_folder import ONNX, PLOT
@@ -58,14 +63,15 @@ def bench(args: argparse.Namespace) -> int:
     from ..programs.models import create_model, default_input_size
     from ..programs.pipeline_bench import run
 
-    if len(args.blocks) > 1 or args.replace or args.amp or args.channels_last:
+    if len(args.blocks or ()) > 1 or args.replace or args.amp or args.channels_last:
         raise SplitFXError("bench --stages compares one K in float32 on CPU (--device is not used): give one "
                            "--blocks and no --replace, --amp or --channels-last")
     size = args.input_size or default_input_size(create_model(args.model))
     from .preflight import recipe_from
 
-    result = run(args.model, args.stages, blocks=args.blocks[0], recipe=recipe_from(args), batch=args.batch,
-                 input_size=size, steps=args.steps, warmup=args.warmup, timeout=args.rank_timeout)
+    result = run(args.model, args.stages, blocks=args.blocks[0] if args.blocks else None, recipe=recipe_from(args),
+                 batch=args.batch, input_size=size, steps=args.steps, warmup=args.warmup, timeout=args.rank_timeout,
+                 stage_balance=args.stage_balance)
     if result is not None:
         print(result.table(), flush=True)
         if args.json:

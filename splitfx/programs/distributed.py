@@ -1,7 +1,8 @@
 """``torchrun … -m splitfx train --stages S``: local training as a pipeline × data-parallel grid.
 
 The world is S stages × R replicas (:mod:`splitfx.runtime.grid`). Every rank plans and converts the
-same model (the plan's fingerprint is compared before training), keeps only its stage's blocks and
+same model, groups the blocks into stages by the block times rank 0 measured (or by predicted FLOPs;
+the plan's fingerprint, stages included, is compared before training), keeps only its stage's blocks and
 aux heads, and trains them with its own AdamW (:mod:`splitfx.runtime.schedule`). Each global batch
 is split into R shards, one per replica; the data order, the learning-rate decay and the checkpoint
 (:mod:`.gather`, the one-process format) are those of ``splitfx train``, so with one replica the
@@ -19,12 +20,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..api.conversion import convert
+from ..api.timing import measure_block_times, rebalance_stages
+from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
 from ..base.meter import SavedTensorMeter, state_keys
 from ..base.version import __version__
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.schedule import Rank
+from ..runtime.split_module import SplitModule
 from ..runtime.transport import wait
 from . import data as datasets
 from .checkpoint import Checkpoint
@@ -89,21 +93,39 @@ def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool,
     return sums, len(batches), meter.peak
 
 
+def balance_by_time(grid: grids.Grid, sm: SplitModule, batch: tuple[torch.Tensor, torch.Tensor],
+                    autocast_dtype: torch.dtype | None = None) -> None:
+    """Regroup ``sm``'s pipeline stages by its blocks' training times on ``batch``, measured by rank 0
+    on the grid's device (it holds the whole model there meanwhile) and sent to every rank: each
+    process would measure other times, and every rank must train the same stages."""
+    if grid.stages == 1:
+        return
+    times = [0.0] * sm.num_blocks
+    if grid.rank == 0:
+        x, y = (t.to(grid.device) for t in batch)
+        times = measure_block_times(sm.to(grid.device), x, y, autocast_dtype=autocast_dtype)
+    rebalance_stages(sm, grids.from_first(grid, times, "rank 0 measured the block times"))
+
+
 def train_distributed(config: TrainConfig, stages: int, out: str | None = None, resume: str | Checkpoint | None = None,
                       log: Callable[[str], None] = print, progress: bool = True, timeout: float = 300.0,
-                      on_step: OnStep | None = None) -> TrainResult | None:
+                      on_step: OnStep | None = None, stage_balance: str = "time") -> TrainResult | None:
     """This rank's part of a ``stages``-stage pipeline × data-parallel run of ``config``; rank 0 writes
     ``out/checkpoint.pt`` and ``metrics.jsonl`` after every epoch and returns the result, the others
-    None. ``timeout`` bounds every wait: a rank that stops or hangs ends the others with an error
-    naming it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there)."""
+    None. ``stage_balance`` groups the blocks into stages by measured block times (``"time"``,
+    :func:`balance_by_time`) or predicted FLOPs (``"flops"``); the weights do not depend on it.
+    ``timeout`` bounds every wait: a rank that stops or hangs ends the others with an error naming
+    it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there)."""
     state = open_resume(resume, config) if resume is not None else None
     config = replace(config, device=resolve_device(config.device))
+    if stage_balance not in STAGE_BALANCES:
+        raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     if stages > config.blocks:
         raise DistributedError(f"--stages {stages} is more than --blocks {config.blocks}: every stage trains at "
                                "least one block")
     grid = grids.start(stages, config.device, timeout)
     try:
-        result = _train(grid, config, state, out, log, progress, on_step)
+        result = _train(grid, config, state, out, log, progress, on_step, stage_balance)
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -113,15 +135,18 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
 
 
 def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out: str | None, log, progress: bool,
-           on_step: OnStep | None) -> TrainResult | None:
+           on_step: OnStep | None, stage_balance: str) -> TrainResult | None:
     torch.manual_seed(config.seed)
     log = log if grid.rank == 0 else (lambda _: None)
     splits = datasets.load(config.data, config.input_size, config.validation)
     train_set, num_classes = splits.train, splits.num_classes
     monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
-    example, _ = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
+    example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
     sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages)
+    amp = _amp_dtype(config)
+    if stage_balance == "time":
+        balance_by_time(grid, sm, (example, labels), amp)
     ranges = sm.plan.stages.ranges
     check_pipeline(sm, ranges)
     grids.agree(grid, _fingerprint(sm, config, grid), "the plan (or the training options)")
@@ -131,7 +156,6 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     stage.place(grid.device)
     opt = torch.optim.AdamW([p for _, p in stage.named_parameters()], lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
-    amp = _amp_dtype(config)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes, [], sm.plan.e2e_saved_bytes, sm, example)
     start_epoch = 0

@@ -1,7 +1,9 @@
 """``torchrun --nproc-per-node S -m splitfx bench MODEL --stages S``: the pipeline against one process
 and against ``torch.distributed.pipelining``, on the same batches, one thread per rank.
 
-Modes, each timed over the same ``steps`` batches after ``warmup`` untimed ones:
+The K blocks are grouped into S stages by their training times, measured on rank 0 and sent to
+every rank (``stage_balance="time"``), or by predicted FLOPs (``"flops"``); every mode trains the
+same stages. Modes, each timed over the same ``steps`` batches after ``warmup`` untimed ones:
 
 * ``one process``: rank 0 alone runs ``SplitModule.train_step`` over all K blocks (the others wait).
 * ``pipeline``: S ranks, each its stage's blocks (:mod:`splitfx.runtime.schedule`); no gradient
@@ -25,6 +27,7 @@ from torch import nn
 
 from ..api.conversion import convert, segments
 from ..api.planning import plan as make_plan
+from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
 from ..base.meter import SavedTensorMeter, state_keys
 from ..base.report import nbytes
@@ -33,6 +36,8 @@ from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.placement import block_tensors, held_bytes, place
 from ..runtime.schedule import Rank
+from ..runtime.split_module import SplitModule
+from .distributed import balance_by_time
 from .models import create_model
 
 
@@ -72,13 +77,15 @@ class PipelineBench:
     microbatches: int
     ranges: list
     shares: list
+    stage_balance: str = "time"
     modes: list[Mode] = field(default_factory=list)
 
     def table(self) -> str:
         base = self.modes[0]
+        clock = "measured" if self.stage_balance == "time" else "predicted"
         head = (f"{self.model}, K={self.blocks} by {self.method}, recipe {self.recipe!r}, batch {self.batch}, input "
                 f"{'×'.join(map(str, self.input_size))}, CPU, one thread per rank, {self.steps} timed steps; stages "
-                + ", ".join(f"{s}: blocks {a}–{b - 1} ({100 * share:.0f} % of predicted time)"
+                + ", ".join(f"{s}: blocks {a}–{b - 1} ({100 * share:.0f} % of {clock} time)"
                             for s, ((a, b), share) in enumerate(zip(self.ranges, self.shares, strict=True))))
         rows = [["mode", "ranks", "samples/s", "×one", "params", "optimizer", "saved act.", "largest rank", "×one"]]
         for m in self.modes:
@@ -133,9 +140,17 @@ def _timed(grid: grids.Grid, step: Callable[[int], None], data: list, warmup: in
     return time.perf_counter() - began, meter.peak
 
 
-def _local(grid: grids.Grid, name: str, data: list, blocks: int, recipe: str, method: str,
-           warmup: int) -> tuple[float, Memory]:
+def _staged(grid: grids.Grid, name: str, data: list, blocks: int, recipe: str, method: str,
+            stage_balance: str) -> SplitModule:
+    """The model converted, its stages balanced by ``stage_balance``, the same on every rank."""
     sm = convert(_fresh(name), data[0][0], blocks, recipe=recipe, method=method, stages=grid.stages)
+    if stage_balance == "time":
+        balance_by_time(grid, sm, data[0])
+    grids.agree(grid, grids.digest(sm.plan.stages.to_dict()), "the stage plan")
+    return sm
+
+
+def _local(grid: grids.Grid, sm: SplitModule, data: list, warmup: int) -> tuple[float, Memory]:
     ranges = sm.plan.stages.ranges
     check_pipeline(sm, ranges)
     stage = Stage(sm, *ranges[grid.stage])
@@ -161,13 +176,13 @@ def _one(name: str, data: list, blocks: int, recipe: str, method: str, warmup: i
     return seconds, Memory(held_bytes(sm.parameters()), _state_bytes(opt), meter.peak)
 
 
-def _e2e(grid: grids.Grid, name: str, data: list, blocks: int, method: str, schedule: str, microbatches: int,
-         warmup: int) -> tuple[float, Memory]:
+def _e2e(grid: grids.Grid, name: str, data: list, blocks: int, method: str, ranges: list, schedule: str,
+         microbatches: int, warmup: int) -> tuple[float, Memory]:
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     model = _fresh(name)
-    planned = make_plan(model, data[0][0], blocks, method=method, stages=grid.stages)
-    a, b = planned.stages.ranges[grid.stage]
+    planned = make_plan(model, data[0][0], blocks, method=method)
+    a, b = ranges[grid.stage]
     parts = segments(planned, detach=False)[a:b]
     module = _Segments(parts, model)
     place(module, [t for part in parts for t in block_tensors(part)], "cpu")
@@ -205,13 +220,18 @@ def _gather(grid: grids.Grid, value) -> list:
     return every
 
 
-def run(name: str, stages: int, *, blocks: int = 4, recipe: str | Recipe = "linear", method: str = "flops",
+def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Recipe = "linear", method: str = "flops",
         batch: int = 8,
         input_size: tuple = (3, 224, 224), steps: int = 10, warmup: int = 2, microbatches: int | None = None,
-        timeout: float = 600.0) -> PipelineBench | None:
+        timeout: float = 600.0, stage_balance: str = "time") -> PipelineBench | None:
     """Benchmark ``name`` on this rank of an S-rank torchrun launch; rank 0 returns the table. Blocks
-    are balanced by ``method`` (FLOPs: a pipeline runs at its slowest rank's pace), the same blocks
-    in every mode."""
+    are balanced by ``method`` and grouped into stages by ``stage_balance`` (a pipeline runs at its
+    slowest rank's pace), the same blocks and stages in every mode. ``blocks`` defaults to
+    max(8, 2S): with K close to S the stages have few splits to choose from (4 blocks give 2 ranks
+    3 splits)."""
+    if stage_balance not in STAGE_BALANCES:
+        raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
+    blocks = blocks or max(8, 2 * stages)
     torch.set_num_threads(1)
     grid = grids.start(stages, "cpu", timeout)
     if grid.replicas != 1:
@@ -224,16 +244,17 @@ def run(name: str, stages: int, *, blocks: int = 4, recipe: str | Recipe = "line
     samples = batch * steps
     one = _one(name, data, blocks, recipe, method, warmup) if grid.rank == 0 else None
     grids.barrier(grid)
-    local = _gather(grid, _local(grid, name, data, blocks, recipe, method, warmup))
-    e2e = {s: _gather(grid, _e2e(grid, name, data, blocks, method, s, microbatches, warmup))
+    sm = _staged(grid, name, data, blocks, recipe, method, stage_balance)
+    shape = sm.plan.stages
+    local = _gather(grid, _local(grid, sm, data, warmup))
+    e2e = {s: _gather(grid, _e2e(grid, name, data, blocks, method, shape.ranges, s, microbatches, warmup))
            for s in ("GPipe", "1F1B")}
     grids.finish(grid)
     if grid.rank != 0:
         return None
-    shape = make_plan(_fresh(name), data[0][0], blocks, recipe=recipe, method=method, stages=stages).stages
     label = getattr(recipe, "name", recipe)
     result = PipelineBench(name, blocks, method, stages, label, batch, tuple(input_size), steps, microbatches,
-                           [list(r) for r in shape.ranges], shape.shares)
+                           [list(r) for r in shape.ranges], shape.shares, stage_balance)
     result.modes.append(Mode(f"one process, local K={blocks}", 1, samples / one[0], [one[1]]))
     result.modes.append(Mode("splitfx pipeline, local", stages, samples / max(s for s, _ in local),
                              [m for _, m in local]))

@@ -114,6 +114,14 @@ def agree(grid: Grid, value: int, what: str) -> None:
                                "must run the same splitfx version, model, options and input size")
 
 
+def from_first(grid: Grid, values: list[float], what: str) -> list[float]:
+    """Rank 0's ``values`` on every rank (each passes as many): one measurement for all, where each
+    rank's own would differ."""
+    t = torch.tensor(values, dtype=torch.float64, device=grid.device)
+    wait(dist.broadcast(t, 0, async_op=True), grid.timeout, f"rank {grid.rank}: a rank stopped while {what}")
+    return t.tolist()
+
+
 def barrier(grid: Grid) -> None:
     """Wait for every rank (at most the grid's timeout)."""
     wait(dist.barrier(async_op=True), grid.timeout, f"rank {grid.rank}: a rank stopped or hangs at a barrier")
