@@ -168,7 +168,7 @@ def test_a_killed_rank_ends_the_others_with_its_name_and_the_checkpoint_resumes_
     assert "rank 0: lost rank 1" in survivor["failed"] and "stopped" in survivor["failed"]
     with open(runs["run"] + ".killed") as f:
         assert survivor["at"] - float(f.read()) < 60, "the survivor stopped within a bounded time"
-    assert sorted(os.listdir(runs["killed"])) == [CKPT, "metrics.jsonl"], "no temp file left"
+    assert sorted(os.listdir(runs["killed"])) == [CKPT, "metrics.jsonl", "tensorboard"], "no temp file left"
     root = runs["root"]
     after_one, after_two = (Checkpoint.load(str(root / e / CKPT)) for e in ("e1", "e2"))
     _same(Checkpoint.load(os.path.join(runs["killed"], CKPT)), after_one)  # 2 ranks' epoch 1 = one process's

@@ -159,4 +159,4 @@ def test_torchrun_command_line(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "expected bubble" in done.stdout and "epoch 1/1" in done.stdout
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png"]
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png", "tensorboard"]

@@ -36,7 +36,7 @@ def test_default_train_saves_memory_and_leaves_a_run_folder_that_resumes_and_exp
     local, e2e = _mib(printed, "local"), _mib(printed, "E2E")
     assert local < e2e, printed
     assert "(less memory)" in printed and "test accuracy" in printed and f"run folder {RUN}" in printed
-    assert sorted(os.listdir(RUN)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png"]
+    assert sorted(os.listdir(RUN)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png", "tensorboard"]
     (line,) = read_metrics(RUN)
     assert line["peak_saved_bytes"] < line["e2e_saved_bytes"] == line["e2e_predicted_bytes"]  # exact on CPU
     assert line["recipe"] == "linear" and line["blocks"] == 4
