@@ -45,3 +45,21 @@ def test_meter_counts_views_once_and_releases_after_backward():
         (h.view(-1) * h.view(-1)).sum().backward()  # saves h's storage twice: counted once
         assert meter.live == 0
     assert meter.peak == x.numel() * 4 + h.numel() * 4
+
+
+def test_planning_and_converting_keep_no_model_alive():
+    """The cost probe's fake autograd graphs hold the meter's hooks from C++; nothing they reach may
+    keep the model (and its real weights) alive once the caller lets go (a table of many runs grew
+    by a model per run)."""
+    import gc
+    import weakref
+
+    model = timm.create_model("resnet18", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    sm = splitfx.convert(model, x, 4, recipe="hpff")
+    for loss in sm.local_losses(x, torch.tensor([0, 1])):
+        loss.backward()
+    refs = [weakref.ref(model), weakref.ref(sm)]
+    del model, sm, loss
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -7,6 +7,7 @@ measurement (real tensors), so the two can be compared number for number.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -32,13 +33,30 @@ def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
 
 
 class _Packed:
+    """A saved tensor as the autograd graph keeps it; it holds its meter weakly (see :func:`_weak_pack`)."""
+
     __slots__ = ("generation", "key", "meter", "tensor")
 
     def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter):
-        self.tensor, self.key, self.meter, self.generation = tensor, key, meter, meter._generation
+        self.tensor, self.key, self.meter, self.generation = tensor, key, weakref.ref(meter), meter._generation
 
     def __del__(self):
-        self.meter._release(self.key, self.generation)
+        meter = self.meter()
+        if meter is not None:
+            meter._release(self.key, self.generation)
+
+
+def _weak_pack(meter: SavedTensorMeter) -> Callable[[torch.Tensor], object]:
+    """The pack hook of ``meter``, holding it weakly: every graph recorded under the hooks keeps its
+    pack hook from C++, where the garbage collector cannot see, and a strong reference would keep
+    the meter, its ``on_save`` owner and the tensors that hold that graph alive for good."""
+    ref = weakref.ref(meter)
+
+    def pack(t: torch.Tensor) -> object:
+        owner = ref()
+        return t if owner is None else owner._pack(t)
+
+    return pack
 
 
 class SavedTensorMeter:
@@ -57,7 +75,7 @@ class SavedTensorMeter:
         self._counts: dict[int, int] = {}
         self._bytes: dict[int, int] = {}
         self._generation = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(_weak_pack(self), self._unpack)
 
     def _pack(self, t: torch.Tensor):
         key = storage_key(t)

@@ -16,6 +16,7 @@ grid, data, ... differ) are ignored on resume.
 """
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -90,6 +91,7 @@ def run(
     mine = [r for r in read_records(results) if r.get("protocol") == table]
     todo = cells(models, recipes, blocks, base)
     for n, cell in enumerate(todo, 1):
+        gc.collect()  # the last cell's models: fx graphs hold reference cycles, which wait for the collector
         done = [r for r in mine if _key(r) == _key(cell)]
         for line in _cell(cell, done, lrs, seeds, trainer, table):
             append_record(results, line)
