@@ -94,6 +94,8 @@ def test_a_killed_table_resumes_to_the_same_numbers(tmp_path):
         [(r["lr"], r["seed"], r["val"], r["test"]) for r in reported]
     before = cut.read_text()
     assert _run(cut) == resumed and cut.read_text() == before, "a finished table trains nothing again"
+    cut.write_text(before + before)  # two copies of the file merged
+    assert _run(cut) == resumed, "a repeated line is one run, not two"
 
 
 def test_table_marks_only_differences_beyond_the_spread():

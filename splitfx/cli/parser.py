@@ -90,8 +90,8 @@ def _export(sub) -> None:
 def _bench(sub) -> None:
     p = _command(sub, "bench", commands.bench)
     add_model(p)
-    add_blocks(p, None, "one or more K; with --stages S one K, by default max(8, 2S) so that the stages have splits "
-                        "to choose from", nargs="+")
+    add_blocks(p, None, "one or more K; with --stages S one K, by default 8S so that each stage can be balanced "
+                        "within about one block's time", nargs="+")
     add_recipe(p, "linear", "recipe of the local mode")
     add_example_input(p, 8, "batch size")
     add_device(p)

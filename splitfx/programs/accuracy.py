@@ -60,6 +60,15 @@ def _key(config: TrainConfig | Record) -> tuple:
     return get("model"), get("recipe"), get("blocks"), repr(sorted(get("recipe_options").items()))
 
 
+def _unique(records: Iterable[Record]) -> list[Record]:
+    """One record per cell, rate, seed and phase, the first (a results file merged from two copies
+    repeats some; training is deterministic, so a repeat holds the same numbers)."""
+    first: dict[tuple, Record] = {}
+    for r in records:
+        first.setdefault((_key(r), r["lr"], r["seed"], r["phase"]), r)
+    return list(first.values())
+
+
 def _record(config: TrainConfig, result: TrainResult, phase: str, wall: float, table: dict) -> Record:
     return {
         "model": config.model, "recipe": config.recipe, "blocks": config.blocks, "recipe_options":
@@ -88,7 +97,7 @@ def run(
         raise ValueError("accuracy tables choose learning rates on a validation split: give validation > 0")
     trainer = trainer or (lambda config: train(config, log=lambda _: None, progress=False))
     table = protocol(base, lrs, seeds)
-    mine = [r for r in read_records(results) if r.get("protocol") == table]
+    mine = _unique(r for r in read_records(results) if r.get("protocol") == table)
     todo = cells(models, recipes, blocks, base)
     for n, cell in enumerate(todo, 1):
         gc.collect()  # the last cell's models: fx graphs hold reference cycles, which wait for the collector
