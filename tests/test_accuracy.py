@@ -1,6 +1,7 @@
 """The accuracy table's seed/validation machinery: rates are chosen on validation curves only, the
 test images are read only after the choice, and a killed table resumes to the same numbers."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 import splitfx.programs.accuracy as accuracy
 import splitfx.programs.data as data
-from splitfx.base.jsonl import read_records
+from splitfx.base.jsonl import append_record, read_records
 from splitfx.cli import main
 from splitfx.programs.accuracy_report import markdown, summarise
 from splitfx.programs.config import TrainConfig
@@ -96,6 +97,18 @@ def test_a_killed_table_resumes_to_the_same_numbers(tmp_path):
     assert _run(cut) == resumed and cut.read_text() == before, "a finished table trains nothing again"
     cut.write_text(before + before)  # two copies of the file merged
     assert _run(cut) == resumed, "a repeated line is one run, not two"
+
+
+def test_a_recorded_cell_is_recognised_when_its_options_hold_tuples(tmp_path):
+    """InfoPro's lambda1=(5, 0) is a list once written: the cell is still the one recorded."""
+    cell = accuracy.with_all_options(TrainConfig(model="resnet18", recipe="infopro", blocks=2))
+    assert any(isinstance(v, tuple) for v in cell.recipe_options.values())
+    path = tmp_path / "r.jsonl"
+    append_record(path, {"model": cell.model, "recipe": cell.recipe, "blocks": cell.blocks,
+                         "recipe_options": cell.recipe_options})
+    assert accuracy._key(next(read_records(path))) == accuracy._key(cell)
+    other = replace(cell, recipe_options={**cell.recipe_options, "lambda1": (1.0, 0.0)})
+    assert accuracy._key(cell) != accuracy._key(other)
 
 
 def test_table_marks_only_differences_beyond_the_spread():

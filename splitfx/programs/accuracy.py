@@ -17,6 +17,7 @@ grid, data, ... differ) are ignored on resume.
 from __future__ import annotations
 
 import gc
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -57,7 +58,8 @@ def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], 
 
 def _key(config: TrainConfig | Record) -> tuple:
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
-    return get("model"), get("recipe"), get("blocks"), repr(sorted(get("recipe_options").items()))
+    # As JSON: a record read back holds lists where the config holds tuples (InfoPro's lambda1=(5, 0)).
+    return get("model"), get("recipe"), get("blocks"), json.dumps(get("recipe_options"), sort_keys=True)
 
 
 def _unique(records: Iterable[Record]) -> list[Record]:
