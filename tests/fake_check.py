@@ -1,14 +1,16 @@
 """A stand-in for ``splitfx.programs.coverage.check`` in tests/test_sweep.py (``--check fake_check:check``).
 
 Standard library only, so a sweep worker running it starts in milliseconds. Every call appends the
-model's name to ``$FAKE_CHECK_DIR/checked.txt``; files in that folder pick what happens to a model
-during its ``trace`` stage or after:
+model's name to ``$FAKE_CHECK_DIR/checked.txt`` and writes the worker's settings from the sweep (its
+``OMP_``, ``MALLOC_`` and ``SPLITFX_`` environment variables) to ``env-NAME.json`` there; files in
+that folder pick what happens to a model during its ``trace`` stage or after:
 
 - ``kill-NAME``: SIGKILL the sweep (this worker's parent), once (the file is removed first)
 - ``crash-NAME``: the worker exits with status 3
 - ``hang-NAME``: the worker blocks until the sweep's time limit kills it
 - ``fail-NAME``: the ``plan`` stage fails with the file's text as its reason
 """
+import json
 import os
 import signal
 import threading
@@ -18,6 +20,8 @@ def check(name, stages, on_stage=None):
     folder = os.environ["FAKE_CHECK_DIR"]
     with open(os.path.join(folder, "checked.txt"), "a") as f:
         f.write(name + "\n")
+    with open(os.path.join(folder, f"env-{name}.json"), "w") as f:
+        json.dump({k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MALLOC_", "SPLITFX_"))}, f)
 
     def flag(what):
         return os.path.join(folder, f"{what}-{name}")

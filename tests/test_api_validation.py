@@ -183,6 +183,8 @@ def test_export_of_a_repl_split_module_changes_nothing_it_was_given(tmp_path):
     (dict(example_inputs=X[:0]), ValueError, "batch of at least one"),
     (dict(atol=-1.0), ValueError, "atol"),
     (dict(verify="yes"), TypeError, "verify must be True or False"),
+    (dict(external_data="auto"), TypeError, "external_data must be True, False or None"),
+    (dict(external_data=1), TypeError, "external_data must be True, False or None"),
 ])
 def test_export_refuses_bad_arguments_before_writing(tmp_path, change, kind, words):
     args = dict(model_or_split=Tiny(), path=tmp_path / "m.onnx", example_inputs=X) | change
@@ -191,4 +193,11 @@ def test_export_refuses_bad_arguments_before_writing(tmp_path, change, kind, wor
     with pytest.raises(splitfx.SplitFXError) as err:
         splitfx.export_onnx(args.pop("model_or_split"), args.pop("path"), args.pop("example_inputs"), **args)
     assert isinstance(err.value, kind) and words in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_refuses_one_file_for_weights_over_the_protobuf_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(splitfx.api.onnx_export, "ONE_FILE_LIMIT", 1000)  # Tiny's weights are 8 kB
+    with pytest.raises(splitfx.ArgumentError, match=r"external_data=False, but the weights are .* at most 2 GiB"):
+        splitfx.export_onnx(Tiny(), tmp_path / "m.onnx", X, external_data=False)
     assert os.listdir(tmp_path) == []

@@ -1,12 +1,18 @@
-"""ONNX export: parity with onnxruntime, the user's model untouched, checkpoints export directly."""
+"""ONNX export: parity with onnxruntime, the user's model untouched, checkpoints export directly,
+large weights in PATH.data, files written whole or not at all."""
 import os
+import subprocess
+import sys
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import timm
 import torch
 
 import splitfx
+from splitfx.api import onnx_export
 from splitfx.cli import main
 
 
@@ -35,6 +41,92 @@ def test_failed_verification_writes_nothing(tmp_path):
     with pytest.raises(splitfx.SplitFXError, match="nothing written"):
         splitfx.export_onnx(model, tmp_path / "m.onnx", torch.randn(2, 3, 32, 32), atol=0.0)
     assert os.listdir(tmp_path) == []
+
+
+def _small() -> torch.nn.Module:
+    """25 kB of weights, for 3×8×8 inputs."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 10))
+
+
+def _without_dynamo(monkeypatch):
+    """Make the dynamo exporter fail, as it does for BEiT and MaxViT: export falls back to TorchScript."""
+    export = torch.onnx.export
+
+    def fails_with_dynamo(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("dynamo cannot export this")
+        return export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", fails_with_dynamo)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_external_data_puts_the_weights_beside_the_model_and_runs_in_onnxruntime(tmp_path, monkeypatch, exporter):
+    if exporter == "torchscript":
+        _without_dynamo(monkeypatch)
+    model, x = _small().eval(), torch.randn(2, 3, 8, 8)
+    report = splitfx.export_onnx(model, tmp_path / "m.onnx", x, external_data=True)
+    assert report.exporter == exporter and report.data_path == str(tmp_path / "m.onnx.data")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    graph = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph
+    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"m.onnx.data"}, "the weights are in PATH.data, named as it is, not as the temp file was"
+    assert os.path.getsize(tmp_path / "m.onnx") < 16 * 36 * 10 * 4 <= os.path.getsize(tmp_path / "m.onnx.data")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {graph.input[0].name: x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, report.max_abs_output)
+    assert "and its weights" in str(report) and report.max_abs_diff <= 1e-4
+
+
+def test_by_default_only_weights_over_a_gib_go_to_external_data(tmp_path, monkeypatch):
+    x = torch.randn(2, 3, 8, 8)
+    report = splitfx.export_onnx(_small(), tmp_path / "small.onnx", x)
+    assert report.data_path is None and os.listdir(tmp_path) == ["small.onnx"]
+    assert onnx_export.EXTERNAL_ABOVE == 2**30
+    monkeypatch.setattr(onnx_export, "EXTERNAL_ABOVE", 1000)  # this model's weights are 25 kB
+    report = splitfx.export_onnx(_small(), tmp_path / "big.onnx", x)
+    assert report.data_path == str(tmp_path / "big.onnx.data")
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data", "small.onnx"]
+    report = splitfx.export_onnx(_small(), tmp_path / "one.onnx", x, external_data=False)
+    assert report.data_path is None and not (tmp_path / "one.onnx.data").exists()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_a_failed_export_writes_neither_file_and_keeps_the_old_ones(tmp_path, monkeypatch, exporter):
+    if exporter == "torchscript":
+        _without_dynamo(monkeypatch)
+    for name in ("m.onnx", "m.onnx.data"):
+        (tmp_path / name).write_bytes(b"an earlier export")
+    with pytest.raises(splitfx.SplitFXError, match="nothing written"):
+        splitfx.export_onnx(_small(), tmp_path / "m.onnx", torch.randn(2, 3, 8, 8), atol=0.0, external_data=True)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"], "no temp folder left behind"
+    assert all((tmp_path / name).read_bytes() == b"an earlier export" for name in ("m.onnx", "m.onnx.data"))
+
+
+def test_an_exporter_that_dies_halfway_leaves_nothing(tmp_path, monkeypatch):
+    def writes_half_then_fails(model, args, path, **kwargs):
+        with open(path, "wb") as f, open(path + ".data", "wb") as data:
+            f.write(b"half a model")
+            data.write(b"half the weights")
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torch.onnx, "export", writes_half_then_fails)
+    with pytest.raises(splitfx.SplitFXError, match="out of memory"):
+        splitfx.export_onnx(_small(), tmp_path / "m.onnx", torch.randn(2, 3, 8, 8), external_data=True)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_temp_folder_left_by_a_killed_export_is_removed_by_the_next_one(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / f".splitfx-{int(dead.stdout)}-abc123", tmp_path / f".splitfx-{os.getppid()}-def456"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "m.onnx.data").write_bytes(b"partial")
+    splitfx.export_onnx(_small(), tmp_path / "m.onnx", torch.randn(2, 3, 8, 8), external_data=True)
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "m.onnx", "m.onnx.data"])
+    assert os.listdir(live) == ["m.onnx.data"], "a live writer's temp folder is never touched"
 
 
 def test_checkpoint_exports_and_loads_into_fresh_timm_model(tmp_path, capsys):

@@ -3,6 +3,7 @@
 Most tests sweep with tests/fake_check.py as the check (no model is built, workers start in
 milliseconds); the last two run the real check on timm's tiny ``test_*`` models up to the plan stage.
 """
+import json
 import os
 import re
 import signal
@@ -85,6 +86,20 @@ def test_timeout_crash_and_failure_are_recorded_with_their_stage(fake, tmp_path)
     assert (by["d"]["status"], by["d"]["stage"]) == ("fail", "plan")
     assert by["d"]["reason"] == "PlanError: no legal cut | anywhere"
     assert all(r["versions"] == sweep.versions() and r["command"] == "test" for r in by.values())
+
+
+def test_workers_return_freed_memory_to_the_os_unless_the_user_set_malloc_otherwise(fake, tmp_path, monkeypatch):
+    defaults = {"OMP_NUM_THREADS": "1", "SPLITFX_WORKER_MEMORY": str(14 * 2**30),
+                "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
+    assert sweep.worker_env({}) == defaults
+    mine = {"MALLOC_ARENA_MAX": "4", "OMP_NUM_THREADS": "2", "SPLITFX_WORKER_MEMORY": "0", "HOME": "/home/me"}
+    assert sweep.worker_env(mine) == {**defaults, **mine}, "what the user set wins; the rest is passed on"
+    for name in defaults:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    sweep.run(["a"], tmp_path / "r.jsonl", ["create"], timeout=60, check=FAKE)
+    seen = json.loads((fake / "env-a.json").read_text())
+    assert {k: seen.get(k) for k in defaults} == {**defaults, "MALLOC_ARENA_MAX": "2"}
 
 
 def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path):

@@ -11,7 +11,9 @@
   ``Same`` variants) normalise their weight in every ``forward``; in eval mode it is a constant, so
   it is computed once, by PyTorch, and exported as a plain convolution.
 
-The model itself is never changed; without anything to rewrite it is exported as it is.
+The model itself is never changed; without anything to rewrite it is exported as it is. The copy
+shares the model's parameters and buffers (export only reads them): a second set of weights would
+not fit beside a billion-parameter model's.
 """
 from __future__ import annotations
 
@@ -101,7 +103,8 @@ def exportable(model: nn.Module) -> nn.Module:
     found = {name: new for name, m in model.named_modules() if (new := _replacement(m)) is not None}
     if not found:
         return model
-    copied = copy.deepcopy(model).eval()
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    copied = copy.deepcopy(model, shared).eval()
     for name, new in found.items():
         parent, _, child = name.rpartition(".")
         setattr(copied.get_submodule(parent), child, new)

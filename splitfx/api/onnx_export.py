@@ -6,12 +6,19 @@ The dynamo exporter has open numerics bugs, so every export is run with onnxrunt
 sizes and compared with eager PyTorch; a file that fails is never left at ``path``. The tolerance is
 ``atol`` (1e-4) for outputs of magnitude up to 1 and relative beyond: randomly initialised models
 produce logits in the hundreds, where fp32 rounding alone exceeds 1e-4 (DLA-34: 1.8e-4 at 482).
+
+Weights over 1 GiB are written as ONNX external data, in ``PATH.data`` beside ``PATH`` (one ONNX file
+cannot hold more than 2 GiB); both files are written in a temp folder and moved into place together.
+Export and verification hold one copy of the weights at a time where they can: the check that the
+model is unchanged compares checksums, PyTorch's reference outputs are computed before onnxruntime
+loads the file, and the onnxruntime session, without its memory arena, is gone before this returns.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,13 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base.errors import SplitFXError, first_line
-from ..base.files import atomic_path
+from ..base.errors import ArgumentError, SplitFXError, first_line
+from ..base.files import atomic_files
 from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
 from .validation import check_export
+
+EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
+ONE_FILE_LIMIT = 2**31  # protobuf's limit: one ONNX file cannot hold more
+DATA = ".data"  # the external data file is PATH + DATA
 
 
 @dataclass
@@ -36,9 +47,11 @@ class ExportReport:
     top1_equal: bool
     max_abs_output: float = 0.0  # the tolerance is atol × max(1, this): fp32 rounding grows with magnitude
     exporter: str = "dynamo"  # or "torchscript", the fallback
+    data_path: str | None = None  # PATH.data, where the weights were written as external data
 
     def __str__(self) -> str:
-        return (f"wrote {self.path} ({self.exporter} exporter): "
+        weights = f" and its weights {self.data_path}" if self.data_path else ""
+        return (f"wrote {self.path}{weights} ({self.exporter} exporter): "
                 f"onnxruntime vs PyTorch at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
@@ -47,7 +60,7 @@ class ExportReport:
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
     """Restore every module's training and requires_grad flags, and fail loudly if export changed a tensor."""
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before = _fingerprints(model)
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         with training_mode(model, False):
@@ -55,10 +68,21 @@ def _untouched(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in grad_flags:
             p.requires_grad_(flag)
-    after = model.state_dict()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    after = _fingerprints(model)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
         raise SplitFXError(f"ONNX export changed the model's state ({changed[:3]}); please report this")
+
+
+def _fingerprints(model: nn.Module) -> dict[str, tuple]:
+    """Each state tensor's dtype, shape and CRC-32 of its bytes: enough to see a change without a
+    second copy of the weights (a billion-parameter model's would not fit beside the first)."""
+    return {k: (v.dtype, tuple(v.shape), _crc32(v)) for k, v in model.state_dict().items()}
+
+
+def _crc32(tensor: torch.Tensor) -> int:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
 
 
 def _outputs(value) -> list[torch.Tensor]:
@@ -73,25 +97,40 @@ def export_onnx(
     dynamic_batch: bool = True,
     verify: bool = True,
     atol: float = 1e-4,
+    external_data: bool | None = None,
 ) -> ExportReport:
     """Export the eval-mode model to ``path`` and (by default) verify it with onnxruntime.
 
     Accepts a SplitModule (its aux heads dropped; RepL blocks folded into a copy of the model) or any
     ``nn.Module``. Neither is changed: training flags, parameters, buffers and ``requires_grad`` are
-    left exactly as they were. A model on another device is exported from a CPU copy."""
+    left exactly as they were. A model on another device is exported from a CPU copy.
+    ``external_data``: True writes the weights to ``PATH.data`` beside ``path`` (ONNX external data),
+    False into ``path`` itself (at most 2 GiB), None (default) the former for weights over 1 GiB."""
     check_export(**locals())
     model = _exportable(model_or_split)
+    external = _external(model, external_data)
     inputs = tuple(x.cpu() for x in as_tuple(example_inputs))
     if dynamic_batch and inputs[0].shape[0] < 2:
         inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
     path = os.fspath(path)
-    with _untouched(model), atomic_path(path) as tmp:
-        exporter = _export(exportable(model), inputs, tmp, dynamic_batch)
+    with _untouched(model), atomic_files(path) as folder:
+        tmp = os.path.join(folder, os.path.basename(path))
+        exporter = _export(exportable(model), inputs, tmp, dynamic_batch, external)
         report = ExportReport(path, (), 0.0, True)
         if verify:
             report = _verify(model, tmp, inputs, dynamic_batch, atol, path)
         report.exporter = exporter
+        report.data_path = path + DATA if os.path.exists(tmp + DATA) else None
     return report
+
+
+def _external(model: nn.Module, external_data: bool | None) -> bool:
+    """Whether the weights go to ``PATH.data``: as asked, or where they are over :data:`EXTERNAL_ABOVE`."""
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if external_data is False and size > ONE_FILE_LIMIT:
+        raise ArgumentError(f"external_data=False, but the weights are {size / 2**30:.1f} GiB and one ONNX file "
+                            "holds at most 2 GiB; pass external_data=True or None")
+    return size > EXTERNAL_ABOVE if external_data is None else external_data
 
 
 def _exportable(model_or_split: nn.Module) -> nn.Module:
@@ -105,43 +144,62 @@ def _exportable(model_or_split: nn.Module) -> nn.Module:
     return model_or_split if on_cpu else copy.deepcopy(model_or_split).cpu()
 
 
-def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool) -> str:
+def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> str:
     """The dynamo exporter first; where it fails (e.g. its decompositions cannot view a transposed
-    tensor with a symbolic batch, as in BEiT and MaxViT), the TorchScript exporter. Returns which."""
+    tensor with a symbolic batch, as in BEiT and MaxViT), the TorchScript exporter. Returns which.
+
+    ``path`` is in a folder of its own: whatever a failed attempt left there is removed."""
     dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
     try:
-        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=False)
+        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external)
         return "dynamo"
     except Exception as dynamo_err:
+        _empty(os.path.dirname(path))
         names = [f"input{i}" for i in range(len(inputs))]
         axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
         try:
             torch.onnx.export(model, inputs, path, dynamo=False, input_names=names, dynamic_axes=axes)
-            return "torchscript"
         except Exception as err:
             raise SplitFXError(
                 f"torch.onnx.export failed for {type(model).__name__}: dynamo: {first_line(dynamo_err)}; "
                 f"torchscript: {first_line(err)}"
             ) from err
+        if external or len(os.listdir(os.path.dirname(path))) > 1:
+            _gather_weights(path)
+        return "torchscript"
+
+
+def _empty(folder: str) -> None:
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+
+
+def _gather_weights(path: str) -> None:
+    """Rewrite ``path`` with its weights in ``PATH.data``, as the dynamo exporter writes them: the
+    TorchScript exporter has no such option (and over 2 GiB writes one file per tensor, removed here)."""
+    from onnxscript import ir
+
+    folder, name = os.path.split(path)
+    model = ir.load(path)
+    ir.save(model, path, external_data=name + DATA)
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            value.const_value.release()  # unmap the per-tensor file
+    for other in set(os.listdir(folder)) - {name, name + DATA}:
+        os.remove(os.path.join(folder, other))
 
 
 def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float,
             path: str) -> ExportReport:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
     batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
     generator = torch.Generator().manual_seed(0)
+    feeds = [tuple(torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype) if x.is_floating_point()
+                   else x[:1].expand(batch, *x.shape[1:]) for x in inputs) for batch in batches]
+    with torch.no_grad():
+        expected = [[e.float().numpy() for e in _outputs(model(*feed))] for feed in feeds]
     worst, same_top1, scale = 0.0, True, 0.0
-    for batch in batches:
-        feed = tuple(torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype) if x.is_floating_point()
-                     else x[:1].expand(batch, *x.shape[1:]) for x in inputs)
-        with torch.no_grad():
-            expected = _outputs(model(*feed))
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, feed, strict=False)})
-        for e, g in zip(expected, got, strict=False):
-            e = e.float().numpy()
+    for want, got in zip(expected, _onnxruntime_outputs(onnx_path, feeds), strict=True):
+        for e, g in zip(want, got, strict=False):
             worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
             scale = max(scale, float(np.max(np.abs(e))) if e.size else 0.0)
             if e.ndim == 2:
@@ -153,3 +211,15 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
                            f"(limit {limit:.1e} for outputs up to {scale:.1e}), top-1 "
                            f"{'identical' if same_top1 else 'different'}; nothing written")
     return report
+
+
+def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple]) -> list[list[np.ndarray]]:
+    """onnxruntime's outputs for each feed. Its CPU memory arena is off (an arena keeps its peak for
+    the life of the process), and the session, with its copy of the weights, is gone on return."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return [session.run(None, {n: x.numpy() for n, x in zip(names, feed, strict=False)}) for feed in feeds]

@@ -226,6 +226,10 @@ def check_export(model_or_split: Any, path: Any, example_inputs: Any, **keywords
     for flag in ("dynamic_batch", "verify"):
         if flag in keywords and not isinstance(keywords[flag], bool):
             raise ArgumentTypeError(f"{flag} must be True or False, got {_kind(keywords[flag])}")
+    external = keywords.get("external_data")
+    if external is not None and not isinstance(external, bool):
+        raise ArgumentTypeError(f"external_data must be True, False or None (automatic: PATH.data for weights "
+                                f"over 1 GiB), got {_kind(external)} {external!r}")
     atol = keywords.get("atol", 0.0)
     if isinstance(atol, bool) or not isinstance(atol, int | float) or not atol >= 0:
         raise ArgumentError(f"atol must be a number ≥ 0, got {atol!r}")

@@ -1,14 +1,17 @@
 """Files are written whole or not at all: a temp file in the target folder, then an atomic rename.
 
-Temp files are named ``.splitfx-<pid>-<random><suffix>``. A process killed mid-write (``kill -9``)
-cannot remove its own, so every write first removes those in its folder whose writer is no longer
-running; a live writer's temp file is never touched.
+Temp files are named ``.splitfx-<pid>-<random><suffix>``; a file that comes with companions (an ONNX
+model and its external weights) is written into a temp folder named the same way, whose files are
+moved into place companions first, the main file last. A process killed mid-write (``kill -9``)
+cannot remove its own, so every write first removes the temp files and folders in its folder whose
+writer is no longer running; a live writer's are never touched.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -27,25 +30,38 @@ def _running(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str) -> list[str]:
-    """Remove the temp files in ``folder`` left by writers that are no longer running; returns their names."""
+    """Remove the temp files and folders in ``folder`` left by writers that are no longer running;
+    returns their names."""
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
             match = _TEMP.match(name)
             if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
                 with contextlib.suppress(OSError):
-                    os.remove(os.path.join(folder, name))
+                    _remove(os.path.join(folder, name))
                     removed.append(name)
     return removed
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def _folder_of(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder)
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temp path next to ``path``; on success it replaces ``path``, on error it is removed."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temps(folder)
+    folder = _folder_of(path)
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
     os.close(fd)
@@ -59,6 +75,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temp folder next to ``path`` to write ``path``'s file (same name) and its companions in.
+
+    On success every file in it replaces the one of its name beside ``path``, companions first and
+    ``path``'s own last, so a reader who finds the new ``path`` finds its companions; on error
+    nothing is moved (or what was moved is removed again) and the temp folder is removed."""
+    path = os.path.abspath(os.fspath(path))
+    folder = _folder_of(path)
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=folder)
+    moved: list[str] = []
+    try:
+        yield tmp
+        main = os.path.basename(path)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == main):
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+            moved.append(os.path.join(folder, name))
+    except BaseException:
+        for done in moved:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(done)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -71,7 +71,8 @@ def export(args: argparse.Namespace) -> int:
     Export the eval-mode model (no aux heads, no detach nodes, RepL folded) with the dynamo
     exporter and a dynamic batch dimension, then run it in onnxruntime at two batch sizes and
     compare with PyTorch (max abs diff ≤ 1e-4 × max(1, max |output|) and identical top-1). The
-    file is written only if it passes.
+    file (with its weights in FILE.onnx.data beside it when they are over 1 GiB) is written only if
+    it passes.
     """
     import torch
 

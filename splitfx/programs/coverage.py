@@ -131,6 +131,7 @@ def _step(c: SimpleNamespace) -> None:
     import torch
 
     losses = c.sm.train_step(c.x, c.y, torch.optim.SGD(c.sm.parameters(), lr=1e-3))
+    c.sm.zero_grad(set_to_none=True)  # the gradients are another copy of the weights, kept through export
     if not all(math.isfinite(v) for v in losses):
         raise AssertionError(f"non-finite local losses {losses}")
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from ..base.jsonl import Record, append_record, read_records
@@ -96,14 +96,23 @@ def _from_events(name: str, stdout: str, stderr: str, returncode: int, timeout: 
 # Models that need more (billion-parameter ViTs) fail with an allocation error instead of taking the
 # machine down; set SPLITFX_WORKER_MEMORY (bytes, 0 for none) on a bigger machine.
 WORKER_MEMORY = 14 * 2**30
+# glibc malloc: blocks of 128 KiB and more are mmapped and so go back to the OS when freed, and one
+# arena serves every thread: the address space a worker holds is what it uses, not its past peak
+# fragmented over per-thread arenas (each reserves 64 MiB of the limit above).
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
+
+
+def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``environ`` with the worker's defaults where it sets none: ``OMP_NUM_THREADS=1``,
+    :data:`WORKER_MEMORY` bytes of address space, the :data:`MALLOC` settings."""
+    defaults = {"OMP_NUM_THREADS": "1", coverage_worker.MEMORY_ENV: str(WORKER_MEMORY), **MALLOC}
+    return {**defaults, **environ}
 
 
 def run_one(name: str, stages: Iterable[str], timeout: float, check: str = DEFAULT_CHECK,
             live: set | None = None) -> Record:
-    """Check ``name`` in a fresh process (``OMP_NUM_THREADS=1`` unless set) under ``timeout`` seconds and
-    :data:`WORKER_MEMORY` bytes of address space."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "SPLITFX_WORKER_MEMORY": os.environ.get("SPLITFX_WORKER_MEMORY", str(WORKER_MEMORY))}
+    """Check ``name`` in a fresh process (environment: :func:`worker_env`) under ``timeout`` seconds."""
+    env = worker_env()
     began = time.perf_counter()
     proc = subprocess.Popen([*WORKER, check, name, ",".join(stages), str(timeout)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
