@@ -118,6 +118,23 @@ def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path
     assert _checked(fake) == dict.fromkeys(VITS[1:], 1), "a second resume has nothing left to do"
 
 
+def test_retry_failed_checks_again_only_models_whose_last_line_failed(fake, tmp_path):
+    results = tmp_path / "r.jsonl"
+    here = sweep.versions()
+    append_record(results, _line("test_vit", here))
+    append_record(results, _line("test_vit2", here, status="fail", stage="onnx"))
+    append_record(results, _line("test_vit3", here, status="fail", stage="step"))
+    append_record(results, _line("test_vit3", here))  # passed when checked again
+    append_record(results, _line("test_vit4", here, status="crash"))
+    append_record(results, _line("test_vit_relpos", here, status="timeout"))
+    assert sweep.remaining(VITS, results, STAGES) == []
+    assert sweep.remaining(VITS, results, STAGES, retry_failed=True) == ["test_vit2", "test_vit4", "test_vit_relpos"]
+    argv = ["coverage", "--filter", "test_vit*", "--check", FAKE, "--results", str(results), "-j", "1"]
+    assert main([*argv, "--retry-failed"]) == 2, "--retry-failed without --resume"
+    assert main([*argv, "--resume", "--retry-failed"]) == 0
+    assert _checked(fake) == {"test_vit2": 1, "test_vit4": 1, "test_vit_relpos": 1}
+
+
 def test_a_line_torn_by_a_crash_leaves_every_whole_line_readable(tmp_path):
     path = tmp_path / "r.jsonl"
     append_record(path, {"model": "a"})

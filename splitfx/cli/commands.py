@@ -156,6 +156,7 @@ def _coverage_command(args: argparse.Namespace) -> str:
     words += ["--stages", *args.stages] if set(args.stages) != set(STAGES) else []
     words += ["--check", args.check] if args.check != DEFAULT_CHECK else []
     words += ["--jobs", str(args.jobs), "--timeout", f"{args.timeout:g}"] + (["--resume"] if args.resume else [])
+    words += ["--retry-failed"] if args.retry_failed else []
     return shlex.join(words)
 
 
@@ -197,7 +198,9 @@ def coverage(args: argparse.Namespace) -> int:
     names = sweep.select(args.filter, args.shard)
     if not names:
         raise SplitFXError(f"--filter {args.filter!r} matches no timm model")
-    todo = sweep.remaining(names, args.results, args.stages) if args.resume else names
+    if args.retry_failed and not args.resume:
+        raise UsageError("coverage: --retry-failed checks again what --resume would skip: give --resume too")
+    todo = sweep.remaining(names, args.results, args.stages, args.retry_failed) if args.resume else names
     bar = tqdm(total=len(todo), desc="models", disable=None)
     counts = {"pass": 0, "fail": 0, "timeout": 0, "crash": 0}
 

@@ -130,6 +130,8 @@ def _coverage(sub) -> None:
                    help="JSON-lines file each model's result is appended to (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="skip models already in --results for the same timm, torch and splitfx versions and stages")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume, check again the models whose last result there did not pass")
     p.add_argument("--filter", default="*", metavar="GLOB",
                    help="fnmatch pattern over timm.list_models() (default all)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",

@@ -49,11 +49,15 @@ def select(pattern: str = "*", shard: tuple[int, int] = (0, 1), names: Iterable[
     return matching[i::n]
 
 
-def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str]) -> list[str]:
-    """``names`` minus those already recorded in ``path`` for these versions and (at least) these stages."""
+def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str],
+              retry_failed: bool = False) -> list[str]:
+    """``names`` minus those already recorded in ``path`` for these versions and (at least) these
+    stages; with ``retry_failed`` also minus only those whose last such record passed (a fix for
+    what failed needs no new version to be measured)."""
     here, wanted = versions(), set(coverage.with_prerequisites(stages))
-    done = {r["model"] for r in read_records(path)
+    last = {r["model"]: r for r in read_records(path)
             if r.get("versions") == here and wanted <= set(r.get("requested", ()))}
+    done = {m for m, r in last.items() if not retry_failed or r.get("status") == "pass"}
     return [n for n in names if n not in done]
 
 
