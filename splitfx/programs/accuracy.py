@@ -63,8 +63,8 @@ def _key(config: TrainConfig | Record) -> tuple:
 
 
 def _unique(records: Iterable[Record]) -> list[Record]:
-    """One record per cell, rate, seed and phase, the first (a results file merged from two copies
-    repeats some; training is deterministic, so a repeat holds the same numbers)."""
+    """One record per cell, rate, seed and phase, the first (files written before cells with tuple
+    options were recognised repeat them; training is deterministic, so a repeat holds the same numbers)."""
     first: dict[tuple, Record] = {}
     for r in records:
         first.setdefault((_key(r), r["lr"], r["seed"], r["phase"]), r)
