@@ -56,6 +56,7 @@ BAD = [
     (["train", "--resume", "run/checkpoint.pt", "--recipe", "dgl"], "--recipe 'dgl' (checkpoint: 'linear')"),
     (["train", "--resume", "run/checkpoint.pt", "resnet34", "--blocks", "3"], "MODEL 'resnet34'"),
     (["train", "--resume", "run/checkpoint.pt", "--input-size", "16"], "--input-size 16 (checkpoint: 32)"),
+    (["train", "--resume", "run/checkpoint.pt", "--max-cut-tensors", "1"], "--max-cut-tensors 1 (checkpoint: 16)"),
     (["train", "--resume", "run/checkpoint.pt"], "already trained"),
     (["train", "--resume", "run/checkpoint.pt", "--epochs", "1"], "give --epochs 2 or more"),
     (["train", "--device", CUDA_MISSING], "cuda"),

@@ -5,12 +5,13 @@ import os
 import pytest
 import torch
 
+import splitfx
 from splitfx.cli import main
 from splitfx.programs.data import digits, load
 from splitfx.programs.run_folder import read_metrics
-from splitfx.programs.train import TrainConfig, train
+from splitfx.programs.train import TrainConfig, build_model, train
 
-FAST = dict(model="resnet18", recipe="linear", batch=128, input_size=16, blocks=3)
+FAST = dict(model="resnet18", recipe="linear", batch=128, input_size=16, blocks=3, max_batches=3)
 
 
 def _state(path):
@@ -71,3 +72,16 @@ def test_validation_split_is_carved_from_training_images_and_logged(tmp_path):
     logged = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
     assert logged == [(h["epoch"], pytest.approx(h["val_accuracy"])) for h in history]
     assert len(events.Scalars("block_loss/2")) == 2
+
+
+def test_max_cut_tensors_one_keeps_every_cut_at_one_tensor_and_is_recorded(tmp_path):
+    """resnet18 at K=8 hands two tensors over inside layer1.0 when balanced freely; a run with
+    max_cut_tensors=1 cuts only where one tensor is live and records it, so a resume plans the same."""
+    x = torch.randn(64, 3, 32, 32)
+    free = splitfx.plan(build_model("resnet18", 10, 32), x, 8, recipe="linear")
+    assert max(len(b.output_shapes or []) for b in free.blocks) > 1
+    out = str(tmp_path / "run")
+    result = train(TrainConfig(blocks=8, epochs=1, max_batches=1, max_cut_tensors=1), out=out, progress=False,
+                   log=lambda _: None)
+    assert [len(b.output_shapes or []) for b in result.module.plan.blocks] == [1] * 7 + [0]
+    assert _state(os.path.join(out, "checkpoint.pt"))["config"]["max_cut_tensors"] == 1

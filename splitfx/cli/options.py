@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import SplitFXError
 from ..base.units import parse_bytes
 from ..programs.config import TrainConfig, resolve_device
@@ -257,6 +258,13 @@ def add_blocks(p: argparse.ArgumentParser, default: int | None, help: str = "num
     p.add_argument("--blocks", "-k", type=positive_int, default=default, help=f"{help} (default {shown})", **kwargs)
 
 
+def add_max_cut_tensors(p: argparse.ArgumentParser, default: int | None) -> None:
+    """``--max-cut-tensors``; ``default`` None where a resumed checkpoint supplies the value."""
+    p.add_argument("--max-cut-tensors", type=positive_int, default=default, metavar="N",
+                   help=f"most tensors one cut may hand over; 1 cuts only where one tensor is live (between "
+                        f"residual units), less evenly balanced (default {MAX_CUT_TENSORS})")
+
+
 def add_split(p: argparse.ArgumentParser) -> None:
     """How the model is cut: ``--blocks``, ``--method``, ``--split-points``, ``--recipe``, ``--leaf``, RepL."""
     add_blocks(p, 4)
@@ -270,8 +278,7 @@ def add_split(p: argparse.ArgumentParser) -> None:
                    help="fail instead of keeping a submodule fx cannot trace whole (as a leaf)")
     add_replace(p, "RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
                    "or the blocks named; their weights are synthesised from their neighbours")
-    p.add_argument("--max-cut-tensors", type=positive_int, default=16, metavar="N",
-                   help="most tensors one cut may hand over (default %(default)s)")
+    add_max_cut_tensors(p, MAX_CUT_TENSORS)
     p.add_argument("--tolerance", type=count_fraction, default=0.05,
                    help="prefer fewer multi-tensor cuts among splits within this fraction of the best balance "
                         "(default %(default)s)")

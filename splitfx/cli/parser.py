@@ -17,6 +17,7 @@ from .options import (
     add_blocks,
     add_device,
     add_example_input,
+    add_max_cut_tensors,
     add_model,
     add_recipe,
     add_replace,
@@ -67,6 +68,7 @@ def _train(sub) -> None:
     add_model(p, default="resnet18", resumable=True)
     add_blocks(p, None)
     add_recipe(p, "linear", resumable=True)
+    add_max_cut_tensors(p, None)
     add_training(p)
     p.add_argument("--out", metavar="DIR", type=output_dir,
                    help="run folder: checkpoint.pt, metrics.jsonl, plan.png, model.onnx (default: "

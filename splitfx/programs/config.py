@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import ArgumentError, SplitFXError
 from ..recipes import Recipe, create_recipe, list_recipes
 from ..recipes.registry import describe_options
@@ -39,6 +40,9 @@ class TrainConfig:
     # one, epochs are evaluated on it and the test images are not read during training.
     validation: float = 0.0
     max_batches: int | None = None  # per epoch; None: the whole training set (fewer: quick trials)
+    # Most tensors one cut may hand over (``plan``'s default); 1 keeps cuts where one tensor is live,
+    # between residual units, at the price of a less even memory balance.
+    max_cut_tensors: int = MAX_CUT_TENSORS
     # The recipe's options (``splitfx.recipe(recipe, **recipe_options)``). ``splitfx train`` records
     # every one, defaults included (:func:`with_all_options`), so a resumed run trains the same recipe.
     recipe_options: dict[str, Any] = field(default_factory=dict)

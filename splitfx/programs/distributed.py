@@ -143,7 +143,8 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages)
+    sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages,
+                 max_cut_tensors=config.max_cut_tensors)
     amp = _amp_dtype(config)
     if stage_balance == "time":
         balance_by_time(grid, sm, (example, labels), amp)

@@ -144,7 +144,8 @@ def train(
     monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert(model, example, config.blocks, recipe=config.make_recipe()).to(config.device)
+    sm = convert(model, example, config.blocks, recipe=config.make_recipe(),
+                 max_cut_tensors=config.max_cut_tensors).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)
