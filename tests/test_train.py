@@ -76,7 +76,7 @@ def test_validation_split_is_carved_from_training_images_and_logged(tmp_path):
 
 def test_max_cut_tensors_one_keeps_every_cut_at_one_tensor_and_is_recorded(tmp_path):
     """resnet18 at K=8 hands two tensors over inside layer1.0 when balanced freely; a run with
-    max_cut_tensors=1 cuts only where one tensor is live and records it, so a resume plans the same."""
+    max_cut_tensors=1 cuts only where one tensor is live and records the choice in its checkpoint."""
     x = torch.randn(64, 3, 32, 32)
     free = splitfx.plan(build_model("resnet18", 10, 32), x, 8, recipe="linear")
     assert max(len(b.output_shapes or []) for b in free.blocks) > 1

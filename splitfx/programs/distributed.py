@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..api.conversion import convert
 from ..api.timing import measure_block_times, rebalance_stages
 from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
@@ -35,7 +34,16 @@ from .checkpoint import Checkpoint
 from .config import RESUMABLE, TrainConfig, resolve_device
 from .gather import gather_checkpoint, stage_optimizer_state
 from .run_folder import CHECKPOINT, write_metrics
-from .train import EpochResult, TrainResult, _amp_dtype, _batch, build_model, epoch_result, open_resume
+from .train import (
+    EpochResult,
+    TrainResult,
+    _amp_dtype,
+    _batch,
+    build_model,
+    convert_for,
+    epoch_result,
+    open_resume,
+)
 
 OnStep = Callable[[int, int], None]
 STEPS_PER_EPOCH = 1_000_000  # message tags: epoch · this + step (training), negative for evaluation
@@ -143,8 +151,7 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert(model, example, config.blocks, recipe=config.make_recipe(), stages=grid.stages,
-                 max_cut_tensors=config.max_cut_tensors)
+    sm = convert_for(config, model, example, stages=grid.stages)
     amp = _amp_dtype(config)
     if stage_balance == "time":
         balance_by_time(grid, sm, (example, labels), amp)

@@ -97,6 +97,13 @@ def build_model(name: str, num_classes: int, size: int) -> nn.Module:
     raise SplitFXError(f"cannot build {name!r} for {num_classes} classes")
 
 
+def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, **kwargs) -> SplitModule:
+    """``model`` converted as ``config`` says (blocks, recipe, cut width): the one place single-process
+    and distributed training turn a config into a plan, so both split a model the same way."""
+    return convert(model, example, config.blocks, recipe=config.make_recipe(),
+                   max_cut_tensors=config.max_cut_tensors, **kwargs)
+
+
 def _amp_dtype(config: TrainConfig) -> torch.dtype | None:
     if not config.amp:
         return None
@@ -144,8 +151,7 @@ def train(
     monitor, monitored = splits.monitored
     model = build_model(config.model, num_classes, config.input_size)
     example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert(model, example, config.blocks, recipe=config.make_recipe(),
-                 max_cut_tensors=config.max_cut_tensors).to(config.device)
+    sm = convert_for(config, model, example).to(config.device)
     opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
     amp = _amp_dtype(config)
