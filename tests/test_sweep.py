@@ -4,6 +4,7 @@ Most tests sweep with tests/fake_check.py as the check (no model is built, worke
 milliseconds); the last two run the real check on timm's tiny ``test_*`` models up to the plan stage.
 """
 import json
+import math
 import os
 import re
 import signal
@@ -160,6 +161,35 @@ def test_shards_partition_the_sorted_list_exactly():
     for bad in ("5/5", "a/2", "1", "-1/2"):
         with pytest.raises(UsageError, match="--shard"):
             parser.parse_args(["coverage", "--shard", bad])
+
+
+def test_params_ranges_split_the_zoo_into_sweeps_that_do_not_overlap(fake, tmp_path, monkeypatch):
+    vit = timm.create_model("test_vit", num_classes=10)
+    assert sweep.parameter_count("test_vit") == sum(p.numel() for p in vit.parameters()), "meta count = real count"
+    sizes = {"test_vit": 5 * 10**8, "test_vit2": 10, "test_vit3": 10**9, "test_vit4": 2 * 10**9}
+
+    def count(name):
+        if name not in sizes:
+            raise RuntimeError("cannot build on the meta device")
+        return sizes[name]
+
+    small, giant = sweep.sized(VITS, 0, 5e8, count), sweep.sized(VITS, 5e8, math.inf, count)
+    assert small == ["test_vit2", "test_vit_relpos"], "uncountable models go with the range that starts at 0"
+    assert giant == ["test_vit", "test_vit3", "test_vit4"]
+    parse = build_parser().parse_args
+    assert parse(["coverage", "--params", ":500M"]).params == (0, 5e8)
+    assert parse(["coverage", "--params", "1.5b:"]).params == (1.5e9, math.inf)
+    for bad in ("500M", "2B:1B", "x:", "-1:"):
+        with pytest.raises(UsageError, match="--params"):
+            parse(["coverage", "--params", bad])
+    monkeypatch.setattr(sweep, "parameter_count", count)
+    results = tmp_path / "coverage.jsonl"
+    assert main(["coverage", "--filter", "test_vit*", "--params", "500M:2B", "--check", FAKE, "--jobs", "1",
+                 "--results", str(results)]) == 0
+    assert _models(results) == ["test_vit", "test_vit3"]
+    assert {r["command"] for r in read_records(results)} == {
+        f"splitfx coverage --results {results} --filter 'test_vit*' --params 500M:2B --check {FAKE} "
+        "--jobs 1 --timeout 600"}
 
 
 def test_stages_bring_the_stages_they_need():

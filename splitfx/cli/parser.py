@@ -8,7 +8,7 @@ import os
 from ..base.report import OPTIMIZER_STATES
 from ..base.version import __version__
 from ..recipes import list_recipes
-from . import commands
+from . import commands, coverage_command
 from .launch import add_stages
 from .options import (
     EPILOG,
@@ -127,7 +127,7 @@ def _coverage(sub) -> None:
     from ..programs.coverage import STAGES
     from ..programs.sweep import DEFAULT_CHECK
 
-    p = _command(sub, "coverage", commands.coverage)
+    p = _command(sub, "coverage", coverage_command.coverage)
     p.add_argument("--results", default="coverage.jsonl", metavar="FILE",
                    help="JSON-lines file each model's result is appended to (default %(default)s)")
     p.add_argument("--resume", action="store_true",
@@ -136,6 +136,9 @@ def _coverage(sub) -> None:
                    help="with --resume, check again the models whose last result there did not pass")
     p.add_argument("--filter", default="*", metavar="GLOB",
                    help="fnmatch pattern over timm.list_models() (default all)")
+    p.add_argument("--params", type=coverage_command.parameter_range, metavar="LOW:HIGH",
+                   help="only models with LOW ≤ parameters < HIGH, counted on the meta device (:500M, 1B:; "
+                        "units K, M, B): small models many jobs at a time, giants alone with more memory")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="run only the models at positions ≡ I mod N of the sorted, filtered list (default 0/1)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, metavar="STAGE",

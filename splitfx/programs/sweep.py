@@ -49,6 +49,35 @@ def select(pattern: str = "*", shard: tuple[int, int] = (0, 1), names: Iterable[
     return matching[i::n]
 
 
+def parameter_count(name: str) -> int:
+    """Parameters of timm model ``name`` (10 classes, as the check builds it), counted on the meta
+    device: nothing is allocated, so a seven-billion-parameter model is counted in a second."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+    return sum(p.numel() for p in model.parameters())
+
+
+def sized(names: Iterable[str], low: float, high: float, count: Callable[[str], int] | None = None,
+          progress: Callable[[], None] | None = None) -> list[str]:
+    """The names whose parameter count ``n`` has ``low ≤ n < high``: one sweep takes the models that
+    fit many workers at a time, another the giants with one worker and more memory and time. A model
+    that cannot be counted on the meta device is kept where the range starts at 0."""
+    kept, count = [], count or parameter_count
+    for name in names:
+        try:
+            n = count(name)
+        except Exception:
+            n = 0
+        if low <= n < high:
+            kept.append(name)
+        if progress:
+            progress()
+    return kept
+
+
 def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str],
               retry_failed: bool = False) -> list[str]:
     """``names`` minus those already recorded in ``path`` for these versions and (at least) these
