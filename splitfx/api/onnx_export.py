@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..base.errors import ArgumentError, SplitFXError, first_line
 from ..base.files import atomic_files
@@ -145,13 +146,20 @@ def _exportable(model_or_split: nn.Module) -> nn.Module:
 
 
 def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> str:
-    """The dynamo exporter first; where it fails (e.g. its decompositions cannot view a transposed
-    tensor with a symbolic batch, as in BEiT and MaxViT), the TorchScript exporter. Returns which.
+    """The dynamo exporter first; where it fails, the TorchScript exporter. Returns which.
+
+    Dynamo exports under SDPA's math kernel. Under the CPU flash kernel torch.export records
+    ``sdpa(q, k, v, attn_mask).transpose(1, 2).reshape(...)`` as a view of that kernel's (B, N, H, D)
+    layout; the exporter's decompositions then trace the math kernel's (B, H, N, D) layout and the view
+    fails ("Cannot view a tensor with shape [s, N, H, D] and strides ...", pytorch/pytorch#141107 and
+    #136543), so BEiT and MaxViT fell back to TorchScript, which holds ~5.5× the weights while exporting.
+    The ONNX graph is the same under either kernel (SDPA becomes MatMul and Softmax).
 
     ``path`` is in a folder of its own: whatever a failed attempt left there is removed."""
     dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
     try:
-        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external)
+        with sdpa_kernel(SDPBackend.MATH):
+            torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external)
         return "dynamo"
     except Exception as dynamo_err:
         _empty(os.path.dirname(path))
