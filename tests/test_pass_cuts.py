@@ -7,12 +7,13 @@ from splitfx.passes.cost import probe
 from splitfx.passes.cuts import Cut, schedule
 from splitfx.passes.trace import trace
 
-from tinynets import MLP, Branchy, Tokens, Width
+from checks import assert_eval_equal, assert_interleaved_equals_summed
+from tinynets import MLP, Branchy, Rotary, Tokens, Width
 
 
-def one(position, node, shape, recompute=(), batch_from=0, constants=()):
+def one(position, node, shape, recompute=(), batch_from=0):
     """A cut handing over one tensor."""
-    return Cut(position, (node,), (shape,), recompute, batch_from, constants)
+    return Cut(position, (node,), (shape,), recompute, batch_from)
 
 def graph(*nodes) -> nx.DiGraph:
     """``(name, op, inputs[, attrs])`` in fx order → the attributes :func:`schedule` reads."""
@@ -139,12 +140,29 @@ def test_class_token_expanded_to_the_batch_recomputes_the_batch_int():
     assert not {c.nodes[0] for c in s.cuts} & s.free
 
 
-def test_shape_ints_the_batch_does_not_change_cross_cuts_as_constants():
+def test_shape_ints_the_batch_does_not_change_are_baked_not_handed_over():
     s = _sched(Width(), torch.randn(2, 4, 6))
-    baked = [c for c in s.cuts if c.constants]
-    assert [c.nodes[0] for c in baked] == ["a", "relu", "b"]
-    assert [c.constants for c in baked] == [(("getitem", 4),), (("getitem", 4),), (("mul", 24),)]
-    assert s.cuts[-1] == one(8, "reshape", (2, 24))
+    assert s.baked == {"getitem": 4}
+    assert s.free == {"mul"}, "n * 6 is computed from a shape int alone"
+    assert [c.nodes for c in s.cuts] == [("a",), ("relu",), ("b",), ("reshape",)]
+    assert s.cuts[-1] == one(7, "reshape", (2, 24))
+
+
+def test_a_table_built_from_the_input_shape_is_free_and_every_layer_can_be_cut():
+    """Like deepseek_vit's rotary embedding: without it being free, no cut between layers is legal."""
+    import splitfx
+
+    model, x = Rotary(), torch.randn(2, 5, 6)
+    s = _sched(model, x)
+    assert {"arange", "cos"} <= s.free and s.baked == {"getitem": 5}
+    assert [c.nodes for c in s.cuts] == [("embed",), ("add",), ("add_1",), ("add_2",), ("mean",)]
+    sm = splitfx.convert(model, x, 3, num_classes=3)
+    assert [b.output_shapes for b in sm.plan.blocks] == [[[2, 5, 8]], [[2, 5, 8]], None]
+    assert "expect_shapes" in sm.blocks[1].code and "arange" in sm.blocks[2].code
+    assert_eval_equal(sm, model, x)
+    assert_interleaved_equals_summed(sm, x, torch.tensor([0, 2]))
+    with pytest.raises(splitfx.SplitFXError, match="convert the model again"):
+        sm.blocks[1](torch.randn(2, 6, 8))
 
 
 def test_a_block_with_baked_constants_refuses_inputs_of_another_size():

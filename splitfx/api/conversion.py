@@ -92,7 +92,8 @@ def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
     between them (cascade recipes, activation checkpointing over the same segments)."""
     ctx = _context(plan)
     cuts = [None, *ctx.cuts, None]
-    return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach) for k, nodes in enumerate(ctx.block_nodes)]
+    return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach, ctx.sched.baked)
+            for k, nodes in enumerate(ctx.block_nodes)]
 
 
 def _context(plan: SplitPlan) -> PlanContext:

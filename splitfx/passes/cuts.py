@@ -1,18 +1,19 @@
 """Cut discovery: positions in topological order where every live value can be handed over.
 
-Parameters, ``get_attr`` constants and anything computed from them alone (``cls_token.expand``,
-position-embedding resampling) are *free*: they are rematerialised in whichever block uses them, so
-they never cross a cut. Everything else is ordered; the *frontier* after position ``p`` is every
-value produced at or before ``p`` and used after it. A cut there is legal when the frontier is made
-of tensors (at most ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the
-batch size when one of those tensors carries the batch in dim 0 (the next block recomputes them),
-plus shape ints the batch size does not change (swin's ``B, H, W, C = x.shape``: the next block
-gets them as constants, guarded by a check of its inputs' shapes). Any other int, a shape or a tuple
-crossing the cut makes it illegal.
+Parameters, ``get_attr`` constants and anything computed from them and the inputs' shape ints alone
+(``cls_token.expand``, position-embedding resampling, a rotary embedding built for the patch grid)
+are *free*: they are rematerialised in whichever block uses them, so they never cross a cut.
+Everything else is ordered; the *frontier* after position ``p`` is every value produced at or before
+``p`` and used after it. A cut there is legal when the frontier is made of tensors (at most
+``max_tensors`` of them, and not only the model's inputs), plus ints equal to the batch size when one
+of those tensors carries the batch in dim 0 (the next block recomputes them), plus shape ints the
+batch size does not change (swin's ``B, H, W, C = x.shape``). A block that reads a shape int it does
+not compute gets it as a constant (``Schedule.baked``), guarded by a check of its inputs' shapes.
+Any other int, a shape or a tuple crossing the cut makes it illegal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -26,7 +27,6 @@ class Cut:
     shapes: tuple[tuple[int, ...], ...]
     recompute: tuple[str, ...] = ()  # batch-size ints crossing the cut, rebuilt as nodes[batch_from].size(0)
     batch_from: int = 0  # which handed-over tensor carries the batch in dim 0
-    constants: tuple[tuple[str, int], ...] = ()  # shape ints the batch does not change, baked into the next block
 
     @property
     def single(self) -> bool:
@@ -42,6 +42,7 @@ class Schedule:
     free: set[str]
     cuts: list[Cut]
     output: str
+    baked: dict[str, int] = field(default_factory=dict)  # shape ints the batch does not change, by value
 
 
 def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
@@ -51,10 +52,10 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
     topo = list(G.nodes)  # insertion order is fx order, already topological
     placeholders = [n for n in topo if G.nodes[n]["op"] == "placeholder"]
     output = next(n for n in topo if G.nodes[n]["op"] == "output")
-    reach = set(placeholders)
-    for p in placeholders:
-        reach |= nx.descendants(G, p)
+    static = {n for n in topo if G.nodes[n].get("static_int")}
+    reach = _reached(G, placeholders, static)
     free = {n for n in topo if n not in reach}
+    baked = {s: G.nodes[s]["value"] for s in static & reach}
     order = [n for n in topo if n in reach and n != output]
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
@@ -80,13 +81,26 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
             cuts[-1] = cut  # nothing passed on in between: keep one cut per frontier
         else:
             cuts.append(cut)
-    return Schedule(order, free, cuts, output)
+    return Schedule(order, free, cuts, output, baked)
+
+
+def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[str]:
+    """Nodes reached from the inputs other than through shape ints only: a value computed from the
+    inputs' shapes alone (a rotary embedding built for the patch grid's ``H, W``) is free."""
+    reach = set(placeholders)
+    stack = list(placeholders)
+    while stack:
+        for succ in G.successors(stack.pop()):
+            if succ not in reach:
+                reach.add(succ)
+                if succ not in static:
+                    stack.append(succ)
+    return reach
 
 
 def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None) -> Cut | None:
     """The cut at ``position`` with frontier ``live``, or None if it cannot be handed over."""
     batch_ints = tuple(sorted(v for v in live if G.nodes[v]["batch_int"]))
-    constants = tuple((v, G.nodes[v]["value"]) for v in live if G.nodes[v]["static_int"])
     tensors = [v for v in live if not (G.nodes[v]["batch_int"] or G.nodes[v]["static_int"])]
     if not tensors or any(not G.nodes[v]["is_tensor"] for v in tensors):
         return None
@@ -98,4 +112,4 @@ def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None)
     if batch_ints and not carriers:
         return None
     shapes = tuple(tuple(G.nodes[v]["shape"]) for v in tensors)
-    return Cut(position, tuple(tensors), shapes, batch_ints, carriers[0] if carriers else 0, constants)
+    return Cut(position, tuple(tensors), shapes, batch_ints, carriers[0] if carriers else 0)

@@ -10,7 +10,7 @@ them alone are rematerialised inside each block that uses them, so they are neve
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import networkx as nx
 import torch.fx as fx
@@ -126,10 +126,13 @@ def emit_block(
     cut_out: Cut | None,
     index: int,
     detach_input: bool = True,
+    baked: Mapping[str, int] | None = None,
 ) -> fx.GraphModule:
     """Block ``index`` running ``nodes`` (see :func:`block_nodes`) between cuts ``cut_in`` and
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
-    variant that lets gradient through to the previous block (cascade recipes)."""
+    variant that lets gradient through to the previous block (cascade recipes). ``baked`` holds the
+    shape ints the batch does not change (``Schedule.baked``): a block that reads one it does not
+    compute gets it as a constant, and checks that its inputs have the shapes it was planned for."""
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -148,10 +151,11 @@ def emit_block(
             batch = graph.call_method("size", (handed[cut_in.batch_from], 0))
             for name in cut_in.recompute:
                 env[by_name[name]] = batch
-        if cut_in.constants:
+        inside, baked = set(nodes), baked or {}
+        bake = {i: baked[i.name] for n in nodes for i in n.all_input_nodes if i.name in baked and i not in inside}
+        if bake:
             graph.call_function(expect_shapes, (tuple(handed), tuple(s[1:] for s in cut_in.shapes), index))
-            for name, value in cut_in.constants:
-                env[by_name[name]] = value
+            env.update(bake)
     for n in nodes:
         if n.op == "output":
             graph.output(fx.map_arg(n.args[0], env.__getitem__))

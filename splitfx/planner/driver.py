@@ -160,8 +160,9 @@ class Planner:
     def _parts(self, nodes: list[list[fx.Node]], cuts: list[Cut], boundaries: list[Boundary]) -> SplitParts:
         """The blocks, heads and merges of a split, bound to the user's model (what convert returns)."""
         ends = [None, *cuts, None]
-        blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k) for k, n in enumerate(nodes)]
-        attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, detach_input=False) for k, n in enumerate(nodes)]
+        baked = self.sched.baked
+        blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k, baked=baked) for k, n in enumerate(nodes)]
+        attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, False, baked) for k, n in enumerate(nodes)]
                     if self.recipe.cascade else ())  # only cascades run a block without its input detach
         ref = next((p for p in self.model.parameters() if p.is_floating_point()), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)

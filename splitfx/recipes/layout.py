@@ -18,6 +18,8 @@ from torch import nn
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
+    if h <= 0 or w <= 0:
+        return float("-inf")  # an empty dim (e.g. a model's zero register tokens) is never spatial
     if not input_hw:
         return 0.0
     ih, iw = input_hw
