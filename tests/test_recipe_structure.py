@@ -17,7 +17,7 @@ from splitfx.recipes.auglocal import pyramid_depth
 from splitfx.recipes.copies import EMA
 from splitfx.recipes.decoders import Decoder, PatchDecoder
 from splitfx.recipes.heads import NoHead
-from splitfx.recipes.layout import map_spec
+from splitfx.recipes.layout import infer_layout, map_spec
 
 from checks import assert_isolated
 
@@ -77,6 +77,12 @@ def test_token_grids_come_from_the_models_prefix_count_and_a_sequence_stays_a_se
         spec = map_spec((2, tokens, 8), "NLC", (2, 3, 64, 64), _Tokens(prefix))
         assert spec.grid is None and not spec.spatial
         assert spec.map_shape((2, tokens, 8)) == (8, 1, tokens), "a sequence is a 1×L row, every token kept"
+
+
+def test_4d_layout_follows_the_input_aspect_ratio_and_an_empty_dim_is_never_spatial():
+    assert infer_layout((2, 8, 7, 14), (112, 224)) == "NCHW"
+    assert infer_layout((2, 7, 14, 8), (112, 224)) == "NHWC"
+    assert infer_layout((2, 0, 14, 14), (224, 224)) == "NCHW", "an empty dim is never a spatial one"
 
 
 # ---- DGL -----------------------------------------------------------------------------------------
