@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
+from torch import nn
 
 import splitfx
 from splitfx.api import onnx_export
@@ -71,7 +72,6 @@ def test_attention_with_a_bias_mask_exports_with_dynamo(tmp_path):
 
 def _small() -> torch.nn.Module:
     """25 kB of weights, for 3×8×8 inputs."""
-    nn = torch.nn
     return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 10))
 
 
@@ -190,3 +190,48 @@ def test_bit_resnetv2_exports_within_tolerance(tmp_path):
     report = splitfx.export_onnx(model, tmp_path / "bit.onnx", torch.randn(2, 3, 64, 64))
     assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output)
     assert all(p.requires_grad for p in model.parameters()), "the model itself was not rewritten"
+
+
+class _LargeMeanBatchNorm(nn.Module):
+    """EfficientNetV2-M's random-init eval state in miniature: a convolution whose outputs (~1e5) sit on
+    the BatchNorm running mean, so PyTorch's float32 ``conv(x) − mean`` cancels to a few digits."""
+
+    def __init__(self, shift: float = 1e5):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv.bias.fill_(shift)
+            self.bn.running_mean.fill_(shift)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).mean((2, 3)))
+
+
+class _Cancelling(nn.Module):
+    """Two large convolutions subtracted: every float32 runtime loses the answer in the cancellation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(32, 8, 3), nn.Conv2d(32, 8, 3), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.a.bias.fill_(1e5)
+            self.b.bias.fill_(1e5)
+
+    def forward(self, x):
+        return self.head((self.a(x) - self.b(x)).mean((2, 3)))
+
+
+def test_onnx_that_matches_the_exact_outputs_passes_where_pytorch_float32_cancels(tmp_path):
+    """onnxruntime folds the BatchNorm into the convolution and gets the float64 answer; PyTorch's
+    float32 misses it by ~5e-4 on logits of ~0.3, so only the float64 reference shows the export is right."""
+    torch.manual_seed(0)
+    report = splitfx.export_onnx(_LargeMeanBatchNorm().eval(), tmp_path / "bn.onnx", torch.randn(2, 3, 8, 8))
+    assert report.reference == "PyTorch float64"
+    assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output) and report.top1_equal
+
+
+def test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(splitfx.SplitFXError, match=r"ill-conditioned at these weights.*float64 ones by"):
+        splitfx.export_onnx(_Cancelling().eval(), tmp_path / "c.onnx", torch.randn(2, 32, 8, 8))
+    assert not list(tmp_path.iterdir())
