@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import splitfx
 from splitfx.api import onnx_export
@@ -235,3 +236,53 @@ def test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written(tmp_pa
     with pytest.raises(splitfx.SplitFXError, match=r"ill-conditioned at these weights.*float64 ones by"):
         splitfx.export_onnx(_Cancelling().eval(), tmp_path / "c.onnx", torch.randn(2, 32, 8, 8))
     assert not list(tmp_path.iterdir())
+
+
+class _WindowAttention(nn.Module):
+    """Hiera's mask-unit attention in miniature: SDPA over (B, heads, windows, tokens, dim), or 3-D."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank, self.qkv, self.head = rank, nn.Linear(8, 24), nn.Linear(48, 4)
+
+    def forward(self, x):
+        qkv = self.qkv(x)
+        if self.rank == 5:
+            qkv = qkv.reshape(x.shape[0], 2, 2, 3, 3, 4).permute(4, 0, 1, 2, 3, 5)
+        else:
+            qkv = qkv.reshape(x.shape[0], 6, 3, 8).permute(2, 0, 1, 3)
+        q, k, v = qkv.unbind(0)
+        return self.head(F.scaled_dot_product_attention(q, k, v).flatten(1))
+
+
+@pytest.mark.parametrize("rank", [5, 3])
+def test_attention_of_any_rank_exports_with_dynamo(tmp_path, rank):
+    """The exporter's own SDPA translation takes 4-D inputs only (microsoft/onnxscript#2558)."""
+    torch.manual_seed(0)
+    report = splitfx.export_onnx(_WindowAttention(rank).eval(), tmp_path / "w.onnx", torch.randn(2, 6, 8))
+    assert report.exporter == "dynamo" and report.batch_sizes == (2, 3)
+    assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output) and report.top1_equal
+
+
+class _CondConv(nn.Module):
+    """efficientnet_cc's routed convolution in miniature: per-sample kernels, run as one convolution
+    whose group count is the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.route, self.head = nn.Linear(3, 4), nn.Linear(8, 4)
+        self.conv = timm.layers.CondConv2d(3, 8, 3, num_experts=4)
+
+    def forward(self, x):
+        routing = torch.sigmoid(self.route(x.mean((2, 3))))
+        return self.head(self.conv(x, routing).mean((2, 3)))
+
+
+def test_a_model_with_no_dynamic_batch_export_is_exported_at_a_fixed_batch(tmp_path):
+    torch.manual_seed(0)
+    report = splitfx.export_onnx(_CondConv().eval(), tmp_path / "cc.onnx", torch.randn(2, 3, 8, 8))
+    assert report.exporter == "dynamo" and report.batch_sizes == (2,) and "torchscript:" in report.fixed_batch
+    assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output) and report.top1_equal
+    assert "the batch is fixed" in str(report)
+    dims = ort.InferenceSession(str(tmp_path / "cc.onnx"), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    assert dims == [2, 3, 8, 8]

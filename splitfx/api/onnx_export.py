@@ -36,6 +36,7 @@ from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
+from .onnx_ops import TRANSLATIONS
 from .validation import check_export
 
 EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
@@ -53,6 +54,7 @@ class ExportReport:
     exporter: str = "dynamo"  # or "torchscript", the fallback
     data_path: str | None = None  # PATH.data, where the weights were written as external data
     reference: str = "PyTorch"  # or "PyTorch float64", where onnxruntime matched the exact outputs instead
+    fixed_batch: str | None = None  # why the batch is fixed where a dynamic batch was asked for
 
     def within(self, atol: float) -> bool:
         """Whether the outputs agree within ``atol × max(1, max |output|)`` with the same top-1."""
@@ -63,7 +65,9 @@ class ExportReport:
         return (f"wrote {self.path}{weights} ({self.exporter} exporter): "
                 f"onnxruntime vs {self.reference} at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
-                f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}")
+                f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}"
+                + (f"; the batch is fixed, as no exporter gave a dynamic one ({self.fixed_batch})"
+                   if self.fixed_batch else ""))
 
 
 @contextlib.contextmanager
@@ -124,11 +128,11 @@ def export_onnx(
     path = os.fspath(path)
     with _untouched(model), atomic_files(path) as folder:
         tmp = os.path.join(folder, os.path.basename(path))
-        exporter = _export(exportable(model), inputs, tmp, dynamic_batch, external)
+        exporter, fixed = _export(exportable(model), inputs, tmp, dynamic_batch, external)
         report = ExportReport(path, (), 0.0, True)
         if verify:
-            report = _verify(model, tmp, inputs, dynamic_batch, atol, path)
-        report.exporter = exporter
+            report = _verify(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
+        report.exporter, report.fixed_batch = exporter, fixed
         report.data_path = path + DATA if os.path.exists(tmp + DATA) else None
     return report
 
@@ -153,8 +157,12 @@ def _exportable(model_or_split: nn.Module) -> nn.Module:
     return model_or_split if on_cpu else copy.deepcopy(model_or_split).cpu()
 
 
-def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> str:
-    """The dynamo exporter first; where it fails, the TorchScript exporter. Returns which.
+def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool,
+            external: bool) -> tuple[str, str | None]:
+    """The dynamo exporter first; where it fails, the TorchScript exporter; where both fail with a
+    dynamic batch, dynamo with the batch fixed (CondConv's per-sample kernels are a convolution
+    whose group count is the batch size, and ONNX's ``group`` is a constant attribute). Returns the
+    exporter and, where the batch had to be fixed, why.
 
     Dynamo exports under SDPA's math kernel. Under the CPU flash kernel torch.export records
     ``sdpa(q, k, v, attn_mask).transpose(1, 2).reshape(...)`` as a view of that kernel's (B, N, H, D)
@@ -164,25 +172,37 @@ def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, ext
     The ONNX graph is the same under either kernel (SDPA becomes MatMul and Softmax).
 
     ``path`` is in a folder of its own: whatever a failed attempt left there is removed."""
-    dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
     try:
-        with sdpa_kernel(SDPBackend.MATH):
-            torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external)
-        return "dynamo"
+        _dynamo(model, inputs, path, dynamic_batch, external)
+        return "dynamo", None
     except Exception as dynamo_err:
         _empty(os.path.dirname(path))
-        names = [f"input{i}" for i in range(len(inputs))]
-        axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
         try:
-            torch.onnx.export(model, inputs, path, dynamo=False, input_names=names, dynamic_axes=axes)
+            _torchscript(model, inputs, path, dynamic_batch, external)
+            return "torchscript", None
         except Exception as err:
-            raise SplitFXError(
-                f"torch.onnx.export failed for {type(model).__name__}: dynamo: {first_line(dynamo_err)}; "
-                f"torchscript: {first_line(err)}"
-            ) from err
-        if external or len(os.listdir(os.path.dirname(path))) > 1:
-            _gather_weights(path)
-        return "torchscript"
+            failures = f"dynamo: {first_line(dynamo_err)}; torchscript: {first_line(err)}"
+            if dynamic_batch:
+                _empty(os.path.dirname(path))
+                with contextlib.suppress(Exception):
+                    _dynamo(model, inputs, path, False, external)
+                    return "dynamo", failures
+            raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}") from err
+
+
+def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:
+    dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+    with sdpa_kernel(SDPBackend.MATH):
+        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external,
+                          custom_translation_table=TRANSLATIONS)
+
+
+def _torchscript(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:
+    names = [f"input{i}" for i in range(len(inputs))]
+    axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
+    torch.onnx.export(model, inputs, path, dynamo=False, input_names=names, dynamic_axes=axes)
+    if external or len(os.listdir(os.path.dirname(path))) > 1:
+        _gather_weights(path)
 
 
 def _empty(folder: str) -> None:
