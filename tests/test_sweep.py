@@ -217,6 +217,8 @@ def test_report_counts_the_whole_zoo_and_lists_every_failure(tmp_path):
               stages={"create": done["create"], "convert": {"status": "fail", "reason": "RuntimeError: a | b"}}),
         _line("levit_128s", here, status="timeout", stage="onnx", reason="over the 600 s limit",
               stages={"onnx": {"status": "timeout", "reason": "over the 600 s limit"}}),
+        _line("vit_huge_patch14_224", here, status="fail", stage="step", reason="RuntimeError: can't allocate memory",
+              stages={"step": {"status": "fail", "reason": "RuntimeError: \x1b[96mcan't allocate memory\x1b[0m"}}),
         _line("mixer_s16_224", here, status="crash", stage=None, reason="killed by SIGSEGV without an outcome"),
         _line("efficientnet_b0", here, requested=["create", "trace", "plan"]),
         _line("densenet121", {**here, "timm": "0.9.0"}, stages=done),
@@ -228,18 +230,22 @@ def test_report_counts_the_whole_zoo_and_lists_every_failure(tmp_path):
     text = out.read_text()
     first = text.splitlines()[0]
     assert f"1 / {len(zoo):,} models pass every stage" in first
-    for count in ("2 fail", "1 time out", "1 crash", "1 passed only the stages", f"{len(zoo) - 6:,} not run"):
+    for count in ("3 fail", "1 time out", "1 crash", "1 passed only the stages", f"{len(zoo) - 7:,} not run"):
         assert count in first
     assert f"**2 / {len(zoo):,} pass every stage but `timm_fx`**, 1 of them although" in text
     assert f"splitfx coverage --report {results} --out {out}" in text, "the report names its command"
-    failures = text.split("## Failures")[1].split("|---|---|---|---|---|")[1]
-    rows = re.findall(r"^\| (\S+) \| \S+ \| (\S+) \| (\S+) \| (.*) \|$", failures, re.M)
+    failures = text.split("## Failures")[1].split("|---|---|---|---|---|---|")[1]
+    rows = re.findall(r"^\| (\S+) \| \S+ \| (\S+) \| (\S+) \| (.*) \| (.*) \|$", failures, re.M)
     assert sorted(rows) == sorted([
-        ("vit_tiny_patch16_224", "timm_fx", "fail", "timm cannot fx-trace it: boom"),
-        ("convnext_atto", "convert", "fail", "RuntimeError: a \\| b"),
-        ("levit_128s", "onnx", "timeout", "over the 600 s limit"),
-        ("mixer_s16_224", "–", "crash", "killed by SIGSEGV without an outcome"),
-    ])
+        ("vit_tiny_patch16_224", "timm_fx", "fail", "timm cannot fx-trace it: boom", "timm fx tracer (upstream)"),
+        ("convnext_atto", "convert", "fail", "RuntimeError: a \\| b", "not yet diagnosed"),
+        ("levit_128s", "onnx", "timeout", "over the 600 s limit", "time (machine)"),
+        ("vit_huge_patch14_224", "step", "fail", "RuntimeError: can't allocate memory", "memory (machine)"),
+        ("mixer_s16_224", "–", "crash", "killed by SIGSEGV without an outcome", "not yet diagnosed"),
+    ]), "every failure has its reason (colour codes dropped) and its cause"
+    causes = text.split("## Causes")[1].split("## Failures")[0]
+    counted = dict(re.findall(r"^\| ([\w ]+) \| [\w–]+ \| (\d+) \|", causes, re.M))
+    assert counted == {"memory": "1", "time": "1", "timm fx tracer": "1", "not yet diagnosed": "2"}
     families = text.split("## Families")[1].split("##")[0]
     row = r"^\| \w+ \| " + r" \| ".join([r"([\d,]+)"] * 7) + r" \|$"
     counts = [[int(c.replace(",", "")) for c in cells] for cells in re.findall(row, families, re.M)]

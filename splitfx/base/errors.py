@@ -1,6 +1,8 @@
 """Exceptions raised by splitfx. Every message says which model/module failed and what to do."""
 from __future__ import annotations
 
+import re
+
 
 class SplitFXError(Exception):
     """Base class for all splitfx errors."""
@@ -37,9 +39,17 @@ def one_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes (torch.onnx colours its messages)."""
+    return _ANSI.sub("", text)
+
+
 def first_line(err: BaseException, limit: int = 300) -> str:
     """``Type: message`` cut to its first non-empty line: a reason that fits in a table cell."""
-    lines = [line for line in f"{type(err).__name__}: {err}".splitlines() if line.strip()]
+    lines = [line for line in plain(f"{type(err).__name__}: {err}").splitlines() if line.strip()]
     return lines[0][:limit] if lines else type(err).__name__
 
 

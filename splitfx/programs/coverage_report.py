@@ -12,8 +12,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ..base.errors import plain
 from ..base.jsonl import Record, read_records
 from .coverage import BLOCKS, CHAIN, STAGES, family
+from .coverage_causes import CAUSES, Cause, cause_of
 
 OUTCOMES = ("pass", "fail", "timeout", "crash", "partial", "not run")
 TROUBLE = ("fail", "timeout", "crash")
@@ -35,7 +37,7 @@ def _passes(record: Record | None, stages: Iterable[str]) -> bool:
 
 
 def _cell(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return " ".join(plain(str(text)).split()).replace("|", "\\|")
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
@@ -68,9 +70,25 @@ def _failures(zoo: list[str], chosen: dict[str, Record], families: dict[str, str
             continue
         bad = [(s, r) for s, r in record.get("stages", {}).items() if r.get("status") != "pass"]
         bad = bad or [(record.get("stage") or "–", record)]
-        rows += [[name, families[name], stage, r.get("status"), r.get("reason", "")] for stage, r in bad]
+        rows += [[name, families[name], stage, r.get("status"), r.get("reason", ""),
+                  _label(cause_of(stage, r.get("status"), r.get("reason", "")))] for stage, r in bad]
     order = {s: i for i, s in enumerate(STAGES)}
     return sorted(rows, key=lambda row: (order.get(row[2], -1), row[0]))
+
+
+UNDIAGNOSED = "not yet diagnosed"
+
+
+def _label(cause: Cause | None) -> str:
+    return f"{cause.label} ({cause.kind})" if cause else UNDIAGNOSED
+
+
+def _causes(failures: list[list[Any]]) -> list[str]:
+    """Each cause with its failing models counted and what it is; then the undiagnosed count."""
+    models = {label: {row[0] for row in failures if row[5] == label} for label in {row[5] for row in failures}}
+    rows = [[c.label, c.kind, f"{len(models[_label(c)]):,}", c.detail] for c in CAUSES if _label(c) in models]
+    rows.append([UNDIAGNOSED, "–", f"{len(models.get(UNDIAGNOSED, ())):,}", "see each reason below"])
+    return _table(["cause", "kind", "models", "what it is"], rows)
 
 
 def markdown(records: Iterable[Record], zoo: Iterable[str], timm_version: str, *, source: str = "",
@@ -120,9 +138,14 @@ def markdown(records: Iterable[Record], zoo: Iterable[str], timm_version: str, *
     rows.append(["**all**", *(c for k in BLOCKS for c in _balance_cells(list(chosen.values()), k))])
     lines += _table(header, rows)
     failures = _failures(zoo, chosen, families)
+    lines += ["", "## Causes", "",
+              "Where each failure's fix lies: *machine* (memory or time where the sweep ran), *upstream* "
+              "(timm, torch.fx or an exporter), *model* (its own state), *splitfx*. A model can count under "
+              "two causes when two of its stages failed.", ""]
+    lines += _causes(failures)
     lines += ["", f"## Failures ({len(failures):,} stages of "
               f"{sum(count[o] for o in TROUBLE):,} models)", ""]
-    lines += _table(["model", "family", "stage", "status", "reason"], failures)
+    lines += _table(["model", "family", "stage", "status", "reason", "cause"], failures)
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,54 @@
+"""Why a model failed a stage, where its reason tells: the cause the coverage report names beside it.
+
+Each :class:`Cause` matches a failed stage by its name and a pattern over ``"STATUS: REASON"``; the
+first that matches is the cause. Its ``kind`` says where the fix lies: ``machine`` (memory or time
+on the machine that ran the sweep), ``upstream`` (timm, torch.fx or an exporter, with the upstream
+issue or the reproduction in ``tests/``), ``model`` (the model's own state), ``splitfx``. A failure
+no rule matches is reported as not yet diagnosed, so the report shows what is left to look at.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Cause:
+    label: str
+    kind: str  # machine, upstream, model or splitfx
+    detail: str  # what happens, and the upstream issue or the reproduction
+    pattern: str  # re.search over "STATUS: REASON"
+    stages: tuple[str, ...] = ()  # the stages it applies to; () for any
+
+    def matches(self, stage: str, status: str, reason: str) -> bool:
+        return (not self.stages or stage in self.stages) and re.search(self.pattern, f"{status}: {reason}") is not None
+
+
+CAUSES = (
+    Cause("memory", "machine",
+          "the stage needs more memory than a sweep worker may use (14 GiB of address space two at a time, "
+          "21 GiB alone, on a 23 GiB machine): rerun with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY, "
+          "or on a bigger machine; a model with over ~2B parameters cannot train in 23 GiB at all",
+          r"can't allocate memory|bad_alloc|MemoryError|Cannot allocate memory|out of memory|killed by SIGKILL"),
+    Cause("time", "machine", "the stage ran past --timeout on two CPU cores: rerun alone with a longer --timeout",
+          r"^timeout: "),
+    Cause("timm fx tracer", "upstream",
+          "timm's own fx tracer (`timm.layers.get_graph_node_names`) fails on control flow in timm's forward; "
+          "counted as timm's failure, splitfx's own stages run regardless", r".", ("timm_fx",)),
+    Cause("control flow on the input", "upstream",
+          "the model's top-level forward branches on its input (gemma4_vit's `if x.ndim != 4`): torch.fx "
+          "cannot trace control flow on a traced value (torch.fx docs, 'Limitations of Symbolic Tracing'), "
+          "and the auto-leaf fallback cannot make the whole model a leaf",
+          r"top-level forward of \w+ failed", ("trace",)),
+    Cause("ill-conditioned at random init", "model",
+          "random-init weights in eval mode (BatchNorm statistics after one step) make PyTorch's own float32 "
+          "logits differ from its float64 ones by more than the tolerance, so no float32 runtime can match "
+          "them; reproduction: `test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written` in "
+          "tests/test_export.py",
+          r"ill-conditioned at these weights", ("onnx",)),
+)
+
+
+def cause_of(stage: str, status: str, reason: str) -> Cause | None:
+    """The first cause that matches a failed stage, or None if none does."""
+    return next((c for c in CAUSES if c.matches(stage, status, reason or "")), None)
