@@ -8,7 +8,7 @@ from splitfx.passes.cuts import Cut, schedule
 from splitfx.passes.trace import trace
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed
-from tinynets import MLP, Branchy, Rotary, Tokens, Width
+from tinynets import MLP, Branchy, GridTable, HalfBatch, Rotary, Tokens, Width
 
 
 def one(position, node, shape, recompute=(), batch_from=0):
@@ -175,3 +175,23 @@ def test_a_block_with_baked_constants_refuses_inputs_of_another_size():
     assert torch.equal(out, model(x))
     with pytest.raises(splitfx.SplitFXError, match="convert the model again"):
         sm.blocks[1](torch.randn(2, 5, 6))
+
+
+def test_a_run_on_another_grid_of_as_many_tokens_fails_where_the_grid_is_measured():
+    """The later blocks get H·W tokens either way: the block computing H and W refuses the 2×8 grid."""
+    import splitfx
+
+    model = GridTable()
+    sm = splitfx.convert(model, torch.randn(2, 4, 4, 4), 3, num_classes=3)
+    assert "expect_int" in sm.blocks[0].code and "expect_shapes" in sm.blocks[1].code
+    assert_eval_equal(sm, model, torch.randn(2, 4, 4, 4))
+    with pytest.raises(splitfx.SplitFXError, match="holds it as the constant 4"):
+        next(sm.local_losses(torch.randn(2, 4, 2, 8), torch.tensor([0, 1])))
+
+
+def test_an_int_computed_from_the_batch_size_is_never_a_shape_constant():
+    """B // 2 is 1 at batch 2 and at batch 3, yet changes at 4: baked, a later block would be wrong
+    at batch 4; live, it is an int no cut may hand over."""
+    s = _sched(HalfBatch(), torch.randn(2, 4))
+    assert s.baked == {} and "arange" in s.order
+    assert s.cuts == []

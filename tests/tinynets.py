@@ -163,3 +163,34 @@ class Rotary(nn.Module):
         for layer in self.layers:
             x = x + torch.relu(layer(x * table))
         return self.head(x.mean(1))
+
+
+class GridTable(nn.Module):
+    """A table built for the H×W grid and read by layers that see only H·W tokens: at another grid
+    of as many tokens (2×8 for 4×4) the handed-over shapes match but the table does not."""
+
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(depth))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        _, _, h, w = x.shape
+        table = (torch.arange(h)[:, None] * 10 + torch.arange(w)).reshape(h * w, 1).float()
+        x = x.flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            x = x + torch.relu(layer(x * table))
+        return self.head(x.mean(1))
+
+
+class HalfBatch(nn.Module):
+    """An int computed from the batch size that happens to be equal at batch 2 and 3 (B // 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        half = x.shape[0] // 2
+        x = self.b(torch.relu(self.a(x)))
+        return self.c(x) + torch.arange(half).float().sum()

@@ -11,7 +11,7 @@ from torch import nn
 from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs
-from ..passes.emit import block_parameters, emit_block
+from ..passes.emit import block_parameters, emit_block, shared_ints
 from ..planner.context import PlanContext
 from ..recipes import LossFn
 from ..runtime.split_module import SplitModule
@@ -92,8 +92,8 @@ def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
     between them (cascade recipes, activation checkpointing over the same segments)."""
     ctx = _context(plan)
     cuts = [None, *ctx.cuts, None]
-    return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach, ctx.sched.baked)
-            for k, nodes in enumerate(ctx.block_nodes)]
+    blocks, baked = ctx.block_nodes, shared_ints(ctx.block_nodes, ctx.sched.baked)
+    return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach, baked) for k, nodes in enumerate(blocks)]
 
 
 def _context(plan: SplitPlan) -> PlanContext:

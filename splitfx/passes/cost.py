@@ -217,11 +217,15 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
         for attrs in G.nodes.values():
             attrs["batch_dim0"] = bool(attrs["is_tensor"] and attrs["shape"] and attrs["shape"][0] == batch)
         return
+    moved: set[str] = set()  # ints the batch changes, and ints computed from them (B // 2 is 1 at 2 and 3)
     for n, grown_value in interp.env.items():
         attrs = G.nodes[n.name]
         if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:
             attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
-        elif type(grown_value) is int and grown_value == batch + 1:
-            attrs["batch_int"] = attrs["value"] == batch
         elif type(grown_value) is int:
-            attrs["static_int"] = attrs["value"] == grown_value  # e.g. swin's H, W, C: a shape constant
+            if attrs["value"] != grown_value or any(p.name in moved for p in n.all_input_nodes):
+                moved.add(n.name)
+            if grown_value == batch + 1:
+                attrs["batch_int"] = attrs["value"] == batch
+            else:
+                attrs["static_int"] = n.name not in moved  # e.g. swin's H, W, C: a shape constant

@@ -36,7 +36,7 @@ class Cut:
 
 @dataclass
 class Schedule:
-    """Ordered (non-free) nodes, free nodes, and every legal cut."""
+    """Ordered (non-free) nodes, free nodes, every legal cut, and the shape ints by value."""
 
     order: list[str]
     free: set[str]

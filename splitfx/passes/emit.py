@@ -5,7 +5,9 @@ its cut hands over), followed by a ``clone`` when an op of the block writes that
 or alias of it, through Identity, DropPath or a reshape — in place (``ReLU(inplace=True)``):
 ``detach`` shares storage and version counter with the upstream tensor, which the previous block
 or its aux head may still need for backward. Parameters, constants and whatever is computed from
-them alone are rematerialised inside each block that uses them, so they are never detached.
+them and the inputs' shape ints alone are rematerialised inside each block that uses them, so they
+are never detached; a shape int one block computes and another reads is a constant in the reader
+and checked in the block that computes it.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ def written_in_place(gm: fx.GraphModule, src: fx.Node, nodes: list[fx.Node]) -> 
 
 
 def free_ancestors(G: nx.DiGraph, free: set[str], names: Iterable[str]) -> set[str]:
-    """Free nodes (parameters and what is computed from them alone) that ``names`` depend on."""
+    """Free nodes (parameters, and what is computed from them and shape ints alone) that ``names`` depend on."""
     found: set[str] = set()
     stack = [p for n in names for p in G.predecessors(n) if p in free]
     while stack:
@@ -119,6 +121,25 @@ def expect_shapes(tensors: tuple, shapes: tuple, index: int) -> None:
                            "it holds shape constants of that size; convert the model again for this input size.")
 
 
+def expect_int(value: int, planned: int, name: str, index: int) -> None:
+    """A shape int a later block holds as a constant must come out as planned where it is computed."""
+    if value != planned:
+        raise SplitFXError(f"block {index} computes {name} = {value}, but a later block holds it as the constant "
+                           f"{planned} (planned for another input size); convert the model again for this input size.")
+
+
+def _reads(nodes: list[fx.Node], ints: Mapping[str, int]) -> dict[fx.Node, int]:
+    """The ints of ``ints`` that ``nodes`` read without computing them."""
+    inside = set(nodes)
+    return {i: ints[i.name] for n in nodes for i in n.all_input_nodes if i.name in ints and i not in inside}
+
+
+def shared_ints(blocks: list[list[fx.Node]], baked: Mapping[str, int]) -> dict[str, int]:
+    """The shape ints of ``baked`` (``Schedule.baked``) that some block reads without computing them:
+    what :func:`emit_block` bakes where they are read and checks where they are computed."""
+    return {n.name: value for nodes in blocks for n, value in _reads(nodes, baked).items()}
+
+
 def emit_block(
     gm: fx.GraphModule,
     nodes: list[fx.Node],
@@ -131,8 +152,11 @@ def emit_block(
     """Block ``index`` running ``nodes`` (see :func:`block_nodes`) between cuts ``cut_in`` and
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
     variant that lets gradient through to the previous block (cascade recipes). ``baked`` holds the
-    shape ints the batch does not change (``Schedule.baked``): a block that reads one it does not
-    compute gets it as a constant, and checks that its inputs have the shapes it was planned for."""
+    shape ints one block computes and another reads (:func:`shared_ints`): the block that reads one
+    gets it as a constant and checks that its inputs have the shapes it was planned for; the block
+    that computes it checks that it has the planned value, so a whole run on another input size
+    fails at the first block even where the handed-over shapes alone would not tell (a table built
+    for an H×W grid handed over as H·W tokens)."""
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -151,8 +175,7 @@ def emit_block(
             batch = graph.call_method("size", (handed[cut_in.batch_from], 0))
             for name in cut_in.recompute:
                 env[by_name[name]] = batch
-        inside, baked = set(nodes), baked or {}
-        bake = {i: baked[i.name] for n in nodes for i in n.all_input_nodes if i.name in baked and i not in inside}
+        bake = _reads(nodes, baked or {})
         if bake:
             graph.call_function(expect_shapes, (tuple(handed), tuple(s[1:] for s in cut_in.shapes), index))
             env.update(bake)
@@ -161,6 +184,8 @@ def emit_block(
             graph.output(fx.map_arg(n.args[0], env.__getitem__))
         else:
             env[n] = graph.node_copy(n, env.__getitem__)
+            if baked and n.name in baked:
+                graph.call_function(expect_int, (env[n], baked[n.name], n.name, index))
     if cut_out is not None:
         outs = tuple(env[by_name[name]] for name in cut_out.nodes)
         graph.output(outs[0] if cut_out.single else outs)  # one tensor, or a tuple for several
