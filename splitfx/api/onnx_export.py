@@ -36,7 +36,6 @@ from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
-from .onnx_ops import TRANSLATIONS
 from .validation import check_export
 
 EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
@@ -54,7 +53,7 @@ class ExportReport:
     exporter: str = "dynamo"  # or "torchscript", the fallback
     data_path: str | None = None  # PATH.data, where the weights were written as external data
     reference: str = "PyTorch"  # or "PyTorch float64", where onnxruntime matched the exact outputs instead
-    fixed_batch: str | None = None  # why the batch is fixed where a dynamic batch was asked for
+    fixed_batch: str | None = None  # why the batch is fixed (the example's) where a dynamic one was asked for
 
     def within(self, atol: float) -> bool:
         """Whether the outputs agree within ``atol × max(1, max |output|)`` with the same top-1."""
@@ -66,8 +65,8 @@ class ExportReport:
                 f"onnxruntime vs {self.reference} at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}"
-                + (f"; the batch is fixed, as no exporter gave a dynamic one ({self.fixed_batch})"
-                   if self.fixed_batch else ""))
+                + (f"; the batch is fixed at {self.batch_sizes[0] if self.batch_sizes else '?'}, as no exporter "
+                   f"gave a dynamic one ({self.fixed_batch})" if self.fixed_batch else ""))
 
 
 @contextlib.contextmanager
@@ -122,13 +121,16 @@ def export_onnx(
     check_export(**locals())
     model = _exportable(model_or_split)
     external = _external(model, external_data)
-    inputs = tuple(x.cpu() for x in as_tuple(example_inputs))
-    if dynamic_batch and inputs[0].shape[0] < 2:
-        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in inputs)  # batch 1 gets specialised
+    given = tuple(x.cpu() for x in as_tuple(example_inputs))
+    inputs = given
+    if dynamic_batch and given[0].shape[0] < 2:
+        inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in given)  # batch 1 gets specialised
     path = os.fspath(path)
     with _untouched(model), atomic_files(path) as folder:
         tmp = os.path.join(folder, os.path.basename(path))
-        exporter, fixed = _export(exportable(model), inputs, tmp, dynamic_batch, external)
+        exporter, fixed = _export(exportable(model), inputs, given, tmp, dynamic_batch, external)
+        if fixed is not None:
+            inputs = given  # the file takes the example's own batch size
         report = ExportReport(path, (), 0.0, True)
         if verify:
             report = _verify(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
@@ -157,12 +159,12 @@ def _exportable(model_or_split: nn.Module) -> nn.Module:
     return model_or_split if on_cpu else copy.deepcopy(model_or_split).cpu()
 
 
-def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool,
+def _export(model: nn.Module, inputs: tuple, given: tuple, path: str, dynamic_batch: bool,
             external: bool) -> tuple[str, str | None]:
     """The dynamo exporter first; where it fails, the TorchScript exporter; where both fail with a
     dynamic batch, dynamo with the batch fixed (CondConv's per-sample kernels are a convolution
-    whose group count is the batch size, and ONNX's ``group`` is a constant attribute). Returns the
-    exporter and, where the batch had to be fixed, why.
+    whose group count is the batch size, and ONNX's ``group`` is a constant attribute), at the batch
+    size of the ``given`` example. Returns the exporter and, where the batch had to be fixed, why.
 
     Dynamo exports under SDPA's math kernel. Under the CPU flash kernel torch.export records
     ``sdpa(q, k, v, attn_mask).transpose(1, 2).reshape(...)`` as a view of that kernel's (B, N, H, D)
@@ -182,15 +184,20 @@ def _export(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool,
             return "torchscript", None
         except Exception as err:
             failures = f"dynamo: {first_line(dynamo_err)}; torchscript: {first_line(err)}"
-            if dynamic_batch:
-                _empty(os.path.dirname(path))
-                with contextlib.suppress(Exception):
-                    _dynamo(model, inputs, path, False, external)
-                    return "dynamo", failures
-            raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}") from err
+            if not dynamic_batch:
+                raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}") from err
+        _empty(os.path.dirname(path))
+        try:
+            _dynamo(model, given, path, False, external)
+            return "dynamo", failures
+        except Exception as fixed_err:
+            raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}; dynamo at a "
+                               f"fixed batch: {first_line(fixed_err)}") from fixed_err
 
 
 def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:
+    from .onnx_ops import TRANSLATIONS  # onnxscript's torch_lib, only when exporting
+
     dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
     with sdpa_kernel(SDPBackend.MATH):
         torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external,
@@ -240,15 +247,17 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
     report = _compare(expected, got, path, batches)
     if report.within(atol):
         return report
-    exact = _torch_outputs(copy.deepcopy(model).double(), feeds)
-    against_exact = _compare(exact, got, path, batches, reference="PyTorch float64")
-    if against_exact.within(atol):
-        return against_exact
-    own = _compare(exact, expected, path, batches)
     limit = atol * max(1.0, report.max_abs_output)
     message = (f"ONNX verification failed for {type(model).__name__}: max abs diff {report.max_abs_diff:.2e} "
                f"(limit {limit:.1e} for outputs up to {report.max_abs_output:.1e}), top-1 "
                f"{'identical' if report.top1_equal else 'different'}")
+    exact = _float64_outputs(model, feeds)
+    if exact is None:
+        raise SplitFXError(message + "; nothing written")
+    against_exact = _compare(exact, got, path, batches, reference="PyTorch float64")
+    if against_exact.within(atol):
+        return against_exact
+    own = _compare(exact, expected, path, batches)
     if not own.within(atol):
         top1 = "identical" if own.top1_equal else "different"
         message += (f". The model is ill-conditioned at these weights: PyTorch's own float32 outputs differ from "
@@ -256,6 +265,17 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
                     "so no float32 runtime can be checked against them; verify with trained weights (or "
                     "calibrated BatchNorm statistics), or pass verify=False")
     raise SplitFXError(message + "; nothing written")
+
+
+def _float64_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarray]] | None:
+    """PyTorch's float64 outputs from a float64 copy of ``model``; None where that copy (twice the
+    weights) would be over :data:`EXTERNAL_ABOVE` bytes of float32 weights, or cannot run."""
+    if sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) > EXTERNAL_ABOVE:
+        return None
+    try:
+        return _torch_outputs(copy.deepcopy(model).double(), feeds)
+    except (RuntimeError, MemoryError, NotImplementedError):
+        return None
 
 
 def _torch_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarray]]:

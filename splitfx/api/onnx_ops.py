@@ -17,7 +17,7 @@ from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_at
 
 
 def _as_4d(t: Any) -> Any:
-    """(…, S, N, E) → (batch·…, S, N, E), its rank recorded so the 4-D translation accepts it."""
+    """(N, …, H, L, E) → (N·…, H, L, E), its rank recorded so the 4-D translation accepts it."""
     flat = op.Reshape(t, op.Concat(op.Constant(value_ints=[-1]), op.Shape(t, start=-3), axis=0))
     flat.shape = ir.Shape([None, *t.shape[-3:]])
     return flat
@@ -25,14 +25,17 @@ def _as_4d(t: Any) -> Any:
 
 def attention_nd(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
                  is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
-    """``aten.scaled_dot_product_attention`` for query, key and value of rank 3 and up. A mask must
-    broadcast over the flattened dims (rank ≤ 2) unless the inputs are 4-D."""
+    """``aten.scaled_dot_product_attention`` for query, key and value of rank 3 and up with the same
+    leading dims. A mask must broadcast over the flattened dims (rank ≤ 2) unless the inputs are 4-D;
+    anything else raises, and the exporter reports it (splitfx then tries TorchScript)."""
     if len(query.shape) == 4:
         return attention_4d(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if attn_mask is not None and len(attn_mask.shape) > 2:
         raise NotImplementedError(f"a {len(attn_mask.shape)}-D attention mask with {len(query.shape)}-D inputs")
-    out = attention_4d(_as_4d(query), _as_4d(key), _as_4d(value), attn_mask, dropout_p, is_causal, scale,
-                       enable_gqa)
+    if not query.shape[:-3] == key.shape[:-3] == value.shape[:-3]:
+        raise NotImplementedError("query, key and value broadcast over their leading dims")
+    out = attention_4d(_as_4d(query), _as_4d(key), _as_4d(value), attn_mask=attn_mask, dropout_p=dropout_p,
+                       is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     return op.Reshape(out, op.Concat(op.Shape(query, end=-1), op.Shape(value, start=-1), axis=0))
 
 

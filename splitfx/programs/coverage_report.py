@@ -71,7 +71,7 @@ def _failures(zoo: list[str], chosen: dict[str, Record], families: dict[str, str
         bad = [(s, r) for s, r in record.get("stages", {}).items() if r.get("status") != "pass"]
         bad = bad or [(record.get("stage") or "–", record)]
         rows += [[name, families[name], stage, r.get("status"), r.get("reason", ""),
-                  _label(cause_of(stage, r.get("status"), r.get("reason", "")))] for stage, r in bad]
+                  _label(cause_of(stage, r.get("status"), plain(r.get("reason") or "")))] for stage, r in bad]
     order = {s: i for i, s in enumerate(STAGES)}
     return sorted(rows, key=lambda row: (order.get(row[2], -1), row[0]))
 
