@@ -120,6 +120,25 @@ def test_dict_output_trains_with_its_own_loss():
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
+class Encoder(nn.Module):
+    """No classifier: returns its tokens (B, N, D), as timm's ``*_enc`` models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x.flatten(2).transpose(1, 2))))
+
+
+def test_an_encoder_plans_with_num_classes_and_trains_on_its_own_loss():
+    """Cross-entropy cannot be costed on tokens: the plan leaves the last loss to loss_fn."""
+    x = torch.randn(2, 4, 3, 3)
+    sm = splitfx.convert(Encoder(), x, 2, num_classes=5, loss_fn=lambda out, y: out.pow(2).mean())
+    losses = sm.train_step(x, Y[:2], torch.optim.SGD(sm.parameters(), lr=0.1))
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("recipe", ["linear", "dgl", "auglocal"])
 def test_models_of_any_floating_dtype_train(dtype, recipe):

@@ -256,7 +256,8 @@ def test_report_counts_the_whole_zoo_and_lists_every_failure(tmp_path):
 def test_check_plans_k4_and_caps_k8_at_the_largest_k_allowed(monkeypatch):
     asked = []
 
-    def fake_plan(model, x, k):
+    def fake_plan(model, x, k, num_classes):
+        assert num_classes == 10, "the classes the model was created with, which an encoder cannot tell"
         asked.append(k)
         if k > 6:
             raise PlanError(f"{k} blocks: at most 6", max_blocks=6)
@@ -269,10 +270,10 @@ def test_check_plans_k4_and_caps_k8_at_the_largest_k_allowed(monkeypatch):
     assert {k: p["k"] for k, p in outcome.plans.items()} == {"4": 4, "8": 6}
     assert outcome.plans["8"]["floor_ratio"] == pytest.approx(15 * 6 / 60)
 
-    def k8_breaks(model, x, k):
+    def k8_breaks(model, x, k, num_classes):
         if k == 8:
             raise ValueError("bad cut")
-        return fake_plan(model, x, k)
+        return fake_plan(model, x, k, num_classes)
 
     monkeypatch.setattr(splitfx.api.planning, "plan", k8_breaks)
     outcome = check("test_resnet", ["convert"])

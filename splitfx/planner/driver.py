@@ -103,7 +103,8 @@ class Planner:
                                                       max_cut_tensors, auto_leaf)
         self.gm, self.probe, self.sched, G = gm, probe, sched, probe.graph
         outputs = probe.outputs
-        if num_classes is None and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+        scores = isinstance(outputs, torch.Tensor) and outputs.dim() == 2  # (B, classes), as cross-entropy takes
+        if num_classes is None and scores:
             num_classes = int(outputs.shape[-1])
         self.num_classes = num_classes
         self.uses = parameter_uses(gm, G, sched)
@@ -111,7 +112,9 @@ class Planner:
                                                tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
         self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units else [])
         self.aux = AuxProbe(probe, inputs)
-        self.final_loss = self.aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None else {}
+        # The last block's loss is costed where it is cross-entropy on class scores; an encoder's
+        # features go to the user's own loss_fn, which convert takes and the plan cannot know.
+        self.final_loss = self.aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None and scores else {}
         self.bounds = [0, *(c.position for c in sched.cuts), len(sched.order)]
         self.ok = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
         self._aux_costs: list[AuxCost] | None = None

@@ -2,7 +2,8 @@
 
 Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer), ``trace``, ``plan``
 (K=4 and K=8, or the largest K the model allows when fewer), ``convert`` (the K=4 plan), ``step`` (one
-local training step, finite losses), ``parity`` (eval outputs ``torch.equal`` to the original),
+local training step, finite losses; a model without a classifier, such as a ``*_enc`` encoder, is
+trained on :func:`feature_loss`), ``parity`` (eval outputs ``torch.equal`` to the original),
 ``onnx`` (export + onnxruntime parity). Each stage needs the one before it, except that ``timm_fx``
 needs only ``create`` and stops nothing: a model timm cannot fx-trace fails at ``timm_fx`` with timm's
 reason, and splitfx's own stages still run on it. The sweep over many models is :mod:`.sweep`.
@@ -22,6 +23,7 @@ from ..base.errors import first_line
 STAGES = ("create", "timm_fx", "trace", "plan", "convert", "step", "parity", "onnx")
 CHAIN = tuple(s for s in STAGES if s != "timm_fx")  # each needs the one before it
 BLOCKS = (4, 8)
+CLASSES = 10  # every model is created with this many; an encoder (no classifier) trains on feature_loss
 
 StageHook = Callable[[str, "dict[str, Any] | None"], None]  # (stage, None) on start, (stage, result) on end
 
@@ -72,9 +74,9 @@ def _create(c: SimpleNamespace) -> None:
     from .models import default_input_size
 
     torch.manual_seed(0)
-    c.model = timm.create_model(c.name, pretrained=False, num_classes=10)
+    c.model = timm.create_model(c.name, pretrained=False, num_classes=CLASSES)
     c.x = torch.randn(2, *default_input_size(c.model))
-    c.y = torch.randint(0, 10, (2,))
+    c.y = torch.randint(0, CLASSES, (2,))
 
 
 def _timm_fx(c: SimpleNamespace) -> None:
@@ -100,7 +102,7 @@ def _plan(c: SimpleNamespace) -> None:
 
     def at(k: int):
         if k not in made:
-            made[k] = make_plan(c.model, c.x, k)
+            made[k] = make_plan(c.model, c.x, k, num_classes=CLASSES)  # an encoder's output has none
         return made[k]
 
     cap = None
@@ -121,10 +123,22 @@ def _plan(c: SimpleNamespace) -> None:
     c.plan = c.plans[str(c.blocks[0])]
 
 
+def feature_loss(output: Any, target: Any) -> Any:
+    """The last block's loss for a model without a classifier (an encoder's tokens): the mean square of
+    its floating outputs, so the sweep trains encoders too."""
+    from torch.utils._pytree import tree_leaves
+
+    return sum(t.float().pow(2).mean() for t in tree_leaves(output) if getattr(t, "is_floating_point", bool)())
+
+
 def _convert(c: SimpleNamespace) -> None:
+    import torch
+
     from ..api.conversion import convert
 
-    c.sm = convert(c.model, c.x, plan=c.plan)
+    out = c.plan.context.probe.outputs
+    scores = isinstance(out, torch.Tensor) and tuple(out.shape) == (len(c.y), CLASSES)
+    c.sm = convert(c.model, c.x, plan=c.plan, loss_fn=None if scores else feature_loss)
 
 
 def _step(c: SimpleNamespace) -> None:
