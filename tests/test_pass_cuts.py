@@ -8,7 +8,7 @@ from splitfx.passes.cuts import Cut, schedule
 from splitfx.passes.trace import trace
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed
-from tinynets import MLP, Branchy, GridTable, HalfBatch, Rotary, Tokens, Width
+from tinynets import MLP, Branchy, GridTable, HalfBatch, NoMask, Rotary, Tokens, Width
 
 
 def one(position, node, shape, recompute=(), batch_from=0):
@@ -19,7 +19,7 @@ def graph(*nodes) -> nx.DiGraph:
     """``(name, op, inputs[, attrs])`` in fx order → the attributes :func:`schedule` reads."""
     G = nx.DiGraph()
     for name, op, inputs, *rest in nodes:
-        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static_int=False,
+        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static=False,
                      value=None)
         attrs.update(*rest)
         G.add_node(name, **attrs)
@@ -183,7 +183,7 @@ def test_a_run_on_another_grid_of_as_many_tokens_fails_where_the_grid_is_measure
 
     model = GridTable()
     sm = splitfx.convert(model, torch.randn(2, 4, 4, 4), 3, num_classes=3)
-    assert "expect_int" in sm.blocks[0].code and "expect_shapes" in sm.blocks[1].code
+    assert "expect_constant" in sm.blocks[0].code and "expect_shapes" in sm.blocks[1].code
     assert_eval_equal(sm, model, torch.randn(2, 4, 4, 4))
     with pytest.raises(splitfx.SplitFXError, match="holds it as the constant 4"):
         next(sm.local_losses(torch.randn(2, 4, 2, 8), torch.tensor([0, 1])))
@@ -195,3 +195,16 @@ def test_an_int_computed_from_the_batch_size_is_never_a_shape_constant():
     s = _sched(HalfBatch(), torch.randn(2, 4))
     assert s.baked == {} and "arange" in s.order
     assert s.cuts == []
+
+
+def test_a_none_made_from_the_input_is_a_constant_every_layer_can_be_cut_across():
+    """naflexvit's attention mask is None for a dense image, yet a node: handed over it blocked every cut."""
+    import splitfx
+
+    model, x = NoMask(), torch.randn(2, 5, 6)
+    s = _sched(model, x)
+    assert s.baked["mask_of"] is None
+    assert [c.nodes for c in s.cuts][:4] == [("embed",), ("add",), ("add_1",), ("add_2",)]
+    sm = splitfx.convert(model, x, 3, num_classes=3)
+    assert_eval_equal(sm, model, x)
+    assert_interleaved_equals_summed(sm, x, torch.tensor([0, 2]))

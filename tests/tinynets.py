@@ -194,3 +194,33 @@ class HalfBatch(nn.Module):
         half = x.shape[0] // 2
         x = self.b(torch.relu(self.a(x)))
         return self.c(x) + torch.arange(half).float().sum()
+
+
+def mask_of(x):
+    """Like timm's ``create_attention_mask`` on a dense image: no padding, so no mask (None)."""
+    return None
+
+
+def masked(x, mask):
+    return x if mask is None else x * mask
+
+
+torch.fx.wrap("mask_of")
+torch.fx.wrap("masked")
+
+
+class NoMask(nn.Module):
+    """A None made from the input and read by every layer: a constant no cut needs to hand over."""
+
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(depth))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        mask = mask_of(x)
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + torch.relu(layer(masked(x, mask)))
+        return self.head(x.mean(1))

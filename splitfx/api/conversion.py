@@ -11,7 +11,7 @@ from torch import nn
 from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs
-from ..passes.emit import block_parameters, emit_block, shared_ints
+from ..passes.emit import block_parameters, emit_block, shared_constants
 from ..planner.context import PlanContext
 from ..recipes import LossFn
 from ..runtime.split_module import SplitModule
@@ -92,7 +92,7 @@ def segments(plan: SplitPlan, detach: bool = True) -> list[fx.GraphModule]:
     between them (cascade recipes, activation checkpointing over the same segments)."""
     ctx = _context(plan)
     cuts = [None, *ctx.cuts, None]
-    blocks, baked = ctx.block_nodes, shared_ints(ctx.block_nodes, ctx.sched.baked)
+    blocks, baked = ctx.block_nodes, shared_constants(ctx.block_nodes, ctx.sched.baked)
     return [emit_block(ctx.gm, nodes, cuts[k], cuts[k + 1], k, detach, baked) for k, nodes in enumerate(blocks)]
 
 

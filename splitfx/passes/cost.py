@@ -6,8 +6,11 @@ excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
 
 ``op, target, scope, cls`` (from the trace), ``saved`` (storage keys the node saves for backward),
 ``out_bytes``, ``param_bytes`` (parameters first used here), ``flops`` (forward), ``is_tensor``,
-``shape``, ``dtype``, ``value`` (ints), ``batch_int`` / ``static_int`` (an int that is the batch size /
-that the batch size does not change), ``batch_dim0``. ``graph.graph["storages"]`` maps storage key → bytes.
+``shape``, ``dtype``, ``value`` (plain constants: ints, floats, bools, strings, dtypes, devices, None,
+and lists and tuples of them),
+``batch_int`` (an int that is the batch size), ``static`` (a plain constant the batch size does not
+change: swin's ``H, W``, a ``dtype``, timm's ``create_attention_mask`` returning None), ``batch_dim0``.
+``graph.graph["storages"]`` maps storage key → bytes.
 """
 from __future__ import annotations
 
@@ -34,6 +37,16 @@ from ..base.meter import SavedTensorMeter, state_keys, storage_key
 
 # What fake tensors cannot run; such nodes are probed on random real tensors instead.
 _FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
+
+# Values a block can take as constants when planned for one input size (ints are shape ints).
+CONSTANT_TYPES = (int, float, bool, str, torch.dtype, torch.device, type(None))
+
+
+def is_constant(value: Any) -> bool:
+    """A plain constant, or a list or tuple of them (mvitv2's feature size ``[H, W]``)."""
+    if type(value) in (list, tuple):
+        return all(is_constant(v) for v in value)
+    return type(value) in CONSTANT_TYPES
 
 
 @dataclass
@@ -175,7 +188,7 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
                 param_bytes=param_bytes,
                 flops=flops_now - flops_before,
                 is_tensor=is_tensor,
-                value=value if type(value) is int else None,
+                value=value if is_constant(value) else None,
                 shape=tuple(value.shape) if is_tensor else None,
                 dtype=value.dtype if is_tensor else None,
                 **attrs,
@@ -197,7 +210,7 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
 
     The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch."""
     for name in G.nodes:
-        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = G.nodes[name]["static_int"] = False
+        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = G.nodes[name]["static"] = False
     if not example_inputs or example_inputs[0].dim() == 0:
         return
     batch = example_inputs[0].shape[0]
@@ -217,15 +230,15 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
         for attrs in G.nodes.values():
             attrs["batch_dim0"] = bool(attrs["is_tensor"] and attrs["shape"] and attrs["shape"][0] == batch)
         return
-    moved: set[str] = set()  # ints the batch changes, and ints computed from them (B // 2 is 1 at 2 and 3)
+    moved: set[str] = set()  # constants the batch changes, and those computed from them (B // 2 is 1 at 2 and 3)
     for n, grown_value in interp.env.items():
         attrs = G.nodes[n.name]
         if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:
             attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
-        elif type(grown_value) is int:
+        elif is_constant(grown_value):
             if attrs["value"] != grown_value or any(p.name in moved for p in n.all_input_nodes):
                 moved.add(n.name)
-            if grown_value == batch + 1:
+            if type(grown_value) is int and grown_value == batch + 1:
                 attrs["batch_int"] = attrs["value"] == batch
             else:
-                attrs["static_int"] = n.name not in moved  # e.g. swin's H, W, C: a shape constant
+                attrs["static"] = n.name not in moved  # e.g. swin's H, W, C: a shape constant

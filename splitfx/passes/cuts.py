@@ -6,14 +6,17 @@ are *free*: they are rematerialised in whichever block uses them, so they never 
 Everything else is ordered; the *frontier* after position ``p`` is every value produced at or before
 ``p`` and used after it. A cut there is legal when the frontier is made of tensors (at most
 ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the batch size when one
-of those tensors carries the batch in dim 0 (the next block recomputes them), plus shape ints the
-batch size does not change (swin's ``B, H, W, C = x.shape``). A block that reads a shape int it does
-not compute gets it as a constant (``Schedule.baked``), guarded by a check of its inputs' shapes.
-Any other int, a shape or a tuple crossing the cut makes it illegal.
+of those tensors carries the batch in dim 0 (the next block recomputes them), plus plain constants
+the batch size does not change (swin's shape ints ``B, H, W, C = x.shape``, mvitv2's feature size
+``[H, W]``, a dtype, naflexvit's attention mask that is None for a dense image). A block that reads
+one it does not compute gets it as a constant (``Schedule.baked``), guarded by a check of its
+inputs' shapes. Any other value crossing the cut (an int the batch changes, a ``torch.Size``, a tuple
+holding a tensor) makes it illegal.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -36,13 +39,13 @@ class Cut:
 
 @dataclass
 class Schedule:
-    """Ordered (non-free) nodes, free nodes, every legal cut, and the shape ints by value."""
+    """Ordered (non-free) nodes, free nodes, every legal cut, and the static constants by value."""
 
     order: list[str]
     free: set[str]
     cuts: list[Cut]
     output: str
-    baked: dict[str, int] = field(default_factory=dict)  # shape ints the batch does not change, by value
+    baked: dict[str, Any] = field(default_factory=dict)  # constants the batch does not change, by value
 
 
 def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
@@ -52,7 +55,7 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
     topo = list(G.nodes)  # insertion order is fx order, already topological
     placeholders = [n for n in topo if G.nodes[n]["op"] == "placeholder"]
     output = next(n for n in topo if G.nodes[n]["op"] == "output")
-    static = {n for n in topo if G.nodes[n].get("static_int")}
+    static = {n for n in topo if G.nodes[n].get("static")}
     reach = _reached(G, placeholders, static)
     free = {n for n in topo if n not in reach}
     baked = {s: G.nodes[s]["value"] for s in static & reach}
@@ -101,7 +104,7 @@ def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[st
 def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None) -> Cut | None:
     """The cut at ``position`` with frontier ``live``, or None if it cannot be handed over."""
     batch_ints = tuple(sorted(v for v in live if G.nodes[v]["batch_int"]))
-    tensors = [v for v in live if not (G.nodes[v]["batch_int"] or G.nodes[v]["static_int"])]
+    tensors = [v for v in live if not (G.nodes[v]["batch_int"] or G.nodes[v]["static"])]
     if not tensors or any(not G.nodes[v]["is_tensor"] for v in tensors):
         return None
     if all(G.nodes[v]["op"] == "placeholder" for v in tensors):

@@ -6,13 +6,14 @@ or alias of it, through Identity, DropPath or a reshape — in place (``ReLU(inp
 ``detach`` shares storage and version counter with the upstream tensor, which the previous block
 or its aux head may still need for backward. Parameters, constants and whatever is computed from
 them and the inputs' shape ints alone are rematerialised inside each block that uses them, so they
-are never detached; a shape int one block computes and another reads is a constant in the reader
-and checked in the block that computes it.
+are never detached; a shape int (or another constant the batch does not change) one block computes
+and another reads is a constant in the reader and checked in the block that computes it.
 """
 from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import networkx as nx
 import torch.fx as fx
@@ -121,22 +122,23 @@ def expect_shapes(tensors: tuple, shapes: tuple, index: int) -> None:
                            "it holds shape constants of that size; convert the model again for this input size.")
 
 
-def expect_int(value: int, planned: int, name: str, index: int) -> None:
-    """A shape int a later block holds as a constant must come out as planned where it is computed."""
+def expect_constant(value: Any, planned: Any, name: str, index: int) -> None:
+    """A value a later block holds as a constant (a shape int) must come out as planned where it is computed."""
     if value != planned:
         raise SplitFXError(f"block {index} computes {name} = {value}, but a later block holds it as the constant "
                            f"{planned} (planned for another input size); convert the model again for this input size.")
 
 
-def _reads(nodes: list[fx.Node], ints: Mapping[str, int]) -> dict[fx.Node, int]:
-    """The ints of ``ints`` that ``nodes`` read without computing them."""
+def _reads(nodes: list[fx.Node], constants: Mapping[str, Any]) -> dict[fx.Node, Any]:
+    """The values of ``constants`` that ``nodes`` read without computing them."""
     inside = set(nodes)
-    return {i: ints[i.name] for n in nodes for i in n.all_input_nodes if i.name in ints and i not in inside}
+    return {i: constants[i.name] for n in nodes for i in n.all_input_nodes if i.name in constants and i not in inside}
 
 
-def shared_ints(blocks: list[list[fx.Node]], baked: Mapping[str, int]) -> dict[str, int]:
-    """The shape ints of ``baked`` (``Schedule.baked``) that some block reads without computing them:
-    what :func:`emit_block` bakes where they are read and checks where they are computed."""
+def shared_constants(blocks: list[list[fx.Node]], baked: Mapping[str, Any]) -> dict[str, Any]:
+    """The constants of ``baked`` (``Schedule.baked``: shape ints and the like) that some block reads
+    without computing them: what :func:`emit_block` bakes where they are read and checks where they
+    are computed."""
     return {n.name: value for nodes in blocks for n, value in _reads(nodes, baked).items()}
 
 
@@ -147,16 +149,16 @@ def emit_block(
     cut_out: Cut | None,
     index: int,
     detach_input: bool = True,
-    baked: Mapping[str, int] | None = None,
+    baked: Mapping[str, Any] | None = None,
 ) -> fx.GraphModule:
     """Block ``index`` running ``nodes`` (see :func:`block_nodes`) between cuts ``cut_in`` and
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
     variant that lets gradient through to the previous block (cascade recipes). ``baked`` holds the
-    shape ints one block computes and another reads (:func:`shared_ints`): the block that reads one
-    gets it as a constant and checks that its inputs have the shapes it was planned for; the block
-    that computes it checks that it has the planned value, so a whole run on another input size
-    fails at the first block even where the handed-over shapes alone would not tell (a table built
-    for an H×W grid handed over as H·W tokens)."""
+    constants (shape ints and the like) one block computes and another reads
+    (:func:`shared_constants`): the block that reads one gets it as a constant and checks that its
+    inputs have the shapes it was planned for; the block that computes it checks that it has the
+    planned value, so a whole run on another input size fails at the first block even where the
+    handed-over shapes alone would not tell (a table built for an H×W grid handed over as H·W tokens)."""
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -185,7 +187,7 @@ def emit_block(
         else:
             env[n] = graph.node_copy(n, env.__getitem__)
             if baked and n.name in baked:
-                graph.call_function(expect_int, (env[n], baked[n.name], n.name, index))
+                graph.call_function(expect_constant, (env[n], baked[n.name], n.name, index))
     if cut_out is not None:
         outs = tuple(env[by_name[name]] for name in cut_out.nodes)
         graph.output(outs[0] if cut_out.single else outs)  # one tensor, or a tuple for several

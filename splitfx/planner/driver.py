@@ -19,7 +19,7 @@ from ..base.report import BlockPlan, SplitPlan
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
-from ..passes.emit import block_nodes, block_parameters, emit_block, shared_ints
+from ..passes.emit import block_nodes, block_parameters, emit_block, shared_constants
 from ..passes.names import unprefix
 from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
@@ -163,7 +163,7 @@ class Planner:
     def _parts(self, nodes: list[list[fx.Node]], cuts: list[Cut], boundaries: list[Boundary]) -> SplitParts:
         """The blocks, heads and merges of a split, bound to the user's model (what convert returns)."""
         ends = [None, *cuts, None]
-        baked = shared_ints(nodes, self.sched.baked)
+        baked = shared_constants(nodes, self.sched.baked)
         blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k, baked=baked) for k, n in enumerate(nodes)]
         attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, False, baked) for k, n in enumerate(nodes)]
                     if self.recipe.cascade else ())  # only cascades run a block without its input detach
