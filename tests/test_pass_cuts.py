@@ -8,7 +8,7 @@ from splitfx.passes.cuts import Cut, schedule
 from splitfx.passes.trace import trace
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed
-from tinynets import MLP, Branchy, GridTable, HalfBatch, NoMask, Rotary, Tokens, Width
+from tinynets import MLP, Branchy, GridTable, HalfBatch, NoMask, Placement, Rotary, Tokens, Width
 
 
 def one(position, node, shape, recompute=(), batch_from=0):
@@ -208,3 +208,12 @@ def test_a_none_made_from_the_input_is_a_constant_every_layer_can_be_cut_across(
     sm = splitfx.convert(model, x, 3, num_classes=3)
     assert_eval_equal(sm, model, x)
     assert_interleaved_equals_summed(sm, x, torch.tensor([0, 2]))
+
+
+def test_a_dtype_is_never_a_constant_and_a_list_changed_after_it_is_made_is_not_either():
+    """Baked, x.dtype would be float32 under bfloat16 autocast too (and x.device cpu after .to(cuda));
+    a list appended to after it was made would be baked in its final state."""
+    dtype = _sched(Placement(), torch.randn(2, 3, 4))
+    assert not [v for v in dtype.baked.values() if v is not None] and dtype.cuts == [], dtype.baked
+    grown = _sched(Placement(grow=True), torch.randn(2, 3, 4))
+    assert "size_of" not in grown.baked and [c.nodes for c in grown.cuts] == [("reshape",)], grown.baked

@@ -224,3 +224,31 @@ class NoMask(nn.Module):
         for layer in self.layers:
             x = x + torch.relu(layer(masked(x, mask)))
         return self.head(x.mean(1))
+
+
+def size_of(x):
+    """A list of a tensor's sizes, made outside the graph (like mvitv2's feature size)."""
+    return list(x.shape[1:])
+
+
+torch.fx.wrap("size_of")
+
+
+class Placement(nn.Module):
+    """Reads the input's dtype before the layers and uses it after them: under autocast or on another
+    device it is not what it was when planned. ``grow`` appends to a size list after it is made."""
+
+    def __init__(self, grow: bool = False):
+        super().__init__()
+        self.grow = grow
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if self.grow:
+            sizes = size_of(x)
+            sizes.append(1)
+            x = self.b(torch.relu(self.a(x)))
+            return self.c(x.reshape(-1, sizes[1]))
+        dtype = x.dtype
+        x = self.b(torch.relu(self.a(x)))
+        return self.c(x) + torch.zeros(3, dtype=dtype)

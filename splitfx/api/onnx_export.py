@@ -39,6 +39,7 @@ from .folding import exportable
 from .validation import check_export
 
 EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
+FLOAT64_UP_TO = 2**30  # the float64 reference copy (twice these bytes) is made for weights up to this
 ONE_FILE_LIMIT = 2**31  # protobuf's limit: one ONNX file cannot hold more
 DATA = ".data"  # the external data file is PATH + DATA
 
@@ -65,8 +66,8 @@ class ExportReport:
                 f"onnxruntime vs {self.reference} at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}"
-                + (f"; the batch is fixed at {self.batch_sizes[0] if self.batch_sizes else '?'}, as no exporter "
-                   f"gave a dynamic one ({self.fixed_batch})" if self.fixed_batch else ""))
+                + (f"; the batch is fixed at {self.batch_sizes[0]}, as no exporter gave a dynamic one "
+                   f"({self.fixed_batch})" if self.fixed_batch else ""))
 
 
 @contextlib.contextmanager
@@ -131,7 +132,7 @@ def export_onnx(
         exporter, fixed = _export(exportable(model), inputs, given, tmp, dynamic_batch, external)
         if fixed is not None:
             inputs = given  # the file takes the example's own batch size
-        report = ExportReport(path, (), 0.0, True)
+        report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True)
         if verify:
             report = _verify(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
         report.exporter, report.fixed_batch = exporter, fixed
@@ -253,7 +254,8 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
                f"{'identical' if report.top1_equal else 'different'}")
     exact = _float64_outputs(model, feeds)
     if exact is None:
-        raise SplitFXError(message + "; nothing written")
+        raise SplitFXError(message + " (no float64 reference: the weights are over 1 GiB or do not run in "
+                           "float64); nothing written")
     against_exact = _compare(exact, got, path, batches, reference="PyTorch float64")
     if against_exact.within(atol):
         return against_exact
@@ -268,9 +270,9 @@ def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool
 
 
 def _float64_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarray]] | None:
-    """PyTorch's float64 outputs from a float64 copy of ``model``; None where that copy (twice the
-    weights) would be over :data:`EXTERNAL_ABOVE` bytes of float32 weights, or cannot run."""
-    if sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) > EXTERNAL_ABOVE:
+    """PyTorch's float64 outputs from a float64 copy of ``model``; None where the weights are over
+    :data:`FLOAT64_UP_TO` bytes (the copy would be twice that) or the copy cannot run."""
+    if sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) > FLOAT64_UP_TO:
         return None
     try:
         return _torch_outputs(copy.deepcopy(model).double(), feeds)

@@ -11,3 +11,9 @@ Inputs = torch.Tensor | Sequence[torch.Tensor]
 def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
     """``x`` → ``(x,)``; a sequence of tensors → a tuple of them."""
     return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+
+
+def class_scores(output: object) -> bool:
+    """Whether ``output`` is one (batch, classes) tensor, what cross-entropy takes; an encoder's
+    tokens or a dict of outputs are not."""
+    return isinstance(output, torch.Tensor) and output.dim() == 2

@@ -6,14 +6,15 @@ excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
 
 ``op, target, scope, cls`` (from the trace), ``saved`` (storage keys the node saves for backward),
 ``out_bytes``, ``param_bytes`` (parameters first used here), ``flops`` (forward), ``is_tensor``,
-``shape``, ``dtype``, ``value`` (plain constants: ints, floats, bools, strings, dtypes, devices, None,
-and lists and tuples of them),
-``batch_int`` (an int that is the batch size), ``static`` (a plain constant the batch size does not
-change: swin's ``H, W``, a ``dtype``, timm's ``create_attention_mask`` returning None), ``batch_dim0``.
-``graph.graph["storages"]`` maps storage key → bytes.
+``shape``, ``dtype``, ``value`` (plain constants: ints, floats, bools, None, and lists and tuples of
+them, as the node made them), ``batch_int`` (an int that is the batch size), ``static`` (a plain
+constant the batch size does not change: swin's ``H, W``, mvitv2's ``[H, W]``, timm's
+``create_attention_mask`` returning None), ``batch_dim0``. ``graph.graph["storages"]`` maps storage
+key → bytes.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,11 @@ from ..base.meter import SavedTensorMeter, state_keys, storage_key
 _FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 # Values a block can take as constants when planned for one input size (ints are shape ints).
-CONSTANT_TYPES = (int, float, bool, str, torch.dtype, torch.device, type(None))
+CONSTANT_TYPES = (int, float, bool, type(None))
+# What a tensor says about where and how it runs: autocast, .to(device) and AMP change it after
+# planning, so it and whatever is computed from it (but None) are never constants.
+_PLACEMENT = {"dtype", "device", "is_cuda", "is_cpu", "is_mps", "is_xpu", "is_meta", "is_floating_point",
+              "is_complex", "element_size", "get_device", "type"}
 
 
 def is_constant(value: Any) -> bool:
@@ -47,6 +52,13 @@ def is_constant(value: Any) -> bool:
     if type(value) in (list, tuple):
         return all(is_constant(v) for v in value)
     return type(value) in CONSTANT_TYPES
+
+
+def _placement(node: fx.Node) -> bool:
+    """Whether ``node`` reads a tensor's dtype or device (``x.dtype``, ``x.is_cuda``, ``x.get_device()``)."""
+    if node.op == "call_method":
+        return node.target in _PLACEMENT
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] and node.args[1] in _PLACEMENT
 
 
 @dataclass
@@ -188,7 +200,7 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
                 param_bytes=param_bytes,
                 flops=flops_now - flops_before,
                 is_tensor=is_tensor,
-                value=value if is_constant(value) else None,
+                value=copy.deepcopy(value) if is_constant(value) else None,  # as made: a list may grow later
                 shape=tuple(value.shape) if is_tensor else None,
                 dtype=value.dtype if is_tensor else None,
                 **attrs,
@@ -205,10 +217,13 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
 
 
 def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequence[torch.Tensor]) -> None:
-    """Flag ints equal to the batch size, ints the batch does not change, and tensors whose dim 0
-    is the batch.
+    """Flag ints equal to the batch size, plain constants the batch does not change (``static``), and
+    tensors whose dim 0 is the batch.
 
-    The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch."""
+    The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch. A
+    constant is static only if it is the same then, was not changed in place after it was made, and
+    is not computed from one that changed (``B // 2`` is 1 at 2 and 3) or from a tensor's dtype or
+    device (other under autocast or after ``.to(device)``), except a None."""
     for name in G.nodes:
         G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = G.nodes[name]["static"] = False
     if not example_inputs or example_inputs[0].dim() == 0:
@@ -230,14 +245,18 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
         for attrs in G.nodes.values():
             attrs["batch_dim0"] = bool(attrs["is_tensor"] and attrs["shape"] and attrs["shape"][0] == batch)
         return
-    moved: set[str] = set()  # constants the batch changes, and those computed from them (B // 2 is 1 at 2 and 3)
+    moved: set[str] = set()  # non-tensor values that are no constant, and those computed from them
     for n, grown_value in interp.env.items():
         attrs = G.nodes[n.name]
+        if not attrs["is_tensor"] and (_placement(n) or any(p.name in moved for p in n.all_input_nodes)):
+            moved.add(n.name)
         if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:
             attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
         elif is_constant(grown_value):
-            if attrs["value"] != grown_value or any(p.name in moved for p in n.all_input_nodes):
+            if type(attrs["value"]) is not type(grown_value) or attrs["value"] != grown_value:
                 moved.add(n.name)
+            if grown_value is None:
+                moved.discard(n.name)  # a None tells nothing of dtype or device
             if type(grown_value) is int and grown_value == batch + 1:
                 attrs["batch_int"] = attrs["value"] == batch
             else:

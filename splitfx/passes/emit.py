@@ -124,7 +124,7 @@ def expect_shapes(tensors: tuple, shapes: tuple, index: int) -> None:
 
 def expect_constant(value: Any, planned: Any, name: str, index: int) -> None:
     """A value a later block holds as a constant (a shape int) must come out as planned where it is computed."""
-    if value != planned:
+    if type(value) is not type(planned) or value != planned:
         raise SplitFXError(f"block {index} computes {name} = {value}, but a later block holds it as the constant "
                            f"{planned} (planned for another input size); convert the model again for this input size.")
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..base.errors import PlanError
 from ..base.report import BlockPlan, SplitPlan
+from ..base.tensors import class_scores
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
@@ -103,7 +104,7 @@ class Planner:
                                                       max_cut_tensors, auto_leaf)
         self.gm, self.probe, self.sched, G = gm, probe, sched, probe.graph
         outputs = probe.outputs
-        scores = isinstance(outputs, torch.Tensor) and outputs.dim() == 2  # (B, classes), as cross-entropy takes
+        scores = class_scores(outputs)
         if num_classes is None and scores:
             num_classes = int(outputs.shape[-1])
         self.num_classes = num_classes

@@ -128,16 +128,17 @@ def feature_loss(output: Any, target: Any) -> Any:
     its floating outputs, so the sweep trains encoders too."""
     from torch.utils._pytree import tree_leaves
 
-    return sum(t.float().pow(2).mean() for t in tree_leaves(output) if getattr(t, "is_floating_point", bool)())
+    floating = [t for t in tree_leaves(output) if getattr(t, "is_floating_point", bool)()]
+    if not floating:
+        raise ValueError("the model has no floating output to train on")
+    return sum(t.float().pow(2).mean() for t in floating)
 
 
 def _convert(c: SimpleNamespace) -> None:
-    import torch
-
     from ..api.conversion import convert
+    from ..base.tensors import class_scores
 
-    out = c.plan.context.probe.outputs
-    scores = isinstance(out, torch.Tensor) and tuple(out.shape) == (len(c.y), CLASSES)
+    scores = class_scores(c.plan.context.probe.outputs)
     c.sm = convert(c.model, c.x, plan=c.plan, loss_fn=None if scores else feature_loss)
 
 
