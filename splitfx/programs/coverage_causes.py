@@ -40,6 +40,11 @@ CAUSES = (
           "cannot trace control flow on a traced value (torch.fx docs, 'Limitations of Symbolic Tracing'), "
           "and the auto-leaf fallback cannot make the whole model a leaf",
           r"top-level forward of \w+ failed", ("trace",)),
+    Cause("training-only branch at the top level", "splitfx",
+          "the model's own forward computes something else in training (sapiens2's rotary embedding gets "
+          "random coordinate augmentation: timm's `get_embed` branches on `self.training`, called as a "
+          "method, not a submodule), and splitfx keeps one graph for both modes; two graphs switched by "
+          "mode would lift it", r"itself branches on self\.training", ("trace",)),
     Cause("ill-conditioned at random init", "model",
           "random-init weights in eval mode (BatchNorm statistics after one step) make PyTorch's own float32 "
           "logits differ from its float64 ones by more than the tolerance, so no float32 runtime can match "
