@@ -23,9 +23,7 @@ import copy
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -36,38 +34,12 @@ from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
+from .onnx_verify import ExportReport, verify_export
 from .validation import check_export
 
 EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
-FLOAT64_UP_TO = 2**30  # the float64 reference copy (twice these bytes) is made for weights up to this
 ONE_FILE_LIMIT = 2**31  # protobuf's limit: one ONNX file cannot hold more
 DATA = ".data"  # the external data file is PATH + DATA
-
-
-@dataclass
-class ExportReport:
-    path: str
-    batch_sizes: tuple[int, ...]
-    max_abs_diff: float  # over all verified batch sizes and outputs
-    top1_equal: bool
-    max_abs_output: float = 0.0  # the tolerance is atol × max(1, this): fp32 rounding grows with magnitude
-    exporter: str = "dynamo"  # or "torchscript", the fallback
-    data_path: str | None = None  # PATH.data, where the weights were written as external data
-    reference: str = "PyTorch"  # or "PyTorch float64", where onnxruntime matched the exact outputs instead
-    fixed_batch: str | None = None  # why the batch is fixed (the example's) where a dynamic one was asked for
-
-    def within(self, atol: float) -> bool:
-        """Whether the outputs agree within ``atol × max(1, max |output|)`` with the same top-1."""
-        return self.max_abs_diff <= atol * max(1.0, self.max_abs_output) and self.top1_equal
-
-    def __str__(self) -> str:
-        weights = f" and its weights {self.data_path}" if self.data_path else ""
-        return (f"wrote {self.path}{weights} ({self.exporter} exporter): "
-                f"onnxruntime vs {self.reference} at batch sizes {list(self.batch_sizes)}: "
-                f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
-                f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}"
-                + (f"; the batch is fixed at {self.batch_sizes[0]}, as no exporter gave a dynamic one "
-                   f"({self.fixed_batch})" if self.fixed_batch else ""))
 
 
 @contextlib.contextmanager
@@ -96,10 +68,6 @@ def _fingerprints(model: nn.Module) -> dict[str, tuple]:
 def _crc32(tensor: torch.Tensor) -> int:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
-
-
-def _outputs(value) -> list[torch.Tensor]:
-    return [value] if isinstance(value, torch.Tensor) else [t for t in value if isinstance(t, torch.Tensor)]
 
 
 def export_onnx(
@@ -134,7 +102,7 @@ def export_onnx(
             inputs = given  # the file takes the example's own batch size
         report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True)
         if verify:
-            report = _verify(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
+            report = verify_export(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
         report.exporter, report.fixed_batch = exporter, fixed
         report.data_path = path + DATA if os.path.exists(tmp + DATA) else None
     return report
@@ -231,82 +199,3 @@ def _gather_weights(path: str) -> None:
             value.const_value.release()  # unmap the per-tensor file
     for other in set(os.listdir(folder)) - {name, name + DATA}:
         os.remove(os.path.join(folder, other))
-
-
-def _verify(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float,
-            path: str) -> ExportReport:
-    """onnxruntime against PyTorch's float32 outputs, and where those disagree, against PyTorch's
-    float64 outputs: the exact answer, which the exported graph may match more closely than PyTorch's
-    own float32 (onnxruntime folds BatchNorm into the convolution, so it skips the cancellation of
-    ``conv(x) − running_mean`` when both are large)."""
-    batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
-    generator = torch.Generator().manual_seed(0)
-    feeds = [tuple(torch.randn((batch, *x.shape[1:]), generator=generator, dtype=x.dtype) if x.is_floating_point()
-                   else x[:1].expand(batch, *x.shape[1:]) for x in inputs) for batch in batches]
-    expected = _torch_outputs(model, feeds)
-    got = _onnxruntime_outputs(onnx_path, feeds)
-    report = _compare(expected, got, path, batches)
-    if report.within(atol):
-        return report
-    limit = atol * max(1.0, report.max_abs_output)
-    message = (f"ONNX verification failed for {type(model).__name__}: max abs diff {report.max_abs_diff:.2e} "
-               f"(limit {limit:.1e} for outputs up to {report.max_abs_output:.1e}), top-1 "
-               f"{'identical' if report.top1_equal else 'different'}")
-    exact = _float64_outputs(model, feeds)
-    if exact is None:
-        raise SplitFXError(message + " (no float64 reference: the weights are over 1 GiB or do not run in "
-                           "float64); nothing written")
-    against_exact = _compare(exact, got, path, batches, reference="PyTorch float64")
-    if against_exact.within(atol):
-        return against_exact
-    own = _compare(exact, expected, path, batches)
-    if not own.within(atol):
-        top1 = "identical" if own.top1_equal else "different"
-        message += (f". The model is ill-conditioned at these weights: PyTorch's own float32 outputs differ from "
-                    f"its float64 ones by {own.max_abs_diff:.2e} (top-1 {top1}), "
-                    "so no float32 runtime can be checked against them; verify with trained weights (or "
-                    "calibrated BatchNorm statistics), or pass verify=False")
-    raise SplitFXError(message + "; nothing written")
-
-
-def _float64_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarray]] | None:
-    """PyTorch's float64 outputs from a float64 copy of ``model``; None where the weights are over
-    :data:`FLOAT64_UP_TO` bytes (the copy would be twice that) or the copy cannot run."""
-    if sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) > FLOAT64_UP_TO:
-        return None
-    try:
-        return _torch_outputs(copy.deepcopy(model).double(), feeds)
-    except (RuntimeError, MemoryError, NotImplementedError):
-        return None
-
-
-def _torch_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarray]]:
-    """PyTorch's outputs for each feed (floating inputs cast to the model's dtype), as float64 arrays."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    with torch.no_grad():
-        return [[e.double().numpy() for e in _outputs(model(*(x.to(dtype) if x.is_floating_point() else x
-                                                              for x in feed)))] for feed in feeds]
-
-
-def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], path: str, batches: tuple[int, ...],
-             reference: str = "PyTorch") -> ExportReport:
-    worst, same_top1, scale = 0.0, True, 0.0
-    for want, have in zip(expected, got, strict=True):
-        for e, g in zip(want, have, strict=False):
-            worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
-            scale = max(scale, float(np.max(np.abs(e))) if e.size else 0.0)
-            if e.ndim == 2:
-                same_top1 &= bool(np.array_equal(e.argmax(1), g.argmax(1)))
-    return ExportReport(path, batches, worst, same_top1, scale, reference=reference)
-
-
-def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple]) -> list[list[np.ndarray]]:
-    """onnxruntime's outputs for each feed. Its CPU memory arena is off (an arena keeps its peak for
-    the life of the process), and the session, with its copy of the weights, is gone on return."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = False
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return [session.run(None, {n: x.numpy() for n, x in zip(names, feed, strict=False)}) for feed in feeds]
