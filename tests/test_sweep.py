@@ -3,6 +3,7 @@
 Most tests sweep with tests/fake_check.py as the check (no model is built, workers start in
 milliseconds); the last two run the real check on timm's tiny ``test_*`` models up to the plan stage.
 """
+import copy
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import timm
+import torch
 
 import splitfx.api.planning
 from splitfx import PlanError
@@ -292,3 +294,27 @@ def test_real_check_in_a_worker_process(tmp_path):
         assert figures["local_over_e2e"] == pytest.approx(figures["local_peak_bytes"] / figures["e2e_saved_bytes"])
         assert figures["floor_ratio"] == pytest.approx(figures["local_over_e2e"] * figures["k"])
     assert list(read_records(results)) == [record]
+
+
+def test_step_leaves_batchnorm_statistics_those_of_the_batch_as_after_training():
+    from splitfx.programs.coverage import RUN
+
+    c = SimpleNamespace(name="test_efficientnet", blocks=(4,), onnx_dir=None, plans={})
+    for stage in ("create", "trace", "plan", "convert", "step"):
+        RUN[stage](c)
+    norms = {name: m for name, m in c.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    seen = {}
+
+    def record(name, args):
+        seen[name] = args[0].transpose(0, 1).flatten(1)  # channel × every other dimension
+
+    probe = copy.deepcopy(c.model).train()
+    for name, m in probe.named_modules():
+        if name in norms:
+            m.register_forward_pre_hook(lambda m, args, name=name: record(name, args))
+    with torch.no_grad():
+        probe(c.x)
+    assert len(norms) > 10 and seen.keys() == norms.keys()
+    for name, m in norms.items():
+        torch.testing.assert_close(m.running_mean, seen[name].mean(1), rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(m.running_var, seen[name].var(1), rtol=1e-5, atol=1e-6, msg=name)

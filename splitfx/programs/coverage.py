@@ -3,10 +3,11 @@
 Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer), ``trace``, ``plan``
 (K=4 and K=8, or the largest K the model allows when fewer), ``convert`` (the K=4 plan), ``step`` (one
 local training step, finite losses; a model without a classifier, such as a ``*_enc`` encoder, is
-trained on :func:`feature_loss`), ``parity`` (eval outputs ``torch.equal`` to the original),
-``onnx`` (export + onnxruntime parity). Each stage needs the one before it, except that ``timm_fx``
-needs only ``create`` and stops nothing: a model timm cannot fx-trace fails at ``timm_fx`` with timm's
-reason, and splitfx's own stages still run on it. The sweep over many models is :mod:`.sweep`.
+trained on :func:`feature_loss`; then BatchNorm statistics are re-estimated on the batch), ``parity``
+(eval outputs ``torch.equal`` to the original), ``onnx`` (export + onnxruntime parity). Each stage
+needs the one before it, except that ``timm_fx`` needs only ``create`` and stops nothing: a model timm
+cannot fx-trace fails at ``timm_fx`` with timm's reason, and splitfx's own stages still run on it.
+The sweep over many models is :mod:`.sweep`.
 """
 from __future__ import annotations
 
@@ -149,6 +150,22 @@ def _step(c: SimpleNamespace) -> None:
     c.sm.zero_grad(set_to_none=True)  # the gradients are another copy of the weights, kept through export
     if not all(math.isfinite(v) for v in losses):
         raise AssertionError(f"non-finite local losses {losses}")
+    settle_batchnorm(c.model, c.x)
+
+
+def settle_batchnorm(model: Any, x: Any) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``x``, as a trained model has them.
+
+    After one step they are still nearly their initial mean 0, variance 1, which does not describe
+    the activations, so eval mode scales them up layer after layer: efficientnetv2_m's logits reach
+    1e6 and PyTorch's own float32 differs from float64 by as much, maxvit_*_512's by 5e-4. The eval
+    and ONNX stages would then measure that conditioning, not splitfx or the exporter. Under
+    ``no_grad``: torch's ``update_bn`` would otherwise keep the whole model's graph alive."""
+    import torch
+    from torch.optim.swa_utils import update_bn
+
+    with torch.no_grad():
+        update_bn([x], model)
 
 
 def _parity(c: SimpleNamespace) -> None:
