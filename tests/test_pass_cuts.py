@@ -8,7 +8,19 @@ from splitfx.passes.cuts import Cut, schedule
 from splitfx.passes.trace import trace
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed
-from tinynets import MLP, Branchy, GridTable, HalfBatch, NoMask, Placement, Rotary, Tokens, Width
+from tinynets import (
+    MLP,
+    AugmentedRotary,
+    Branchy,
+    GridTable,
+    HalfBatch,
+    NoMask,
+    Placement,
+    Rotary,
+    Tokens,
+    Width,
+    jitter,
+)
 
 
 def one(position, node, shape, recompute=(), batch_from=0):
@@ -19,7 +31,7 @@ def graph(*nodes) -> nx.DiGraph:
     """``(name, op, inputs[, attrs])`` in fx order → the attributes :func:`schedule` reads."""
     G = nx.DiGraph()
     for name, op, inputs, *rest in nodes:
-        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static=False,
+        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static=False, random=False,
                      value=None)
         attrs.update(*rest)
         G.add_node(name, **attrs)
@@ -163,6 +175,44 @@ def test_a_table_built_from_the_input_shape_is_free_and_every_layer_can_be_cut()
     assert_interleaved_equals_summed(sm, x, torch.tensor([0, 2]))
     with pytest.raises(splitfx.SplitFXError, match="convert the model again"):
         sm.blocks[1](torch.randn(2, 6, 8))
+
+
+def test_a_train_only_random_call_in_the_models_own_forward_is_gated_and_drawn_once_per_step():
+    """sapiens2: ``if self.training: coords = augment(coords)`` at the top level. The call runs on the
+    training flag; built from shapes alone it is free, so every block recomputes it, and a step
+    replays the first draw for the others: the blocks see the draw the model makes."""
+    import splitfx
+    from splitfx.passes.modes import one_draw_per_step
+
+    model, x, y = AugmentedRotary(), torch.randn(2, 5, 6), torch.tensor([0, 2])
+    gated = [n for n in trace(model, (x,)).graph.nodes if getattr(n.target, "train_only_of", None) is jitter]
+    assert len(gated) == 1 and gated[0].args[0].target == "model.training"
+    s = _sched(model, x)
+    assert {gated[0].name, "cos"} <= s.free and [c.nodes for c in s.cuts][1:4] == [("add",), ("add_1",), ("add_2",)]
+    sm = splitfx.convert(model, x, 3, num_classes=3)
+    assert all("train_only_jitter" in b.code for b in sm.blocks[:3])
+    assert_eval_equal(sm, model, x)
+
+    def staged():
+        h = x
+        for block in sm.blocks:
+            h = block(*h) if isinstance(h, tuple) else block(h)
+        return h
+
+    sm.train()
+    torch.manual_seed(1)
+    with one_draw_per_step():
+        out, after = staged(), torch.rand(1)
+    torch.manual_seed(1)
+    assert torch.equal(out, model(x)), "one draw, as the model makes it, for every block"
+    assert torch.equal(after, torch.rand(1)), "the stream advanced once, as in the model"
+    torch.manual_seed(1)
+    assert not torch.equal(staged(), model(x)), "outside a step each block draws anew: the test can tell"
+    torch.manual_seed(1)
+    losses = [loss.item() for loss in sm.local_losses(x, y)]
+    torch.manual_seed(1)
+    assert losses[-1] == torch.nn.functional.cross_entropy(model(x), y).item()
+    assert_interleaved_equals_summed(sm, x, y)
 
 
 def test_a_block_with_baked_constants_refuses_inputs_of_another_size():

@@ -98,6 +98,36 @@ def test_unknown_leaf_name_is_an_error():
         splitfx.plan(Net(), torch.randn(1, 3, 8, 8), leaf_modules=["nope"])
 
 
+class TrainHead(nn.Module):
+    """Training scores one way and evaluation another, in the model's own forward; and training
+    alone scales-and-shifts the features first (two chained calls eval skips)."""
+
+    def __init__(self, branch: bool):
+        super().__init__()
+        self.body, self.head, self.other = nn.Linear(6, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+        self.branch = branch
+
+    def forward(self, x):
+        x = self.body(x)
+        if self.training:
+            x = torch.add(torch.mul(x, 2.0), 1.0)
+        if self.branch and not self.training:
+            return self.other(x)
+        return self.head(x)
+
+
+def test_train_only_calls_in_the_models_own_forward_are_gated_and_any_other_branch_is_refused():
+    model, x = TrainHead(branch=False), torch.randn(2, 6)
+    gm = trace(model, (x,))
+    gated = [n.target.train_only_of for n in gm.graph.nodes if hasattr(n.target, "train_only_of")]
+    assert gated == [torch.mul, torch.add]
+    for mode in (True, False):
+        model.train(mode)
+        assert torch.equal(gm(x), model(x)), f"training={mode}"
+    with pytest.raises(splitfx.TraceError, match=r"forward of TrainHead itself branches on self\.training"):
+        trace(TrainHead(branch=True), (x,))
+
+
 class Reshaper(nn.Module):
     """Computes the batch size once at the top and uses it at the very end (as CoaT does)."""
 

@@ -165,6 +165,27 @@ class Rotary(nn.Module):
         return self.head(x.mean(1))
 
 
+@torch.fx.wrap
+def jitter(positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """Positions stretched by one random factor in [1/scale, scale] (a wrapped call, as timm's)."""
+    return positions * torch.empty(1).uniform_(1 / scale, scale)
+
+
+class AugmentedRotary(Rotary):
+    """Rotary whose positions are jittered at random in training only, in the model's own forward
+    (as sapiens2's rotary coordinate augmentation): one draw per forward, which every layer shares."""
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[1])[:, None].float()
+        if self.training:
+            positions = jitter(positions, 2.0)
+        table = torch.cos(positions * self.freq)
+        x = self.embed(x)
+        for layer in self.layers:
+            x = x + torch.relu(layer(x * table))
+        return self.head(x.mean(1))
+
+
 class GridTable(nn.Module):
     """A table built for the H×W grid and read by layers that see only H·W tokens: at another grid
     of as many tokens (2×8 for 4×4) the handed-over shapes match but the table does not."""

@@ -35,6 +35,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..base.meter import SavedTensorMeter, state_keys, storage_key
+from .modes import draws_random
 
 # What fake tensors cannot run; such nodes are probed on random real tensors instead.
 _FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
@@ -203,6 +204,7 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
                 value=copy.deepcopy(value) if is_constant(value) else None,  # as made: a list may grow later
                 shape=tuple(value.shape) if is_tensor else None,
                 dtype=value.dtype if is_tensor else None,
+                random=draws_random(n),
                 **attrs,
             )
             flops_before = flops_now

@@ -2,7 +2,9 @@
 
 Parameters, ``get_attr`` constants and anything computed from them and the inputs' shape ints alone
 (``cls_token.expand``, position-embedding resampling, a rotary embedding built for the patch grid)
-are *free*: they are rematerialised in whichever block uses them, so they never cross a cut.
+are *free*: they are rematerialised in whichever block uses them, so they never cross a cut. A random
+draw is never free (each block would draw its own), unless it is a train-only call, which a step
+replays (``passes/modes.py``).
 Everything else is ordered; the *frontier* after position ``p`` is every value produced at or before
 ``p`` and used after it. A cut there is legal when the frontier is made of tensors (at most
 ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the batch size when one
@@ -88,10 +90,13 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
 
 
 def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[str]:
-    """Nodes reached from the inputs other than through shape ints only: a value computed from the
-    inputs' shapes alone (a rotary embedding built for the patch grid's ``H, W``) is free."""
-    reach = set(placeholders)
-    stack = list(placeholders)
+    """Nodes reached from the inputs or from a random draw other than through shape ints only: a
+    value computed from the inputs' shapes alone (a rotary embedding built for the patch grid's
+    ``H, W``) is free, unless it is drawn at random (``torch.rand``: each block would draw its own; a
+    train-only call, which a step replays, stays free: ``passes/modes.py``)."""
+    sources = [*placeholders, *(n for n in G.nodes if G.nodes[n]["random"])]
+    reach = set(sources)
+    stack = list(sources)
     while stack:
         for succ in G.successors(stack.pop()):
             if succ not in reach:

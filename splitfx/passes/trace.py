@@ -4,9 +4,9 @@
   (module FQNs or classes).
 * Optional ``forward`` arguments beyond the example inputs become ``concrete_args`` at their
   defaults, so e.g. ViT's ``attn_mask=None`` does not stay live through the whole graph.
-* Modules whose traced code depends on ``self.training`` are made leaves automatically: the graph is
-  traced in both modes and every module where the two traces differ is kept opaque, so one graph is
-  exact in train and eval mode alike.
+* The graph is traced in both modes and made exact in both (:mod:`.modes`): a ``self.training``
+  constant reads the flag at run time, a train-only call is gated on it, and a module whose traces
+  differ otherwise is kept opaque.
 * A submodule fx cannot trace (data-dependent Python) becomes a leaf too, and the trace is repeated
   (``auto_leaf``, up to 16 modules): the model still splits at the boundaries around it.
 * Each node gets ``node.meta["splitfx"] = {"scope": FQN, "cls": class name}``.
@@ -23,11 +23,10 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..base.errors import TraceError, first_line
 from .bind import bind
-from .names import inside
+from .modes import apply, container_stack, reconcile
 
 LeafSpec = str | type
 
@@ -137,94 +136,13 @@ def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) 
         raise _UntraceableError(_explain(model, tracer, err), module, first_line(err)) from err
 
 
-def _stack(node: fx.Node) -> list[str]:
-    return [qualname for qualname, _ in (node.meta.get("nn_module_stack") or {}).values()]
-
-
-def _container_stack(node: fx.Node) -> list[str]:
-    stack = _stack(node)
-    return stack[:-1] if node.op == "call_module" else stack
-
-
-def _structure(node: fx.Node) -> tuple:
-    target = str(node.target)
-    if node.op == "get_attr" and target.startswith("_tensor_constant"):
-        target = "_tensor_constant"  # numbered in creation order, which differs between traces
-    return node.op, target, str(tree_flatten((node.args, node.kwargs))[1])
-
-
-def _constants(node: fx.Node) -> list[str]:
-    """The node's non-Node arguments, e.g. ``dropout_p`` or ``training`` baked from self.training."""
-    leaves = tree_flatten((node.args, node.kwargs))[0]
-    return [None if isinstance(v, fx.Node) else repr(v) for v in leaves]
-
-
-def _signature(node: fx.Node) -> tuple:
-    return *_structure(node), tuple(_constants(node))
-
-
-def _owner(node: fx.Node) -> str:
-    stack = _container_stack(node)
-    return stack[-1] if stack else ""
-
-
-def _scope_signatures(graph: fx.Graph) -> dict[str, list[tuple]]:
-    per_scope: dict[str, list[tuple]] = {}
-    for node in graph.nodes:
-        for scope in ["", *_container_stack(node)]:
-            per_scope.setdefault(scope, []).append(_signature(node))
-    return per_scope
-
-
-def _mode_dependent_scopes(train: fx.Graph, eval_: fx.Graph) -> set[str]:
-    """Innermost module FQNs whose traced code differs between modes ("" is the root)."""
-    a, b = _scope_signatures(train), _scope_signatures(eval_)
-    differing = {s for s in a.keys() | b.keys() if a.get(s) != b.get(s)}
-    return {s for s in differing if not any(o != s and inside(o, s) for o in differing)}
-
-
-def _reconcile(train: fx.Graph, eval_: fx.Graph) -> tuple[list[tuple[fx.Node, list[int]]], set[str]]:
-    """How to make the train-mode graph valid in both modes.
-
-    Returns (patches, scopes): a node whose only difference is a constant ``True`` in train and
-    ``False`` in eval (``F.dropout(x, training=self.training)``) is patched to read its module's
-    ``training`` flag at run time; any other difference makes the innermost module containing it
-    a leaf."""
-    a, b = list(train.nodes), list(eval_.nodes)
-    if len(a) != len(b) or any(_structure(x) != _structure(y) for x, y in zip(a, b, strict=True)):
-        return [], _mode_dependent_scopes(train, eval_)
-    patches, scopes = [], set()
-    for x, y in zip(a, b, strict=True):
-        ca, cb = _constants(x), _constants(y)
-        diff = [i for i, (u, v) in enumerate(zip(ca, cb, strict=True)) if u != v]
-        if not diff:
-            continue
-        if all(ca[i] == "True" and cb[i] == "False" for i in diff):
-            patches.append((x, diff))
-        else:
-            scopes.add(_owner(x))
-    return patches, scopes
-
-
-def _read_training_flag(graph: fx.Graph, patches: list[tuple[fx.Node, list[int]]]) -> None:
-    for node, positions in patches:
-        owner = _owner(node)
-        with graph.inserting_before(node):
-            flag = graph.get_attr(f"{owner}.training" if owner else "training")
-        flag.meta = dict(node.meta)
-        leaves, spec = tree_flatten((node.args, node.kwargs))
-        for i in positions:
-            leaves[i] = flag
-        node.args, node.kwargs = tree_unflatten(leaves, spec)
-
-
 def _annotate_scopes(model: nn.Module, graph: fx.Graph) -> None:
     modules = dict(model.named_modules())
     for node in graph.nodes:
         if node.op == "call_module":
             scope = node.target
         else:
-            stack = _stack(node)
+            stack = container_stack(node)
             scope = stack[-1] if stack else ""
         owner = modules.get(scope, model)
         node.meta["splitfx"] = {"scope": scope, "cls": type(owner).__name__}
@@ -265,9 +183,10 @@ def trace(
             auto[err.module] = err.reason
             leaf_names.add(err.module)
             continue
-        patches, scopes = _reconcile(graphs[True], graphs[False])
+        fixes = reconcile(graphs[True], graphs[False])
+        scopes = fixes.scopes
         if not scopes:
-            _read_training_flag(graphs[True], patches)
+            apply(graphs[True], fixes)
             break
         if "" in scopes or scopes & leaf_names:
             raise TraceError(

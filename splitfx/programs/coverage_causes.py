@@ -41,14 +41,15 @@ CAUSES = (
           "and the auto-leaf fallback cannot make the whole model a leaf",
           r"top-level forward of \w+ failed", ("trace",)),
     Cause("training-only branch at the top level", "splitfx",
-          "the model's own forward computes something else in training (sapiens2's rotary embedding gets "
-          "random coordinate augmentation: timm's `get_embed` branches on `self.training`, called as a "
-          "method, not a submodule), and splitfx keeps one graph for both modes; two graphs switched by "
-          "mode would lift it", r"itself branches on self\.training", ("trace",)),
+          "the model's own forward computes something else in training, other than a call eval skips (those, "
+          "like sapiens2's rotary coordinate augmentation, are gated on the training flag: passes/modes.py), "
+          "and splitfx keeps one graph for both modes; two graphs switched by mode would lift it",
+          r"itself branches on self\.training", ("trace",)),
     Cause("ill-conditioned at random init", "model",
-          "random-init weights in eval mode (BatchNorm statistics after one step) make PyTorch's own float32 "
-          "logits differ from its float64 ones by more than the tolerance, so no float32 runtime can match "
-          "them; reproduction: `test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written` in "
+          "random-init weights in eval mode make PyTorch's own float32 logits differ from its float64 ones by "
+          "more than the tolerance, so no float32 runtime can match them (the sweep re-estimates BatchNorm "
+          "statistics after its step, which lifts this for BatchNorm models); reproduction: "
+          "`test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written` in "
           "tests/test_export.py",
           r"ill-conditioned at these weights", ("onnx",)),
 )

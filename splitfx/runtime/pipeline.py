@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..base.errors import DistributedError
+from ..passes.modes import one_draw_per_step
 from ..passes.names import PREFIX
 from ..recipes.base import Recipe, SplitParts, handed
 from .placement import place, stage_tensors, unused_tensors
@@ -141,22 +142,24 @@ class Stage:
 
     def losses(self, h: tuple, target: torch.Tensor, inputs: tuple, send: Send | None = None):
         """Yield this stage's losses in order, like ``SplitModule.local_losses``; the last block's
-        handed-over tensors go to ``send`` before its loss is yielded."""
+        handed-over tensors go to ``send`` before its loss is yielded. A train-only random call draws
+        once per stage (each process has its own random-number stream)."""
         if self.whole:
             yield from self.sm.local_losses(inputs, target)
             return
         sm = self.sm
-        for k in self.blocks:
-            out = sm.blocks[k](*h)
-            if k == sm.num_blocks - 1:
-                yield sm.loss_fn(out, target)
-                continue
-            outs = handed(out)
-            if k == self.end - 1 and send is not None:
-                send(outs)
-            yield sm.recipe.local_loss(sm.heads[k], sm.merges[k](*outs), target, inputs)
-            h = tuple(t.detach() for t in outs)
-            del out, outs
+        with one_draw_per_step():
+            for k in self.blocks:
+                out = sm.blocks[k](*h)
+                if k == sm.num_blocks - 1:
+                    yield sm.loss_fn(out, target)
+                    continue
+                outs = handed(out)
+                if k == self.end - 1 and send is not None:
+                    send(outs)
+                yield sm.recipe.local_loss(sm.heads[k], sm.merges[k](*outs), target, inputs)
+                h = tuple(t.detach() for t in outs)
+                del out, outs
 
     def after_step(self) -> None:
         """The recipe's post-step hook on this stage's heads (EMA copies of its own layers)."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
+from ..passes.modes import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts
 
 
@@ -73,8 +74,10 @@ class SplitModule(nn.Module):
     def local_losses(self, inputs: Inputs, target: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
         to keep only one block's activations alive; summing them and calling ``backward`` once gives
-        the same gradients."""
-        yield from self.recipe.losses(self.parts(), as_tuple(inputs), target)
+        the same gradients. A train-only random call (sapiens2's rotary augmentation) draws once for
+        all blocks, as in the model."""
+        with one_draw_per_step():
+            yield from self.recipe.losses(self.parts(), as_tuple(inputs), target)
 
     def train_step(
         self,

@@ -1,0 +1,227 @@
+"""One graph for both modes: reconcile the train-mode and eval-mode traces of a model.
+
+The trace pass traces twice, in train and in eval mode, and keeps the train-mode graph where it can
+serve both: a constant ``True`` in train and ``False`` in eval (``F.dropout(x, training=self.training)``)
+reads its module's ``training`` flag at run time; a call that only training makes and whose result
+stands in for its first argument (``if self.training: coords = augment(coords)``, sapiens2's rotary
+coordinate augmentation) becomes :func:`train_only` of it, run or skipped on that flag. Any other
+difference names the innermost module where the traces differ, which the trace pass makes a leaf.
+
+A train-only call is usually a random augmentation, and when it is computed from shapes and
+constants alone it is free (each block that reads it computes it again). Under
+:func:`one_draw_per_step`, which a SplitModule's step enters, every computation after the first
+replays the random-number state of the first, so all blocks see the one draw the model would make.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .names import inside
+
+# Calls whose value changes from run to run: never free (rematerialised), so every block sees one draw.
+RANDOM_FUNCTIONS = frozenset({
+    torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint, torch.randint_like,
+    torch.randperm, torch.bernoulli, torch.multinomial, torch.normal, torch.poisson,
+    torch.nn.functional.dropout, torch.nn.functional.dropout1d, torch.nn.functional.dropout2d,
+    torch.nn.functional.dropout3d, torch.nn.functional.alpha_dropout, torch.nn.functional.feature_alpha_dropout,
+    torch.nn.functional.gumbel_softmax, torch.nn.functional.rrelu,
+})
+RANDOM_METHODS = frozenset({"bernoulli", "bernoulli_", "uniform_", "normal_", "random_", "exponential_",
+                            "geometric_", "cauchy_", "log_normal_"})
+
+
+@dataclass
+class Reconciled:
+    """How to make the train-mode graph valid in both modes (see :func:`reconcile`)."""
+
+    flags: list[tuple[fx.Node, list[int]]] = field(default_factory=list)  # node, argument positions
+    train_only: list[fx.Node] = field(default_factory=list)
+    scopes: set[str] = field(default_factory=set)  # modules to make leaves; "" is the root
+
+
+class _Draws(threading.local):
+    states: dict[str, tuple] | None = None  # call → random-number state before its first run this step
+
+
+_DRAWS = _Draws()
+
+
+@contextlib.contextmanager
+def one_draw_per_step() -> Iterator[None]:
+    """Within, each train-only call draws once: a later computation of the same call (a block
+    rematerialising it) replays the random-number state of the first and leaves the stream as it was."""
+    saved, _DRAWS.states = _DRAWS.states, {}
+    try:
+        yield
+    finally:
+        _DRAWS.states = saved
+
+
+def _replayed(key: str, fn: Callable, value, *args, **kwargs):
+    states = _DRAWS.states
+    if states is None:
+        return fn(value, *args, **kwargs)
+    devices = [value.device.index or 0] if isinstance(value, torch.Tensor) and value.device.type == "cuda" else []
+    if key not in states:
+        states[key] = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+        return fn(value, *args, **kwargs)
+    cpu, cuda = states[key]
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu)
+        for device, state in zip(devices, cuda, strict=True):
+            torch.cuda.set_rng_state(state, device)
+        return fn(value, *args, **kwargs)
+
+
+@functools.cache
+def train_only(fn: Callable) -> Callable:
+    """``fn`` gated on a training flag: ``train_only(fn)(training, key, value, *args)`` is
+    ``fn(value, *args)`` in training and ``value`` itself otherwise; ``key`` names the call for
+    :func:`one_draw_per_step`. One wrapper per ``fn``, named for it in generated code."""
+
+    def gated(training: bool, key: str, value, *args, **kwargs):
+        return _replayed(key, fn, value, *args, **kwargs) if training else value
+
+    gated.__name__ = gated.__qualname__ = f"train_only_{getattr(fn, '__name__', 'call')}"
+    gated.__module__ = __name__
+    gated.train_only_of = fn
+    return gated
+
+
+def draws_random(node: fx.Node) -> bool:
+    """Whether ``node``'s value may differ between two runs on the same inputs, other than through a
+    train-only call (which :func:`one_draw_per_step` replays)."""
+    if node.op == "call_method":
+        return node.target in RANDOM_METHODS
+    return node.op == "call_function" and node.target in RANDOM_FUNCTIONS
+
+
+def _stack(node: fx.Node) -> list[str]:
+    return [qualname for qualname, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def container_stack(node: fx.Node) -> list[str]:
+    """The modules ``node`` runs inside, outermost first (a module call is not inside itself)."""
+    stack = _stack(node)
+    return stack[:-1] if node.op == "call_module" else stack
+
+
+def _structure(node: fx.Node) -> tuple:
+    target = str(node.target)
+    if node.op == "get_attr" and target.startswith("_tensor_constant"):
+        target = "_tensor_constant"  # numbered in creation order, which differs between traces
+    return node.op, target, str(tree_flatten((node.args, node.kwargs))[1])
+
+
+def _constants(node: fx.Node) -> list[str | None]:
+    """The node's non-Node arguments, e.g. ``dropout_p`` or ``training`` baked from self.training."""
+    leaves = tree_flatten((node.args, node.kwargs))[0]
+    return [None if isinstance(v, fx.Node) else repr(v) for v in leaves]
+
+
+def _signature(node: fx.Node) -> tuple:
+    return *_structure(node), tuple(_constants(node))
+
+
+def _owner(node: fx.Node) -> str:
+    stack = container_stack(node)
+    return stack[-1] if stack else ""
+
+
+def _scope_signatures(graph: fx.Graph) -> dict[str, list[tuple]]:
+    per_scope: dict[str, list[tuple]] = {}
+    for node in graph.nodes:
+        for scope in ["", *container_stack(node)]:
+            per_scope.setdefault(scope, []).append(_signature(node))
+    return per_scope
+
+
+def _mode_dependent_scopes(train: fx.Graph, eval_: fx.Graph) -> set[str]:
+    """Innermost module FQNs whose traced code differs between modes ("" is the root)."""
+    a, b = _scope_signatures(train), _scope_signatures(eval_)
+    differing = {s for s in a.keys() | b.keys() if a.get(s) != b.get(s)}
+    return {s for s in differing if not any(o != s and inside(o, s) for o in differing)}
+
+
+def _align(a: list[fx.Node], b: list[fx.Node]) -> tuple[list[tuple[fx.Node, fx.Node]], list[fx.Node]] | None:
+    """Pair the eval trace ``b`` with the train trace ``a`` when ``a`` is ``b`` plus train-only calls
+    (each a ``call_function`` whose first argument its users read in eval instead): the pairs and
+    those calls, or None."""
+    if len(a) == len(b) and all(_structure(x) == _structure(y) for x, y in zip(a, b, strict=True)):
+        return list(zip(a, b, strict=True)), []
+    matcher = difflib.SequenceMatcher(None, [_structure(n) for n in a], [_structure(n) for n in b], autojunk=False)
+    pairs, extra = [], []
+    for tag, i, j, k, _ in matcher.get_opcodes():
+        if tag == "equal":
+            pairs.extend(zip(a[i:j], b[k:k + j - i], strict=True))
+        elif tag == "delete":
+            extra.extend(a[i:j])
+        else:
+            return None
+    if not all(n.op == "call_function" and n.args and isinstance(n.args[0], fx.Node) for n in extra):
+        return None
+    skipped = set(extra)
+
+    def in_eval(node: fx.Node) -> fx.Node:
+        while node in skipped:
+            node = node.args[0]
+        return node
+
+    train_of = {y: x for x, y in pairs}
+    for x, y in pairs:
+        got = [in_eval(v) if isinstance(v, fx.Node) else v for v in tree_flatten((x.args, x.kwargs))[0]]
+        want = [train_of.get(v) if isinstance(v, fx.Node) else v for v in tree_flatten((y.args, y.kwargs))[0]]
+        if any(isinstance(u, fx.Node) and u is not v for u, v in zip(got, want, strict=True)):
+            return None
+    return pairs, extra
+
+
+def reconcile(train: fx.Graph, eval_: fx.Graph) -> Reconciled:
+    """What makes the train-mode graph valid in both modes: flags to read at run time, train-only
+    calls to gate, and otherwise the innermost modules whose traces differ (to make leaves)."""
+    aligned = _align(list(train.nodes), list(eval_.nodes))
+    if aligned is None:
+        return Reconciled(scopes=_mode_dependent_scopes(train, eval_))
+    pairs, extra = aligned
+    result = Reconciled(train_only=extra)
+    for x, y in pairs:
+        ca, cb = _constants(x), _constants(y)
+        diff = [i for i, (u, v) in enumerate(zip(ca, cb, strict=True)) if u != v]
+        if not diff:
+            continue
+        if all(ca[i] == "True" and cb[i] == "False" for i in diff):
+            result.flags.append((x, diff))
+        else:
+            result.scopes.add(_owner(x))
+    return result
+
+
+def apply(graph: fx.Graph, fixes: Reconciled) -> None:
+    """Rewrite the train-mode ``graph`` in place so it reads the training flag where ``fixes`` say."""
+    for node, positions in fixes.flags:
+        leaves, spec = tree_flatten((node.args, node.kwargs))
+        flag = _flag(graph, node)
+        for i in positions:
+            leaves[i] = flag
+        node.args, node.kwargs = tree_unflatten(leaves, spec)
+    for node in fixes.train_only:
+        node.args = (_flag(graph, node), node.name, *node.args)
+        node.target = train_only(node.target)
+
+
+def _flag(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """A ``get_attr`` of the ``training`` flag of the module ``node`` runs in, just before it."""
+    owner = _owner(node)
+    with graph.inserting_before(node):
+        flag = graph.get_attr(f"{owner}.training" if owner else "training")
+    flag.meta = dict(node.meta)
+    return flag
