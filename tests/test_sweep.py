@@ -129,12 +129,18 @@ def test_retry_failed_checks_again_only_models_whose_last_line_failed(fake, tmp_
     append_record(results, _line("test_vit3", here, status="fail", stage="step"))
     append_record(results, _line("test_vit3", here))  # passed when checked again
     append_record(results, _line("test_vit4", here, status="crash"))
-    append_record(results, _line("test_vit_relpos", here, status="timeout"))
+    append_record(results, _line("test_vit_relpos", here, status="timeout"))  # ran 1 s: a shorter limit
     assert sweep.remaining(VITS, results, STAGES) == []
     assert sweep.remaining(VITS, results, STAGES, retry_failed=True) == ["test_vit2", "test_vit4", "test_vit_relpos"]
+    append_record(results, _line("test_vit_relpos", here, status="timeout", seconds=600.4))
+    retried = ["test_vit2", "test_vit4"]
+    assert sweep.remaining(VITS, results, STAGES, retry_failed=True, timeout=600) == retried, "the same limit"
+    assert sweep.remaining(VITS, results, STAGES, retry_failed=True, timeout=1800) == [*retried, "test_vit_relpos"]
     argv = ["coverage", "--filter", "test_vit*", "--check", FAKE, "--results", str(results), "-j", "1"]
     assert main([*argv, "--retry-failed"]) == 2, "--retry-failed without --resume"
     assert main([*argv, "--resume", "--retry-failed"]) == 0
+    assert _checked(fake) == {"test_vit2": 1, "test_vit4": 1}
+    assert main([*argv, "--resume", "--retry-failed", "--timeout", "900"]) == 0
     assert _checked(fake) == {"test_vit2": 1, "test_vit4": 1, "test_vit_relpos": 1}
 
 

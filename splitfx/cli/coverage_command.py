@@ -119,7 +119,8 @@ def coverage(args: argparse.Namespace) -> int:
     if args.retry_failed and not args.resume:
         raise UsageError("coverage: --retry-failed checks again what --resume would skip: give --resume too")
     names = _models(args, tqdm)
-    todo = sweep.remaining(names, args.results, args.stages, args.retry_failed) if args.resume else names
+    todo = (sweep.remaining(names, args.results, args.stages, args.retry_failed, args.timeout) if args.resume
+            else names)
     bar = tqdm(total=len(todo), desc="models", disable=None)
     counts = {"pass": 0, "fail": 0, "timeout": 0, "crash": 0}
 

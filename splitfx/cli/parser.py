@@ -133,7 +133,8 @@ def _coverage(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="skip models already in --results for the same timm, torch and splitfx versions and stages")
     p.add_argument("--retry-failed", action="store_true",
-                   help="with --resume, check again the models whose last result there did not pass")
+                   help="with --resume, check again the models whose last result there did not pass (one "
+                        "that timed out only under a longer --timeout than it ran for)")
     p.add_argument("--filter", default="*", metavar="GLOB",
                    help="fnmatch pattern over timm.list_models() (default all)")
     p.add_argument("--params", type=coverage_command.parameter_range, metavar="LOW:HIGH",

@@ -79,14 +79,21 @@ def sized(names: Iterable[str], low: float, high: float, count: Callable[[str], 
 
 
 def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str],
-              retry_failed: bool = False) -> list[str]:
+              retry_failed: bool = False, timeout: float | None = None) -> list[str]:
     """``names`` minus those already recorded in ``path`` for these versions and (at least) these
     stages; with ``retry_failed`` also minus only those whose last such record passed (a fix for
-    what failed needs no new version to be measured)."""
+    what failed needs no new version to be measured), except a timeout, which is checked again
+    only under a longer ``timeout`` than it ran for (under the same one it would time out again)."""
     here, wanted = versions(), set(coverage.with_prerequisites(stages))
     last = {r["model"]: r for r in read_records(path)
             if r.get("versions") == here and wanted <= set(r.get("requested", ()))}
-    done = {m for m, r in last.items() if not retry_failed or r.get("status") == "pass"}
+
+    def settled(record: dict) -> bool:
+        if record.get("status") == "timeout":
+            return timeout is not None and timeout <= record.get("seconds", 0)
+        return record.get("status") == "pass"
+
+    done = {m for m, r in last.items() if not retry_failed or settled(r)}
     return [n for n in names if n not in done]
 
 
