@@ -1,6 +1,7 @@
 """SplitModule behaviour a training loop relies on."""
 import copy
 
+import pytest
 import timm
 import torch
 
@@ -50,3 +51,22 @@ def test_deepcopy_keeps_blocks_bound_to_the_copy():
     assert all(b.model is twin.model for b in twin.blocks) and twin.traced.model is twin.model
     with torch.no_grad():
         assert torch.equal(twin(x), sm(x))
+
+
+def test_step_each_block_holds_one_blocks_gradients_at_a_time():
+    model, x, y = _small()
+    sm = splitfx.convert(model, x, num_blocks=3)
+    seen = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append({id(p) for group in self.param_groups for p in group["params"] if p.grad is not None})
+            return super().step(closure)
+
+    sm.train_step(x, y, Recording(sm.parameters(), lr=0.1), step_each_block=True)
+    blocks = [{id(p) for p in sm.block_parameters(k)} | {id(p) for p in sm.heads[k].parameters()} if k < 2
+              else {id(p) for p in sm.block_parameters(k)} for k in range(3)]
+    assert seen == blocks
+    assert all(p.grad is None for p in sm.parameters()), "every gradient freed once stepped"
+    with pytest.raises(ValueError, match="GradScaler"):
+        sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.1), torch.amp.GradScaler("cpu"), step_each_block=True)

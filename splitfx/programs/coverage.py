@@ -2,8 +2,9 @@
 
 Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer), ``trace``, ``plan``
 (K=4 and K=8, or the largest K the model allows when fewer), ``convert`` (the K=4 plan), ``step`` (one
-local training step, finite losses; a model without a classifier, such as a ``*_enc`` encoder, is
-trained on :func:`feature_loss`; then BatchNorm statistics are re-estimated on the batch), ``parity``
+local training step, each block stepped once its gradients are final, finite losses; a model without
+a classifier, such as a ``*_enc`` encoder, is trained on :func:`feature_loss`; then BatchNorm
+statistics are re-estimated on the batch), ``parity``
 (eval outputs ``torch.equal`` to the original), ``onnx`` (export + onnxruntime parity). Each stage
 needs the one before it, except that ``timm_fx`` needs only ``create`` and stops nothing: a model timm
 cannot fx-trace fails at ``timm_fx`` with timm's reason, and splitfx's own stages still run on it.
@@ -146,8 +147,9 @@ def _convert(c: SimpleNamespace) -> None:
 def _step(c: SimpleNamespace) -> None:
     import torch
 
-    losses = c.sm.train_step(c.x, c.y, torch.optim.SGD(c.sm.parameters(), lr=1e-3))
-    c.sm.zero_grad(set_to_none=True)  # the gradients are another copy of the weights, kept through export
+    # One block's gradients at a time, each freed once stepped: the whole model's would be another
+    # copy of the weights (aimv2_3b: 11 GB), kept through export.
+    losses = c.sm.train_step(c.x, c.y, torch.optim.SGD(c.sm.parameters(), lr=1e-3), step_each_block=True)
     if not all(math.isfinite(v) for v in losses):
         raise AssertionError(f"non-finite local losses {losses}")
     settle_batchnorm(c.model, c.x)

@@ -86,15 +86,26 @@ class SplitModule(nn.Module):
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler | None = None,
         autocast_dtype: torch.dtype | None = None,
+        step_each_block: bool = False,
     ) -> list[float]:
         """One optimiser step over all blocks; returns the per-block losses.
 
         ``autocast_dtype`` runs each block's forward and loss under ``torch.autocast`` (backward
-        outside it, as autocast recommends); pair float16 with a ``GradScaler``."""
+        outside it, as autocast recommends); pair float16 with a ``GradScaler``. ``step_each_block``
+        steps ``optimizer`` as soon as the gradients so far are final (no later loss trains those
+        parameters: after every block, except for ``hpff`` and ``mlaan``, whose loss k also trains
+        block k−1) and frees them, so one block's gradients exist at a time instead of the whole
+        model's. The weights come out the same, for an optimizer that skips parameters without a
+        gradient (every ``torch.optim`` one does). Not with a ``scaler``, whose inf check and scale
+        update cover one whole step."""
+        if step_each_block and scaler is not None:
+            raise ValueError("train_step: step_each_block steps once per block, and a GradScaler's inf check and "
+                             "update cover one whole step; pass one or the other")
         optimizer.zero_grad(set_to_none=True)
         losses = []
         inputs = as_tuple(inputs)
         steps = self.local_losses(inputs, target)
+        final = self._final_after() if step_each_block else []
         while True:
             with torch.autocast(inputs[0].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = next(steps, None)
@@ -102,13 +113,31 @@ class SplitModule(nn.Module):
                 break
             (scaler.scale(loss) if scaler is not None else loss).backward()
             losses.append(loss.detach())
+            if step_each_block and final[len(losses) - 1]:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
-        else:
+        elif not step_each_block:
             optimizer.step()
         self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
+
+    def _final_after(self) -> list[bool]:
+        """Per loss k: whether every gradient made since the last such point is final after loss k's
+        backward, i.e. no later loss trains those blocks or aux parameters (the recipe's ``reaches``)."""
+        n = self.num_blocks
+        trains = [{("block", b) for b in self.recipe.reaches(k, n)}
+                  | {("aux", id(p)) for m in self.recipe.aux_reaches(k, self.heads) for p in m.parameters()}
+                  for k in range(n)]
+        final, pending = [], set()
+        for k in range(n):
+            pending |= trains[k]
+            final.append(not pending & set().union(*trains[k + 1:]))
+            if final[-1]:
+                pending = set()
+        return final
 
     def materialize(self) -> nn.Module:
         """Write every RepL block's synthesised weights into its own parameters and make them
