@@ -286,3 +286,17 @@ def test_a_model_with_no_dynamic_batch_export_is_exported_at_a_fixed_batch(tmp_p
     assert "the batch is fixed at 1" in str(report), "the example's own batch size, not the 2 tried for dynamic"
     dims = ort.InferenceSession(str(tmp_path / "cc.onnx"), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     assert dims == [1, 3, 8, 8]
+
+
+def test_an_optimized_graph_that_is_not_valid_onnx_is_exported_again_without_the_optimizer(tmp_path):
+    """Upstream: onnxscript's optimizer writes gemma4_vit's graph with a ``Clip`` reading a value no
+    node makes (``onnx.checker``: not topologically sorted); the unoptimized graph is valid. When the
+    first assertion fails, the optimizer is fixed and the fallback can go."""
+    model = timm.create_model("gemma4_vit_167m_enc", pretrained=False, img_size=96, depth=1).eval()
+    x = torch.randn(2, 3, 96, 96)
+    torch.onnx.export(model, (x,), tmp_path / "upstream.onnx", dynamo=True)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(tmp_path / "upstream.onnx")
+    report = splitfx.export_onnx(model, tmp_path / "m.onnx", x)
+    assert report.exporter.startswith("dynamo, unoptimized") and report.within(1e-4), report
+    onnx.checker.check_model(tmp_path / "m.onnx")

@@ -203,3 +203,18 @@ def test_max_batch_fits_and_one_more_does_not_and_the_meter_agrees():
 def test_reference_models_at_k8_keep_parity_and_isolation(name, size):
     model = timm.create_model(name, num_classes=10)
     _check(model, torch.randn(2, 3, size, size), 8)
+
+
+@pytest.mark.parametrize("recipe", ["linear", "dgl"])
+def test_an_integer_tensor_crosses_every_cut_unread_by_the_heads(recipe):
+    """gemma4_vit's patch positions: made at the start, read at the end. Cuts hand them over with
+    the features; the heads read only the features (an integer has no gradient to give)."""
+    from tinynets import Positions
+
+    model, x, y = Positions(), torch.randn(2, 16, 4), torch.tensor([0, 2])
+    sm = splitfx.convert(model, x, 3, recipe=recipe, num_classes=3)
+    handed = [b.output_shapes for b in sm.plan.blocks[:-1]]
+    assert [2, 16] in handed[0] and len(handed[0]) == 2, handed
+    assert_isolated(sm, x, y)
+    assert all(torch.isfinite(torch.tensor(sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.1)))))
+    assert_eval_equal(sm, model, x)

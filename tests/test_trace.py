@@ -5,7 +5,10 @@ import torch
 from torch import nn
 
 import splitfx
+from splitfx.passes import shape_branch
 from splitfx.passes.trace import trace
+
+from checks import assert_eval_equal
 
 DROPPY = [
     ("vit_tiny_patch16_224", 224, dict(drop_path_rate=0.2, attn_drop_rate=0.1, proj_drop_rate=0.1)),
@@ -155,3 +158,42 @@ def test_batch_size_ints_are_recomputed_across_cuts():
     for block in sm.blocks:
         staged = block(*staged) if isinstance(staged, tuple) else block(staged)
     assert torch.equal(staged, model(x))
+
+
+def test_control_flow_on_shapes_takes_the_examples_branch_and_refuses_another():
+    """gemma4_vit: ``if x.ndim != 4``, a width check, a branch on an intermediate length and
+    ``torch.ones(B, L)``. The graph follows the example's branches and checks them at run time."""
+    from tinynets import ShapeChecks
+
+    model, x = ShapeChecks(), torch.randn(2, 3, 4, 6)
+    norm = {k: v.clone() for k, v in model.norm.state_dict().items()}
+    gm = trace(model, (x,))
+    assert all(torch.equal(v, model.norm.state_dict()[k]) for k, v in norm.items()), "tracing ran nothing for real"
+    checks = [n for n in gm.graph.nodes if n.target is shape_branch.expect_branch]
+    assert [n.args[1] for n in checks] == [False, False, True]
+    for mode in (True, False):
+        model.train(mode)
+        torch.manual_seed(0)
+        want = model(x)
+        torch.manual_seed(0)
+        assert torch.equal(gm(x), want), f"training={mode}"
+    sm = splitfx.convert(model, x, 3, num_classes=4)
+    assert_eval_equal(sm, model, x)
+    with pytest.raises(splitfx.SplitFXError, match=r"x\.shape\[-1\] % 2 != 0.*convert the model again"):
+        sm(torch.randn(2, 3, 4, 5))
+
+
+class OnData(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class OnBatch(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.shape[0] > 2 else x
+
+
+@pytest.mark.parametrize("model,why", [(OnData(), "more than the inputs' shapes"), (OnBatch(), "the batch size")])
+def test_control_flow_on_data_or_on_the_batch_size_is_still_refused(model, why):
+    with pytest.raises(splitfx.TraceError, match=why):
+        trace(model, (torch.randn(2, 3),))

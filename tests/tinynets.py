@@ -273,3 +273,44 @@ class Placement(nn.Module):
         dtype = x.dtype
         x = self.b(torch.relu(self.a(x)))
         return self.c(x) + torch.zeros(3, dtype=dtype)
+
+
+class ShapeChecks(nn.Module):
+    """Control flow on shapes, as gemma4_vit's: on the input's rank and width, on an intermediate
+    tensor's length, and a factory given traced sizes one by one (``torch.ones(B, L)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.layers = nn.ModuleList(nn.Linear(3, 3) for _ in range(3))
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError("expected an image")
+        if x.shape[-1] % 2 != 0:
+            raise ValueError("the width must be even")
+        x = self.norm(x).flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            x = x + torch.relu(layer(x))
+        if x.shape[1] > 8:
+            x = x[:, ::2]
+        mask = torch.ones(x.shape[0], x.shape[1], dtype=x.dtype)
+        return self.head((x * mask[..., None]).mean(1))
+
+
+class Positions(nn.Module):
+    """An integer tensor (patch positions, batch in dim 0) made at the start and read at the end: it
+    crosses every cut, and no aux head can read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.table = nn.Embedding(16, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[1]).expand(x.shape[0], -1) + x.new_zeros(x.shape[:2], dtype=torch.long)
+        for layer in self.layers:
+            x = x + torch.relu(layer(x))
+        return self.head((x + self.table(positions)).mean(1))

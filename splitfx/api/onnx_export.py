@@ -24,6 +24,7 @@ import os
 import zlib
 from collections.abc import Iterator
 
+import onnx
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -144,8 +145,7 @@ def _export(model: nn.Module, inputs: tuple, given: tuple, path: str, dynamic_ba
 
     ``path`` is in a folder of its own: whatever a failed attempt left there is removed."""
     try:
-        _dynamo(model, inputs, path, dynamic_batch, external)
-        return "dynamo", None
+        return _dynamo(model, inputs, path, dynamic_batch, external), None
     except Exception as dynamo_err:
         _empty(os.path.dirname(path))
         try:
@@ -157,20 +157,34 @@ def _export(model: nn.Module, inputs: tuple, given: tuple, path: str, dynamic_ba
                 raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}") from err
         _empty(os.path.dirname(path))
         try:
-            _dynamo(model, given, path, False, external)
-            return "dynamo", failures
+            return _dynamo(model, given, path, False, external), failures
         except Exception as fixed_err:
             raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}; dynamo at a "
                                f"fixed batch: {first_line(fixed_err)}") from fixed_err
 
 
-def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:
+def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> str:
+    """Export with dynamo and onnxscript's graph optimizer; where the optimized graph is not valid ONNX
+    (gemma4_vit's: a ``Clip`` reads a value no node makes; the unoptimized graph is valid), again
+    without the optimizer. Returns which."""
     from .onnx_ops import TRANSLATIONS  # onnxscript's torch_lib, only when exporting
 
     dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
-    with sdpa_kernel(SDPBackend.MATH):
-        torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external,
-                          custom_translation_table=TRANSLATIONS)
+
+    def write(optimize: bool) -> None:
+        with sdpa_kernel(SDPBackend.MATH):
+            torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external,
+                              custom_translation_table=TRANSLATIONS, optimize=optimize)
+
+    write(True)
+    try:
+        onnx.checker.check_model(path)
+        return "dynamo"
+    except onnx.checker.ValidationError:
+        _empty(os.path.dirname(path))
+    write(False)
+    onnx.checker.check_model(path)
+    return "dynamo, unoptimized (the optimized graph was not valid ONNX)"
 
 
 def _torchscript(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:

@@ -26,7 +26,7 @@ class ExportReport:
     max_abs_diff: float  # over all verified batch sizes and outputs
     top1_equal: bool
     max_abs_output: float = 0.0  # the tolerance is atol × max(1, this): fp32 rounding grows with magnitude
-    exporter: str = "dynamo"  # or "torchscript", the fallback
+    exporter: str = "dynamo"  # or "dynamo, unoptimized (...)", or "torchscript": the fallbacks
     data_path: str | None = None  # PATH.data, where the weights were written as external data
     reference: str = "PyTorch"  # or "PyTorch float64", where onnxruntime matched the exact outputs instead
     fixed_batch: str | None = None  # why the batch is fixed (the example's) where a dynamic one was asked for
@@ -37,7 +37,7 @@ class ExportReport:
 
     def __str__(self) -> str:
         weights = f" and its weights {self.data_path}" if self.data_path else ""
-        return (f"wrote {self.path}{weights} ({self.exporter} exporter): "
+        return (f"wrote {self.path}{weights} (exporter: {self.exporter}): "
                 f"onnxruntime vs {self.reference} at batch sizes {list(self.batch_sizes)}: "
                 f"max abs diff {self.max_abs_diff:.2e} (outputs up to {self.max_abs_output:.2e}), "
                 f"top-1 {'identical' if self.top1_equal else 'DIFFERENT'}"

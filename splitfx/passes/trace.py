@@ -25,12 +25,14 @@ import torch.fx as fx
 from torch import nn
 
 from ..base.errors import TraceError, first_line
+from . import shape_branch
 from .bind import bind
 from .modes import apply, container_stack, reconcile
 
 LeafSpec = str | type
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__))
 _MAX_MODE_FIXES = 8
 _MAX_AUTO_LEAVES = 16
 
@@ -47,11 +49,23 @@ def _timm_notrace() -> tuple[set[type], set]:
 class SplitTracer(fx.Tracer):
     """fx tracer with splitfx's leaf rules; remembers the innermost module a failure happened in."""
 
-    def __init__(self, leaf_classes: Iterable[type], leaf_names: Iterable[str], autowrap_functions: Iterable):
+    def __init__(self, leaf_classes: Iterable[type], leaf_names: Iterable[str], autowrap_functions: Iterable,
+                 example_inputs: Sequence[torch.Tensor] = ()):
         super().__init__(autowrap_functions=tuple(autowrap_functions), param_shapes_constant=True)
         self.leaf_classes = tuple(leaf_classes)
         self.leaf_names = frozenset(leaf_names)
+        self.example_inputs = tuple(example_inputs)
         self.failed_in: tuple[str, type] | None = None
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """Control flow on the inputs' shapes takes the example's branch, checked at run time
+        (:mod:`.shape_branch`); on anything else fx's error stands."""
+        taken = shape_branch.branch(self.root, obj.node, self.example_inputs)
+        frames = [f for f in traceback.extract_stack() if not f.filename.startswith((_TORCH_DIR, _OWN_DIR))]
+        last = frames[-1] if frames else None
+        where = f"{last.line} ({os.path.basename(last.filename)}:{last.lineno})" if last else "a branch"
+        self.create_proxy("call_function", shape_branch.expect_branch, (obj, taken, where), {})
+        return taken
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_classes):
@@ -128,7 +142,8 @@ class _UntraceableError(TraceError):
 def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) -> fx.Graph:
     tracer = SplitTracer(*tracer_args)
     try:
-        return tracer.trace(model, concrete_args=concrete or None)
+        with shape_branch.sizes_as_tuples():
+            return tracer.trace(model, concrete_args=concrete or None)
     except TraceError:
         raise
     except Exception as err:
@@ -171,7 +186,7 @@ def trace(
     auto: dict[str, str] = {}
 
     for _ in range(_MAX_MODE_FIXES + _MAX_AUTO_LEAVES):
-        tracer_args = (leaf_classes, leaf_names, timm_functions)
+        tracer_args = (leaf_classes, leaf_names, timm_functions, example_inputs)
         graphs = {}
         try:
             for mode in (True, False):

@@ -1,6 +1,7 @@
 """Which cuts the partitioner may use, and which blocks are worth training.
 
-A cut is offered when an aux head can read its tensors (known layouts, the batch in dim 0), it does
+A cut is offered when an aux head can read its tensors (known layouts, the batch in dim 0; an integer
+tensor, such as patch positions, is handed over unread, but not only such tensors), it does
 not separate a RepL block from the neighbours it is synthesised from, and it does not separate two
 uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
 so the span between its first and last use stays in one block (the model's math is unchanged and
@@ -20,6 +21,7 @@ from ..passes.names import unprefix
 from ..passes.partition import additive_cost
 from ..passes.replace import Replacement
 from ..recipes.layout import infer_layout
+from ..recipes.merge import UNREAD
 from .scopes import span
 
 
@@ -29,16 +31,23 @@ def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared:
 
     Returns the layouts of each offered cut's tensors (by cut position) and the shared parameters
     that cost at least one cut."""
-    layouts = {c.position: tuple(infer_layout(shape, input_hw) for shape in c.shapes) for c in sched.cuts}
+    layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else UNREAD
+                                 for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
     together = [span(sched, G, triple) for triple in replacement.triples]
     readable = [
         c for c in sched.cuts
-        if None not in layouts[c.position] and all(G.nodes[v]["batch_dim0"] for v in c.nodes)
+        if None not in layouts[c.position] and set(layouts[c.position]) != {UNREAD}
+        and all(G.nodes[v]["batch_dim0"] for v in c.nodes)
         and not any(lo < c.position <= hi for lo, hi in together)
     ]
     costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in readable)]
     sched.cuts = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
     return {c.position: layouts[c.position] for c in sched.cuts}, sorted(unprefix(name) for name in costly)
+
+
+def _floating(G: nx.DiGraph, name: str) -> bool:
+    dtype = G.nodes[name]["dtype"]
+    return dtype is not None and (dtype.is_floating_point or dtype.is_complex)
 
 
 def trainable_blocks(trainable: list[int], bounds: list[int]) -> np.ndarray:

@@ -36,10 +36,10 @@ CAUSES = (
           "timm's own fx tracer (`timm.layers.get_graph_node_names`) fails on control flow in timm's forward; "
           "counted as timm's failure, splitfx's own stages run regardless", r".", ("timm_fx",)),
     Cause("control flow on the input", "upstream",
-          "the model's top-level forward branches on its input (gemma4_vit's `if x.ndim != 4`): torch.fx "
-          "cannot trace control flow on a traced value (torch.fx docs, 'Limitations of Symbolic Tracing'), "
-          "and the auto-leaf fallback cannot make the whole model a leaf",
-          r"top-level forward of \w+ failed", ("trace",)),
+          "the model's top-level forward branches on its input's data or batch size: torch.fx cannot trace "
+          "control flow on a traced value (torch.fx docs, 'Limitations of Symbolic Tracing'; splitfx takes "
+          "the example's branch only where shapes alone decide it), and the auto-leaf fallback cannot make "
+          "the whole model a leaf", r"top-level forward of \w+ failed", ("trace",)),
     Cause("training-only branch at the top level", "splitfx",
           "the model's own forward computes something else in training, other than a call eval skips (those, "
           "like sapiens2's rotary coordinate augmentation, are gated on the training flag: passes/modes.py), "

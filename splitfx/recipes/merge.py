@@ -11,7 +11,9 @@ from the local loss. :class:`Merge` joins them, in one of two ways a recipe choo
   sequences of one length (a transformer entered half-way) are concatenated per token instead,
   staying NLC, so heads read them as the model's tokens (grid and prefix tokens included).
 
-A single tensor passes through untouched, so single-tensor cuts cost exactly what they did.
+A single tensor passes through untouched, so single-tensor cuts cost exactly what they did. A tensor
+with layout :data:`UNREAD` (integer, e.g. gemma4_vit's patch positions, which carry no gradient) is
+handed over but not read.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .heads import as_map
 from .layout import pool
 
 MODES = ("vector", "map")
+UNREAD = "-"  # the layout of a handed-over tensor no head reads (not floating: it has no gradient)
 
 
 class Merge(nn.Module):
@@ -38,13 +41,14 @@ class Merge(nn.Module):
         self.layouts, self.mode, self.size = tuple(layouts), mode, size
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        if len(xs) == 1:
-            return xs[0]
+        read = [(x, layout) for x, layout in zip(xs, self.layouts, strict=True) if layout != UNREAD]
+        if len(read) == 1:
+            return read[0][0]
         if self.mode == "vector":
-            return torch.cat([pool(x, layout) for x, layout in zip(xs, self.layouts, strict=True)], dim=1)
+            return torch.cat([pool(x, layout) for x, layout in read], dim=1)
         if self.size is None:  # token sequences of one length: concatenated per token, still NLC
-            return torch.cat(xs, dim=2)
-        maps = [as_map(x, layout) for x, layout in zip(xs, self.layouts, strict=True)]
+            return torch.cat([x for x, _ in read], dim=2)
+        maps = [as_map(x, layout) for x, layout in read]
         return torch.cat([_resize(m, self.size) for m in maps], dim=1)
 
     def extra_repr(self) -> str:
@@ -72,12 +76,13 @@ def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: str) -> tuple[
 @functools.lru_cache(maxsize=4096)
 def _merged(parts: tuple, mode: str) -> tuple[tuple[str, ...], tuple[int, int] | None, tuple[int, ...], str]:
     layouts = tuple(layout for _, layout in parts)
+    parts = tuple(part for part in parts if part[1] != UNREAD)
     if len(parts) == 1:
-        return layouts, None, parts[0][0], layouts[0]
+        return layouts, None, parts[0][0], parts[0][1]
     if mode == "map" and set(layouts) == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1:
         return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), "NLC"
     probes = [torch.empty(shape, device="meta") for shape, _ in parts]
     sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
     size = tuple(max(sizes, key=lambda s: s[0] * s[1]))
-    shape = tuple(Merge(layouts, mode, size)(*probes).shape)
+    shape = tuple(Merge([layout for _, layout in parts], mode, size)(*probes).shape)
     return layouts, size, shape, "NC" if mode == "vector" else "NCHW"
