@@ -57,6 +57,17 @@ def test_chain_has_a_cut_after_every_node_but_the_input_and_the_last():
     assert s.cuts == [one(2, "a", (2, 4)), one(3, "b", (2, 4))]
 
 
+def test_a_random_draw_is_computed_once_and_handed_over_while_a_table_from_constants_is_free():
+    """``noise = torch.rand(...)`` read by two layers: rematerialised, each block would draw its own."""
+    table = {"batch_dim0": False, "shape": (4,)}
+    G = graph(("x", "placeholder", []), ("w", "get_attr", [], table), ("t", "call_function", ["w"], table),
+              ("r", "call_function", [], {**table, "random": True}), ("a", "call_module", ["x", "t", "r"]),
+              ("b", "call_module", ["a", "t", "r"]), ("output", "output", ["b"]))
+    s = schedule(G, max_tensors=None)
+    assert s.free == {"w", "t"} and s.order == ["x", "r", "a", "b"]
+    assert [c.nodes for c in s.cuts] == [("x", "r"), ("r", "a")], "the draw crosses every cut after it"
+
+
 def test_skip_connection_blocks_cuts_inside_it():
     G = graph(("x", "placeholder", []), ("a", "call_module", ["x"]), ("b", "call_module", ["a"]),
               ("c", "call_function", ["a", "b"]), ("d", "call_module", ["c"]), ("output", "output", ["d"]))

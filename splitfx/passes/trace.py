@@ -61,9 +61,8 @@ class SplitTracer(fx.Tracer):
         """Control flow on the inputs' shapes takes the example's branch, checked at run time
         (:mod:`.shape_branch`); on anything else fx's error stands."""
         taken = shape_branch.branch(self.root, obj.node, self.example_inputs)
-        frames = [f for f in traceback.extract_stack() if not f.filename.startswith((_TORCH_DIR, _OWN_DIR))]
-        last = frames[-1] if frames else None
-        where = f"{last.line} ({os.path.basename(last.filename)}:{last.lineno})" if last else "a branch"
+        frame = _model_frame(traceback.extract_stack())
+        where = f"{frame.line} ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else "a branch"
         self.create_proxy("call_function", shape_branch.expect_branch, (obj, taken, where), {})
         return taken
 
@@ -114,9 +113,14 @@ def _concrete_args(model: nn.Module, num_inputs: int) -> dict[str, Any]:
     return concrete
 
 
+def _model_frame(frames: traceback.StackSummary) -> traceback.FrameSummary | None:
+    """The innermost frame in the model's code: neither torch's nor splitfx's."""
+    return next((f for f in reversed(frames) if not f.filename.startswith((_TORCH_DIR, _OWN_DIR))), None)
+
+
 def _explain(model: nn.Module, tracer: SplitTracer, err: Exception) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    where = f" at {frames[-1].filename}:{frames[-1].lineno} ({frames[-1].line})" if frames else ""
+    frame = _model_frame(traceback.extract_tb(err.__traceback__))
+    where = f" at {frame.filename}:{frame.lineno} ({frame.line})" if frame else ""
     if tracer.failed_in is not None:
         name, cls = tracer.failed_in
         what = f"module {name!r} ({cls.__name__})"

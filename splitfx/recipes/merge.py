@@ -79,7 +79,7 @@ def _merged(parts: tuple, mode: str) -> tuple[tuple[str, ...], tuple[int, int] |
     parts = tuple(part for part in parts if part[1] != UNREAD)
     if len(parts) == 1:
         return layouts, None, parts[0][0], parts[0][1]
-    if mode == "map" and set(layouts) == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1:
+    if mode == "map" and {layout for _, layout in parts} == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1:
         return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), "NLC"
     probes = [torch.empty(shape, device="meta") for shape, _ in parts]
     sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
