@@ -238,6 +238,27 @@ def test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written(tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+class _SensitiveAwayFromZero(nn.Module):
+    """Exact at the example (all zeros), chaotic on noise: float32 rounding of sin(x) times 1e4."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1e4))
+
+    def forward(self, x):
+        return torch.sin(self.gain * torch.sin(x))
+
+
+def test_verify_on_example_checks_the_example_where_noise_is_ill_conditioned(tmp_path):
+    model, example = _SensitiveAwayFromZero(), torch.zeros(2, 8)
+    with pytest.raises(splitfx.SplitFXError, match=r"ill-conditioned.*verify_on='example'"):
+        splitfx.export_onnx(model, tmp_path / "noise.onnx", example)
+    report = splitfx.export_onnx(model, tmp_path / "example.onnx", example, verify_on="example")
+    assert report.batch_sizes == (2, 3) and report.max_abs_diff == 0.0 and report.reference == "PyTorch"
+    with pytest.raises(splitfx.ArgumentError, match="verify_on must be 'random' or 'example'"):
+        splitfx.export_onnx(model, tmp_path / "bad.onnx", example, verify_on="data")
+
+
 class _WindowAttention(nn.Module):
     """Hiera's mask-unit attention in miniature: SDPA over (B, heads, windows, tokens, dim), or 3-D."""
 

@@ -78,6 +78,7 @@ def export_onnx(
     *,
     dynamic_batch: bool = True,
     verify: bool = True,
+    verify_on: str = "random",
     atol: float = 1e-4,
     external_data: bool | None = None,
 ) -> ExportReport:
@@ -87,7 +88,10 @@ def export_onnx(
     ``nn.Module``. Neither is changed: training flags, parameters, buffers and ``requires_grad`` are
     left exactly as they were. A model on another device is exported from a CPU copy.
     ``external_data``: True writes the weights to ``PATH.data`` beside ``path`` (ONNX external data),
-    False into ``path`` itself (at most 2 GiB), None (default) the former for weights over 1 GiB."""
+    False into ``path`` itself (at most 2 GiB), None (default) the former for weights over 1 GiB.
+    ``verify_on``: "random" (default) runs onnxruntime and PyTorch on seeded Gaussian noise of the
+    example's shape, "example" on the example's own samples (cycled to a second batch size): for
+    weights fitted to data like it, where noise may be far outside what they were fitted to."""
     check_export(**locals())
     model = _exportable(model_or_split)
     external = _external(model, external_data)
@@ -103,7 +107,8 @@ def export_onnx(
             inputs = given  # the file takes the example's own batch size
         report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True)
         if verify:
-            report = verify_export(model, tmp, inputs, dynamic_batch and fixed is None, atol, path)
+            report = verify_export(model, tmp, inputs, dynamic_batch and fixed is None, atol, path,
+                                   on_example=verify_on == "example")
         report.exporter, report.fixed_batch = exporter, fixed
         report.data_path = path + DATA if os.path.exists(tmp + DATA) else None
     return report

@@ -226,6 +226,8 @@ def check_export(model_or_split: Any, path: Any, example_inputs: Any, **keywords
     for flag in ("dynamic_batch", "verify"):
         if flag in keywords and not isinstance(keywords[flag], bool):
             raise ArgumentTypeError(f"{flag} must be True or False, got {_kind(keywords[flag])}")
+    if keywords.get("verify_on", "random") not in ("random", "example"):
+        raise ArgumentError(f"verify_on must be 'random' or 'example', got {keywords['verify_on']!r}")
     external = keywords.get("external_data")
     if external is not None and not isinstance(external, bool):
         raise ArgumentTypeError(f"external_data must be True, False or None (automatic: PATH.data for weights "
