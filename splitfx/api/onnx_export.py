@@ -108,7 +108,7 @@ def export_onnx(
         report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True)
         if verify:
             report = verify_export(model, tmp, inputs, dynamic_batch and fixed is None, atol, path,
-                                   on_example=verify_on == "example")
+                                   on_example=verify_on == "example", external=external)
         report.exporter, report.fixed_batch = exporter, fixed
         report.data_path = path + DATA if os.path.exists(tmp + DATA) else None
     return report

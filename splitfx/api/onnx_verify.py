@@ -50,16 +50,18 @@ def _outputs(value) -> list[torch.Tensor]:
 
 
 def verify_export(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float,
-                  path: str, on_example: bool = False) -> ExportReport:
+                  path: str, on_example: bool = False, external: bool = False) -> ExportReport:
     """onnxruntime against PyTorch's float32 outputs, and where those disagree, against PyTorch's
     float64 outputs: the exact answer, which the exported graph may match more closely than PyTorch's
     own float32 (onnxruntime folds BatchNorm into the convolution, so it skips the cancellation of
     ``conv(x) − running_mean`` when both are large). The inputs are seeded Gaussian noise of the
-    example's shape, or with ``on_example`` the example itself (see :func:`_example_feeds`)."""
+    example's shape, or with ``on_example`` the example itself (see :func:`_example_feeds`).
+    ``external``: the weights are in external data, which onnxruntime then reads in place (see
+    :func:`_onnxruntime_outputs`)."""
     batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
     feeds = (_example_feeds if on_example else _random_feeds)(inputs, batches)
     expected = _torch_outputs(model, feeds)
-    got = _onnxruntime_outputs(onnx_path, feeds)
+    got = _onnxruntime_outputs(onnx_path, feeds, in_place=external)
     report = _compare(expected, got, path, batches)
     if report.within(atol):
         return report
@@ -134,13 +136,19 @@ def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], path
     return ExportReport(path, batches, worst, same_top1, scale, reference=reference)
 
 
-def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple]) -> list[list[np.ndarray]]:
+def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple], in_place: bool = False) -> list[list[np.ndarray]]:
     """onnxruntime's outputs for each feed. Its CPU memory arena is off (an arena keeps its peak for
-    the life of the process), and the session, with its copy of the weights, is gone on return."""
+    the life of the process), and the session, with its copy of the weights, is gone on return.
+    ``in_place``: the weights are external data, which onnxruntime maps from the file; its
+    pre-packing of matrix-multiply weights is off, since it would copy them all into memory beside
+    PyTorch's (aimv2_3b: 10 GiB more, over what the machine has), so they stay file pages, which
+    the OS can drop and read back."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
+    if in_place:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return [session.run(None, {n: x.numpy() for n, x in zip(names, feed, strict=False)}) for feed in feeds]

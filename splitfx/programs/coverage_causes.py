@@ -27,8 +27,9 @@ class Cause:
 CAUSES = (
     Cause("memory", "machine",
           "the stage needs more memory than a sweep worker may use (14 GiB of address space two at a time, "
-          "21 GiB alone, on a 23 GiB machine): rerun with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY, "
-          "or on a bigger machine; a model with over ~2B parameters cannot train in 23 GiB at all",
+          "21 GiB alone, on a 23 GiB machine): rerun with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY=0 "
+          "(onnxruntime maps the external weights file, which counts as address space too), or on a bigger "
+          "machine; a model whose float32 weights alone come near the machine's memory cannot run at all",
           r"can't allocate memory|bad_alloc|MemoryError|Cannot allocate memory|out of memory|killed by SIGKILL"),
     Cause("time", "machine", "the stage ran past --timeout on two CPU cores: rerun alone with a longer --timeout",
           r"^timeout: "),
