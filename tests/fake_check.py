@@ -2,7 +2,8 @@
 
 Standard library only, so a sweep worker running it starts in milliseconds. Every call appends the
 model's name to ``$FAKE_CHECK_DIR/checked.txt`` and writes the worker's settings from the sweep (its
-``OMP_``, ``MALLOC_`` and ``SPLITFX_`` environment variables) to ``env-NAME.json`` there; files in
+``OMP_``, ``MALLOC_`` and ``SPLITFX_`` environment variables) to ``env-NAME.json`` there (on Linux its
+``oom_score_adj`` to ``oom-NAME.txt``); files in
 that folder pick what happens to a model during its ``trace`` stage or after:
 
 - ``kill-NAME``: SIGKILL the sweep (this worker's parent), once (the file is removed first)
@@ -22,6 +23,9 @@ def check(name, stages, on_stage=None):
         f.write(name + "\n")
     with open(os.path.join(folder, f"env-{name}.json"), "w") as f:
         json.dump({k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MALLOC_", "SPLITFX_"))}, f)
+    if os.path.exists("/proc/self/oom_score_adj"):
+        with open("/proc/self/oom_score_adj") as adj, open(os.path.join(folder, f"oom-{name}.txt"), "w") as f:
+            f.write(adj.read().strip())
 
     def flag(what):
         return os.path.join(folder, f"{what}-{name}")

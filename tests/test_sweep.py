@@ -105,6 +105,14 @@ def test_workers_return_freed_memory_to_the_os_unless_the_user_set_malloc_otherw
     assert {k: seen.get(k) for k in defaults} == {**defaults, "MALLOC_ARENA_MAX": "2"}
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/oom_score_adj"), reason="Linux's OOM killer")
+def test_a_worker_is_what_the_kernel_kills_first_when_memory_runs_out(fake, tmp_path):
+    sweep.run(["a"], tmp_path / "r.jsonl", ["create"], timeout=60, check=FAKE)
+    assert (fake / "oom-a.txt").read_text() == "1000"
+    with open("/proc/self/oom_score_adj") as mine:
+        assert int(mine.read()) < 1000, "the sweep itself is not marked"
+
+
 def test_resume_reuses_only_lines_of_the_same_versions_and_stages(fake, tmp_path):
     results = tmp_path / "r.jsonl"
     here = sweep.versions()

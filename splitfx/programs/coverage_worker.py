@@ -30,6 +30,16 @@ def load(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _first_to_go() -> None:
+    """Where memory runs out anyway (no limit set), the kernel kills this worker, not the sweep that
+    records its crash or anything else on the machine."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:  # not Linux, or not allowed: the kernel chooses as it would
+        pass
+
+
 def main(argv: list[str]) -> None:
     spec, model, stages, limit = argv
     if hasattr(signal, "alarm"):
@@ -37,6 +47,7 @@ def main(argv: list[str]) -> None:
     memory = int(os.environ.get(MEMORY_ENV, "0"))
     if memory:  # a giant model fails with an allocation error instead of pushing the machine out of memory
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    _first_to_go()
     check = load(spec)
     outcome = check(model, stages.split(","), on_stage=lambda stage, result: emit(stage=stage, result=result))
     emit(outcome=dataclasses.asdict(outcome) if dataclasses.is_dataclass(outcome) else dict(outcome))
