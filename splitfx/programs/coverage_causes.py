@@ -35,7 +35,10 @@ CAUSES = (
           r"^timeout: "),
     Cause("timm fx tracer", "upstream",
           "timm's own fx tracer (`timm.layers.get_graph_node_names`) fails on control flow in timm's forward; "
-          "counted as timm's failure, splitfx's own stages run regardless", r".", ("timm_fx",)),
+          "counted as timm's failure, splitfx's own stages run regardless (gemma4_vit: `if x.ndim != 4` in "
+          "`_assert_raw_img_conformant`, timm/models/gemma4_vit.py:830; timm's fix: that check in a function "
+          "registered with `timm.layers.register_notrace_function`; reproduction: "
+          "`timm.layers.get_graph_node_names(timm.create_model('gemma4_vit_167m'))`)", r".", ("timm_fx",)),
     Cause("control flow on the input", "upstream",
           "the model's top-level forward branches on its input's data or batch size: torch.fx cannot trace "
           "control flow on a traced value (torch.fx docs, 'Limitations of Symbolic Tracing'; splitfx takes "
