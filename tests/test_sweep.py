@@ -199,13 +199,16 @@ def test_params_ranges_split_the_zoo_into_sweeps_that_do_not_overlap(fake, tmp_p
         with pytest.raises(UsageError, match="--params"):
             parse(["coverage", "--params", bad])
     monkeypatch.setattr(sweep, "parameter_count", count)
+    for name in sweep.worker_env({}):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPLITFX_WORKER_MEMORY", "0")
     results = tmp_path / "coverage.jsonl"
     assert main(["coverage", "--filter", "test_vit*", "--params", "500M:2B", "--check", FAKE, "--jobs", "1",
                  "--results", str(results)]) == 0
     assert _models(results) == ["test_vit", "test_vit3"]
     assert {r["command"] for r in read_records(results)} == {
-        f"splitfx coverage --results {results} --filter 'test_vit*' --params 500M:2B --check {FAKE} "
-        "--jobs 1 --timeout 600"}
+        f"SPLITFX_WORKER_MEMORY=0 splitfx coverage --results {results} --filter 'test_vit*' --params 500M:2B "
+        f"--check {FAKE} --jobs 1 --timeout 600"}, "the command shows the worker settings the environment gave"
 
 
 def test_stages_bring_the_stages_they_need():

@@ -48,13 +48,15 @@ def _shown(n: float) -> str:
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The sweep's command line as recorded in each results line (the report names it)."""
+    """The sweep's command line as recorded in each results line (the report names it), after the
+    worker settings the environment gave it."""
     import shlex
 
     from ..programs.coverage import STAGES
-    from ..programs.sweep import DEFAULT_CHECK
+    from ..programs.sweep import DEFAULT_CHECK, settings_given
 
-    words = ["splitfx", "coverage", "--results", args.results]
+    words = [f"{name}={value}" for name, value in settings_given().items()]
+    words += ["splitfx", "coverage", "--results", args.results]
     words += ["--filter", args.filter] if args.filter != "*" else []
     if args.params is not None:
         low, high = args.params

@@ -142,6 +142,13 @@ WORKER_MEMORY = 14 * 2**30
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
 
 
+def settings_given(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The worker settings of :func:`worker_env` that ``environ`` sets itself: part of how a sweep
+    was run (the giants' run needs ``SPLITFX_WORKER_MEMORY=0``), so its recorded command shows them."""
+    names = ("OMP_NUM_THREADS", coverage_worker.MEMORY_ENV, *MALLOC)
+    return {name: environ[name] for name in names if name in environ}
+
+
 def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """``environ`` with the worker's defaults where it sets none: ``OMP_NUM_THREADS=1``,
     :data:`WORKER_MEMORY` bytes of address space, the :data:`MALLOC` settings."""
