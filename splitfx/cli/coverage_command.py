@@ -110,6 +110,9 @@ def coverage(args: argparse.Namespace) -> int:
     FILE runs nothing and prints (or writes to --out) the markdown report from FILE alone: every
     model of timm.list_models() counted, per stage, per family, how evenly each family splits, every
     failure with its stage and reason. A sweep exits with status 1 if any model it ran did not pass.
+    A worker has one thread and 14 GiB of address space unless the environment sets OMP_NUM_THREADS
+    or SPLITFX_WORKER_MEMORY (bytes, 0 for no limit; giants run alone with 0, since onnxruntime maps
+    their weights file into the address space); the recorded command shows what it set.
     """
     from tqdm.auto import tqdm
 
