@@ -26,10 +26,11 @@ class Cause:
 
 CAUSES = (
     Cause("memory", "machine",
-          "the stage needs more memory than a sweep worker may use (14 GiB of address space two at a time, "
-          "21 GiB alone, on a 23 GiB machine): rerun with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY=0 "
-          "(onnxruntime maps the external weights file, which counts as address space too), or on a bigger "
-          "machine; a model whose float32 weights alone come near the machine's memory cannot run at all",
+          "the stage needs more memory than a sweep worker may use (14 GiB of address space each, two at a "
+          "time, on a 23 GiB machine): rerun alone with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY=0 "
+          "(onnxruntime maps the external weights file, which counts as address space too; aimv2_3b's 2.7B "
+          "parameters pass so), or on a bigger machine; a model whose float32 weights alone come near the "
+          "machine's memory (vit_7b_patch16_dinov3: 25 GiB) cannot run at all",
           r"can't allocate memory|bad_alloc|MemoryError|Cannot allocate memory|out of memory|killed by SIGKILL"),
     Cause("time", "machine", "the stage ran past --timeout on two CPU cores: rerun alone with a longer --timeout",
           r"^timeout: "),
