@@ -61,7 +61,7 @@ def verify_export(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch
     batches = (inputs[0].shape[0], inputs[0].shape[0] + 1) if dynamic_batch else (inputs[0].shape[0],)
     feeds = (_example_feeds if on_example else _random_feeds)(inputs, batches)
     expected = _torch_outputs(model, feeds)
-    got = _onnxruntime_outputs(onnx_path, feeds, in_place=external)
+    got = _onnxruntime_outputs(onnx_path, feeds, external)
     report = _compare(expected, got, path, batches)
     if report.within(atol):
         return report
@@ -136,10 +136,10 @@ def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], path
     return ExportReport(path, batches, worst, same_top1, scale, reference=reference)
 
 
-def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple], in_place: bool = False) -> list[list[np.ndarray]]:
+def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple], external: bool = False) -> list[list[np.ndarray]]:
     """onnxruntime's outputs for each feed. Its CPU memory arena is off (an arena keeps its peak for
     the life of the process), and the session, with its copy of the weights, is gone on return.
-    ``in_place``: the weights are external data, which onnxruntime maps from the file; its
+    ``external``: the weights are external data, which onnxruntime maps from the file; its
     pre-packing of matrix-multiply weights is off, since it would copy them all into memory beside
     PyTorch's (aimv2_3b: 10 GiB more, over what the machine has), so they stay file pages, which
     the OS can drop and read back."""
@@ -147,7 +147,7 @@ def _onnxruntime_outputs(onnx_path: str, feeds: list[tuple], in_place: bool = Fa
 
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False
-    if in_place:
+    if external:
         options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]

@@ -140,20 +140,20 @@ WORKER_MEMORY = 14 * 2**30
 # arena serves every thread: the address space a worker holds is what it uses, not its past peak
 # fragmented over per-thread arenas (each reserves 64 MiB of the limit above).
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "1"}
+# What a worker gets where the sweep's environment sets nothing else.
+WORKER_DEFAULTS = {"OMP_NUM_THREADS": "1", coverage_worker.MEMORY_ENV: str(WORKER_MEMORY), **MALLOC}
 
 
 def settings_given(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The worker settings of :func:`worker_env` that ``environ`` sets itself: part of how a sweep
+    """The worker settings (:data:`WORKER_DEFAULTS`) that ``environ`` sets itself: part of how a sweep
     was run (the giants' run needs ``SPLITFX_WORKER_MEMORY=0``), so its recorded command shows them."""
-    names = ("OMP_NUM_THREADS", coverage_worker.MEMORY_ENV, *MALLOC)
-    return {name: environ[name] for name in names if name in environ}
+    return {name: environ[name] for name in WORKER_DEFAULTS if name in environ}
 
 
 def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """``environ`` with the worker's defaults where it sets none: ``OMP_NUM_THREADS=1``,
+    """``environ`` with :data:`WORKER_DEFAULTS` where it sets none: ``OMP_NUM_THREADS=1``,
     :data:`WORKER_MEMORY` bytes of address space, the :data:`MALLOC` settings."""
-    defaults = {"OMP_NUM_THREADS": "1", coverage_worker.MEMORY_ENV: str(WORKER_MEMORY), **MALLOC}
-    return {**defaults, **environ}
+    return {**WORKER_DEFAULTS, **environ}
 
 
 def run_one(name: str, stages: Iterable[str], timeout: float, check: str = DEFAULT_CHECK,
