@@ -4,7 +4,7 @@ Stages, in order: ``create`` (random weights), ``timm_fx`` (timm's own fx tracer
 (K=4 and K=8, or the largest K the model allows when fewer), ``convert`` (the K=4 plan), ``step`` (one
 local training step, each block stepped once its gradients are final, finite losses; a model without
 a classifier, such as a ``*_enc`` encoder, is trained on :func:`feature_loss`; then BatchNorm
-statistics are re-estimated on the batch), ``parity``
+statistics are re-estimated on the batch and seeded noise, 8 samples), ``parity``
 (eval outputs ``torch.equal`` to the original), ``onnx`` (export + onnxruntime parity). Each stage
 needs the one before it, except that ``timm_fx`` needs only ``create`` and stops nothing: a model timm
 cannot fx-trace fails at ``timm_fx`` with timm's reason, and splitfx's own stages still run on it.
@@ -25,6 +25,7 @@ from ..base.errors import first_line
 STAGES = ("create", "timm_fx", "trace", "plan", "convert", "step", "parity", "onnx")
 CHAIN = tuple(s for s in STAGES if s != "timm_fx")  # each needs the one before it
 BLOCKS = (4, 8)
+SETTLE_SAMPLES = 8  # BatchNorm statistics are re-estimated on this many samples after the step
 CLASSES = 10  # every model is created with this many; an encoder (no classifier) trains on feature_loss
 
 StageHook = Callable[[str, "dict[str, Any] | None"], None]  # (stage, None) on start, (stage, result) on end
@@ -155,21 +156,28 @@ def _step(c: SimpleNamespace) -> None:
     settle_batchnorm(c.model, c.x)
 
 
-def settle_batchnorm(model: Any, x: Any) -> None:
-    """Re-estimate every BatchNorm's running statistics on ``x``, as a trained model has them.
+def settle_batchnorm(model: Any, x: Any, samples: int = SETTLE_SAMPLES) -> None:
+    """Re-estimate every BatchNorm's running statistics on one batch of ``samples``: ``x`` and seeded
+    noise of its shape after it, as a trained model has them.
 
     After one step they are still nearly their initial mean 0, variance 1, which does not describe
     the activations, so eval mode scales them up layer after layer: efficientnetv2_m's logits reach
     1e6 and PyTorch's own float32 differs from float64 by as much, maxvit_*_512's by 5e-4. The eval
-    and ONNX stages would then measure that conditioning, not splitfx or the exporter. Statistics
-    from one batch do not describe another (random-init RepVGG-D2se's eval outputs are 0.06 on this
-    batch, 3e3 on noise even with statistics from 16 samples), so the ONNX stage verifies on it. Under
-    ``no_grad``: torch's ``update_bn`` would otherwise keep the whole model's graph alive."""
+    and ONNX stages would then measure that conditioning, not splitfx or the exporter. ``x`` alone
+    (two samples) is too few where a BatchNorm sees one value per sample: RexNet's squeeze-excite
+    BatchNorm, on pooled features, gets variances down to 1e-7 from two values, and scaling by
+    1/sqrt of that amplifies float32 rounding until rexnetr_100's logits miss float64 by 4× the
+    tolerance (8 samples: 0.06×). Statistics from a batch describe that batch best (random-init
+    RepVGG-D2se, settled on ``x`` alone, gives eval outputs of 0.06 on it and 8e4 on fresh noise), so
+    the ONNX stage verifies on ``x``. Under ``no_grad``: torch's ``update_bn`` would otherwise keep the
+    whole model's graph alive."""
     import torch
     from torch.optim.swa_utils import update_bn
 
+    noise = torch.randn((max(samples - x.shape[0], 0), *x.shape[1:]),
+                        generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     with torch.no_grad():
-        update_bn([x], model)
+        update_bn([torch.cat([x, noise])], model)
 
 
 def _parity(c: SimpleNamespace) -> None:

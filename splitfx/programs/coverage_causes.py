@@ -53,7 +53,7 @@ CAUSES = (
     Cause("ill-conditioned at random init", "model",
           "random-init weights in eval mode make PyTorch's own float32 logits differ from its float64 ones by "
           "more than the tolerance, so no float32 runtime can match them (the sweep re-estimates BatchNorm "
-          "statistics on its batch after its step and verifies on that batch, which lifts this for "
+          "statistics on 8 samples after its step and verifies on the step's batch, which lifts this for "
           "BatchNorm models); reproduction: "
           "`test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written` in "
           "tests/test_export.py",
