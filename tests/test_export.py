@@ -294,11 +294,14 @@ def test_verify_on_example_checks_the_example_where_noise_is_ill_conditioned(tmp
 
 
 class _WindowAttention(nn.Module):
-    """Hiera's mask-unit attention in miniature: SDPA over (B, heads, windows, tokens, dim), or 3-D."""
+    """Hiera's mask-unit attention in miniature: SDPA over (B, heads, windows, tokens, dim), or 3-D as
+    SAM's ViT runs it, (B·heads, tokens, dim); ``masked`` adds a 3-D ``attn_mask``: per window, or, as
+    SAM's relative-position bias, computed from the query (batch-dependent)."""
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, masked: bool = False):
         super().__init__()
-        self.rank, self.qkv, self.head = rank, nn.Linear(8, 24), nn.Linear(48, 4)
+        self.rank, self.masked, self.qkv, self.head = rank, masked, nn.Linear(8, 24), nn.Linear(48, 4)
+        self.rel_pos, self.window_bias = nn.Linear(8, 6), nn.Parameter(torch.randn(2, 3, 3))
 
     def forward(self, x):
         qkv = self.qkv(x)
@@ -307,14 +310,19 @@ class _WindowAttention(nn.Module):
         else:
             qkv = qkv.reshape(x.shape[0], 6, 3, 8).permute(2, 0, 1, 3)
         q, k, v = qkv.unbind(0)
-        return self.head(F.scaled_dot_product_attention(q, k, v).flatten(1))
+        mask = None
+        if self.masked:
+            mask = self.window_bias if self.rank == 5 else self.rel_pos(q)
+        return self.head(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).flatten(1))
 
 
-@pytest.mark.parametrize("rank", [5, 3])
-def test_attention_of_any_rank_exports_with_dynamo(tmp_path, rank):
-    """The exporter's own SDPA translation takes 4-D inputs only (microsoft/onnxscript#2558)."""
+@pytest.mark.parametrize("rank,masked", [(5, False), (3, False), (5, True), (3, True)])
+def test_attention_of_any_rank_exports_with_dynamo(tmp_path, rank, masked):
+    """The exporter's own SDPA translation takes 4-D inputs only (microsoft/onnxscript#2558); a mask of
+    rank up to 3 spans only the dims that flattening to 4-D keeps (samvit: (B·heads, N, N))."""
     torch.manual_seed(0)
-    report = splitfx.export_onnx(_WindowAttention(rank).eval(), tmp_path / "w.onnx", torch.randn(2, 6, 8))
+    model = _WindowAttention(rank, masked).eval()
+    report = splitfx.export_onnx(model, tmp_path / "w.onnx", torch.randn(2, 6, 8))
     assert report.exporter == "dynamo" and report.batch_sizes == (2, 3)
     assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output) and report.top1_equal
 

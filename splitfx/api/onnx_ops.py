@@ -26,11 +26,13 @@ def _as_4d(t: Any) -> Any:
 def attention_nd(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
                  is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
     """``aten.scaled_dot_product_attention`` for query, key and value of rank 3 and up with the same
-    leading dims. A mask must broadcast over the flattened dims (rank ≤ 2) unless the inputs are 4-D;
-    anything else raises, and the exporter reports it (splitfx then tries TorchScript)."""
+    leading dims. Unless the inputs are 4-D, a mask must have rank ≤ 3: it then spans only the last
+    three dims, (H, L, S), which flattening keeps, and broadcasts over the flattened one as it did over
+    the dims flattened into it (SAM's ViT: 3-D inputs and a 3-D relative-position bias). Anything else
+    raises, and the exporter reports it (splitfx then tries TorchScript)."""
     if len(query.shape) == 4:
         return attention_4d(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    if attn_mask is not None and len(attn_mask.shape) > 2:
+    if attn_mask is not None and len(attn_mask.shape) > 3:
         raise NotImplementedError(f"a {len(attn_mask.shape)}-D attention mask with {len(query.shape)}-D inputs")
     if not query.shape[:-3] == key.shape[:-3] == value.shape[:-3]:
         raise NotImplementedError("query, key and value broadcast over their leading dims")
