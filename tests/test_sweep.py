@@ -313,8 +313,8 @@ def test_real_check_in_a_worker_process(tmp_path):
     assert list(read_records(results)) == [record]
 
 
-def test_step_leaves_batchnorm_statistics_those_of_the_batch_as_after_training():
-    from splitfx.programs.coverage import RUN
+def test_step_leaves_batchnorm_statistics_those_of_a_batch_of_8_that_starts_with_its_own():
+    from splitfx.programs.coverage import RUN, SETTLE_SAMPLES, settling_batch
 
     c = SimpleNamespace(name="test_efficientnet", blocks=(4,), onnx_dir=None, plans={})
     for stage in ("create", "trace", "plan", "convert", "step"):
@@ -329,8 +329,10 @@ def test_step_leaves_batchnorm_statistics_those_of_the_batch_as_after_training()
     for name, m in probe.named_modules():
         if name in norms:
             m.register_forward_pre_hook(lambda m, args, name=name: record(name, args))
+    batch = settling_batch(c.x)
+    assert batch.shape[0] == SETTLE_SAMPLES == 8 and torch.equal(batch[: c.x.shape[0]], c.x)
     with torch.no_grad():
-        probe(c.x)
+        probe(batch)
     assert len(norms) > 10 and seen.keys() == norms.keys()
     for name, m in norms.items():
         torch.testing.assert_close(m.running_mean, seen[name].mean(1), rtol=1e-5, atol=1e-6, msg=name)

@@ -174,10 +174,17 @@ def settle_batchnorm(model: Any, x: Any, samples: int = SETTLE_SAMPLES) -> None:
     import torch
     from torch.optim.swa_utils import update_bn
 
+    with torch.no_grad():
+        update_bn([settling_batch(x, samples)], model)
+
+
+def settling_batch(x: Any, samples: int = SETTLE_SAMPLES) -> Any:
+    """``x`` followed by seeded Gaussian noise of its shape, ``samples`` in all (at least ``x``)."""
+    import torch
+
     noise = torch.randn((max(samples - x.shape[0], 0), *x.shape[1:]),
                         generator=torch.Generator().manual_seed(1), dtype=x.dtype)
-    with torch.no_grad():
-        update_bn([torch.cat([x, noise])], model)
+    return torch.cat([x, noise])
 
 
 def _parity(c: SimpleNamespace) -> None:
