@@ -199,6 +199,7 @@ def test_params_ranges_split_the_zoo_into_sweeps_that_do_not_overlap(fake, tmp_p
         with pytest.raises(UsageError, match="--params"):
             parse(["coverage", "--params", bad])
     monkeypatch.setattr(sweep, "parameter_count", count)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in sweep.worker_env({}):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SPLITFX_WORKER_MEMORY", "0")
@@ -206,9 +207,35 @@ def test_params_ranges_split_the_zoo_into_sweeps_that_do_not_overlap(fake, tmp_p
     assert main(["coverage", "--filter", "test_vit*", "--params", "500M:2B", "--check", FAKE, "--jobs", "1",
                  "--results", str(results)]) == 0
     assert _models(results) == ["test_vit", "test_vit3"]
+    assert json.loads(Path(sweep.counts_cache()).read_text()) == {
+        n: sizes[n] for n in VITS if n in sizes}, "the CLI keeps the counts, not the failed one, in the user's cache"
     assert {r["command"] for r in read_records(results)} == {
         f"SPLITFX_WORKER_MEMORY=0 splitfx coverage --results {results} --filter 'test_vit*' --params 500M:2B "
         f"--check {FAKE} --jobs 1 --timeout 600"}, "the command shows the worker settings the environment gave"
+
+
+def test_parameter_counts_are_cached_so_a_restarted_sweep_does_not_count_again(tmp_path):
+    sizes, asked = {"test_vit": 5 * 10**8, "test_vit2": 10, "test_vit3": 10**9}, []
+
+    def count(name):
+        asked.append(name)
+        if name not in sizes:
+            raise RuntimeError("cannot build on the meta device")
+        return sizes[name]
+
+    cache = tmp_path / "counts" / "parameters.json"
+    assert sweep.sized(VITS, 5e8, math.inf, count, cache=cache) == ["test_vit", "test_vit3"]
+    assert sorted(asked) == sorted(VITS), "the first sweep counts every model"
+    assert json.loads(cache.read_text()) == sizes, "a count that failed is not kept"
+    asked.clear()
+    assert sweep.sized(VITS, 0, 5e8, count, cache=cache) == ["test_vit2", "test_vit4", "test_vit_relpos"]
+    assert sorted(asked) == ["test_vit4", "test_vit_relpos"], "the next counts only what the cache lacks"
+    for bad in ("{not json", "[1, 2]", '{"test_vit": "big"}'):
+        cache.write_text(bad)
+        asked.clear()
+        assert sweep.sized(VITS, 5e8, math.inf, count, cache=cache) == ["test_vit", "test_vit3"]
+        assert sorted(asked) == sorted(VITS), f"an unreadable cache ({bad}) is counted again, not trusted"
+        assert json.loads(cache.read_text()) == sizes, "and rewritten whole"
 
 
 def test_stages_bring_the_stages_they_need():

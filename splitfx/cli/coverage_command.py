@@ -92,7 +92,7 @@ def _models(args: argparse.Namespace, tqdm) -> list[str]:
     names = sweep.select(args.filter)
     if args.params is not None:
         with tqdm(total=len(names), desc="counting parameters", disable=None) as bar:
-            names = sweep.sized(names, *args.params, progress=lambda: bar.update(1))
+            names = sweep.sized(names, *args.params, progress=lambda: bar.update(1), cache=sweep.counts_cache())
     names = sweep.select("*", args.shard, names=names)
     if not names:
         raise SplitFXError(f"--filter {args.filter!r}{' --params' if args.params else ''} matches no timm model")

@@ -10,6 +10,7 @@ same versions and covers the stages asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from ..base.files import write_text
 from ..base.jsonl import Record, append_record, read_records
 from ..base.version import __version__
 from . import coverage, coverage_worker
@@ -60,22 +62,46 @@ def parameter_count(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def counts_cache() -> str:
+    """Where :func:`sized` keeps parameter counts between sweeps, one file per timm version (a count
+    depends only on the model's definition): ``$XDG_CACHE_HOME/splitfx`` or ``~/.cache/splitfx``."""
+    import timm
+
+    folder = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(folder, "splitfx", f"parameters-timm-{timm.__version__}.json")
+
+
 def sized(names: Iterable[str], low: float, high: float, count: Callable[[str], int] | None = None,
-          progress: Callable[[], None] | None = None) -> list[str]:
+          progress: Callable[[], None] | None = None, cache: str | os.PathLike | None = None) -> list[str]:
     """The names whose parameter count ``n`` has ``low ≤ n < high``: one sweep takes the models that
     fit many workers at a time, another the giants with one worker and more memory and time. A model
-    that cannot be counted on the meta device is kept where the range starts at 0."""
-    kept, count = [], count or parameter_count
+    that cannot be counted on the meta device is kept where the range starts at 0. Counts are read
+    from and added to the JSON file ``cache`` (written whole), so a restarted sweep does not count
+    the zoo again; a count that failed is not kept."""
+    known = _read_counts(cache) if cache is not None else {}
+    kept, count, added = [], count or parameter_count, False
     for name in names:
-        try:
-            n = count(name)
-        except Exception:
-            n = 0
-        if low <= n < high:
+        if name not in known:
+            with contextlib.suppress(Exception):  # uncountable: range start 0, recounted next time
+                known[name], added = count(name), True
+        if low <= known.get(name, 0) < high:
             kept.append(name)
         if progress:
             progress()
+    if cache is not None and added:
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs a recount, nothing more
+            write_text(cache, json.dumps(known, sort_keys=True, indent=0) + "\n")
     return kept
+
+
+def _read_counts(path: str | os.PathLike) -> dict[str, int]:
+    """The counts in cache file ``path``; none where it is missing or unreadable (it is only a cache)."""
+    try:
+        with open(path) as f:
+            counts = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in counts.items() if isinstance(v, int)} if isinstance(counts, dict) else {}
 
 
 def remaining(names: Iterable[str], path: str | os.PathLike, stages: Iterable[str],
