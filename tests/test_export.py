@@ -265,6 +265,34 @@ def test_onnx_that_matches_the_exact_outputs_passes_where_pytorch_float32_cancel
     assert report.max_abs_diff <= 1e-4 * max(1.0, report.max_abs_output) and report.top1_equal
 
 
+@pytest.mark.parametrize("available, reference", [(2**40, "PyTorch float64"), (0, None)])
+def test_weights_over_the_float64_cap_get_the_float64_reference_where_memory_allows(tmp_path, monkeypatch,
+                                                                                    available, reference):
+    """Weights over FLOAT64_UP_TO (here: any) still get the exact reference where their float64 copy
+    fits in half the available memory (gemma4_vit_570m: 2.3 GB of weights); where it does not, the
+    export is refused and the message says why."""
+    from splitfx.api import onnx_verify
+
+    monkeypatch.setattr(onnx_verify, "FLOAT64_UP_TO", 0)
+    monkeypatch.setattr(onnx_verify, "available_memory", lambda: available)
+    torch.manual_seed(0)
+    model, x = _LargeMeanBatchNorm().eval(), torch.randn(2, 3, 8, 8)
+    if reference:
+        assert splitfx.export_onnx(model, tmp_path / "bn.onnx", x).reference == reference
+    else:
+        with pytest.raises(splitfx.SplitFXError, match=r"no float64 reference: .* over half the available memory"):
+            splitfx.export_onnx(model, tmp_path / "bn.onnx", x)
+        assert not list(tmp_path.iterdir())
+
+
+def test_available_memory_is_what_the_os_reports():
+    from splitfx.api.onnx_verify import available_memory
+
+    with open("/proc/meminfo") as meminfo:
+        line = next(line for line in meminfo if line.startswith("MemTotal:"))
+    assert 0 < available_memory() <= int(line.split()[1]) * 1024
+
+
 def test_an_ill_conditioned_model_is_named_as_such_and_nothing_is_written(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(splitfx.SplitFXError, match=r"ill-conditioned at these weights.*float64 ones by"):
