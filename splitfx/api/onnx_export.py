@@ -31,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..base.errors import ArgumentError, SplitFXError, first_line
 from ..base.files import atomic_files
-from ..base.tensors import Inputs, as_tuple
+from ..base.tensors import Inputs, as_tuple, weight_bytes
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
@@ -116,7 +116,7 @@ def export_onnx(
 
 def _external(model: nn.Module, external_data: bool | None) -> bool:
     """Whether the weights go to ``PATH.data``: as asked, or where they are over :data:`EXTERNAL_ABOVE`."""
-    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    size = weight_bytes(model)
     if external_data is False and size > ONE_FILE_LIMIT:
         raise ArgumentError(f"external_data=False, but the weights are {size / 2**30:.1f} GiB and one ONNX file "
                             "holds at most 2 GiB; pass external_data=True or None")

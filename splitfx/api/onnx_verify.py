@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..base.errors import SplitFXError
+from ..base.tensors import weight_bytes
 
 FLOAT64_UP_TO = 2**30  # the float64 reference copy (twice these bytes) is made for weights up to this, and beyond
 # it where the copy takes at most half the memory the OS reports available (gemma4_vit_570m: 2.3 GB of weights)
@@ -109,7 +110,7 @@ def _float64_outputs(model: nn.Module, feeds: list[tuple]) -> list[list[np.ndarr
     """PyTorch's float64 outputs from a float64 copy of ``model``; None where the weights are over
     :data:`FLOAT64_UP_TO` bytes and the copy (twice that) would take more than half the available
     memory, or where the copy cannot run."""
-    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    size = weight_bytes(model)
     if size > FLOAT64_UP_TO and 2 * size > available_memory() // 2:
         return None
     try:
