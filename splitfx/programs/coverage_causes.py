@@ -30,7 +30,9 @@ CAUSES = (
           "time, on a 23 GiB machine): rerun alone with `--params 500M: --jobs 1` and SPLITFX_WORKER_MEMORY=0 "
           "(onnxruntime maps the external weights file, which counts as address space too; aimv2_3b's 2.7B "
           "parameters pass so), or on a bigger machine; a model whose float32 weights alone come near the "
-          "machine's memory (vit_7b_patch16_dinov3: 25 GiB) cannot run at all",
+          "machine's memory cannot run at all (vit_7b_patch16_dinov3: 25 GiB; vit_5b_patch16_sapiens2: 19 GiB, "
+          "and its step needs as much again for gradients; both run with a 21 GiB limit so that they fail "
+          "with this error instead of the kernel's OOM killer)",
           r"can't allocate memory|bad_alloc|MemoryError|Cannot allocate memory|out of memory|killed by SIGKILL"),
     Cause("time", "machine", "the stage ran past --timeout on two CPU cores: rerun alone with a longer --timeout",
           r"^timeout: "),
