@@ -33,12 +33,18 @@ def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
 
 
 class _Packed:
-    """A saved tensor as the autograd graph keeps it; it holds its meter weakly (see :func:`_weak_pack`)."""
+    """A saved tensor as the autograd graph keeps it; it holds its meter weakly (see :func:`_weak_pack`).
+
+    It keeps a detached alias of the tensor (same storage, same version counter, no ``grad_fn``):
+    for an op that saves its own output (ReLU, sigmoid, in-place ReLU) the output's ``grad_fn`` owns
+    this object, and holding the output itself would close a cycle through C++ that the garbage
+    collector cannot see, so a graph dropped without ``backward`` would never be freed. Autograd
+    re-attaches the ``grad_fn`` when it unpacks, so what backward sees is unchanged."""
 
     __slots__ = ("generation", "key", "meter", "tensor")
 
     def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter):
-        self.tensor, self.key, self.meter, self.generation = tensor, key, weakref.ref(meter), meter._generation
+        self.tensor, self.key, self.meter, self.generation = tensor.detach(), key, weakref.ref(meter), meter._generation
 
     def __del__(self):
         meter = self.meter()
@@ -54,7 +60,7 @@ def _weak_pack(meter: SavedTensorMeter) -> Callable[[torch.Tensor], object]:
 
     def pack(t: torch.Tensor) -> object:
         owner = ref()
-        return t if owner is None else owner._pack(t)
+        return t.detach() if owner is None else owner._pack(t)
 
     return pack
 
@@ -80,7 +86,7 @@ class SavedTensorMeter:
     def _pack(self, t: torch.Tensor):
         key = storage_key(t)
         if key in self.exclude:
-            return t
+            return t.detach()
         nbytes = storage_bytes(t)
         if self.on_save is not None:
             self.on_save(key, nbytes)
