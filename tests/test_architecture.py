@@ -113,3 +113,33 @@ def test_plan_and_convert_accept_the_same_keywords_and_agree():
     assert sm.plan.to_dict() == plan.to_dict()
     with pytest.raises(TypeError):
         splitfx.plan(model, x, 3, "flops")  # everything after num_blocks is keyword-only
+
+
+def _string_keyed_node_attributes(tree: ast.AST) -> list[int]:
+    """Lines that read or write a node attribute by a string literal: ``G.nodes[v]["x"]``,
+    ``G.nodes[v].get("x")``, ``G.nodes(data="x")``."""
+    def node_entry(expr: ast.expr) -> bool:  # ``<anything>.nodes[v]``
+        return isinstance(expr, ast.Subscript) and isinstance(expr.value, ast.Attribute) and expr.value.attr == "nodes"
+
+    def literal(expr: ast.expr) -> bool:
+        return isinstance(expr, ast.Constant) and isinstance(expr.value, str)
+
+    def string_keyed(node: ast.AST) -> bool:
+        if isinstance(node, ast.Subscript):
+            return node_entry(node.value) and literal(node.slice)
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            return False
+        if node.func.attr == "get":
+            return node_entry(node.func.value) and bool(node.args) and literal(node.args[0])
+        return node.func.attr == "nodes" and any(k.arg == "data" and literal(k.value) for k in node.keywords)
+
+    return sorted(node.lineno for node in ast.walk(tree) if string_keyed(node))
+
+
+def test_no_string_keyed_node_attribute():
+    """A cost graph's node carries one typed record (``passes/node_cost.py``), read through ``node_cost``."""
+    sample = ast.parse('G.nodes[v]["saved"]\nG.nodes[v].get("static")\nG.nodes(data="flops")\nnode_cost(G, v).saved')
+    assert _string_keyed_node_attributes(sample) == [1, 2, 3], "the scan must see every form it forbids"
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in _modules().values()
+             for line in _string_keyed_node_attributes(ast.parse(path.read_text()))]
+    assert not found, found

@@ -3,6 +3,8 @@
 The probe's saved-for-backward prediction is checked node by node against what
 :class:`SavedTensorMeter` measures on a real forward + backward of the same graph: the same storages
 (up to renaming), saved by the same nodes, with the same sizes."""
+import dataclasses
+
 import pytest
 import torch
 import torch.fx as fx
@@ -13,6 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.passes.aux_cost import AuxProbe
 from splitfx.passes.cost import probe
+from splitfx.passes.node_cost import node_cost
 from splitfx.passes.trace import trace
 
 from tinynets import Branchy, Shared, Tokens, Width
@@ -64,7 +67,7 @@ def test_predicted_saves_equal_measured_saves_node_by_node(make, shape, train):
     P = probe(gm, (x,))
     G = P.graph
     storages = G.graph["storages"]
-    predicted = {n: G.nodes[n]["saved"] for n in G.nodes}
+    predicted = {n: node_cost(G, n).saved for n in G.nodes}
     measured, sizes, peak, live = _measure(gm, x)
 
     assert _canonical(predicted) == _canonical(measured)
@@ -81,11 +84,11 @@ def test_parameter_storages_are_never_counted():
     x = torch.randn(4, 6)
     P = probe(trace(model, (x,)), (x,))
     G = P.graph
-    assert G.nodes["w"]["saved"] == ()  # a parameter read via get_attr
+    assert node_cost(G, "w").saved == ()  # a parameter read via get_attr
     # matmul(h, w) saves h and w; only h is an activation, the same storage left/right save
-    assert G.nodes["matmul"]["saved"] == G.nodes["left"]["saved"] == G.nodes["right"]["saved"]
+    assert node_cost(G, "matmul").saved == node_cost(G, "left").saved == node_cost(G, "right").saved
     # inp(x) saves the input x and its transposed weight; only x counts
-    (key,) = G.nodes["inp"]["saved"]
+    (key,) = node_cost(G, "inp").saved
     assert G.graph["storages"][key] == 4 * 6 * F32
     assert not set(G.graph["storages"]) & P.exclude
 
@@ -95,39 +98,39 @@ def test_hand_computed_saves_of_a_linear_relu_chain():
     x = torch.randn(5, 6)
     G = probe(trace(model, (x,)), (x,)).graph
     storages = G.graph["storages"]
-    (k0,) = G.nodes["_0"]["saved"]
-    (k1,) = G.nodes["_1"]["saved"]
-    assert G.nodes["_2"]["saved"] == (k1,), "the Linear saves the very storage the ReLU saved"
+    (k0,) = node_cost(G, "_0").saved
+    (k1,) = node_cost(G, "_1").saved
+    assert node_cost(G, "_2").saved == (k1,), "the Linear saves the very storage the ReLU saved"
     assert storages == {k0: 5 * 6 * F32, k1: 5 * 8 * F32}
 
 
 def test_flops_of_linear_conv_matmul_and_elementwise():
     G = probe(trace(Shared(), (torch.randn(4, 6),)), (torch.randn(4, 6),)).graph
-    assert G.nodes["inp"]["flops"] == 2 * 4 * 6 * 8
-    assert G.nodes["shared"]["flops"] == G.nodes["shared_1"]["flops"] == 2 * 4 * 8 * 8
-    assert G.nodes["matmul"]["flops"] == 2 * 4 * 8 * 4
-    assert G.nodes["out"]["flops"] == 2 * 4 * 8 * 3
+    assert node_cost(G, "inp").flops == 2 * 4 * 6 * 8
+    assert node_cost(G, "shared").flops == node_cost(G, "shared_1").flops == 2 * 4 * 8 * 8
+    assert node_cost(G, "matmul").flops == 2 * 4 * 8 * 4
+    assert node_cost(G, "out").flops == 2 * 4 * 8 * 3
     for name in ("bn", "relu", "tanh", "add", "cat", "gelu", "w", "x", "output"):
-        assert G.nodes[name]["flops"] == 0, name
+        assert node_cost(G, name).flops == 0, name
 
     x = torch.randn(2, 3, 6, 6)
     G = probe(trace(Branchy(), (x,)), (x,)).graph
-    assert G.nodes["stem"]["flops"] == 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3
-    assert G.nodes["layers_0_conv1"]["flops"] == 2 * 2 * 4 * 6 * 6 * 4 * 3 * 3
-    assert G.nodes["left"]["flops"] == 2 * 2 * 2 * 6 * 6 * 4
-    assert G.nodes["fc"]["flops"] == 2 * 2 * 4 * 5
+    assert node_cost(G, "stem").flops == 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3
+    assert node_cost(G, "layers_0_conv1").flops == 2 * 2 * 4 * 6 * 6 * 4 * 3 * 3
+    assert node_cost(G, "left").flops == 2 * 2 * 2 * 6 * 6 * 4
+    assert node_cost(G, "fc").flops == 2 * 2 * 4 * 5
 
 
 def test_param_bytes_counted_once_at_first_use():
     model = Shared()
     x = torch.randn(4, 6)
     G = probe(trace(model, (x,)), (x,)).graph
-    assert G.nodes["shared"]["param_bytes"] == (8 * 8 + 8) * F32
-    assert G.nodes["shared_1"]["param_bytes"] == 0, "second call of the same module"
-    assert G.nodes["w"]["param_bytes"] == 8 * 4 * F32, "parameter read via get_attr"
-    assert G.nodes["bn"]["param_bytes"] == 2 * 8 * F32, "weight and bias; running stats are buffers"
-    assert G.nodes["matmul"]["param_bytes"] == 0
-    assert sum(G.nodes[n]["param_bytes"] for n in G.nodes) == sum(p.numel() * F32 for p in model.parameters())
+    assert node_cost(G, "shared").param_bytes == (8 * 8 + 8) * F32
+    assert node_cost(G, "shared_1").param_bytes == 0, "second call of the same module"
+    assert node_cost(G, "w").param_bytes == 8 * 4 * F32, "parameter read via get_attr"
+    assert node_cost(G, "bn").param_bytes == 2 * 8 * F32, "weight and bias; running stats are buffers"
+    assert node_cost(G, "matmul").param_bytes == 0
+    assert sum(node_cost(G, n).param_bytes for n in G.nodes) == sum(p.numel() * F32 for p in model.parameters())
 
 
 def test_node_attributes_edges_and_order():
@@ -139,29 +142,32 @@ def test_node_attributes_edges_and_order():
     assert list(G.nodes) == [n.name for n in gm.graph.nodes]
     assert set(G.edges) == {(i.name, n.name) for n in gm.graph.nodes for i in n.all_input_nodes}
     for n in gm.graph.nodes:
-        attrs = G.nodes[n.name]
-        assert (attrs["op"], attrs["target"]) == (n.op, str(n.target))
-        assert (attrs["scope"], attrs["cls"]) == (n.meta["splitfx"]["scope"], n.meta["splitfx"]["cls"])
-    cat = G.nodes["cat"]
-    assert cat["is_tensor"] and cat["shape"] == (4, 8) and cat["dtype"] == torch.float32
-    assert cat["out_bytes"] == 4 * 8 * F32
-    assert G.nodes["out"]["shape"] == (4, 3) and G.nodes["output"]["out_bytes"] == 4 * 3 * F32
-    assert G.nodes["cat"]["batch_dim0"] and not G.nodes["w"]["batch_dim0"]
-    assert not any(G.nodes[n]["batch_int"] for n in G.nodes)
+        cost = node_cost(G, n.name)
+        assert (cost.op, cost.target) == (n.op, str(n.target))
+        assert (cost.scope, cost.cls) == (n.meta["splitfx"]["scope"], n.meta["splitfx"]["cls"])
+    cat = node_cost(G, "cat")
+    assert cat.is_tensor and cat.shape == (4, 8) and cat.dtype == torch.float32
+    assert cat.out_bytes == 4 * 8 * F32
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cat.flops = 0  # a pass that learns more about a node makes a new record
+    assert node_cost(G, "out").shape == (4, 3) and node_cost(G, "output").out_bytes == 4 * 3 * F32
+    assert node_cost(G, "cat").batch_dim0 and not node_cost(G, "w").batch_dim0
+    assert not any(node_cost(G, n).batch_int for n in G.nodes)
 
 
 def test_batch_ints_and_other_ints_are_told_apart():
     x = torch.randn(2, 3, 6)
     G = probe(trace(Tokens(), (x,)), (x,)).graph
-    assert G.nodes["getitem"]["is_tensor"] is False
-    assert G.nodes["getitem"]["value"] == 2 and G.nodes["getitem"]["batch_int"]
-    assert not G.nodes["getattr_1"]["batch_int"], "the shape tuple itself is no int"
-    assert G.nodes["embed"]["batch_dim0"] and not G.nodes["pos"]["batch_dim0"] and not G.nodes["mul"]["batch_dim0"]
+    assert node_cost(G, "getitem").is_tensor is False
+    assert node_cost(G, "getitem").value == 2 and node_cost(G, "getitem").batch_int
+    assert not node_cost(G, "getattr_1").batch_int, "the shape tuple itself is no int"
+    assert node_cost(G, "embed").batch_dim0
+    assert not node_cost(G, "pos").batch_dim0 and not node_cost(G, "mul").batch_dim0
 
     x = torch.randn(2, 4, 6)  # batch 2, width 4
     G = probe(trace(Width(), (x,)), (x,)).graph
-    assert G.nodes["getitem"]["value"] == 4 and not G.nodes["getitem"]["batch_int"]
-    assert G.nodes["mul"]["value"] == 24 and not G.nodes["mul"]["batch_int"]
+    assert node_cost(G, "getitem").value == 4 and not node_cost(G, "getitem").batch_int
+    assert node_cost(G, "mul").value == 24 and not node_cost(G, "mul").batch_int
 
 
 class FixedBatch(nn.Module):
@@ -177,11 +183,11 @@ def test_model_that_rejects_another_batch_size_has_no_batch_ints_and_dim0_by_siz
     """No batch int can be recomputed; dim 0 counts as the batch exactly where it has the batch's size."""
     x = torch.randn(2, 4, 6)
     G = probe(trace(FixedBatch(), (x,)), (x,)).graph
-    assert G.nodes["fc"]["shape"] == (2, 3)
-    assert not any(G.nodes[n]["batch_int"] for n in G.nodes)
+    assert node_cost(G, "fc").shape == (2, 3)
+    assert not any(node_cost(G, n).batch_int for n in G.nodes)
     for n in G.nodes:
-        shape = G.nodes[n]["shape"]
-        assert G.nodes[n]["batch_dim0"] == bool(shape and shape[0] == 2), n
+        shape = node_cost(G, n).shape
+        assert node_cost(G, n).batch_dim0 == bool(shape and shape[0] == 2), n
 
 
 def test_probe_runs_no_real_compute_and_keeps_fake_values():
@@ -221,8 +227,8 @@ def test_leaf_that_fake_tensors_cannot_run_is_probed_on_real_tensors():
     x = torch.randn(4, 6)
     gm = trace(model, (x,), leaf_modules=["mask"])
     P = probe(gm, (x,))
-    assert isinstance(P.values["mask"], FakeTensor) and P.graph.nodes["mask"]["shape"] == (4, 8)
-    assert P.graph.nodes["b"]["flops"] == 2 * 4 * 8 * 3
+    assert isinstance(P.values["mask"], FakeTensor) and node_cost(P.graph, "mask").shape == (4, 8)
+    assert node_cost(P.graph, "b").flops == 2 * 4 * 8 * 3
     assert tuple(P.outputs.shape) == (4, 3)
 
 
@@ -264,11 +270,11 @@ def test_aux_cost_of_a_head_matches_measurement_and_shares_the_blocks_storage():
     assert cost.params == 8 * 3 + 3
     assert cost.flops == 2 * 4 * 8 * 3
     assert sorted(cost.saves.values()) == _real_head_bytes(built[0], (4, 8))
-    (relu_key,) = P.graph.nodes["relu"]["saved"]
+    (relu_key,) = node_cost(P.graph, "relu").saved
     assert cost.saves[relu_key] == 4 * 8 * F32, "the head saves the storage the ReLU already saved"
     again = aux.cost(("tanh",), "linear-head", build)  # same key: the module is built once
     assert len(built) == 1
-    (tanh_key,) = P.graph.nodes["tanh"]["saved"]  # tanh saves its own output
+    (tanh_key,) = node_cost(P.graph, "tanh").saved  # tanh saves its own output
     assert again.saves[tanh_key] == 4 * 8 * F32 and relu_key not in again.saves
     aux.cost(("tanh",), "other", build)
     assert len(built) == 2

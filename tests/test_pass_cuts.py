@@ -5,6 +5,7 @@ import torch
 
 from splitfx.passes.cost import probe
 from splitfx.passes.cuts import Cut, schedule
+from splitfx.passes.node_cost import NodeCost, cost_graph
 from splitfx.passes.trace import trace
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed
@@ -28,17 +29,16 @@ def one(position, node, shape, recompute=(), batch_from=0):
     return Cut(position, (node,), (shape,), recompute, batch_from)
 
 def graph(*nodes) -> nx.DiGraph:
-    """``(name, op, inputs[, attrs])`` in fx order → the attributes :func:`schedule` reads."""
-    G = nx.DiGraph()
+    """``(name, op, inputs[, fields])`` in fx order → a cost graph with the records :func:`schedule` reads."""
+    costs, edges = {}, []
     for name, op, inputs, *rest in nodes:
-        attrs = dict(op=op, is_tensor=True, shape=(2, 4), batch_int=False, batch_dim0=True, static=False, random=False,
-                     value=None)
-        attrs.update(*rest)
-        G.add_node(name, **attrs)
+        fields = dict(is_tensor=True, shape=(2, 4), batch_dim0=True)
+        fields.update(*rest)
+        costs[name] = NodeCost(op, "", **fields)
         for i in inputs:
-            assert i in G, f"{i} must come before {name}"
-            G.add_edge(i, name)
-    return G
+            assert i in costs, f"{i} must come before {name}"
+            edges.append((i, name))
+    return cost_graph(costs, edges)
 
 
 def _sched(model, x):

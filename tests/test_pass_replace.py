@@ -9,6 +9,7 @@ from torch import nn
 from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.passes.cost import probe
 from splitfx.passes.cuts import schedule
+from splitfx.passes.node_cost import node_cost
 from splitfx.passes.replace import Surrogate, choose, fuse, identical_runs
 from splitfx.passes.trace import trace
 from splitfx.passes.units import Unit, find_units
@@ -181,7 +182,7 @@ def test_fused_graph_keeps_its_cuts_and_counts_only_the_coefficients():
     sched = schedule(G)
     assert "repl_blocks__2" in sched.order
     assert [c.nodes[0] for c in sched.cuts] == ["stem", "add", "add_1", "repl_blocks__2", "add_3", "add_4"]
-    assert G.nodes["repl_blocks__2"]["param_bytes"] == 2 * 6 * 4, "only the coefficients a and b"
+    assert node_cost(G, "repl_blocks__2").param_bytes == 2 * 6 * 4, "only the coefficients a and b"
 
 
 def test_fused_graph_saved_bytes_are_predicted_exactly():

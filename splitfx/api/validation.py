@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..base.errors import ArgumentError, ArgumentTypeError
-from ..base.report import OPTIMIZER_STATES, SplitPlan
+from ..base.optimizers import OPTIMIZERS
+from ..base.report import SplitPlan
 from ..base.units import parse_bytes
 from ..planner.balance import METHODS
 from ..recipes import Recipe, list_recipes
@@ -159,7 +160,7 @@ _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "tolerance": lambda v: _fraction("tolerance", v),
     "auto_leaf": lambda v: None if isinstance(v, bool) else _raise_type("auto_leaf", "True or False", v),
     "memory_budget": lambda v: None if v is None else _size("memory_budget", v),
-    "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZER_STATES))),
+    "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZERS))),
     "stages": lambda v: _int("stages", v, 1, none_ok=True),
     "stage_balance": _stage_balance,
 }

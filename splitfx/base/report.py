@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .figures import pyplot, save
+from .memory import training_state_bytes
 
 
 @dataclass
@@ -74,9 +75,7 @@ class SplitPlan:
         """Predicted peak memory of a local training step: the largest block's saved activations,
         every parameter, and a gradient plus ``optimizer``'s state for every trainable one (held
         whole, as ``train_step`` does before its one ``optimizer.step()``)."""
-        if optimizer not in OPTIMIZER_STATES:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZER_STATES)}")
-        return self.local_peak_bytes + self.param_bytes + self.trainable_bytes * (1 + OPTIMIZER_STATES[optimizer])
+        return self.local_peak_bytes + training_state_bytes(self.param_bytes, self.trainable_bytes, optimizer)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
@@ -140,10 +139,6 @@ class SplitPlan:
     def plot(self, path: str) -> None:
         """Write the picture of this plan (PNG/SVG/PDF by extension)."""
         _plot(self, path)
-
-
-# Tensors of optimizer state per parameter: SGD with momentum keeps one, Adam/AdamW two.
-OPTIMIZER_STATES = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2, "rmsprop": 1, "adagrad": 1}
 
 
 def _handover(block: BlockPlan) -> str:

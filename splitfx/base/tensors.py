@@ -1,11 +1,18 @@
-"""Tensor helpers every layer uses: example inputs as a tuple, class scores, the bytes of a model's weights."""
+"""Tensor helpers every layer uses: example inputs as a tuple, class scores, a module's tensor slots
+and the tensors an fx node reads. (:func:`weight_bytes` lives in :mod:`.memory`, with the other
+bytes formulas.)"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.fx as fx
+from torch import nn
+
+from .memory import weight_bytes as weight_bytes
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
+Slot = tuple[dict[str, torch.Tensor | None], str, torch.Tensor]
 
 
 def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
@@ -19,6 +26,28 @@ def class_scores(output: object) -> bool:
     return isinstance(output, torch.Tensor) and output.dim() == 2
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of ``model``'s parameters and buffers: what one copy of its weights takes."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+def state_slots(root: nn.Module) -> list[Slot]:
+    """Every parameter and buffer of ``root`` as ``(its module's _parameters or _buffers, name,
+    tensor)``, so that a caller can swap the tensors in place (for fake ones, for ``meta`` ones) and
+    put them back. Per module object, not per name: a module reached by two paths comes once."""
+    return [(tensors, name, t) for m in root.modules() for tensors in (m._parameters, m._buffers)
+            for name, t in tensors.items() if t is not None]
+
+
+def node_tensors(root: nn.Module, node: fx.Node) -> list[torch.Tensor]:
+    """The tensors ``node`` of a graph module ``root`` reads from it: the parameters and buffers of
+    the module a ``call_module`` calls, or the tensor a ``get_attr`` fetches; none for other nodes."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        return [*module.parameters(), *module.buffers()]
+    if node.op == "get_attr":
+        attr = root
+        for part in node.target.split("."):
+            attr = getattr(attr, part)
+        return [attr] if isinstance(attr, torch.Tensor) else []
+    return []
+
+
+def node_parameters(root: nn.Module, node: fx.Node) -> list[nn.Parameter]:
+    """The parameters among :func:`node_tensors`: what a node trains."""
+    return [t for t in node_tensors(root, node) if isinstance(t, nn.Parameter)]

@@ -5,7 +5,7 @@ import argparse
 import inspect
 import os
 
-from ..base.report import OPTIMIZER_STATES
+from ..base.optimizers import OPTIMIZERS
 from ..base.version import __version__
 from ..recipes import list_recipes
 from . import commands, coverage_command
@@ -53,7 +53,7 @@ def _plan(sub) -> None:
     p.add_argument("--budget", type=memory_size, metavar="SIZE",
                    help="memory for one training step, e.g. 4GiB: choose the fewest blocks that fit (or, with "
                         "--max-batch, the largest batch at --blocks)")
-    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_STATES),
+    p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS),
                    help="optimizer whose state --budget counts (default %(default)s)")
     p.add_argument("--max-batch", action="store_true", help="with --budget: report the largest batch that fits")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")

@@ -2,21 +2,17 @@
 
 No real compute runs: parameters, buffers and inputs become fake tensors, every node executes under
 :class:`~splitfx.memory.SavedTensorMeter` (saved-for-backward storages, parameters and buffers
-excluded) and ``FlopCounterMode``. Node attributes of the returned graph:
-
-``op, target, scope, cls`` (from the trace), ``saved`` (storage keys the node saves for backward),
-``out_bytes``, ``param_bytes`` (parameters first used here), ``flops`` (forward), ``is_tensor``,
-``shape``, ``dtype``, ``value`` (plain constants: ints, floats, bools, None, and lists and tuples of
-them, as the node made them), ``batch_int`` (an int that is the batch size), ``static`` (a plain
-constant the batch size does not change: swin's ``H, W``, mvitv2's ``[H, W]``, timm's
-``create_attention_mask`` returning None), ``batch_dim0``. ``graph.graph["storages"]`` maps storage
-key → bytes.
+excluded) and ``FlopCounterMode``. Each node of the returned graph carries one
+:class:`~splitfx.passes.node_cost.NodeCost` (what the node is, saves, outputs and costs; which ints
+are the batch size, which constants the batch does not change: swin's ``H, W``, mvitv2's ``[H, W]``,
+timm's ``create_attention_mask`` returning None). ``graph.graph["storages"]`` maps storage key →
+bytes.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -34,8 +30,11 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..base.memory import weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys, storage_key
+from ..base.tensors import node_parameters
 from .modes import draws_random
+from .node_cost import NodeCost, cost_graph
 
 # What fake tensors cannot run; such nodes are probed on random real tensors instead.
 _FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
@@ -173,63 +172,51 @@ def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
     fake_inputs = [result.fake(x) for x in example_inputs]
 
     flops_before = 0
-    seen_params: set[int] = set()
-    G = result.graph
+    seen_params: set[tuple[int, int, int]] = set()
+    costs: dict[str, NodeCost] = {}
     with fake_mode, FlopCounterMode(display=False) as counter, SavedTensorMeter(result.exclude, on_save=interp.on_save):
         interp.args_iter = iter(fake_inputs)
         for n in gm.graph.nodes:
             value = interp.env[n] = interp.run_node(n)
             flops_now = counter.get_total_flops()
-            attrs = dict(n.meta.get("splitfx", {"scope": "", "cls": ""}))
-            params = []
-            if n.op == "call_module":
-                params = list(gm.get_submodule(n.target).parameters())
-            elif n.op == "get_attr" and isinstance(interp.fetch_attr(n.target), torch.nn.Parameter):
-                params = [interp.fetch_attr(n.target)]
-            param_bytes = 0
-            for p in params:
-                if id(p) not in seen_params:
-                    seen_params.add(id(p))
-                    param_bytes += p.numel() * p.element_size()
+            meta = n.meta.get("splitfx", {})
+            param_bytes = weight_bytes(node_parameters(gm, n), seen_params)  # counted at its first use
             is_tensor = isinstance(value, torch.Tensor)
-            G.add_node(
-                n.name,
+            costs[n.name] = NodeCost(
                 op=n.op,
                 target=str(n.target),
+                scope=meta.get("scope", ""),
+                cls=meta.get("cls", ""),
                 saved=tuple(dict.fromkeys(k for k, _ in interp.saves.get(n.name, ()))),
                 out_bytes=_tensor_bytes(value),
                 param_bytes=param_bytes,
                 flops=flops_now - flops_before,
                 is_tensor=is_tensor,
-                value=copy.deepcopy(value) if is_constant(value) else None,  # as made: a list may grow later
                 shape=tuple(value.shape) if is_tensor else None,
                 dtype=value.dtype if is_tensor else None,
+                value=copy.deepcopy(value) if is_constant(value) else None,  # as made: a list may grow later
                 random=draws_random(n),
-                **attrs,
             )
             flops_before = flops_now
-            for inp in n.all_input_nodes:
-                G.add_edge(inp.name, n.name)
             result.values[n.name] = value
-    G.graph["storages"] = {k: b for saves in interp.saves.values() for k, b in saves}
-    _mark_batch_values(gm, G, example_inputs)
+    edges = ((inp.name, n.name) for n in gm.graph.nodes for inp in n.all_input_nodes)
+    result.graph = cost_graph(_batch_marks(gm, costs, example_inputs), edges)
+    result.graph.graph["storages"] = {k: b for saves in interp.saves.values() for k, b in saves}
     result.outputs = result.values[next(n for n in reversed(gm.graph.nodes) if n.op == "output").name]
     return result
 
 
-
-def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequence[torch.Tensor]) -> None:
-    """Flag ints equal to the batch size, plain constants the batch does not change (``static``), and
-    tensors whose dim 0 is the batch.
+def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
+                 example_inputs: Sequence[torch.Tensor]) -> dict[str, NodeCost]:
+    """``costs`` with the ints equal to the batch size, the plain constants the batch does not change
+    (``static``) and the tensors whose dim 0 is the batch marked.
 
     The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch. A
     constant is static only if it is the same then, was not changed in place after it was made, and
     is not computed from one that changed (``B // 2`` is 1 at 2 and 3) or from a tensor's dtype or
     device (other under autocast or after ``.to(device)``), except a None."""
-    for name in G.nodes:
-        G.nodes[name]["batch_int"] = G.nodes[name]["batch_dim0"] = G.nodes[name]["static"] = False
     if not example_inputs or example_inputs[0].dim() == 0:
-        return
+        return costs
     batch = example_inputs[0].shape[0]
     grown = [
         x.new_empty((batch + 1, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in example_inputs
@@ -244,22 +231,23 @@ def _mark_batch_values(gm: fx.GraphModule, G: nx.DiGraph, example_inputs: Sequen
     except Exception:
         # The model does not accept another batch size: no batch ints to recompute, and dim 0 is
         # taken to be the batch wherever it has the batch's size.
-        for attrs in G.nodes.values():
-            attrs["batch_dim0"] = bool(attrs["is_tensor"] and attrs["shape"] and attrs["shape"][0] == batch)
-        return
+        return {name: replace(c, batch_dim0=bool(c.is_tensor and c.shape and c.shape[0] == batch))
+                for name, c in costs.items()}
+    marked = dict(costs)
     moved: set[str] = set()  # non-tensor values that are no constant, and those computed from them
     for n, grown_value in interp.env.items():
-        attrs = G.nodes[n.name]
-        if not attrs["is_tensor"] and (_placement(n) or any(p.name in moved for p in n.all_input_nodes)):
+        c = costs[n.name]
+        if not c.is_tensor and (_placement(n) or any(p.name in moved for p in n.all_input_nodes)):
             moved.add(n.name)
-        if attrs["is_tensor"] and isinstance(grown_value, torch.Tensor) and attrs["shape"]:
-            attrs["batch_dim0"] = attrs["shape"][0] == batch and grown_value.shape[0] == batch + 1
+        if c.is_tensor and isinstance(grown_value, torch.Tensor) and c.shape:
+            marked[n.name] = replace(c, batch_dim0=c.shape[0] == batch and grown_value.shape[0] == batch + 1)
         elif is_constant(grown_value):
-            if type(attrs["value"]) is not type(grown_value) or attrs["value"] != grown_value:
+            if type(c.value) is not type(grown_value) or c.value != grown_value:
                 moved.add(n.name)
             if grown_value is None:
                 moved.discard(n.name)  # a None tells nothing of dtype or device
             if type(grown_value) is int and grown_value == batch + 1:
-                attrs["batch_int"] = attrs["value"] == batch
+                marked[n.name] = replace(c, batch_int=c.value == batch)
             else:
-                attrs["static"] = n.name not in moved  # e.g. swin's H, W, C: a shape constant
+                marked[n.name] = replace(c, static=n.name not in moved)  # e.g. swin's H, W, C
+    return marked

@@ -22,6 +22,8 @@ from typing import Any
 
 import networkx as nx
 
+from .node_cost import node_cost
+
 
 @dataclass(frozen=True)
 class Cut:
@@ -55,12 +57,12 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
 
     ``max_tensors`` bounds the tensors one cut may hand over (None: no bound)."""
     topo = list(G.nodes)  # insertion order is fx order, already topological
-    placeholders = [n for n in topo if G.nodes[n]["op"] == "placeholder"]
-    output = next(n for n in topo if G.nodes[n]["op"] == "output")
-    static = {n for n in topo if G.nodes[n].get("static")}
+    placeholders = [n for n in topo if node_cost(G, n).op == "placeholder"]
+    output = next(n for n in topo if node_cost(G, n).op == "output")
+    static = {n for n in topo if node_cost(G, n).static}
     reach = _reached(G, placeholders, static)
     free = {n for n in topo if n not in reach}
-    baked = {s: G.nodes[s]["value"] for s in static & reach}
+    baked = {s: node_cost(G, s).value for s in static & reach}
     order = [n for n in topo if n in reach and n != output]
     pos = {n: i for i, n in enumerate(order)}
     end = len(order)
@@ -94,7 +96,7 @@ def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[st
     value computed from the inputs' shapes alone (a rotary embedding built for the patch grid's
     ``H, W``) is free, unless it is drawn at random (``torch.rand``: each block would draw its own; a
     train-only call, which a step replays, stays free: ``passes/modes.py``)."""
-    sources = [*placeholders, *(n for n in G.nodes if G.nodes[n]["random"])]
+    sources = [*placeholders, *(n for n in G.nodes if node_cost(G, n).random)]
     reach = set(sources)
     stack = list(sources)
     while stack:
@@ -108,16 +110,17 @@ def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[st
 
 def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None) -> Cut | None:
     """The cut at ``position`` with frontier ``live``, or None if it cannot be handed over."""
-    batch_ints = tuple(sorted(v for v in live if G.nodes[v]["batch_int"]))
-    tensors = [v for v in live if not (G.nodes[v]["batch_int"] or G.nodes[v]["static"])]
-    if not tensors or any(not G.nodes[v]["is_tensor"] for v in tensors):
+    costs = {v: node_cost(G, v) for v in live}
+    batch_ints = tuple(sorted(v for v in live if costs[v].batch_int))
+    tensors = [v for v in live if not (costs[v].batch_int or costs[v].static)]
+    if not tensors or any(not costs[v].is_tensor for v in tensors):
         return None
-    if all(G.nodes[v]["op"] == "placeholder" for v in tensors):
+    if all(costs[v].op == "placeholder" for v in tensors):
         return None  # nothing computed yet
     if max_tensors is not None and len(tensors) > max_tensors:
         return None
-    carriers = [i for i, v in enumerate(tensors) if G.nodes[v]["batch_dim0"]]
+    carriers = [i for i, v in enumerate(tensors) if costs[v].batch_dim0]
     if batch_ints and not carriers:
         return None
-    shapes = tuple(tuple(G.nodes[v]["shape"]) for v in tensors)
+    shapes = tuple(tuple(costs[v].shape) for v in tensors)
     return Cut(position, tuple(tensors), shapes, batch_ints, carriers[0] if carriers else 0)

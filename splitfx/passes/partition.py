@@ -17,6 +17,7 @@ lexicographic min-sum, and optimal sub-splits stay optimal; ``O(K·M²)`` each f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -35,9 +36,10 @@ def min_max_partition(cost: np.ndarray, num_blocks: int, boundary_weight: Sequen
         raise ValueError(f"num_blocks must be in [1, {m - 1}], got {num_blocks}")
     upper = np.triu(np.ones((m, m), dtype=bool), 1)
     c = np.where(upper, cost, INF)
-    best_max = _min_max(c, num_blocks)
-    if not np.isfinite(best_max):
+    split = min_max_split(c, num_blocks)
+    if split is None:
         raise ValueError(f"no split into {num_blocks} blocks has a finite cost")
+    best_max = float(max(c[i, j] for i, j in pairwise(split)))
     counts = np.ones(m) if handover is None else np.asarray(handover, dtype=float)
     tensors = _MULTI * (counts > 1) + counts
     tensors[0] = tensors[-1] = 0.0
@@ -60,12 +62,26 @@ def min_max_partition(cost: np.ndarray, num_blocks: int, boundary_weight: Sequen
     return _min_sum(upper & (c <= bound) & (c >= best_min), [tensors, w], num_blocks, backtrack=True)
 
 
-def _min_max(c: np.ndarray, num_blocks: int) -> float:
-    """The smallest possible largest block cost."""
-    f = c[0].copy()
+def min_max_split(cost: np.ndarray, num_blocks: int) -> list[int] | None:
+    """Boundaries ``[0, ..., M - 1]`` of a split into ``num_blocks`` blocks whose largest cost is
+    the smallest possible (None when every split has an infinite one); ``cost`` as for
+    :func:`min_max_partition`, with ``inf`` at and below the diagonal. Among equal splits each block
+    starts at the earliest boundary that keeps the optimum: the block partition and the pipeline
+    stages both split with this."""
+    m = cost.shape[0]
+    f = cost[0].copy()  # f[j]: the least largest cost of the blocks so far, ending at boundary j
+    starts = []
     for _ in range(num_blocks - 1):
-        f = np.min(np.maximum(f[:, None], c), axis=0)
-    return float(f[-1])
+        candidates = np.maximum(f[:, None], cost)
+        start = np.argmin(candidates, axis=0)
+        f = candidates[start, np.arange(m)]
+        starts.append(start)
+    if not np.isfinite(f[-1]):
+        return None
+    bounds = [m - 1]
+    for start in reversed(starts):
+        bounds.append(int(start[bounds[-1]]))
+    return [0, *reversed(bounds)]
 
 
 def _min_sum(feasible: np.ndarray, weights: list[np.ndarray], num_blocks: int, backtrack: bool = False):

@@ -27,9 +27,11 @@ from torch.func import functional_call
 from .cost import Probe
 from .cuts import Schedule
 from .names import unprefix
+from .node_cost import node_cost
 from .units import Unit, find_units
 
 MODES = ("tensor", "channel")
+_LABEL = "label"  # the networkx attribute VF2 matches a unit's nodes by (a subgraph's own, not the cost graph's)
 
 
 class Surrogate(nn.Module):
@@ -94,10 +96,16 @@ def _signature(module: nn.Module) -> tuple:
 
 
 def _labelled(G: nx.DiGraph, names: Sequence[str], unit: str) -> nx.DiGraph:
-    sub = nx.DiGraph(G.subgraph(names))
-    for n in sub.nodes:
-        local = unprefix(G.nodes[n]["target"])
-        sub.nodes[n]["label"] = (G.nodes[n]["op"], local[len(unit):] if local.startswith(unit) else local)
+    """The subgraph of ``names``, each node labelled by its op and its target relative to ``unit``."""
+    def label(n: str) -> tuple[str, str]:
+        cost = node_cost(G, n)
+        local = unprefix(cost.target)
+        return cost.op, local[len(unit):] if local.startswith(unit) else local
+
+    view = G.subgraph(names)
+    sub = nx.DiGraph()
+    sub.add_nodes_from((n, {_LABEL: label(n)}) for n in view)
+    sub.add_edges_from(view.edges)
     return sub
 
 
@@ -113,7 +121,7 @@ def identical_runs(model: nn.Module, probe: Probe, sched: Schedule, units: list[
             return False
         ga = _labelled(G, sched.order[a.start:a.end], a.name)
         gb = _labelled(G, sched.order[b.start:b.end], b.name)
-        return nx.is_isomorphic(ga, gb, node_match=lambda x, y: x["label"] == y["label"])
+        return nx.is_isomorphic(ga, gb, node_match=nx.isomorphism.categorical_node_match(_LABEL, None))
 
     for unit in units:
         if current and current[-1].end == unit.start and same(current[-1], unit):

@@ -11,6 +11,7 @@ import networkx as nx
 import torch.fx as fx
 from torch import nn
 
+from ..base.tensors import node_parameters
 from .cuts import Schedule
 from .emit import free_ancestors
 
@@ -33,24 +34,10 @@ def parameter_uses(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule) -> dict[s
 
 def _parameters_at(gm: fx.GraphModule, by_name: dict[str, fx.Node], G: nx.DiGraph, sched: Schedule,
                    node: str) -> list[nn.Parameter]:
-    found: list[nn.Parameter] = []
-    n = by_name[node]
-    if n.op == "call_module":
-        found += list(gm.get_submodule(n.target).parameters())
+    found = node_parameters(gm, by_name[node]) if by_name[node].op == "call_module" else []
     for free in free_ancestors(G, sched.free, [node]):
-        f = by_name[free]
-        if f.op == "get_attr":
-            value = gm.get_parameter(f.target) if _is_parameter(gm, f.target) else None
-            if value is not None:
-                found.append(value)
-        elif f.op == "call_module":
-            found += list(gm.get_submodule(f.target).parameters())
+        found += node_parameters(gm, by_name[free])
     return found
-
-
-def _is_parameter(gm: fx.GraphModule, target: str) -> bool:
-    owner, _, attr = target.rpartition(".")
-    return attr in dict(gm.get_submodule(owner).named_parameters(recurse=False))
 
 
 def shared_spans(uses: dict[str, list[int]]) -> dict[str, tuple[int, int]]:

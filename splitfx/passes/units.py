@@ -17,6 +17,7 @@ from torch import nn
 from .cost import Probe
 from .cuts import Schedule
 from .names import inside
+from .node_cost import node_cost
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def find_units(model: nn.Module, probe: Probe, sched: Schedule) -> list[Unit]:
     G = probe.graph
     span: dict[str, list[int]] = {}
     for p, name in enumerate(sched.order):
-        scope = G.nodes[name]["scope"]
+        scope = node_cost(G, name).scope
         parts = scope.split(".") if scope else []
         for i in range(1, len(parts) + 1):
             span.setdefault(".".join(parts[:i]), []).append(p)

@@ -14,6 +14,7 @@ from ..base.meter import storage_bytes, storage_key
 from ..passes.aux_cost import AuxCost
 from ..passes.cost import Probe
 from ..passes.cuts import Schedule
+from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, min_max_partition, storage_cost
 from .legality import mask_untrainable
 
@@ -41,20 +42,21 @@ def choose_path(
     G: nx.DiGraph = probe.graph
     order = sched.order
     bounds = [0, *(c.position for c in sched.cuts), len(order)]
+    costs = [node_cost(G, v) for v in order]
 
     def cost() -> np.ndarray:
         if method == "memory":
-            saves = [G.nodes[v]["saved"] for v in order]
+            saves = [c.saved for c in costs]
             return storage_cost(saves, G.graph["storages"], bounds, [{}, *(a.saves for a in aux_costs), final_loss],
                                 held_tensors(probe, sched))
         if method == "flops":
-            flops = additive_cost([G.nodes[v]["flops"] for v in order], bounds)
+            flops = additive_cost([c.flops for c in costs], bounds)
             return flops + np.asarray([0, *(a.flops for a in aux_costs), 0], dtype=float)[None, :]
         if method == "params":
-            return additive_cost([G.nodes[v]["param_bytes"] for v in order], bounds)
-        return additive_cost([G.nodes[v]["op"].startswith("call") for v in order], bounds)
+            return additive_cost([c.param_bytes for c in costs], bounds)
+        return additive_cost([c.op.startswith("call") for c in costs], bounds)
 
-    weights = [0, *(sum(G.nodes[v]["out_bytes"] for v in c.nodes) for c in sched.cuts), 0]
+    weights = [0, *(sum(node_cost(G, v).out_bytes for v in c.nodes) for c in sched.cuts), 0]
     handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
     masked = mask_untrainable(cost(), ok, num_blocks, model_name)
     return [0, *min_max_partition(masked, num_blocks, weights, handover, tolerance), len(bounds) - 1]

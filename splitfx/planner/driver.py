@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..base.errors import PlanError
+from ..base.memory import weight_bytes
 from ..base.report import BlockPlan, SplitPlan
 from ..base.tensors import class_scores
 from ..passes import cost as cost_pass
@@ -22,6 +23,7 @@ from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
 from ..passes.emit import block_nodes, block_parameters, emit_block, shared_constants
 from ..passes.names import unprefix
+from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
 from ..passes.sharing import parameter_uses, shared_spans, trainable_per_position
@@ -102,15 +104,16 @@ class Planner:
         self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
                                                       max_cut_tensors, auto_leaf)
-        self.gm, self.probe, self.sched, G = gm, probe, sched, probe.graph
+        self.gm, self.probe, G = gm, probe, probe.graph
         outputs = probe.outputs
         scores = class_scores(outputs)
         if num_classes is None and scores:
             num_classes = int(outputs.shape[-1])
         self.num_classes = num_classes
         self.uses = parameter_uses(gm, G, sched)
-        self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
-                                               tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
+        sched, self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
+                                                      tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
+        self.sched = sched
         self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units else [])
         self.aux = AuxProbe(probe, inputs)
         # The last block's loss is costed where it is cross-entropy on class scores; an encoder's
@@ -181,11 +184,12 @@ class Planner:
         chosen_boundaries = [dataclasses.replace(boundaries[j], index=k) for k, j in enumerate(cut_ids)]
         chosen_aux = [self._aux_cost(j, b) for j, b in zip(cut_ids, chosen_boundaries, strict=True)]
         ends = [self.bounds[j] for j in path]
-        saves = [G.nodes[v]["saved"] for v in sched.order]
+        costs = [node_cost(G, v) for v in sched.order]
+        saves = [c.saved for c in costs]
         storages = G.graph["storages"]
         with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss])
         backbone = storage_cost(saves, storages, ends)
-        flops = additive_cost([G.nodes[v]["flops"] for v in sched.order], ends)
+        flops = additive_cost([c.flops for c in costs], ends)
         nodes = [block_nodes(gm, G, sched, start, end) for start, end in pairwise(ends)]
         cuts = [sched.cuts[j] for j in cut_ids]
         parts = self._parts(nodes, cuts, chosen_boundaries)
@@ -218,8 +222,8 @@ class Planner:
             trainable_params=sum(p.numel() for p in trainable),
             shared_parameters=self.shared,
             auto_leaves=dict(gm.meta.get("auto_leaves", {})),
-            param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()) + heads * itemsize,
-            trainable_bytes=sum(p.numel() * p.element_size() for p in trainable) + heads * itemsize,
+            param_bytes=weight_bytes(everything) + heads * itemsize,
+            trainable_bytes=weight_bytes(trainable) + heads * itemsize,
             saved_profile=[int(b) for b in first_saves(saves, storages)],
             context=PlanContext(model, gm, self.probe, sched, self.recipe, self.graph, chosen_boundaries, cuts, nodes,
                                 parts),
@@ -231,7 +235,7 @@ def _boundary(cut: Cut, layouts: tuple[str, ...], G, num_blocks: int, num_classe
     """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
     parts = tuple(zip(cut.shapes, layouts, strict=True))
     _, shape, layout = merge_for(parts, recipe.merge)
-    dtype = next(G.nodes[v]["dtype"] for v, lay in zip(cut.nodes, layouts, strict=True) if lay != UNREAD)
+    dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != UNREAD)
     return Boundary(0, num_blocks, shape, dtype, layout, num_classes,
                     tuple(inputs[0].shape), cut.position, parts)
 
@@ -241,7 +245,7 @@ def _block(k: int, nodes: list[fx.Node], gm: fx.GraphModule, G, start: int, end:
     return BlockPlan(
         index=k,
         modules=list(dict.fromkeys(
-            unprefix(G.nodes[nd.name]["scope"]) for nd in nodes if G.nodes[nd.name]["scope"] and nd.op != "output"
+            unprefix(node_cost(G, nd.name).scope) for nd in nodes if node_cost(G, nd.name).scope and nd.op != "output"
         )),
         params=sum(p.numel() for p in block_parameters(gm, nodes)),
         saved_bytes=saved,
@@ -250,7 +254,7 @@ def _block(k: int, nodes: list[fx.Node], gm: fx.GraphModule, G, start: int, end:
         aux_flops=aux.flops if aux else 0,
         aux_params=aux.params if aux else 0,
         output_shapes=[list(s) for s in cut.shapes] if cut else None,
-        handover_bytes=sum(G.nodes[v]["out_bytes"] for v in cut.nodes) if cut else 0,
+        handover_bytes=sum(node_cost(G, v).out_bytes for v in cut.nodes) if cut else 0,
         start=start,
         end=end,
     )

@@ -10,6 +10,7 @@ block must use at least one trainable parameter, or its loss would have nothing 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 
 import networkx as nx
@@ -18,6 +19,7 @@ import numpy as np
 from ..base.errors import PlanError
 from ..passes.cuts import Schedule
 from ..passes.names import unprefix
+from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost
 from ..passes.replace import Replacement
 from ..recipes.layout import infer_layout
@@ -26,27 +28,28 @@ from .scopes import span
 
 
 def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
-               input_hw: tuple[int, int] | None) -> tuple[dict[int, tuple[str, ...]], list[str]]:
-    """Drop the cuts that may not be used (see module docstring) from ``sched.cuts``.
+               input_hw: tuple[int, int] | None) -> tuple[Schedule, dict[int, tuple[str, ...]], list[str]]:
+    """The cuts that may be used (see module docstring), leaving ``sched`` as it is.
 
-    Returns the layouts of each offered cut's tensors (by cut position) and the shared parameters
-    that cost at least one cut."""
+    Returns a copy of ``sched`` holding only the offered cuts, the layouts of each offered cut's
+    tensors (by cut position) and the shared parameters that cost at least one cut."""
     layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else UNREAD
                                  for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
     together = [span(sched, G, triple) for triple in replacement.triples]
     readable = [
         c for c in sched.cuts
         if None not in layouts[c.position] and set(layouts[c.position]) != {UNREAD}
-        and all(G.nodes[v]["batch_dim0"] for v in c.nodes)
+        and all(node_cost(G, v).batch_dim0 for v in c.nodes)
         and not any(lo < c.position <= hi for lo, hi in together)
     ]
     costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in readable)]
-    sched.cuts = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
-    return {c.position: layouts[c.position] for c in sched.cuts}, sorted(unprefix(name) for name in costly)
+    offered = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
+    return (replace(sched, cuts=offered), {c.position: layouts[c.position] for c in offered},
+            sorted(unprefix(name) for name in costly))
 
 
 def _floating(G: nx.DiGraph, name: str) -> bool:
-    dtype = G.nodes[name]["dtype"]
+    dtype = node_cost(G, name).dtype
     return dtype is not None and (dtype.is_floating_point or dtype.is_complex)
 
 

@@ -8,11 +8,12 @@ import networkx as nx
 from ..base.errors import PlanError
 from ..passes.cuts import Schedule
 from ..passes.names import inside
+from ..passes.node_cost import node_cost
 
 
 def positions_of(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> list[int]:
     """Order positions of every node inside any of ``modules``."""
-    return [i for i, n in enumerate(sched.order) if any(inside(G.nodes[n]["scope"], m) for m in modules)]
+    return [i for i, n in enumerate(sched.order) if any(inside(node_cost(G, n).scope, m) for m in modules)]
 
 
 def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str) -> int:
@@ -24,7 +25,7 @@ def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str) 
     for i, cut in enumerate(sched.cuts):
         if cut.position == position:
             return i
-    legal = sorted({G.nodes[c.nodes[-1]]["scope"] for c in sched.cuts} - {""})
+    legal = sorted({node_cost(G, c.nodes[-1]).scope for c in sched.cuts} - {""})
     raise PlanError(
         f"split point {name!r}: more than one value is live after it in {model_name}, so it cannot be "
         f"a cut. Modules right before a legal cut: {', '.join(legal)}"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..base.meter import SavedTensorMeter
+from ..base.tensors import state_slots
 from ..passes.aux_cost import AuxProbe
 from ..recipes.base import Recipe, SplitParts
 
@@ -57,8 +58,7 @@ def _fake_state(root: nn.Module, fake) -> Iterator[None]:
 
     Done per module object, not per name: a module reached by two paths (CoaT's shared positional
     encodings) is swapped and restored once."""
-    slots = [(tensors, name, t) for m in root.modules() for tensors in (m._parameters, m._buffers)
-             for name, t in tensors.items() if t is not None]
+    slots = state_slots(root)
     try:
         for tensors, name, t in slots:
             tensors[name] = fake(t)

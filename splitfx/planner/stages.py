@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from itertools import pairwise
+from itertools import combinations, pairwise
+
+import numpy as np
 
 from ..base.errors import PlanError
-from ..base.report import OPTIMIZER_STATES, SplitPlan, nbytes
+from ..base.memory import training_state_bytes
+from ..base.report import SplitPlan, nbytes
 from ..base.stages import StagePlan
+from ..passes.partition import min_max_split
 
 Cost = Callable[[int, int], float]
 # With measured times the memory tie-break may give away at most this much speed (about the spread
@@ -28,32 +32,22 @@ MEASURED_TOLERANCE = 0.01
 def _min_max(blocks: int, stages: int, cost: Cost, allowed: Callable[[int, int], bool]) -> list[int] | None:
     """Boundaries ``[0, ..., blocks]`` splitting ``blocks`` into ``stages`` non-empty ranges that
     minimise the largest ``cost(a, b)``, using only ranges ``allowed``; None when none can."""
-    inf = float("inf")
-    best = [[inf] * (blocks + 1) for _ in range(stages + 1)]
-    back = [[0] * (blocks + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
-    for s in range(1, stages + 1):
-        for b in range(s, blocks - (stages - s) + 1):
-            for a in range(s - 1, b):
-                if best[s - 1][a] < inf and allowed(a, b):
-                    value = max(best[s - 1][a], cost(a, b))
-                    if value < best[s][b]:
-                        best[s][b], back[s][b] = value, a
-    if best[stages][blocks] == inf:
-        return None
-    bounds = [blocks]
-    for s in range(stages, 0, -1):
-        bounds.append(back[s][bounds[-1]])
-    return bounds[::-1]
+    matrix = np.full((blocks + 1, blocks + 1), np.inf)
+    for a, b in combinations(range(blocks + 1), 2):
+        if allowed(a, b):
+            matrix[a, b] = cost(a, b)
+    return min_max_split(matrix, stages)
 
 
 def stage_costs(plan: SplitPlan, optimizer: str = "adamw", in_flight: int = 2) -> tuple[Cost, Cost, Cost]:
     """Training FLOPs, predicted peak memory and bytes sent of the stage holding blocks ``[a, b)``."""
     blocks = plan.blocks
     counted = plan.total_params + sum(b.aux_params for b in blocks)
-    itemsize = plan.param_bytes / counted if counted else 4.0
-    trainable = plan.trainable_bytes / plan.param_bytes if plan.param_bytes else 1.0
-    per_param = itemsize * (1 + trainable * (1 + OPTIMIZER_STATES[optimizer]))
+    # The plan's weight, gradient and optimizer bytes, shared out evenly over its parameters.
+    if counted:
+        per_param = training_state_bytes(plan.param_bytes, plan.trainable_bytes, optimizer) / counted
+    else:
+        per_param = float(training_state_bytes(4, 4, optimizer))
 
     def flops(a: int, b: int) -> float:
         return 3.0 * sum(blocks[k].flops + blocks[k].aux_flops for k in range(a, b))

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..api.conversion import convert, segments
 from ..api.planning import plan as make_plan
+from ..base.memory import optimizer_state_bytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..passes.trace import trace
 from ..recipes import Recipe
@@ -150,11 +151,6 @@ def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str
     )
 
 
-def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size()
-               for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
-
-
 def run(
     model_factory: Callable[[], nn.Module],
     model_name: str,
@@ -235,7 +231,7 @@ def run(
         mode.predicted_saved_bytes = sm.plan.local_peak_bytes
         if replace is not None:
             mode.trainable_params = sum(p.numel() for p in sm.parameters() if p.requires_grad)
-            mode.optimizer_state_bytes = _optimizer_state_bytes(opt)
+            mode.optimizer_state_bytes = optimizer_state_bytes(opt)
         result.modes.append(mode)
     return result
 

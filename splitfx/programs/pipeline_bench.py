@@ -32,12 +32,13 @@ from ..api.conversion import convert, segments
 from ..api.planning import plan as make_plan
 from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
+from ..base.memory import optimizer_state_bytes, weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..base.report import nbytes
 from ..recipes import Recipe
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
-from ..runtime.placement import block_tensors, held_bytes, place
+from ..runtime.placement import block_tensors, place
 from ..runtime.schedule import Rank
 from ..runtime.split_module import SplitModule
 from .distributed import balance_by_time
@@ -124,10 +125,6 @@ class _Segments(nn.Module):
         return out
 
 
-def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    return held_bytes([t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)])
-
-
 def _timed(grid: grids.Grid, step: Callable[[int], None], data: list, warmup: int, module: nn.Module,
            flush: Callable[[], None], steady: bool = False) -> tuple[float, int]:
     """Seconds for the timed steps and this rank's saved peak. By default every rank starts the timed
@@ -172,7 +169,7 @@ def _local(grid: grids.Grid, sm: SplitModule, data: list, warmup: int) -> tuple[
     seconds, peak = _timed(grid, lambda t: me.train_step(t, data[t] if grid.stage == 0 else None), data, warmup, sm,
                            me.link.flush, steady=True)
     me.close()
-    return seconds, Memory(held_bytes(params), _state_bytes(me.optimizer), peak)
+    return seconds, Memory(weight_bytes(params), optimizer_state_bytes(me.optimizer), peak)
 
 
 def _one(name: str, data: list, blocks: int, recipe: str, method: str, warmup: int) -> tuple[float, Memory]:
@@ -185,7 +182,7 @@ def _one(name: str, data: list, blocks: int, recipe: str, method: str, warmup: i
         for x, y in data[warmup:]:
             sm.train_step(x, y, opt)
         seconds = time.perf_counter() - began
-    return seconds, Memory(held_bytes(sm.parameters()), _state_bytes(opt), meter.peak)
+    return seconds, Memory(weight_bytes(sm.parameters()), optimizer_state_bytes(opt), meter.peak)
 
 
 def _e2e(grid: grids.Grid, name: str, data: list, blocks: int, method: str, ranges: list, schedule: str,
@@ -215,7 +212,7 @@ def _e2e(grid: grids.Grid, name: str, data: list, blocks: int, method: str, rang
         opt.step()
 
     seconds, peak = _timed(grid, step, data, warmup, module, lambda: None)
-    return seconds, Memory(held_bytes(params), _state_bytes(opt), peak)
+    return seconds, Memory(weight_bytes(params), optimizer_state_bytes(opt), peak)
 
 
 def _fresh(name: str) -> nn.Module:
