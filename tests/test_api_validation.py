@@ -12,7 +12,7 @@ from torch import nn
 
 import splitfx
 from splitfx.api.validation import check_plan_arguments
-from splitfx.programs.train import build_model
+from splitfx.programs.epochs import build_model
 from splitfx.recipes.simple import Linear as LinearRecipe
 
 

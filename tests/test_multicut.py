@@ -90,7 +90,7 @@ def _check(model, x, num_blocks, **kwargs):
     sm = splitfx.convert(model, x, num_blocks, **kwargs)
     assert sm.num_blocks == num_blocks
     assert_eval_equal(sm, model, x)
-    if not sm.recipe.cascade:  # a cascade trains a block from two losses: float sums in another order
+    if not sm.recipe.traits.cascade:  # a cascade trains a block from two losses: float sums in another order
         assert_interleaved_equals_summed(sm, x, y)
     assert_isolated(sm, x, y)
     return sm

@@ -346,3 +346,30 @@ def test_training_records_every_option_and_resume_refuses_another():
     del saved["recipe_options"]  # a checkpoint written before recipes had options
     with pytest.raises(splitfx.SplitFXError, match="does not record its recipe's options"):
         check_resume(config, saved, "ckpt")
+
+
+def _structure(head: nn.Module) -> tuple:
+    """What a head is made of: each submodule's name and class, each tensor's name and shape, and
+    the loss weights of heads that have them."""
+    return (tuple((n, type(m).__name__) for n, m in head.named_modules()),
+            tuple((n, tuple(t.shape)) for n, t in (*head.named_parameters(), *head.named_buffers())),
+            tuple(sorted((n, repr(getattr(m, "weights", None))) for n, m in head.named_modules())))
+
+
+@pytest.mark.parametrize("name", [r for r in splitfx.list_recipes() if r != "e2e"])
+def test_boundaries_with_equal_head_keys_get_identical_heads(name):
+    """The head-key contract (``Recipe`` docstring): the planner costs one head per key, so equal keys
+    must mean structurally identical heads."""
+    from splitfx.api.planning import _defaults, _planner
+
+    model = timm.create_model("resnet18", num_classes=10)
+    planner = _planner(model, (torch.randn(2, 3, 32, 32),), **_defaults(dict(recipe=name)))
+    groups: dict = {}
+    for b in planner._boundaries(4):
+        groups.setdefault(planner.recipe.head_key(b, planner.graph), []).append(b)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert shared, "no two cuts share a key: the test compares nothing"
+    for group in shared:
+        first = _structure(planner.recipe.make_head(group[0], planner.graph))
+        for b in group[1:]:
+            assert _structure(planner.recipe.make_head(b, planner.graph)) == first, (b.position, group[0].position)

@@ -8,8 +8,9 @@ import torch
 import splitfx
 from splitfx.cli import main
 from splitfx.programs.data import digits, load
+from splitfx.programs.epochs import build_model
 from splitfx.programs.run_folder import read_metrics
-from splitfx.programs.train import TrainConfig, build_model, train
+from splitfx.programs.train import TrainConfig, train
 
 FAST = dict(model="resnet18", recipe="linear", batch=128, input_size=16, blocks=3, max_batches=3)
 

@@ -86,7 +86,7 @@ def plan(
         return planner.plan(num_blocks, split_points)
     if split_points is not None:
         raise PlanError("memory_budget= chooses the number of blocks; it cannot be combined with split_points=")
-    most = most_blocks(planner.ok, len(planner.sched.cuts)) if planner.recipe.split else 1
+    most = most_blocks(planner.ok, len(planner.sched.cuts)) if planner.recipe.traits.split else 1
     return smallest_blocks(planner.plan, most, parse_bytes(memory_budget), optimizer)
 
 

@@ -17,20 +17,13 @@ import torch
 from torch import nn
 
 from ..base.errors import ArgumentError
+from ..base.optimizers import OPTIMIZERS as OPTIMIZERS  # re-exported for convert: each is a MakeOptimizer
 from ..base.tensors import Inputs, as_tuple
 from ..planner.stages import balance_stages
 from ..runtime.split_module import SplitModule
+from ..runtime.step import run_step
 
 MakeOptimizer = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
-# The optimizers plan(optimizer=...) names, as measure_block_times steps them.
-OPTIMIZERS: dict[str, MakeOptimizer] = {
-    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
-    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-}
 
 
 def _sync(device: torch.device) -> None:
@@ -44,18 +37,18 @@ def _one_pass(sm: SplitModule, inputs: tuple, target: torch.Tensor, autocast_dty
     plus its optimizer's step."""
     device = inputs[0].device
     sm.zero_grad(set_to_none=True)
-    steps = sm.local_losses(inputs, target)
-    seconds = []
-    while True:
+    seconds: list[float] = []
+    _sync(device)
+    last = time.perf_counter()
+
+    def lap(_k: int) -> None:
+        nonlocal last
         _sync(device)
-        began = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = next(steps, None)
-        if loss is None:
-            break
-        loss.backward()
-        _sync(device)
-        seconds.append(time.perf_counter() - began)
+        now = time.perf_counter()
+        seconds.append(now - last)
+        last = now
+
+    run_step(sm.local_losses(inputs, target), None, device, autocast_dtype=autocast_dtype, after_loss=lap)
     for k, opt in enumerate(optimizers):
         if opt is None:
             continue

@@ -77,7 +77,7 @@ def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: T
     import torch
 
     from ..api.planning import plan
-    from ..programs.train import build_model
+    from ..programs.epochs import build_model
 
     check_options_used(recipes, config.recipe_options)
     if not any(r != "e2e" for r in recipes):

@@ -114,7 +114,7 @@ class Planner:
         sched, self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
                                                       tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
         self.sched = sched
-        self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.needs_units else [])
+        self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.traits.copies_layers else [])
         self.aux = AuxProbe(probe, inputs)
         # The last block's loss is costed where it is cross-entropy on class scores; an encoder's
         # features go to the user's own loss_fn, which convert takes and the plan cannot know.
@@ -133,7 +133,7 @@ class Planner:
         recipe, graph = self.recipe, self.graph
 
         def build() -> nn.Module:
-            merge = merge_for(boundary.parts, recipe.merge)[0]
+            merge = merge_for(boundary.parts, recipe.traits.merge)[0]
             return _LocalLoss(recipe, merge, recipe.make_head(boundary, graph), self.aux.inputs)
 
         key = (recipe.head_key(boundary, graph), boundary.index)
@@ -142,7 +142,7 @@ class Planner:
     def plan(self, num_blocks: int, split_points: Sequence[str] | None = None) -> SplitPlan:
         """The split into ``num_blocks`` blocks (or right after ``split_points``)."""
         sched, G, name = self.sched, self.probe.graph, self.name
-        if not self.recipe.split:
+        if not self.recipe.traits.split:
             num_blocks, split_points = 1, None
         chosen = None
         if split_points is not None:
@@ -170,11 +170,11 @@ class Planner:
         baked = shared_constants(nodes, self.sched.baked)
         blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k, baked=baked) for k, n in enumerate(nodes)]
         attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, False, baked) for k, n in enumerate(nodes)]
-                    if self.recipe.cascade else ())  # only cascades run a block without its input detach
+                    if self.recipe.traits.cascade else ())  # only cascades run a block without its input detach
         ref = next((p for p in self.model.parameters() if p.is_floating_point()), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
         heads = [self.recipe.make_head(b, self.graph).to(device=device, dtype=dtype) for b in boundaries]
-        merges = [merge_for(b.parts, self.recipe.merge)[0] for b in boundaries]
+        merges = [merge_for(b.parts, self.recipe.traits.merge)[0] for b in boundaries]
         return SplitParts(blocks, heads, nn.CrossEntropyLoss(), self.model, merges, attached)
 
     def _report(self, num_blocks: int, path: list[int], boundaries: list[Boundary], method: str) -> SplitPlan:
@@ -234,7 +234,7 @@ def _boundary(cut: Cut, layouts: tuple[str, ...], G, num_blocks: int, num_classe
               recipe: Recipe) -> Boundary:
     """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
     parts = tuple(zip(cut.shapes, layouts, strict=True))
-    _, shape, layout = merge_for(parts, recipe.merge)
+    _, shape, layout = merge_for(parts, recipe.traits.merge)
     dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != UNREAD)
     return Boundary(0, num_blocks, shape, dtype, layout, num_classes,
                     tuple(inputs[0].shape), cut.position, parts)

@@ -50,7 +50,7 @@ def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], 
     out = []
     for model in models:
         for recipe in recipes:
-            for k in (blocks if create_recipe(recipe).split else [1]):
+            for k in (blocks if create_recipe(recipe).traits.split else [1]):
                 out.append(with_all_options(replace(base, model=model, recipe=recipe, blocks=k,
                                                     recipe_options=options_for(recipe, base.recipe_options))))
     return out

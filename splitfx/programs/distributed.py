@@ -29,21 +29,12 @@ from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.schedule import Rank
 from ..runtime.split_module import SplitModule
 from ..runtime.transport import wait
-from . import data as datasets
 from .checkpoint import Checkpoint
 from .config import RESUMABLE, TrainConfig, resolve_device
+from .epochs import amp_dtype, batch, epoch_order, make_optimizer, start
 from .gather import gather_checkpoint, stage_optimizer_state
 from .run_folder import CHECKPOINT, write_metrics
-from .train import (
-    EpochResult,
-    TrainResult,
-    _amp_dtype,
-    _batch,
-    build_model,
-    convert_for,
-    epoch_result,
-    open_resume,
-)
+from .train import EpochResult, TrainResult, convert_for, epoch_result, open_resume, record_epoch
 
 OnStep = Callable[[int, int], None]
 STEPS_PER_EPOCH = 1_000_000  # message tags: epoch · this + step (training), negative for evaluation
@@ -61,16 +52,16 @@ def _shards(idx: torch.Tensor, grid: grids.Grid) -> torch.Tensor | None:
     return idx.tensor_split(grid.replicas)[grid.replica] if len(idx) >= grid.replicas else None
 
 
-def _evaluate(me: Rank, test_set, batch: int, epoch: int) -> float:
+def _evaluate(me: Rank, test_set, batch_size: int, epoch: int) -> float:
     """Accuracy on ``test_set`` (the monitored split) through the pipeline: each replica takes a share."""
     me.stage.sm.eval()
     order = torch.arange(len(test_set))
     correct = 0
-    for t, idx in enumerate(order[i:i + batch] for i in range(0, len(order), batch)):
+    for t, idx in enumerate(order[i:i + batch_size] for i in range(0, len(order), batch_size)):
         shard = _shards(idx, me.grid)
         if shard is None or not len(shard):
             continue
-        data = tuple(x.to(me.grid.device) for x in _batch(test_set, shard)) if me.grid.stage == 0 else None
+        data = tuple(x.to(me.grid.device) for x in batch(test_set, shard)) if me.grid.stage == 0 else None
         correct += me.eval_step(-(epoch * STEPS_PER_EPOCH + t + 1), data)
     me.link.flush()
     return _reduce(me.grid, [correct])[0] / len(test_set)
@@ -85,15 +76,13 @@ def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool,
     """One epoch of this rank; its per-block loss sums, the batches and its peak saved bytes."""
     grid, stage = me.grid, me.stage
     stage.sm.train()
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    batches = [order[i:i + config.batch] for i in range(0, len(order), config.batch)][:config.max_batches]
-    batches = [s for s in (_shards(b, grid) for b in batches) if s is not None]
+    batches = [s for s in (_shards(b, grid) for b in epoch_order(config, epoch, len(train_set))) if s is not None]
     sums = torch.zeros(len(stage.blocks), dtype=torch.float64)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=None if progress and grid.rank == 0 else True)
     with SavedTensorMeter(state_keys([stage.sm])) as meter:
         for t, idx in enumerate(bar):
-            data = tuple(x.to(grid.device) for x in _batch(train_set, idx)) if grid.stage == 0 else None
+            data = tuple(x.to(grid.device) for x in batch(train_set, idx)) if grid.stage == 0 else None
             sums += torch.tensor(me.train_step(epoch * STEPS_PER_EPOCH + t, data), dtype=torch.float64)
             if on_step is not None:
                 on_step(epoch, t)
@@ -144,17 +133,14 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
 
 def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out: str | None, log, progress: bool,
            on_step: OnStep | None, stage_balance: str) -> TrainResult | None:
-    torch.manual_seed(config.seed)
     log = log if grid.rank == 0 else (lambda _: None)
-    splits = datasets.load(config.data, config.input_size, config.validation)
-    train_set, num_classes = splits.train, splits.num_classes
-    monitor, monitored = splits.monitored
-    model = build_model(config.model, num_classes, config.input_size)
-    example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert_for(config, model, example, stages=grid.stages)
-    amp = _amp_dtype(config)
+    begin = start(config)
+    train_set, num_classes = begin.splits.train, begin.splits.num_classes
+    monitor, monitored = begin.splits.monitored
+    sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
+    amp = amp_dtype(config)
     if stage_balance == "time":
-        balance_by_time(grid, sm, (example, labels), amp)
+        balance_by_time(grid, sm, (begin.example, begin.labels), amp)
     ranges = sm.plan.stages.ranges
     check_pipeline(sm, ranges)
     grids.agree(grid, _fingerprint(sm, config, grid), "the plan (or the training options)")
@@ -162,10 +148,10 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
         sm.load_state_dict(state.model)
     stage = Stage(sm, *ranges[grid.stage])
     stage.place(grid.device)
-    opt = torch.optim.AdamW([p for _, p in stage.named_parameters()], lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes, [], sm.plan.e2e_saved_bytes, sm, example)
+    run = make_optimizer(config, [p for _, p in stage.named_parameters()])
+    opt, sched, scaler = run.optimizer, run.scheduler, run.scaler
+    result = TrainResult(config, sm.num_blocks, sm.plan.e2e_saved_bytes, [], sm.plan.e2e_saved_bytes, sm,
+                         begin.example)
     start_epoch = 0
     if state is not None:
         opt.load_state_dict(stage_optimizer_state(state.optimizer, sm, stage))
@@ -186,10 +172,8 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
         totals[stage.start:stage.end] = (sums / max(steps, 1) / grid.replicas).tolist()
         block_losses = _reduce(grid, totals)
         peak = int(_reduce(grid, [peak], dist.ReduceOp.MAX)[0])
-        result.history.append(epoch_result(epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began,
-                                           peak))
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, {monitor} accuracy "
-            f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
+        record_epoch(result, log, epoch_result(epoch + 1, block_losses, monitor, accuracy,
+                                               time.perf_counter() - began, peak))
         if out is not None:
             _save(grid, result, stage, opt, sched, scaler, out, num_classes)
     me.close()

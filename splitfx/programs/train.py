@@ -24,8 +24,8 @@ from ..runtime.split_module import SplitModule
 from . import data as datasets
 from .checkpoint import Checkpoint
 from .config import TrainConfig, check_resume, resolve_device
+from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start
 from .measure import e2e_saved_bytes
-from .models import create_model
 from .run_folder import CHECKPOINT, write_metrics
 
 
@@ -85,18 +85,6 @@ class TrainResult:
                 f"{100 * max(h.accuracy for h in self.history):.2f} %)")
 
 
-def build_model(name: str, num_classes: int, size: int) -> nn.Module:
-    """The model for ``size``×``size`` inputs: timm ViT-style models are built for that size with
-    patches of size/4 (4×4 tokens, small enough to train on a CPU); convolutional models take any
-    size as they are."""
-    for extra in ({"img_size": size, "patch_size": max(1, size // 4)}, {"img_size": size}, {}):
-        try:
-            return create_model(name, num_classes=num_classes, **extra)
-        except TypeError:
-            continue
-    raise SplitFXError(f"cannot build {name!r} for {num_classes} classes")
-
-
 def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, **kwargs) -> SplitModule:
     """``model`` converted as ``config`` says (blocks, recipe, cut width): the one place single-process
     and distributed training turn a config into a plan, so both split a model the same way."""
@@ -104,20 +92,22 @@ def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, **
                    max_cut_tensors=config.max_cut_tensors, **kwargs)
 
 
-def _amp_dtype(config: TrainConfig) -> torch.dtype | None:
-    if not config.amp:
-        return None
-    return torch.float16 if config.device.startswith("cuda") else torch.bfloat16
-
-
 @torch.no_grad()
-def evaluate(sm: SplitModule, dataset, batch: int, device: str) -> float:
+def evaluate(sm: SplitModule, dataset, batch_size: int, device: str) -> float:
+    """Top-1 accuracy of ``sm`` (the whole model, eval mode) on ``dataset``."""
     sm.eval()
     correct = 0
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     for x, y in loader:
         correct += (sm(x.to(device)).argmax(1) == y.to(device)).sum().item()
     return correct / len(dataset)
+
+
+def record_epoch(result: TrainResult, log: Callable[[str], None], epoch: EpochResult) -> None:
+    """Add ``epoch`` to the run's history and log its line."""
+    result.history.append(epoch)
+    log(f"epoch {epoch.epoch}/{result.config.epochs}: train loss {epoch.train_loss:.4f}, {result.monitored} "
+        f"accuracy {100 * epoch.accuracy:.2f} %, {epoch.seconds:.1f} s")
 
 
 def open_resume(resume: str | Checkpoint, config: TrainConfig, where: str = "the checkpoint") -> Checkpoint:
@@ -145,19 +135,14 @@ def train(
     reads them once, when the caller has chosen what to report)."""
     state = open_resume(resume, config) if resume is not None else None
     config = replace(config, device=resolve_device(config.device))
-    torch.manual_seed(config.seed)
-    splits = datasets.load(config.data, config.input_size, config.validation)
-    train_set, num_classes = splits.train, splits.num_classes
-    monitor, monitored = splits.monitored
-    model = build_model(config.model, num_classes, config.input_size)
-    example, labels = _batch(train_set, torch.arange(min(config.batch, len(train_set))))
-    sm = convert_for(config, model, example).to(config.device)
-    opt = torch.optim.AdamW(sm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
-    amp = _amp_dtype(config)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    e2e = e2e_saved_bytes(sm.model, example.to(config.device), labels, sm.loss_fn, amp)
-    result = TrainResult(config, sm.num_blocks, e2e, [], sm.plan.e2e_saved_bytes, sm, example)
+    begin = start(config)
+    train_set, num_classes = begin.splits.train, begin.splits.num_classes
+    monitor, monitored = begin.splits.monitored
+    sm = convert_for(config, begin.model, begin.example).to(config.device)
+    run = make_optimizer(config, list(sm.parameters()))
+    opt, sched, scaler, amp = run.optimizer, run.scheduler, run.scaler, amp_dtype(config)
+    e2e = e2e_saved_bytes(sm.model, begin.example.to(config.device), begin.labels, sm.loss_fn, amp)
+    result = TrainResult(config, sm.num_blocks, e2e, [], sm.plan.e2e_saved_bytes, sm, begin.example)
     start_epoch = 0
     if state is not None:
         state.restore(sm, opt, sched, scaler)
@@ -169,8 +154,7 @@ def train(
     exclude = state_keys([sm])
     for epoch in range(start_epoch, config.epochs):
         sm.train()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        batches = [order[i:i + config.batch] for i in range(0, len(order), config.batch)][:config.max_batches]
+        batches = epoch_order(config, epoch, len(train_set))
         sums = torch.zeros(sm.num_blocks)
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -178,19 +162,17 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True, leave=False)
         with SavedTensorMeter(exclude) as meter:
             for idx in bar:
-                x, y = (t.to(config.device) for t in _batch(train_set, idx))
+                x, y = (t.to(config.device) for t in batch(train_set, idx))
                 losses = sm.train_step(x, y, opt, scaler, amp)
                 sums += torch.tensor(losses)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
         accuracy = evaluate(sm, monitored, config.batch, config.device)
         block_losses = (sums / len(batches)).tolist()
-        result.history.append(epoch_result(
+        record_epoch(result, log, epoch_result(
             epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began, meter.peak,
             torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None,
         ))
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {block_losses[-1]:.4f}, {monitor} accuracy "
-            f"{100 * accuracy:.2f} %, {result.history[-1].seconds:.1f} s")
         if out is not None:
             _save(result, sm, opt, sched, scaler, out, num_classes)
     log(result.summary())
@@ -226,9 +208,3 @@ def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
         raise CheckpointError(f"{path}: its weights do not fit {config.model!r} ({first_line(err, 160)})") from err
     return model.eval(), config
 
-
-def _batch(dataset, idx: torch.Tensor):
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        return tuple(t[idx] for t in dataset.tensors)
-    items = [dataset[i] for i in idx.tolist()]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Boundary, GraphInfo, Recipe
+from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .copies import chain, fresh_copy
 from .heads import pool_linear
 from .registry import register_recipe
@@ -54,7 +54,7 @@ def sampled(boundary: Boundary, graph: GraphInfo, d: int, c: float) -> list:
 @register_recipe("auglocal")
 class AugLocal(Recipe):
     paper = "Ma et al., ICLR 2024"
-    needs_units = True
+    traits = RecipeTraits(copies_layers=True)
 
     def __init__(self, d: int = 2, c: float = 0.5):
         self.d, self.c = count("d", d), fraction("c", c)

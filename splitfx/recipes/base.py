@@ -17,6 +17,7 @@ from torch import nn
 
 from ..passes.units import Unit
 from .layout import MapSpec, map_spec
+from .merge import MergeKind
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,12 +74,20 @@ class GraphInfo:
         return map_spec(shape, layout, input_shape, self.model)
 
 
+HandOver = Callable[[int, tuple[torch.Tensor, ...]], None]
+
+
 @dataclass(frozen=True)
 class SplitParts:
     """What a recipe's loop runs: block k maps block k-1's output to its own (one tensor, or a tuple
     when its cut hands over several: :func:`handed`), ``merges[k]`` joins block k's handed-over
     tensors into what ``heads[k]`` reads, ``attached[k]`` is block k without the input detach
-    (cascade recipes only), ``loss_fn`` trains the last block, ``model`` is the user's model."""
+    (cascade recipes only), ``loss_fn`` trains the last block, ``model`` is the user's model.
+
+    A pipeline stage runs a slice of the blocks: ``ends`` is False where the last of them is not the
+    model's last block (it trains through its aux head, and what it hands over goes to the next
+    rank), and ``hand_over(k, tensors)`` is called at every cut with what block k hands over,
+    before its loss is computed: the rank's send plugs in there."""
 
     blocks: Sequence[Callable[..., torch.Tensor]]
     heads: Sequence[nn.Module]
@@ -86,6 +95,54 @@ class SplitParts:
     model: nn.Module
     merges: Sequence[Callable[..., torch.Tensor]]
     attached: Sequence[Callable[..., torch.Tensor]] = ()
+    ends: bool = True
+    hand_over: HandOver | None = None
+
+    def is_final(self, k: int) -> bool:
+        """Whether block ``k`` is the model's last, trained by ``loss_fn`` on the model's output."""
+        return self.ends and k == len(self.blocks) - 1
+
+    def handing_over(self, k: int, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Block ``k`` hands ``tensors`` over (to :attr:`hand_over`, when set)."""
+        if self.hand_over is not None:
+            self.hand_over(k, tensors)
+
+
+@dataclass(frozen=True)
+class RecipeTraits:
+    """What a recipe declares about itself, read by the planner, the runtime and the pipeline
+    instead of guessed from its methods.
+
+    ``split``: False for E2E (the model is one block). ``cascade``: loss k also runs block k−1 on
+    its input (the loop reads ``SplitParts.attached``). ``uses_inputs``: its local losses read the
+    model's inputs (InfoPro's reconstruction), so a pipeline sends them on. ``copies_layers``: its
+    heads copy the model's own layers after the cut (the planner finds the model's units, and
+    :meth:`Recipe.head_key` includes every layer after the cut). ``ema``: its heads keep EMA copies
+    of backbone layers (``ema_sources()`` on a head), updated in :meth:`Recipe.after_step`.
+    ``pipelined``: its loop runs on a slice of the blocks (honours ``SplitParts.ends``,
+    ``hand_over`` and the ``h`` argument of :meth:`Recipe.losses`), so a pipeline may split it
+    between ranks. ``merge``: how its heads read a cut's several tensors."""
+
+    split: bool = True
+    cascade: bool = False
+    uses_inputs: bool = False
+    copies_layers: bool = False
+    ema: bool = False
+    pipelined: bool = True
+    merge: MergeKind = MergeKind.MAP
+
+
+class Follows(nn.Module):
+    """An aux module holding ``ema``, an EMA copy of the backbone layer named ``source`` (MAN's and
+    MLAAN's heads); :meth:`Recipe.after_step` updates it from that layer after every step."""
+
+    ema: nn.Module
+    source: str
+
+
+def ema_sources(head: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every EMA copy inside ``head``, with the name of the backbone layer it follows."""
+    return [(m.ema, m.source) for m in head.modules() if isinstance(m, Follows)]
 
 
 def handed(out: torch.Tensor | tuple) -> tuple[torch.Tensor, ...]:
@@ -97,17 +154,22 @@ class Recipe:
     """A recipe: one aux head per non-final block, a local loss, and the per-step loop.
 
     The default loop runs block k on the detached output of block k-1, yields its loss, and moves
-    on; ``reaches(k)`` says which blocks loss k trains and ``aux_reaches(k, heads)`` which aux
-    modules (gradient isolation as the method defines it). Options are the keyword arguments of
+    on; ``reaches(k, num_blocks)`` says which blocks loss k trains and ``aux_reaches(k, heads)``
+    which aux modules (gradient isolation as the method defines it). ``traits`` declares what the
+    rest of splitfx may rely on (:class:`RecipeTraits`). Options are the keyword arguments of
     ``__init__``, each kept as the attribute of the same name (:meth:`options`).
-    Subclasses register with ``@splitfx.register_recipe("name")``."""
+    Subclasses register with ``@splitfx.register_recipe("name")``.
+
+    **The head-key contract.** ``head_key(boundary, graph)`` must capture everything that changes
+    the structure of the head ``make_head`` builds there (its modules, their shapes, its loss's
+    weights): the planner costs one head per distinct key and reuses that cost for every boundary
+    with an equal key, so two boundaries with equal keys must get structurally identical heads
+    (``tests/test_recipe_structure.py`` checks it for every registered recipe). A recipe whose heads
+    depend on more than the default key reads must extend it."""
 
     name = "base"
     paper = ""
-    split = True  # False: the model is one block (E2E)
-    cascade = False  # True: loss k also runs block k-1 on its input (needs ``SplitParts.attached``)
-    needs_units = False  # True: make_head copies the model's own layers
-    merge = "map"  # how a cut's several tensors join for the head: "map" or "vector" (recipes/merge.py)
+    traits = RecipeTraits()
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
@@ -129,11 +191,16 @@ class Recipe:
         raise NotImplementedError(f"recipe {self.name!r} does not define make_head")
 
     def head_key(self, boundary: Boundary, graph: GraphInfo) -> Hashable:
-        """Boundaries with equal keys get structurally identical heads (the planner probes one).
-        Heads may depend on the cut's depth (λ schedules) and, when built from the model's own
-        layers, on every layer after the cut."""
-        after = graph.units_after(boundary.position) if self.needs_units else ()
-        return boundary.parts, boundary.shape, boundary.layout, boundary.depth, tuple(u.name for u in after)
+        """Boundaries with equal keys get structurally identical heads (the planner probes one; see
+        the class docstring). Heads may depend on the cut's depth (λ schedules) and, when built from
+        the model's own layers, on which layers come after the cut and how many end before it
+        (AugLocal's depth grows with the layers before the cut: a cut inside a unit and one at its
+        end see the same layers after them, but not the same number before)."""
+        if not self.traits.copies_layers:
+            return boundary.parts, boundary.shape, boundary.layout, boundary.depth
+        after = tuple(u.name for u in graph.units_after(boundary.position))
+        ended = sum(u.end <= boundary.position for u in graph.units)
+        return boundary.parts, boundary.shape, boundary.layout, boundary.depth, after, ended
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         return F.cross_entropy(head(features), target)
@@ -151,20 +218,28 @@ class Recipe:
         (``with_aux[i, j]``: blocks i..j plus the aux head at j; ``backbone``: without it)."""
         return float(with_aux[k, k + 1])
 
-    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
-        h = inputs
-        last = len(parts.blocks) - 1
+    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor,
+               h: tuple | None = None) -> Iterator[torch.Tensor]:
+        """The step: one loss per block of ``parts``, in order; the caller runs each one's backward
+        before asking for the next. ``h`` is what the first block takes: the model's ``inputs`` when
+        None, a previous rank's hand-over on a later pipeline stage."""
+        h = inputs if h is None else h
         for k, block in enumerate(parts.blocks):
             out = block(*h)
-            if k == last:
+            if parts.is_final(k):
                 yield parts.loss_fn(out, target)
             else:
-                yield self.local_loss(parts.heads[k], parts.merges[k](*handed(out)), target, inputs)
-                h = tuple(t.detach() for t in handed(out))
+                outs = handed(out)
+                parts.handing_over(k, outs)
+                yield self.local_loss(parts.heads[k], parts.merges[k](*outs), target, inputs)
+                h = tuple(t.detach() for t in outs)
+                del outs
             del out
 
     def after_step(self, parts: SplitParts) -> None:
         """Called once after each optimizer step: EMA copies follow their backbone layers."""
+        if not self.traits.ema:
+            return
         for head in parts.heads:
-            for ema, source in getattr(head, "ema_sources", lambda: ())():
+            for ema, source in ema_sources(head):
                 ema.update(parts.model.get_submodule(source))

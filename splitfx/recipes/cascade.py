@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Recipe, SplitParts, handed
+from .base import Recipe, RecipeTraits, SplitParts, handed
 from .values import weight
 
 
@@ -39,14 +39,9 @@ class CascadeHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.independent(x)
 
-    def ema_sources(self):
-        """The EMA copies inside either path (MLAAN's leap), with the layer each follows."""
-        return [pair for m in self.modules() if m is not self and hasattr(type(m), "ema_sources")
-                for pair in m.ema_sources()]
-
 
 class Cascade(Recipe):
-    cascade = True
+    traits = RecipeTraits(cascade=True, uses_inputs=True, pipelined=False)
     last_independent = True  # False (MLAAN): the last block keeps only the cascade loss, at weight 1
 
     def __init__(self, wx: float = 0.001, wy: float = 0.999):
@@ -85,7 +80,9 @@ class Cascade(Recipe):
             return parts.loss_fn(cascaded, target)
         return self.wx * parts.loss_fn(out, target) + self.wy * parts.loss_fn(cascaded, target)
 
-    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor,
+               h: tuple | None = None) -> Iterator[torch.Tensor]:
+        """The whole model's step (a cascade is never split between pipeline ranks: ``h`` is None)."""
         blocks, last, image = parts.blocks, len(parts.blocks) - 1, inputs[0]
         if last == 0:
             yield parts.loss_fn(blocks[0](*inputs), target)

@@ -70,16 +70,6 @@ class EMA(nn.Module):
             self.module.get_buffer(name).copy_(b)
 
 
-class Follows(nn.Module):
-    """An aux module holding ``ema``, an EMA copy of the backbone layer named ``source``."""
-
-    ema: EMA
-    source: str
-
-    def ema_sources(self) -> list[tuple[EMA, str]]:
-        return [(self.ema, self.source)]
-
-
 def bridge(spec: MapSpec, have: Sequence[int], have_layout: str, want: Sequence[int], want_layout: str
            ) -> nn.Module:
     """The layer that lets a copied layer expecting ``want`` read a tensor of ``have``: the cheap

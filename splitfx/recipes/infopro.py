@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Boundary, GraphInfo, Recipe
+from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .decoders import ImageDecoder, can_reconstruct
 from .heads import Classifier, supcon
 from .layout import MapSpec
@@ -84,6 +84,7 @@ class Lambdas(Recipe):
 @register_recipe("infopro")
 class InfoPro(Lambdas):
     paper = "Wang et al., ICLR 2021"
+    traits = RecipeTraits(uses_inputs=True)  # the decoder reconstructs the model's input
     contrast = False
 
     def infopro_head(self, boundary: Boundary, graph: GraphInfo, shape, layout: str) -> InfoProHead:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Boundary, GraphInfo
-from .copies import EMA, Follows, bridge, chain, weight_copy
+from .base import Boundary, Follows, GraphInfo, RecipeTraits
+from .copies import EMA, bridge, chain, weight_copy
 from .heads import Scored
 from .infopro import InfoPro
 from .layout import infer_layout, prefix_tokens
@@ -74,7 +74,7 @@ class MomentumHead(Follows):
 @register_recipe("man")
 class MAN(InfoPro):
     paper = "Su et al., ECCV 2024 (MAN), MAN++ 2026"
-    needs_units = True
+    traits = RecipeTraits(uses_inputs=True, copies_layers=True, ema=True)
 
     def __init__(self, lambda1=(5.0, 5.0), lambda2=(0.5, 0.5), momentum: float = 0.995):
         super().__init__(lambda1, lambda2)

@@ -4,8 +4,8 @@ A cut may hand over several tensors (HRNet's branches, DenseNet's dense features
 entered half-way). Every one must reach the head, or the layers that produced it get no gradient
 from the local loss. :class:`Merge` joins them, in one of two ways a recipe chooses:
 
-* ``"vector"``: global average pool each (any layout) and concatenate → ``(N, ΣC)``, layout NC;
-* ``"map"``: each as an NCHW map, resized to the largest map's H×W (per dimension: adaptive average
+* ``VECTOR``: global average pool each (any layout) and concatenate → ``(N, ΣC)``, layout NC;
+* ``MAP``: each as an NCHW map, resized to the largest map's H×W (per dimension: adaptive average
   pooling down, nearest upsampling up), concatenated on channels → NCHW. A merge does not see the
   model, so token sequences join as 1×L rows: no grid is guessed from a token count. Token
   sequences of one length (a transformer entered half-way) are concatenated per token instead,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -27,24 +28,29 @@ from torch import nn
 from .heads import as_map
 from .layout import pool
 
-MODES = ("vector", "map")
+
+class MergeKind(str, Enum):
+    """How a recipe's heads read a cut's several tensors (see module docstring)."""
+
+    VECTOR = "vector"
+    MAP = "map"
+
+
 UNREAD = "-"  # the layout of a handed-over tensor no head reads (not floating: it has no gradient)
 
 
 class Merge(nn.Module):
     """Joins the tensors of one cut for its aux head (see module docstring)."""
 
-    def __init__(self, layouts: Sequence[str], mode: str, size: tuple[int, int] | None = None):
+    def __init__(self, layouts: Sequence[str], mode: MergeKind, size: tuple[int, int] | None = None):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"merge mode must be one of {MODES}, got {mode!r}")
-        self.layouts, self.mode, self.size = tuple(layouts), mode, size
+        self.layouts, self.mode, self.size = tuple(layouts), MergeKind(mode), size
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         read = [(x, layout) for x, layout in zip(xs, self.layouts, strict=True) if layout != UNREAD]
         if len(read) == 1:
             return read[0][0]
-        if self.mode == "vector":
+        if self.mode is MergeKind.VECTOR:
             return torch.cat([pool(x, layout) for x, layout in read], dim=1)
         if self.size is None:  # token sequences of one length: concatenated per token, still NLC
             return torch.cat([x for x, _ in read], dim=2)
@@ -52,7 +58,7 @@ class Merge(nn.Module):
         return torch.cat([_resize(m, self.size) for m in maps], dim=1)
 
     def extra_repr(self) -> str:
-        return f"{len(self.layouts)} tensors, mode={self.mode!r}, size={self.size}"
+        return f"{len(self.layouts)} tensors, mode={self.mode.value!r}, size={self.size}"
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -67,22 +73,24 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if down == tuple(size) else F.interpolate(x, size=size, mode="nearest")
 
 
-def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: str) -> tuple[Merge, tuple[int, ...], str]:
+def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: MergeKind) -> tuple[Merge, tuple[int, ...], str]:
     """The merge of tensors of these (shape, layout) parts, and the shape and layout it produces."""
+    mode = MergeKind(mode)
     layouts, size, shape, layout = _merged(tuple((tuple(s), lay) for s, lay in parts), mode)
     return Merge(layouts, mode, size), shape, layout
 
 
 @functools.lru_cache(maxsize=4096)
-def _merged(parts: tuple, mode: str) -> tuple[tuple[str, ...], tuple[int, int] | None, tuple[int, ...], str]:
+def _merged(parts: tuple, mode: MergeKind) -> tuple[tuple[str, ...], tuple[int, int] | None, tuple[int, ...], str]:
     layouts = tuple(layout for _, layout in parts)
     parts = tuple(part for part in parts if part[1] != UNREAD)
     if len(parts) == 1:
         return layouts, None, parts[0][0], parts[0][1]
-    if mode == "map" and {layout for _, layout in parts} == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1:
+    tokens = {layout for _, layout in parts} == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1
+    if mode is MergeKind.MAP and tokens:
         return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), "NLC"
     probes = [torch.empty(shape, device="meta") for shape, _ in parts]
     sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
     size = tuple(max(sizes, key=lambda s: s[0] * s[1]))
     shape = tuple(Merge([layout for _, layout in parts], mode, size)(*probes).shape)
-    return layouts, size, shape, "NC" if mode == "vector" else "NCHW"
+    return layouts, size, shape, "NC" if mode is MergeKind.VECTOR else "NCHW"

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from ..passes.units import Unit
-from .base import Boundary, GraphInfo
+from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .cascade import Cascade, CascadeHead
-from .copies import EMA, Follows, bridge, chain, weight_copy
+from .copies import EMA, bridge, chain, weight_copy
 from .heads import NoHead, Scored, pool_linear
 from .layout import infer_layout
 from .registry import register_recipe
@@ -82,7 +82,7 @@ class Leap(Follows):
 @register_recipe("mlaan")
 class MLAAN(Cascade):
     paper = "Zhang et al., 2024"
-    needs_units = True
+    traits = RecipeTraits(cascade=True, uses_inputs=True, copies_layers=True, ema=True, pipelined=False)
     last_independent = False
 
     def __init__(self, wx: float = 0.001, wy: float = 0.999, momentum: float = 0.999, leap: int = 4):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Boundary, GraphInfo, Recipe
+from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .heads import PoolLinear
 from .layout import channels
+from .merge import MergeKind
 from .registry import register_recipe
 
 
@@ -14,7 +15,7 @@ class E2E(Recipe):
     """Ordinary end-to-end backpropagation through the whole model, behind the same API (one block)."""
 
     paper = "baseline"
-    split = False
+    traits = RecipeTraits(split=False)
 
 
 @register_recipe("linear")
@@ -27,7 +28,7 @@ class Linear(Recipe):
 
     paper = "Belilovsky et al. 2019, linear-probe variant"
 
-    merge = "vector"  # several tensors: pool each, concatenate
+    traits = RecipeTraits(merge=MergeKind.VECTOR)  # several tensors: pool each, concatenate
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         return PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), boundary.num_classes)

@@ -14,8 +14,8 @@ parallelism (one stage), where every rank holds every block.
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -23,24 +23,11 @@ from torch import nn
 from ..base.errors import DistributedError
 from ..passes.modes import one_draw_per_step
 from ..passes.names import PREFIX
-from ..recipes.base import Recipe, SplitParts, handed
+from ..recipes.base import SplitParts, ema_sources, handed
 from .placement import place, stage_tensors, unused_tensors
 from .split_module import SplitModule
 
 Send = Callable[[tuple[torch.Tensor, ...]], None]
-
-
-def needs_inputs(recipe: Recipe) -> bool:
-    """Whether the recipe's local losses read the model's inputs (InfoPro's reconstruction does): a
-    recipe that overrides ``local_loss`` may, unless it sets ``uses_inputs = False``."""
-    declared = getattr(recipe, "uses_inputs", None)
-    return declared if declared is not None else type(recipe).local_loss is not Recipe.local_loss
-
-
-def _reaches(recipe: Recipe, k: int, num_blocks: int) -> tuple[int, ...]:
-    """The blocks loss k trains (recipes whose ``reaches`` takes no ``num_blocks`` too)."""
-    takes = len(inspect.signature(recipe.reaches).parameters)
-    return tuple(recipe.reaches(k, num_blocks) if takes > 1 else recipe.reaches(k))
 
 
 def refusal(sm: SplitModule, ranges: Sequence[tuple[int, int]]) -> str | None:
@@ -48,21 +35,21 @@ def refusal(sm: SplitModule, ranges: Sequence[tuple[int, int]]) -> str | None:
     recipe = sm.recipe
     if len(ranges) == 1:
         return None
-    if recipe.cascade:
+    if recipe.traits.cascade:
         return (f"recipe {recipe.name!r} is a cascade: loss k also trains block k−1, so every stage boundary would "
                 "need a gradient sent back to the previous rank, which the pipeline never does. Train it with data "
                 "parallelism (--stages 1: every rank holds every block), or pipeline a recipe whose loss k trains "
                 "block k alone (linear, dgl, infopro, auglocal)")
-    if any(_reaches(recipe, k, sm.num_blocks) != (k,) for k in range(sm.num_blocks)):
+    if any(tuple(recipe.reaches(k, sm.num_blocks)) != (k,) for k in range(sm.num_blocks)):
         return (f"recipe {recipe.name!r}: some loss trains more than its own block, which would need a gradient "
                 "sent between ranks; train it with data parallelism (--stages 1)")
-    if type(recipe).losses is not Recipe.losses:
-        return (f"recipe {recipe.name!r} runs its own training loop (it overrides Recipe.losses), which a pipeline "
-                "cannot split between ranks; train it with data parallelism (--stages 1)")
+    if not recipe.traits.pipelined:
+        return (f"recipe {recipe.name!r} runs its own training loop, which it declares cannot be split between "
+                "ranks (RecipeTraits.pipelined); train it with data parallelism (--stages 1)")
     for a, b in ranges:
         mine = {id(t) for t in stage_tensors(sm, range(a, b))}
         for k in range(a, min(b, len(sm.heads))):
-            for _, source in getattr(sm.heads[k], "ema_sources", lambda: ())():
+            for _, source in ema_sources(sm.heads[k]):
                 if any(id(p) not in mine for p in sm.get_submodule(PREFIX + source).parameters()):
                     return (f"recipe {recipe.name!r}: aux head {k} keeps an EMA copy of layer {source!r}, which "
                             f"another stage trains; the pipeline would have to send its weights back after every "
@@ -88,9 +75,10 @@ class Stage:
         self.sm, self.start, self.end = sm, start, end
         self.whole = start == 0 and end == sm.num_blocks
         self.last = end == sm.num_blocks
-        self.needs_inputs = needs_inputs(sm.recipe)
+        self.needs_inputs = sm.recipe.traits.uses_inputs
         own_heads = [sm.heads[k] for k in range(start, min(end, len(sm.heads)))]
-        self.parts = SplitParts(sm.blocks[start:end], own_heads, sm.loss_fn, sm.model, sm.merges[start:end])
+        self.parts = sm.parts() if self.whole else SplitParts(
+            sm.blocks[start:end], own_heads, sm.loss_fn, sm.model, sm.merges[start:end], ends=self.last)
         self._tensors: list[torch.Tensor] | None = None
 
     @property
@@ -124,10 +112,10 @@ class Stage:
         counts: dict[int, int] = {}
         sm, heads = self.sm, list(self.sm.heads)
         for j in self.blocks:
-            for k in _reaches(sm.recipe, j, sm.num_blocks):
+            for k in sm.recipe.reaches(j, sm.num_blocks):
                 for p in sm.block_parameters(k):
                     counts[id(p)] = counts.get(id(p), 0) + 1
-            aux = sm.recipe.aux_reaches(j, heads) if hasattr(sm.recipe, "aux_reaches") else heads[j:j + 1]
+            aux = sm.recipe.aux_reaches(j, heads)
             for p in {id(p): p for m in aux for p in m.parameters()}.values():
                 counts[id(p)] = counts.get(id(p), 0) + 1
         return counts
@@ -141,25 +129,16 @@ class Stage:
         return order
 
     def losses(self, h: tuple, target: torch.Tensor, inputs: tuple, send: Send | None = None):
-        """Yield this stage's losses in order, like ``SplitModule.local_losses``; the last block's
-        handed-over tensors go to ``send`` before its loss is yielded. A train-only random call draws
-        once per stage (each process has its own random-number stream)."""
-        if self.whole:
-            yield from self.sm.local_losses(inputs, target)
-            return
-        sm = self.sm
+        """Yield this stage's losses in order: the recipe's own loop (:meth:`Recipe.losses`) over this
+        stage's blocks, the last block's handed-over tensors going to ``send`` before its loss is
+        computed. A train-only random call draws once per stage (each process has its own
+        random-number stream)."""
+        parts = self.parts
+        if send is not None:
+            last = len(parts.blocks) - 1
+            parts = replace(parts, hand_over=lambda k, outs: send(outs) if k == last else None)
         with one_draw_per_step():
-            for k in self.blocks:
-                out = sm.blocks[k](*h)
-                if k == sm.num_blocks - 1:
-                    yield sm.loss_fn(out, target)
-                    continue
-                outs = handed(out)
-                if k == self.end - 1 and send is not None:
-                    send(outs)
-                yield sm.recipe.local_loss(sm.heads[k], sm.merges[k](*outs), target, inputs)
-                h = tuple(t.detach() for t in outs)
-                del out, outs
+            yield from self.sm.recipe.losses(parts, inputs, target, h if self.start else None)
 
     def after_step(self) -> None:
         """The recipe's post-step hook on this stage's heads (EMA copies of its own layers)."""

@@ -15,6 +15,7 @@ import torch
 from .data_parallel import GradAverager, broadcast_buffers
 from .grid import Grid
 from .pipeline import Stage
+from .step import run_step
 from .transport import Link
 
 
@@ -60,24 +61,10 @@ class Rank:
         def send(outs: tuple) -> None:
             self.link.send([*outs, target, *(inputs if forward_inputs else ())], step)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        losses = []
         steps = stage.losses(h, target, inputs, send if self.grid.next is not None else None)
-        kind = self.grid.device.type
-        while True:
-            with torch.autocast(kind, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                loss = next(steps, None)
-            if loss is None:
-                break
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            losses.append(loss.detach())
-        if self.averager is not None:
-            self.averager.wait()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        losses = run_step(steps, self.optimizer, self.grid.device, scaler=self.scaler,
+                          autocast_dtype=self.autocast_dtype,
+                          before_step=self.averager.wait if self.averager is not None else None)
         stage.after_step()
         if self.averager is not None:
             self.sync_buffers()

@@ -17,6 +17,7 @@ from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..passes.modes import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts
+from .step import run_step
 
 
 class SplitModule(nn.Module):
@@ -101,26 +102,18 @@ class SplitModule(nn.Module):
         if step_each_block and scaler is not None:
             raise ValueError("train_step: step_each_block steps once per block, and a GradScaler's inf check and "
                              "update cover one whole step; pass one or the other")
-        optimizer.zero_grad(set_to_none=True)
-        losses = []
         inputs = as_tuple(inputs)
-        steps = self.local_losses(inputs, target)
-        final = self._final_after() if step_each_block else []
-        while True:
-            with torch.autocast(inputs[0].device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = next(steps, None)
-            if loss is None:
-                break
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            losses.append(loss.detach())
-            if step_each_block and final[len(losses) - 1]:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        elif not step_each_block:
-            optimizer.step()
+        after_loss = None
+        if step_each_block:
+            final = self._final_after()
+
+            def after_loss(k: int) -> None:
+                if final[k]:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+        losses = run_step(self.local_losses(inputs, target), optimizer, inputs[0].device, scaler=scaler,
+                          autocast_dtype=autocast_dtype, after_loss=after_loss, step=not step_each_block)
         self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
 
