@@ -9,6 +9,7 @@ import torch
 
 import splitfx
 from splitfx.programs import bench
+from splitfx.recipes.layout import Layout
 
 PACKAGE = Path(splitfx.__file__).parent
 # Layer of each top-level part of the package; a module may import its own part and lower layers.
@@ -142,4 +143,69 @@ def test_no_string_keyed_node_attribute():
     assert _string_keyed_node_attributes(sample) == [1, 2, 3], "the scan must see every form it forbids"
     found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in _modules().values()
              for line in _string_keyed_node_attributes(ast.parse(path.read_text()))]
+    assert not found, found
+
+
+def _calls(attr: str) -> dict[str, list[int]]:
+    """Package module → lines calling ``<anything>.attr(...)``."""
+    found: dict[str, list[int]] = {}
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attr:
+                found.setdefault(str(path.relative_to(PACKAGE)), []).append(node.lineno)
+    return found
+
+
+def test_one_step_loop_runs_backward_and_one_loop_runs_the_blocks():
+    """``runtime/step.run_step`` is the only place that calls ``backward``; ``Recipe.losses`` (and a
+    recipe's own override) the only loop that calls ``local_loss``, besides the planner's aux-cost
+    probe, which runs one head forward and never steps."""
+    assert set(_calls("backward")) == {"runtime/step.py"}, _calls("backward")
+    callers = {m for m in _calls("local_loss") if not m.startswith("recipes/")}
+    assert callers == {"planner/driver.py"}, callers
+
+
+def _reflective_checks(tree: ast.AST) -> list[int]:
+    """Lines that guess a recipe's or a head's capabilities: ``hasattr``/``getattr`` on them,
+    ``inspect.signature`` of their methods, or ``type(r).m is (not) Recipe.m``."""
+    def about_recipe(expr: ast.expr) -> bool:
+        text = ast.unparse(expr).lower()
+        return "recipe" in text or "head" in text
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args:
+            name = ast.unparse(node.func)
+            if name in ("hasattr", "getattr", "inspect.signature") and about_recipe(node.args[0]):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
+            sides = [node.left, *node.comparators]
+            if any(ast.unparse(s).startswith("type(") for s in sides) and any(
+                    ast.unparse(s).startswith("Recipe.") for s in sides):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_no_reflective_recipe_capability_check():
+    """What a recipe can do is declared in ``RecipeTraits`` and read, not guessed by reflection."""
+    sample = ast.parse('getattr(recipe, "uses_inputs", None)\nhasattr(sm.recipe, "aux_reaches")\n'
+                       'inspect.signature(recipe.reaches)\ntype(recipe).losses is not Recipe.losses\n'
+                       'getattr(head, "ema_sources", None)\nrecipe.traits.cascade')
+    assert _reflective_checks(sample) == [1, 2, 3, 4, 5], "the scan must see every form it forbids"
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}" for path in _modules().values()
+             for line in _reflective_checks(ast.parse(path.read_text()))]
+    assert not found, found
+
+
+def test_layouts_are_named_by_the_enum_alone():
+    """Layouts are ``recipes.layout.Layout`` members; the only string literals naming one are the
+    enum's own values."""
+    names = {member.value for member in Layout if member is not Layout.UNREAD}
+    found = []
+    for path in _modules().values():
+        tree = ast.parse(path.read_text())
+        own = {id(node) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "Layout"
+               for node in ast.walk(c)}
+        found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in names and id(node) not in own]
     assert not found, found

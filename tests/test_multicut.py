@@ -221,9 +221,10 @@ def test_an_integer_tensor_crosses_every_cut_unread_by_the_heads(recipe):
 
 
 def test_token_sequences_beside_an_unread_integer_tensor_still_join_per_token():
-    from splitfx.recipes.merge import UNREAD, merge_for
+    from splitfx.recipes.layout import Layout
+    from splitfx.recipes.merge import merge_for
 
-    merge, shape, layout = merge_for([((2, 16, 4), "NLC"), ((2, 16), UNREAD), ((2, 16, 8), "NLC")], "map")
+    merge, shape, layout = merge_for([((2, 16, 4), "NLC"), ((2, 16), Layout.UNREAD), ((2, 16, 8), "NLC")], "map")
     assert (shape, layout) == ((2, 16, 12), "NLC")
     tokens, positions, more = torch.randn(2, 16, 4), torch.arange(16).expand(2, 16), torch.randn(2, 16, 8)
     assert torch.equal(merge(tokens, positions, more), torch.cat([tokens, more], dim=2))

@@ -30,7 +30,8 @@ from ..passes.sharing import parameter_uses, shared_spans, trainable_per_positio
 from ..passes.trace import LeafSpec, trace
 from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
-from ..recipes.merge import UNREAD, merge_for
+from ..recipes.layout import Layout
+from ..recipes.merge import merge_for
 from .balance import METHODS, choose_path
 from .context import PlanContext
 from .legality import offer_cuts, require_trainable, trainable_blocks
@@ -230,12 +231,12 @@ class Planner:
         )
 
 
-def _boundary(cut: Cut, layouts: tuple[str, ...], G, num_blocks: int, num_classes: int, inputs: tuple,
+def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, num_classes: int, inputs: tuple,
               recipe: Recipe) -> Boundary:
     """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
     parts = tuple(zip(cut.shapes, layouts, strict=True))
     _, shape, layout = merge_for(parts, recipe.traits.merge)
-    dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != UNREAD)
+    dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != Layout.UNREAD)
     return Boundary(0, num_blocks, shape, dtype, layout, num_classes,
                     tuple(inputs[0].shape), cut.position, parts)
 

@@ -22,23 +22,22 @@ from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost
 from ..passes.replace import Replacement
-from ..recipes.layout import infer_layout
-from ..recipes.merge import UNREAD
+from ..recipes.layout import Layout, infer_layout
 from .scopes import span
 
 
 def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
-               input_hw: tuple[int, int] | None) -> tuple[Schedule, dict[int, tuple[str, ...]], list[str]]:
+               input_hw: tuple[int, int] | None) -> tuple[Schedule, dict[int, tuple[Layout, ...]], list[str]]:
     """The cuts that may be used (see module docstring), leaving ``sched`` as it is.
 
     Returns a copy of ``sched`` holding only the offered cuts, the layouts of each offered cut's
     tensors (by cut position) and the shared parameters that cost at least one cut."""
-    layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else UNREAD
+    layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else Layout.UNREAD
                                  for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
     together = [span(sched, G, triple) for triple in replacement.triples]
     readable = [
         c for c in sched.cuts
-        if None not in layouts[c.position] and set(layouts[c.position]) != {UNREAD}
+        if None not in layouts[c.position] and set(layouts[c.position]) != {Layout.UNREAD}
         and all(node_cost(G, v).batch_dim0 for v in c.nodes)
         and not any(lo < c.position <= hi for lo, hi in together)
     ]

@@ -36,6 +36,7 @@ from ..base.memory import optimizer_state_bytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..passes.trace import trace
 from ..recipes import Recipe
+from ..runtime.step import run_step
 
 
 @dataclass
@@ -189,17 +190,13 @@ def run(
     def sgd(params) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
 
-    def autocast():
-        return torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
-
     opt = sgd(model.parameters())
 
+    def e2e_loss():
+        yield F.cross_entropy(model(x), y)
+
     def e2e_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
+        run_step(e2e_loss(), opt, x.device, autocast_dtype=dtype)
 
     e2e = _measure("e2e", e2e_step, model, device, warmup, steps)
     e2e.predicted_saved_bytes = plan.e2e_saved_bytes
@@ -210,16 +207,15 @@ def run(
     parts = segments(plan, detach=False)
     opt = sgd(model.parameters())
 
+    def checkpointed_loss():
+        h = (x,)
+        for part in parts[:-1]:  # a cut may hand over several tensors: a tuple
+            out = checkpoint(part, *h, use_reentrant=False)
+            h = out if isinstance(out, tuple) else (out,)
+        yield F.cross_entropy(parts[-1](*h), y)
+
     def checkpoint_step():
-        opt.zero_grad(set_to_none=True)
-        with autocast():
-            h = (x,)
-            for part in parts[:-1]:  # a cut may hand over several tensors: a tuple
-                out = checkpoint(part, *h, use_reentrant=False)
-                h = out if isinstance(out, tuple) else (out,)
-            loss = F.cross_entropy(parts[-1](*h), y)
-        loss.backward()
-        opt.step()
+        run_step(checkpointed_loss(), opt, x.device, autocast_dtype=dtype)
 
     result.modes.append(_measure("checkpoint", checkpoint_step, model, device, warmup, steps))
 

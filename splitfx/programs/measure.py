@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..base.meter import SavedTensorMeter, state_keys
+from ..runtime.step import run_step
 
 
 def e2e_saved_bytes(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
@@ -20,9 +21,10 @@ def e2e_saved_bytes(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
     device = inputs.device
     twin = copy.deepcopy(model).to(device)
     cuda = [device] if device.type == "cuda" else []
+
+    def loss():
+        yield loss_fn(twin(inputs), target.to(device))
+
     with torch.random.fork_rng(devices=cuda), SavedTensorMeter(state_keys([twin])) as meter:
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(twin(inputs), target.to(device))
-        loss.backward()
-    del twin, loss
+        run_step(loss(), None, device, autocast_dtype=autocast_dtype)
     return meter.peak

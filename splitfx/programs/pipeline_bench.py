@@ -262,7 +262,7 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     grids.finish(grid)
     if grid.rank != 0:
         return None
-    label = getattr(recipe, "name", recipe)
+    label = recipe if isinstance(recipe, str) else recipe.name
     result = PipelineBench(name, blocks, method, stages, label, batch, tuple(input_size), steps, microbatches,
                            [list(r) for r in shape.ranges], shape.shares, stage_balance)
     result.modes.append(Mode(f"one process, local K={blocks}", 1, samples / one[0], [one[1]]))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..passes.units import Unit
-from .layout import MapSpec, map_spec
+from .layout import Layout, MapSpec, map_spec
 from .merge import MergeKind
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -30,7 +30,7 @@ class Boundary:
     num_blocks: int
     shape: tuple
     dtype: torch.dtype
-    layout: str
+    layout: Layout
     num_classes: int
     input_shape: tuple
     position: int = 0  # where the cut is in the ordered graph
@@ -69,7 +69,7 @@ class GraphInfo:
     def repeated_after(self, position: int) -> list[Unit]:
         return [u for u in self.repeated() if u.start >= position]
 
-    def spec(self, shape: Sequence[int], layout: str, input_shape: Sequence[int]) -> MapSpec:
+    def spec(self, shape: Sequence[int], layout: Layout, input_shape: Sequence[int]) -> MapSpec:
         """How a tensor of ``shape`` becomes a map in this model (token grids from its prefix count)."""
         return map_spec(shape, layout, input_shape, self.model)
 

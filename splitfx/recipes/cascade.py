@@ -54,7 +54,7 @@ class Cascade(Recipe):
 
     def aux_reaches(self, k: int, heads: Sequence[nn.Module]) -> list[nn.Module]:
         if k <= 1:
-            return [getattr(heads[1], "cascade" if k == 0 else "independent")] if len(heads) > 1 else []
+            return [heads[1].cascade if k == 0 else heads[1].independent] if len(heads) > 1 else []
         return [heads[k]] if k < len(heads) else []
 
     def local_loss(self, head, features, target, inputs):

@@ -10,7 +10,7 @@ from torch import nn
 from ..passes.units import Unit
 from .base import GraphInfo
 from .heads import Resample, adapter
-from .layout import MapSpec, infer_layout
+from .layout import Layout, MapSpec, infer_layout
 
 
 def _copy(module: nn.Module) -> nn.Module:
@@ -70,7 +70,7 @@ class EMA(nn.Module):
             self.module.get_buffer(name).copy_(b)
 
 
-def bridge(spec: MapSpec, have: Sequence[int], have_layout: str, want: Sequence[int], want_layout: str
+def bridge(spec: MapSpec, have: Sequence[int], have_layout: Layout, want: Sequence[int], want_layout: Layout
            ) -> nn.Module:
     """The layer that lets a copied layer expecting ``want`` read a tensor of ``have``: the cheap
     :func:`~.heads.adapter` where one fits (identity, 1×1 conv, Linear), else :class:`~.heads.Resample`."""

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import MapSpec, as_row, channels, pool
+from .layout import Layout, MapSpec, as_row, channels, pool
 
 
-def as_map(x: torch.Tensor, layout: str) -> torch.Tensor:
+def as_map(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """An NCHW map from any layout without knowing the model: tokens stay a 1×L row (no grid is
     guessed; heads that know the model use :func:`~.layout.map_spec`)."""
-    if layout == "NLC":
+    if layout == Layout.NLC:
         return as_row(x)
     return MapSpec(layout)(x)
 
@@ -25,7 +25,7 @@ def as_map(x: torch.Tensor, layout: str) -> torch.Tensor:
 class PoolLinear(nn.Module):
     """Global average pool over all positions, then one Linear."""
 
-    def __init__(self, layout: str, in_channels: int, num_classes: int):
+    def __init__(self, layout: Layout, in_channels: int, num_classes: int):
         super().__init__()
         self.layout = layout
         self.fc = nn.Linear(in_channels, num_classes)
@@ -34,7 +34,7 @@ class PoolLinear(nn.Module):
         return self.fc(pool(x, self.layout))
 
 
-def pool_linear(shape: Sequence[int], layout: str, num_classes: int) -> PoolLinear:
+def pool_linear(shape: Sequence[int], layout: Layout, num_classes: int) -> PoolLinear:
     return PoolLinear(layout, channels(shape, layout), num_classes)
 
 
@@ -136,23 +136,23 @@ class Resample(nn.Module):
     boundary as a map (``spec``), average-pooled to the target's positions, a linear map to its
     channels."""
 
-    def __init__(self, spec: MapSpec, have: Sequence[int], want: Sequence[int], want_layout: str):
+    def __init__(self, spec: MapSpec, have: Sequence[int], want: Sequence[int], want_layout: Layout):
         super().__init__()
         self.spec, self.want, self.layout = spec, tuple(want[1:]), want_layout
         self.fc = nn.Linear(spec.map_shape(have)[0], channels(want, want_layout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.spec(x)
-        if self.layout in ("NCHW", "NHWC"):
-            hw = self.want[1:] if self.layout == "NCHW" else self.want[:2]
+        if self.layout in (Layout.NCHW, Layout.NHWC):
+            hw = self.want[1:] if self.layout == Layout.NCHW else self.want[:2]
             x = self.fc(F.adaptive_avg_pool2d(x, hw).permute(0, 2, 3, 1))
-            return x.permute(0, 3, 1, 2) if self.layout == "NCHW" else x
-        if self.layout == "NLC":
+            return x.permute(0, 3, 1, 2) if self.layout == Layout.NCHW else x
+        if self.layout == Layout.NLC:
             return self.fc(F.adaptive_avg_pool1d(x.flatten(2), self.want[0]).transpose(1, 2))
         return self.fc(x.mean((2, 3)))
 
 
-def adapter(have: Sequence[int], have_layout: str, want: Sequence[int], want_layout: str) -> nn.Module | None:
+def adapter(have: Sequence[int], have_layout: Layout, want: Sequence[int], want_layout: Layout) -> nn.Module | None:
     """A cheap layer mapping a tensor of shape ``have`` to shape ``want`` (same layout), so a copied
     layer can follow features it was not built after; None if no such layer is obvious."""
     have, want = tuple(have[1:]), tuple(want[1:])
@@ -160,15 +160,15 @@ def adapter(have: Sequence[int], have_layout: str, want: Sequence[int], want_lay
         return nn.Identity()
     if have_layout != want_layout:
         return None
-    if have_layout == "NLC" and have[0] == want[0]:
+    if have_layout == Layout.NLC and have[0] == want[0]:
         return nn.Linear(have[1], want[1])
-    if have_layout in ("NCHW", "NHWC"):
-        (ci, hi, wi), (co, ho, wo) = ((have, want) if have_layout == "NCHW"
+    if have_layout in (Layout.NCHW, Layout.NHWC):
+        (ci, hi, wi), (co, ho, wo) = ((have, want) if have_layout == Layout.NCHW
                                       else ((have[2], *have[:2]), (want[2], *want[:2])))
         if hi % ho or wi % wo:
             return None
         conv = nn.Sequential(nn.Conv2d(ci, co, 1, stride=(hi // ho, wi // wo), bias=False), nn.BatchNorm2d(co))
-        return conv if have_layout == "NCHW" else _Permuted(conv)
+        return conv if have_layout == Layout.NCHW else _Permuted(conv)
     return None
 
 

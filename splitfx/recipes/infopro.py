@@ -29,7 +29,7 @@ from torch import nn
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .decoders import ImageDecoder, can_reconstruct
 from .heads import Classifier, supcon
-from .layout import MapSpec
+from .layout import Layout, MapSpec
 from .registry import register_recipe
 from .values import between, endpoints, some_term
 
@@ -87,7 +87,7 @@ class InfoPro(Lambdas):
     traits = RecipeTraits(uses_inputs=True)  # the decoder reconstructs the model's input
     contrast = False
 
-    def infopro_head(self, boundary: Boundary, graph: GraphInfo, shape, layout: str) -> InfoProHead:
+    def infopro_head(self, boundary: Boundary, graph: GraphInfo, shape, layout: Layout) -> InfoProHead:
         """InfoPro's heads on a tensor of ``shape``/``layout`` (the boundary itself, or MAN's copies)."""
         spec = graph.spec(shape, layout, boundary.input_shape)
         out = 128 if self.contrast else boundary.num_classes

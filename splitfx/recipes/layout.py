@@ -12,9 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
+
+
+class Layout(str, Enum):
+    """What each dim of a cut's tensor is (batch first), as timm's ``Format``; ``UNREAD`` marks a
+    handed-over tensor no head reads (not floating: it has no gradient)."""
+
+    NC = "NC"
+    NLC = "NLC"
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+    UNREAD = "-"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
@@ -28,31 +43,31 @@ def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
     return (1.0 if divides else 0.0) - ratio
 
 
-def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> str | None:
+def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> Layout | None:
     """Best guess of the layout of a boundary tensor of ``shape`` (batch first); None if no layout
     fits (e.g. swin's 6-D window partitions), in which case no aux head can be attached there."""
     if len(shape) == 2:
-        return "NC"
+        return Layout.NC
     if len(shape) == 3:
-        return "NLC"
+        return Layout.NLC
     if len(shape) == 4:
         nchw = _spatial_fit(shape[2], shape[3], input_hw)
         nhwc = _spatial_fit(shape[1], shape[2], input_hw)
-        return "NHWC" if nhwc > nchw else "NCHW"
+        return Layout.NHWC if nhwc > nchw else Layout.NCHW
     return None
 
 
-def channels(shape: Sequence[int], layout: str) -> int:
-    return shape[1] if layout == "NCHW" else shape[-1]
+def channels(shape: Sequence[int], layout: Layout) -> int:
+    return shape[1] if layout == Layout.NCHW else shape[-1]
 
 
-def pool(x: torch.Tensor, layout: str) -> torch.Tensor:
+def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Global average over all positions → (N, C)."""
-    if layout == "NCHW":
+    if layout == Layout.NCHW:
         return x.mean((2, 3))
-    if layout == "NHWC":
+    if layout == Layout.NHWC:
         return x.mean((1, 2))
-    if layout == "NLC":
+    if layout == Layout.NLC:
         return x.mean(1)
     return x
 
@@ -88,20 +103,20 @@ class MapSpec:
     on an NLC tensor means a plain sequence (1×L row). ``spatial`` says whether the map has image
     geometry (NCHW/NHWC maps and token grids), which a reconstruction decoder needs."""
 
-    layout: str
+    layout: Layout
     prefix: int = 0
     grid: tuple[int, int] | None = None
 
     @property
     def spatial(self) -> bool:
-        return self.layout in ("NCHW", "NHWC") or self.grid is not None
+        return self.layout in (Layout.NCHW, Layout.NHWC) or self.grid is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout == "NCHW":
+        if self.layout == Layout.NCHW:
             return x
-        if self.layout == "NHWC":
+        if self.layout == Layout.NHWC:
             return x.permute(0, 3, 1, 2)
-        if self.layout == "NC":
+        if self.layout == Layout.NC:
             return x[:, :, None, None]
         if self.grid is None:
             return as_row(x)
@@ -114,9 +129,9 @@ class MapSpec:
         return c, h, w
 
 
-def map_spec(shape: Sequence[int], layout: str, input_shape: Sequence[int], model: nn.Module | None) -> MapSpec:
+def map_spec(shape: Sequence[int], layout: Layout, input_shape: Sequence[int], model: nn.Module | None) -> MapSpec:
     """The :class:`MapSpec` of a tensor of ``shape``/``layout`` in ``model`` fed inputs of ``input_shape``."""
-    if layout != "NLC":
+    if layout != Layout.NLC:
         return MapSpec(layout)
     hw = tuple(input_shape[-2:]) if len(input_shape) == 4 else None
     for prefix in dict.fromkeys((prefix_tokens(model), 0)):

@@ -29,7 +29,7 @@ from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .copies import EMA, bridge, chain, weight_copy
 from .heads import Scored
 from .infopro import InfoPro
-from .layout import infer_layout, prefix_tokens
+from .layout import Layout, infer_layout, prefix_tokens
 from .registry import register_recipe
 from .values import momentum as check_momentum
 
@@ -89,7 +89,7 @@ class MAN(InfoPro):
         module, layout = graph.model.get_submodule(unit.name), infer_layout(unit.out_shape, hw)
         spec = graph.spec(boundary.shape, boundary.layout, shape)
         link = bridge(spec, boundary.shape, boundary.layout, unit.in_shape, infer_layout(unit.in_shape, hw))
-        if layout == "NLC":  # MAN++ on tokens: LB = the next two blocks when they keep the shape
+        if layout == Layout.NLC:  # MAN++ on tokens: LB = the next two blocks when they keep the shape
             two = [u for u in after[:2] if u.in_shape == unit.in_shape and u.out_shape == unit.out_shape]
             start = graph.spec(unit.in_shape, layout, shape)
             lb = nn.Sequential(*chain(two, graph, start, unit.in_shape, shape, weight_copy)[0])

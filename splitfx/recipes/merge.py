@@ -12,7 +12,7 @@ from the local loss. :class:`Merge` joins them, in one of two ways a recipe choo
   staying NLC, so heads read them as the model's tokens (grid and prefix tokens included).
 
 A single tensor passes through untouched, so single-tensor cuts cost exactly what they did. A tensor
-with layout :data:`UNREAD` (integer, e.g. gemma4_vit's patch positions, which carry no gradient) is
+with layout ``Layout.UNREAD`` (integer, e.g. gemma4_vit's patch positions, which carry no gradient) is
 handed over but not read.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import as_map
-from .layout import pool
+from .layout import Layout, pool
 
 
 class MergeKind(str, Enum):
@@ -36,18 +36,17 @@ class MergeKind(str, Enum):
     MAP = "map"
 
 
-UNREAD = "-"  # the layout of a handed-over tensor no head reads (not floating: it has no gradient)
 
 
 class Merge(nn.Module):
     """Joins the tensors of one cut for its aux head (see module docstring)."""
 
-    def __init__(self, layouts: Sequence[str], mode: MergeKind, size: tuple[int, int] | None = None):
+    def __init__(self, layouts: Sequence[Layout], mode: MergeKind, size: tuple[int, int] | None = None):
         super().__init__()
         self.layouts, self.mode, self.size = tuple(layouts), MergeKind(mode), size
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        read = [(x, layout) for x, layout in zip(xs, self.layouts, strict=True) if layout != UNREAD]
+        read = [(x, layout) for x, layout in zip(xs, self.layouts, strict=True) if layout != Layout.UNREAD]
         if len(read) == 1:
             return read[0][0]
         if self.mode is MergeKind.VECTOR:
@@ -83,14 +82,14 @@ def merge_for(parts: Sequence[tuple[tuple[int, ...], str]], mode: MergeKind) -> 
 @functools.lru_cache(maxsize=4096)
 def _merged(parts: tuple, mode: MergeKind) -> tuple[tuple[str, ...], tuple[int, int] | None, tuple[int, ...], str]:
     layouts = tuple(layout for _, layout in parts)
-    parts = tuple(part for part in parts if part[1] != UNREAD)
+    parts = tuple(part for part in parts if part[1] != Layout.UNREAD)
     if len(parts) == 1:
         return layouts, None, parts[0][0], parts[0][1]
-    tokens = {layout for _, layout in parts} == {"NLC"} and len({shape[1] for shape, _ in parts}) == 1
+    tokens = {layout for _, layout in parts} == {Layout.NLC} and len({shape[1] for shape, _ in parts}) == 1
     if mode is MergeKind.MAP and tokens:
-        return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), "NLC"
+        return layouts, None, (*parts[0][0][:2], sum(shape[2] for shape, _ in parts)), Layout.NLC
     probes = [torch.empty(shape, device="meta") for shape, _ in parts]
     sizes = [as_map(p, layout).shape[-2:] for p, (_, layout) in zip(probes, parts, strict=True)]
     size = tuple(max(sizes, key=lambda s: s[0] * s[1]))
     shape = tuple(Merge([layout for _, layout in parts], mode, size)(*probes).shape)
-    return layouts, size, shape, "NC" if mode is MergeKind.VECTOR else "NCHW"
+    return layouts, size, shape, Layout.NC if mode is MergeKind.VECTOR else Layout.NCHW
