@@ -248,6 +248,14 @@ class _Replace(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_results(p: argparse.ArgumentParser, default: str, each: str, resume: str) -> None:
+    """``--results FILE``, the JSON-lines file ``each`` result is appended to as it finishes, and
+    ``--resume``, which reuses what it holds (``resume`` says which)."""
+    p.add_argument("--results", default=default, metavar="FILE",
+                   help=f"JSON-lines file {each} is appended to as it finishes (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help=resume)
+
+
 def add_replace(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--replace", nargs="+", metavar="N|MODULE", action=_Replace, help=help)
 

@@ -21,6 +21,7 @@ from .options import (
     add_model,
     add_recipe,
     add_replace,
+    add_results,
     add_split,
     checkpoint_file,
     count,
@@ -128,10 +129,8 @@ def _coverage(sub) -> None:
     from ..programs.sweep import DEFAULT_CHECK
 
     p = _command(sub, "coverage", coverage_command.coverage)
-    p.add_argument("--results", default="coverage.jsonl", metavar="FILE",
-                   help="JSON-lines file each model's result is appended to (default %(default)s)")
-    p.add_argument("--resume", action="store_true",
-                   help="skip models already in --results for the same timm, torch and splitfx versions and stages")
+    add_results(p, "coverage.jsonl", "each model's result",
+                "skip models already in --results for the same timm, torch and splitfx versions and stages")
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume, check again the models whose last result there did not pass (one "
                         "that timed out only under a longer --timeout than it ran for)")
@@ -167,10 +166,8 @@ def _accuracy(sub) -> None:
     p.add_argument("--lrs", type=positive_float, nargs="+", default=[1e-3, 2e-3, 4e-3], metavar="LR",
                    help="learning-rate grid searched per recipe and K on the validation split (default "
                         "%(default)s); --validation defaults to 0.15 here")
-    p.add_argument("--results", default="accuracy.jsonl", metavar="FILE",
-                   help="JSON-lines file each run is appended to as it finishes (default %(default)s)")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the runs of --results made with the same protocol (epochs, grid, data, ...)")
+    add_results(p, "accuracy.jsonl", "each run",
+                "reuse the runs of --results made with the same protocol (epochs, grid, data, ...)")
     p.add_argument("--report", action="store_true", help="train nothing: make the table from --results alone")
     p.add_argument("--out", type=output_file, help="also write the table to this markdown file")
     p.add_argument("--figures", type=output_dir, metavar="DIR",

@@ -20,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..base.errors import SplitFXError
+from ..base.tensors import node_parameters
 from .bind import attach
 from .cuts import Cut, Schedule
 
@@ -91,17 +92,7 @@ def free_ancestors(G: nx.DiGraph, free: set[str], names: Iterable[str]) -> set[s
 
 def block_parameters(gm: fx.GraphModule, nodes: Iterable[fx.Node]) -> list[nn.Parameter]:
     """Parameters used by ``nodes`` (leaf modules and ``get_attr``), each once, in order."""
-    params: dict[int, nn.Parameter] = {}
-    for n in nodes:
-        if n.op == "call_module":
-            for p in gm.get_submodule(n.target).parameters():
-                params.setdefault(id(p), p)
-        elif n.op == "get_attr":
-            attr = gm
-            for part in n.target.split("."):
-                attr = getattr(attr, part)
-            if isinstance(attr, nn.Parameter):
-                params.setdefault(id(attr), attr)
+    params = {id(p): p for n in nodes for p in node_parameters(gm, n)}
     return list(params.values())
 
 

@@ -73,13 +73,21 @@ def reconstruction(decoded: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(decoded.float(), image.float())
 
 
-class ImageDecoder(nn.Module):
+class _FromMap(nn.Module):
+    """A reconstruction head reading a boundary of ``shape`` as the C×H×W map ``spec`` makes of it."""
+
+    def __init__(self, spec: MapSpec, shape: Sequence[int]):
+        super().__init__()
+        self.spec = spec
+        self.map_shape = spec.map_shape(shape)
+
+
+class ImageDecoder(_FromMap):
     """InfoPro's decoder: the whole boundary map → the whole input image."""
 
     def __init__(self, spec: MapSpec, shape: Sequence[int], image_shape: Sequence[int]):
-        super().__init__()
-        self.spec = spec
-        c, h, w = spec.map_shape(shape)
+        super().__init__(spec, shape)
+        c, h, w = self.map_shape
         self.decoder = Decoder(c, (h, w), image_shape[-2:], image_shape[-3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,15 +103,14 @@ def quadrants(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[..., :h, :w], x[..., :h, w:], x[..., h:, :w], x[..., h:, w:]]
 
 
-class PatchDecoder(nn.Module):
+class PatchDecoder(_FromMap):
     """HPFF's patch feature fusion as its public code implements it: four decoders, each
     reconstructing one image quadrant from the same quadrant of the feature map; the four
     reconstruction losses are summed."""
 
     def __init__(self, spec: MapSpec, shape: Sequence[int], image_shape: Sequence[int]):
-        super().__init__()
-        self.spec = spec
-        c, h, w = spec.map_shape(shape)
+        super().__init__(spec, shape)
+        c, h, w = self.map_shape
         maps = quadrants(torch.empty(1, c, h, w, device="meta"))
         images = quadrants(torch.empty(image_shape[-3:], device="meta"))
         self.decoders = nn.ModuleList(

@@ -83,11 +83,7 @@ class GradAverager:
             self._launch(self._next)
         for grads, flat, work in self._works:
             wait(work, self.timeout, self.what)
-            flat.div_(self.size)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+            _scatter(flat.div_(self.size), grads)
         self._reset()
 
     def remove(self) -> None:
@@ -103,7 +99,12 @@ def broadcast_buffers(buffers: Sequence[torch.Tensor], src: int, group, timeout:
     for same in by_dtype.values():
         flat = torch.cat([b.reshape(-1) for b in same])
         wait(dist.broadcast(flat, src, group=group, async_op=True), timeout, what)
-        offset = 0
-        for b in same:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+        _scatter(flat, same)
+
+
+def _scatter(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy consecutive stretches of ``flat`` back into ``tensors`` (the inverse of concatenating them)."""
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
