@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 import splitfx
+from splitfx.runtime.grid import Grid
+from splitfx.runtime.pipeline import Stage
+from splitfx.runtime.schedule import Rank
 
 
 def free_port() -> int:
@@ -129,6 +132,17 @@ def reference(blocks: int, recipe: str, data, shards: int = 1, **options):
                 p.grad = total / shards
         opt.step()
         sm.recipe.after_step(sm.parts())
+    return sm
+
+
+def scheduled(blocks: int, recipe: str, data, schedule, **options):
+    """One process training every block as one pipeline rank with ``schedule`` (no process group:
+    a single stage neither sends nor receives)."""
+    sm = converted(blocks, recipe, **options)
+    me = Rank(Grid(0, 1, 1, torch.device("cpu"), 30), Stage(sm, 0, sm.num_blocks), optimizer(sm.parameters()),
+              schedule=schedule)
+    for t, batch in enumerate(data):
+        me.train_step(t, batch)
     return sm
 
 

@@ -16,7 +16,18 @@ import time
 
 import pytest
 import torch
-from dist_helpers import batches, converted, held, mismatches, one_thread, optimizer, reference, report, run_ranks
+from dist_helpers import (
+    batches,
+    converted,
+    held,
+    mismatches,
+    one_thread,
+    optimizer,
+    reference,
+    report,
+    run_ranks,
+    scheduled,
+)
 
 from splitfx.base.errors import DistributedError
 from splitfx.programs.checkpoint import Checkpoint
@@ -25,6 +36,7 @@ from splitfx.programs.train import TrainConfig, train
 from splitfx.runtime import grid as grids
 from splitfx.runtime.pipeline import Stage, check_pipeline
 from splitfx.runtime.schedule import Rank
+from splitfx.runtime.schedules import MicroBatches, Streaming
 
 STEPS = 3
 CKPT = "checkpoint.pt"
@@ -35,6 +47,7 @@ TWO = {
     "pipeline infopro (inputs handed on)": (2, 3, "infopro", dict(ranges=[(0, 1), (1, 3)])),
     "data parallel, averaged gradients": (1, 3, "linear", {}),
     "data parallel hpff (cascade)": (1, 4, "hpff", {}),
+    "pipeline, 2 micro-batches per step": (2, 3, "linear", dict(microbatches=2)),
 }
 FOUR = {
     "pipeline of 4 stages": (4, 4, "dgl", {}),
@@ -42,15 +55,18 @@ FOUR = {
 }
 
 
-def _train(stages: int, blocks: int, recipe: str, replicas: int, ranges=None, **options) -> dict:
-    """This rank's share of a pipeline × data-parallel run (the plan's stages unless ``ranges``)."""
+def _train(stages: int, blocks: int, recipe: str, replicas: int, ranges=None, microbatches: int | None = None,
+           **options) -> dict:
+    """This rank's share of a pipeline × data-parallel run (the plan's stages unless ``ranges``;
+    the micro-batch schedule with ``microbatches``)."""
     grid = grids.start(stages, "cpu", timeout=30)
     sm = converted(blocks, recipe, stages=stages, **options)
     ranges = ranges or sm.plan.stages.ranges
     check_pipeline(sm, ranges)
     stage = Stage(sm, *ranges[grid.stage])
     stage.place(grid.device)
-    me = Rank(grid, stage, optimizer([p for _, p in stage.named_parameters()]))
+    schedule = MicroBatches(microbatches) if microbatches else Streaming()
+    me = Rank(grid, stage, optimizer([p for _, p in stage.named_parameters()]), schedule=schedule)
     for t, (x, y) in enumerate(batches(STEPS)):
         shard = (x.chunk(replicas)[grid.replica], y.chunk(replicas)[grid.replica])
         me.train_step(t, shard if grid.stage == 0 else None)
@@ -124,8 +140,10 @@ def runs(tmp_path_factory):
     with one_thread():
         train(TrainConfig(epochs=1, **FAST), out=str(root / "e1"), **QUIET)
         train(TrainConfig(epochs=2, **FAST), out=str(root / "e2"), **QUIET)
-        refs = {name: reference(blocks, recipe, batches(STEPS), shards=world // stages,
-                                **{k: v for k, v in extra.items() if k != "ranges"})
+        refs = {name: (scheduled(blocks, recipe, batches(STEPS), MicroBatches(extra["microbatches"]))
+                       if "microbatches" in extra else
+                       reference(blocks, recipe, batches(STEPS), shards=world // stages,
+                                 **{k: v for k, v in extra.items() if k != "ranges"}))
                 for world, scenarios in ((2, TWO), (4, FOUR))
                 for name, (stages, blocks, recipe, extra) in scenarios.items()}
     return dict(root=root, two=two, four=four, refs=refs, killed=killed, run=run)

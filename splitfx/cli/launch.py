@@ -13,6 +13,7 @@ import os
 
 from ..api.validation import STAGE_BALANCES
 from ..base.errors import SplitFXError
+from ..runtime.schedules import SCHEDULES, schedule_named
 from .options import positive_float, positive_int
 
 
@@ -24,6 +25,12 @@ def add_stages(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--stage-balance", choices=STAGE_BALANCES, default="time",
                    help="with --stages: group the blocks into stages by their training times, measured on rank 0 "
                         "and sent to every rank (time), or by predicted FLOPs (flops) (default %(default)s)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="stream",
+                   help="with --stages: the order a rank runs a step's work in: the whole batch at once (stream), "
+                        "or --microbatches parts sent on one by one (microbatch; gradients accumulated, one "
+                        "optimizer step) (default %(default)s)")
+    p.add_argument("--microbatches", type=positive_int, default=2, metavar="M",
+                   help="with --schedule microbatch: parts per batch (default %(default)s)")
     p.add_argument("--timeout", dest="rank_timeout", type=positive_float, default=300.0, metavar="SECONDS",
                    help="with --stages: longest wait for another rank before the run stops with an error naming "
                         "it (default %(default)s)")
@@ -42,7 +49,8 @@ def train(args: argparse.Namespace) -> int:
     if rank == 0:
         print(f"run folder: {out}{os.sep}", flush=True)
     result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout,
-                               stage_balance=args.stage_balance)
+                               stage_balance=args.stage_balance,
+                               schedule=schedule_named(args.schedule, args.microbatches))
     if result is not None:
         from ..api.onnx_export import export_onnx
         from ..programs.run_folder import ONNX, PLOT
@@ -71,7 +79,7 @@ def bench(args: argparse.Namespace) -> int:
 
     result = run(args.model, args.stages, blocks=args.blocks[0] if args.blocks else None, recipe=recipe_from(args),
                  batch=args.batch, input_size=size, steps=args.steps, warmup=args.warmup, timeout=args.rank_timeout,
-                 stage_balance=args.stage_balance)
+                 stage_balance=args.stage_balance, schedule=schedule_named(args.schedule, args.microbatches))
     if result is not None:
         print(result.table(), flush=True)
         if args.json:

@@ -27,6 +27,7 @@ from ..base.version import __version__
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.schedule import Rank
+from ..runtime.schedules import PipelineSchedule, Streaming
 from ..runtime.split_module import SplitModule
 from ..runtime.transport import wait
 from .checkpoint import Checkpoint
@@ -101,18 +102,20 @@ def balance_by_time(grid: grids.Grid, sm: SplitModule, batch: tuple[torch.Tensor
     if grid.rank == 0:
         x, y = (t.to(grid.device) for t in batch)
         times = measure_block_times(sm.to(grid.device), x, y, autocast_dtype=autocast_dtype)
-    rebalance_stages(sm, grids.from_first(grid, times, "rank 0 measured the block times"))
+    sm.plan = rebalance_stages(sm.plan, grids.from_first(grid, times, "rank 0 measured the block times"))
 
 
 def train_distributed(config: TrainConfig, stages: int, out: str | None = None, resume: str | Checkpoint | None = None,
                       log: Callable[[str], None] = print, progress: bool = True, timeout: float = 300.0,
-                      on_step: OnStep | None = None, stage_balance: str = "time") -> TrainResult | None:
+                      on_step: OnStep | None = None, stage_balance: str = "time",
+                      schedule: PipelineSchedule | None = None) -> TrainResult | None:
     """This rank's part of a ``stages``-stage pipeline × data-parallel run of ``config``; rank 0 writes
     ``out/checkpoint.pt`` and ``metrics.jsonl`` after every epoch and returns the result, the others
     None. ``stage_balance`` groups the blocks into stages by measured block times (``"time"``,
     :func:`balance_by_time`) or predicted FLOPs (``"flops"``); the weights do not depend on it.
     ``timeout`` bounds every wait: a rank that stops or hangs ends the others with an error naming
-    it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there)."""
+    it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there). ``schedule`` orders
+    each rank's work (:mod:`splitfx.runtime.schedules`; default: the whole batch at once)."""
     state = open_resume(resume, config) if resume is not None else None
     config = replace(config, device=resolve_device(config.device))
     if stage_balance not in STAGE_BALANCES:
@@ -122,7 +125,7 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
                                "least one block")
     grid = grids.start(stages, config.device, timeout)
     try:
-        result = _train(grid, config, state, out, log, progress, on_step, stage_balance)
+        result = _train(grid, config, state, out, log, progress, on_step, stage_balance, schedule or Streaming())
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -132,7 +135,7 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
 
 
 def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out: str | None, log, progress: bool,
-           on_step: OnStep | None, stage_balance: str) -> TrainResult | None:
+           on_step: OnStep | None, stage_balance: str, schedule: PipelineSchedule) -> TrainResult | None:
     log = log if grid.rank == 0 else (lambda _: None)
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
@@ -160,7 +163,7 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
         result.history = [EpochResult(**h) for h in state.history]
         result.e2e_saved_bytes = state.e2e_saved_bytes
         start_epoch = state.epoch + 1
-    me = Rank(grid, stage, opt, scaler, amp)
+    me = Rank(grid, stage, opt, scaler, amp, schedule=schedule)
     log(f"{config.model}: {sm.num_blocks} blocks on {grid.stages} stage(s) × {grid.replicas} replica(s), recipe "
         f"{config.recipe!r}, on {config.device}\n{sm.plan.stages.table()}")
     for epoch in range(start_epoch, config.epochs):

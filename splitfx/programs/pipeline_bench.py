@@ -40,6 +40,7 @@ from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.placement import block_tensors, place
 from ..runtime.schedule import Rank
+from ..runtime.schedules import PipelineSchedule, Streaming
 from ..runtime.split_module import SplitModule
 from .distributed import balance_by_time
 from .models import create_model
@@ -159,13 +160,14 @@ def _staged(grid: grids.Grid, name: str, data: list, blocks: int, recipe: str, m
     return sm
 
 
-def _local(grid: grids.Grid, sm: SplitModule, data: list, warmup: int) -> tuple[float, Memory]:
+def _local(grid: grids.Grid, sm: SplitModule, data: list, warmup: int,
+           schedule: PipelineSchedule) -> tuple[float, Memory]:
     ranges = sm.plan.stages.ranges
     check_pipeline(sm, ranges)
     stage = Stage(sm, *ranges[grid.stage])
     stage.place("cpu")
     params = [p for _, p in stage.named_parameters()]
-    me = Rank(grid, stage, torch.optim.AdamW(params, lr=1e-4))
+    me = Rank(grid, stage, torch.optim.AdamW(params, lr=1e-4), schedule=schedule)
     seconds, peak = _timed(grid, lambda t: me.train_step(t, data[t] if grid.stage == 0 else None), data, warmup, sm,
                            me.link.flush, steady=True)
     me.close()
@@ -232,13 +234,14 @@ def _gather(grid: grids.Grid, value) -> list:
 def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Recipe = "linear", method: str = "flops",
         batch: int = 8,
         input_size: tuple = (3, 224, 224), steps: int = 10, warmup: int = 2, microbatches: int | None = None,
-        timeout: float = 600.0, stage_balance: str = "time") -> PipelineBench | None:
+        timeout: float = 600.0, stage_balance: str = "time",
+        schedule: PipelineSchedule | None = None) -> PipelineBench | None:
     """Benchmark ``name`` on this rank of an S-rank torchrun launch; rank 0 returns the table. Blocks
     are balanced by ``method`` and grouped into stages by ``stage_balance`` (a pipeline runs at its
     slowest rank's pace), the same blocks and stages in every mode. ``blocks`` defaults to
     8S: a stage can only be as even as its blocks, and with eight blocks per stage the balance
     is within about one block's time (ResNet-50 by measured time: K=8 splits 54 / 46 %, K=16
-    49 / 51 %)."""
+    49 / 51 %). ``schedule`` orders the local pipeline's work (default: the whole batch at once)."""
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     blocks = blocks or 8 * stages
@@ -256,7 +259,7 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     grids.barrier(grid)
     sm = _staged(grid, name, data, blocks, recipe, method, stage_balance)
     shape = sm.plan.stages
-    local = _gather(grid, _local(grid, sm, data, warmup))
+    local = _gather(grid, _local(grid, sm, data, warmup, schedule or Streaming()))
     e2e = {s: _gather(grid, _e2e(grid, name, data, blocks, method, shape.ranges, s, microbatches, warmup))
            for s in ("GPipe", "1F1B")}
     grids.finish(grid)
