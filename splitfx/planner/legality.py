@@ -7,17 +7,21 @@ uses of one trainable parameter: a parameter used on both sides would get gradie
 so the span between its first and last use stays in one block (the model's math is unchanged and
 the memory prediction stays exact; docs/design.md says why this rule and not detached reads). A
 block must use at least one trainable parameter, or its loss would have nothing to train.
+
+Each rule is a function registered in :data:`CUT_RULES` with :func:`cut_rule`; adding one is writing
+``@cut_rule("why") def rule(cut, facts) -> bool`` (docs/design.md, "Extending splitfx").
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 import networkx as nx
 import numpy as np
 
 from ..base.errors import PlanError
-from ..passes.cuts import Schedule
+from ..passes.cuts import Cut, Schedule
 from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost
@@ -26,23 +30,68 @@ from ..recipes.layout import Layout, infer_layout
 from .scopes import span
 
 
+@dataclass(frozen=True)
+class CutFacts:
+    """What a cut rule may look at: the cost graph, each cut's tensor layouts (by position), the
+    position spans RepL keeps in one block and those of parameters used more than once (by name)."""
+
+    G: nx.DiGraph
+    layouts: dict[int, tuple[Layout | None, ...]]
+    together: list[tuple[int, int]]
+    shared: dict[str, tuple[int, int]]
+
+
+CutRule = Callable[[Cut, CutFacts], bool]
+CUT_RULES: dict[str, CutRule] = {}
+
+
+def cut_rule(name: str) -> Callable[[CutRule], CutRule]:
+    """Register ``rule(cut, facts) -> bool`` (True: the cut may be used) under ``name``; every plan
+    made afterwards offers only the cuts every rule allows."""
+    def add(rule: CutRule) -> CutRule:
+        if name in CUT_RULES:
+            raise ValueError(f"cut rule {name!r} is already registered ({CUT_RULES[name].__qualname__})")
+        CUT_RULES[name] = rule
+        return rule
+
+    return add
+
+
+@cut_rule("an aux head can read it")
+def _readable(cut: Cut, facts: CutFacts) -> bool:
+    layouts = facts.layouts[cut.position]
+    return None not in layouts and set(layouts) != {Layout.UNREAD}
+
+
+@cut_rule("every tensor carries the batch in dim 0")
+def _batch_first(cut: Cut, facts: CutFacts) -> bool:
+    return all(node_cost(facts.G, v).batch_dim0 for v in cut.nodes)
+
+
+@cut_rule("a RepL block stays with its neighbours")
+def _repl_together(cut: Cut, facts: CutFacts) -> bool:
+    return not any(lo < cut.position <= hi for lo, hi in facts.together)
+
+
+@cut_rule("a shared parameter's uses stay in one block")
+def _shared_together(cut: Cut, facts: CutFacts) -> bool:
+    return not any(lo < cut.position <= hi for lo, hi in facts.shared.values())
+
+
 def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
                input_hw: tuple[int, int] | None) -> tuple[Schedule, dict[int, tuple[Layout, ...]], list[str]]:
-    """The cuts that may be used (see module docstring), leaving ``sched`` as it is.
+    """The cuts every rule of :data:`CUT_RULES` allows (see module docstring), leaving ``sched`` as it is.
 
     Returns a copy of ``sched`` holding only the offered cuts, the layouts of each offered cut's
-    tensors (by cut position) and the shared parameters that cost at least one cut."""
+    tensors (by cut position) and the shared parameters that cost at least one cut (one every other
+    rule allows)."""
     layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else Layout.UNREAD
                                  for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
-    together = [span(sched, G, triple) for triple in replacement.triples]
-    readable = [
-        c for c in sched.cuts
-        if None not in layouts[c.position] and set(layouts[c.position]) != {Layout.UNREAD}
-        and all(node_cost(G, v).batch_dim0 for v in c.nodes)
-        and not any(lo < c.position <= hi for lo, hi in together)
-    ]
-    costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in readable)]
-    offered = [c for c in readable if not any(lo < c.position <= hi for lo, hi in shared.values())]
+    facts = CutFacts(G, layouts, [span(sched, G, triple) for triple in replacement.triples], shared)
+    others = [rule for rule in CUT_RULES.values() if rule is not _shared_together]
+    allowed = [c for c in sched.cuts if all(rule(c, facts) for rule in others)]
+    costly = [name for name, (lo, hi) in shared.items() if any(lo < c.position <= hi for c in allowed)]
+    offered = [c for c in allowed if _shared_together(c, facts)]
     return (replace(sched, cuts=offered), {c.position: layouts[c.position] for c in offered},
             sorted(unprefix(name) for name in costly))
 

@@ -27,6 +27,8 @@ SCHEDULES: dict[str, type[PipelineSchedule]] = {}
 def register_schedule(name: str) -> Callable[[type[PipelineSchedule]], type[PipelineSchedule]]:
     """Class decorator: make a schedule available as ``--schedule name``."""
     def add(cls: type[PipelineSchedule]) -> type[PipelineSchedule]:
+        if name in SCHEDULES:
+            raise ValueError(f"pipeline schedule {name!r} is already registered ({SCHEDULES[name].__qualname__})")
         cls.name = name
         SCHEDULES[name] = cls
         return cls
