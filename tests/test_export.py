@@ -391,3 +391,29 @@ def test_an_optimized_graph_that_is_not_valid_onnx_is_exported_again_without_the
     report = splitfx.export_onnx(model, tmp_path / "m.onnx", x)
     assert report.exporter.startswith("dynamo, unoptimized") and report.within(1e-4), report
     onnx.checker.check_model(tmp_path / "m.onnx")
+
+
+class _TwoHeads(nn.Module):
+    """A model returning a dict of two outputs, one of them nested in a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.cls, self.box = nn.Linear(8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"logits": self.cls(h), "extra": (self.box(h), h.mean(1))}
+
+
+def test_every_output_of_a_dict_model_is_verified_and_a_wrong_file_is_rejected(tmp_path):
+    from splitfx.api.onnx_verify import _outputs, verify_export
+
+    torch.manual_seed(0)
+    model, x = _TwoHeads().eval(), torch.randn(2, 6)
+    assert [t.shape for t in _outputs(model(x))] == [(2, 3), (2, 4), (2,)]
+    report = splitfx.export_onnx(model, tmp_path / "m.onnx", x)
+    assert report.top1_equal and report.max_abs_diff <= 1e-4
+    other = _TwoHeads().eval()  # same structure, other weights: the file does not compute it
+    with pytest.raises(splitfx.SplitFXError, match="ONNX verification failed"):
+        verify_export(other, str(tmp_path / "m.onnx"), (x,), True, 1e-4, "m.onnx")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from ..base.errors import SplitFXError
 from ..base.tensors import weight_bytes
@@ -48,7 +49,9 @@ class ExportReport:
 
 
 def _outputs(value) -> list[torch.Tensor]:
-    return [value] if isinstance(value, torch.Tensor) else [t for t in value if isinstance(t, torch.Tensor)]
+    """Every tensor of an output structure (a tensor, tuple, list or dict, nested), in the order the
+    exporters flatten it (torch's pytree order: a dict's values, not its keys)."""
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def verify_export(model: nn.Module, onnx_path: str, inputs: tuple, dynamic_batch: bool, atol: float,
@@ -145,7 +148,14 @@ def _compare(expected: list[list[np.ndarray]], got: list[list[np.ndarray]], path
              reference: str = "PyTorch") -> ExportReport:
     worst, same_top1, scale = 0.0, True, 0.0
     for want, have in zip(expected, got, strict=True):
-        for e, g in zip(want, have, strict=False):
+        if not want:
+            raise SplitFXError("ONNX verification compared nothing: the model's output holds no tensor; nothing "
+                               "written")
+        if len(want) != len(have) or any(e.shape != g.shape for e, g in zip(want, have, strict=False)):
+            raise SplitFXError(f"ONNX verification failed: {reference} gives {len(want)} output tensor(s) of shapes "
+                               f"{[e.shape for e in want]}, the ONNX file {len(have)} of shapes "
+                               f"{[g.shape for g in have]}; nothing written")
+        for e, g in zip(want, have, strict=True):
             worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
             scale = max(scale, float(np.max(np.abs(e))) if e.size else 0.0)
             if e.ndim == 2:
