@@ -86,3 +86,20 @@ def test_max_cut_tensors_one_keeps_every_cut_at_one_tensor_and_is_recorded(tmp_p
                    log=lambda _: None)
     assert [len(b.output_shapes or []) for b in result.module.plan.blocks] == [1] * 7 + [0]
     assert _state(os.path.join(out, "checkpoint.pt"))["config"]["max_cut_tensors"] == 1
+
+
+def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_trains(tmp_path):
+    """BatchNorm cannot train on one sample: a batch size leaving one at the end of an epoch used to
+    train the whole epoch, then fail on it with no checkpoint."""
+    from splitfx.programs.epochs import epoch_order
+
+    config = TrainConfig(batch=4, max_batches=None)
+    assert [len(b) for b in epoch_order(config, 0, 9)] == [4, 4]
+    assert [len(b) for b in epoch_order(config, 0, 10)] == [4, 4, 2]
+    assert [len(b) for b in epoch_order(config, 0, 1)] == [1]
+    size = len(load("digits", 16).train)
+    batch = next(b for b in range(200, size) if size % b == 1)
+    out = str(tmp_path / "run")
+    result = train(TrainConfig(**{**FAST, "batch": batch, "max_batches": None, "epochs": 1}), out=out, progress=False,
+                   log=lambda _: None)
+    assert len(result.history) == 1 and os.path.exists(os.path.join(out, "checkpoint.pt"))
