@@ -41,6 +41,14 @@ class DictOut(Tiny):
 X = torch.randn(4, 3, 8, 8)
 Y = torch.randint(0, 5, (4,))
 
+
+def _instance_forward() -> nn.Module:
+    """A model whose ``forward`` was replaced on the instance: the class's would be traced instead."""
+    model = Tiny()
+    model.forward = lambda x: model.fc(x.mean((2, 3)).repeat(1, 6)[:, :16])
+    return model
+
+
 # (what is changed in a call to plan/convert, error types, words of the message)
 BAD = [
     (dict(split_points="conv2"), TypeError, "split_points=['conv2']"),
@@ -70,6 +78,7 @@ BAD = [
     (dict(model=nn.DataParallel(Tiny())), TypeError, "pass model.module"),
     (dict(model=torch.compile(Tiny())), TypeError, "model._orig_mod"),
     (dict(model=lambda x: x), TypeError, "must be a torch.nn.Module"),
+    (dict(model=_instance_forward()), TypeError, "model.forward was replaced on the instance"),
     (dict(stage_balance="time"), ValueError, "give stages=S too"),
     (dict(stages=2, stage_balance="fastest"), ValueError, "unknown stage_balance 'fastest'"),
     (dict(stages=2, stage_balance=[1.0, -1.0]), ValueError, "stage_balance[1] is -1.0"),

@@ -78,6 +78,11 @@ def check_model(model: Any, name: str = "model") -> nn.Module:
         raise ArgumentTypeError(f"{name} must be a torch.nn.Module, got {_kind(model)}")
     if isinstance(model, torch.jit.ScriptModule):
         raise ArgumentTypeError(f"{name} is a TorchScript module; pass the eager nn.Module it was scripted from")
+    if "forward" in vars(model):
+        raise ArgumentTypeError(
+            f"{name}.forward was replaced on the instance; splitfx traces and runs the class's forward "
+            f"({type(model).__name__}.forward), which would ignore it: define the new forward in a subclass "
+            "or in a wrapper module")
     return model
 
 
