@@ -72,6 +72,8 @@ BAD = [
     (["export", "missing.pt", "--out", "m.onnx"], "no such file"),
     (["export", "truncated.pt", "--out", "m.onnx"], "truncated"),
     (["export", "foreign.pt", "--out", "m.onnx"], "not a splitfx train checkpoint"),
+    (["export", "run/checkpoint.pt", "--out", "run/checkpoint.pt"], "would write over the checkpoint being exported"),
+    (["export", "run/checkpoint.pt", "--out", "./run/../run/checkpoint.pt"], "would write over the checkpoint"),
     (["export", "nosuchmodel_xyz", "--out", "m.onnx"], "not a timm model name"),
     (["accuracy", "resnet18", "--recipes", "linear", "nope"], "invalid choice: 'nope'"),
     (["accuracy", "resnet18", "nosuchmodel_xyz", "--recipes", "linear"], "not a timm model name"),

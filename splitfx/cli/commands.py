@@ -80,6 +80,10 @@ def export(args: argparse.Namespace) -> int:
     from ..programs.train import load_checkpoint_model
 
     if os.path.isfile(args.model):
+        for written in (args.out, f"{args.out}.data"):  # the ONNX file, and its weights when they go beside it
+            if os.path.exists(written) and os.path.samefile(written, args.model):
+                raise SplitFXError(f"--out {args.out} would write over the checkpoint being exported "
+                                   f"({args.model}); give another file, such as {os.path.splitext(args.model)[0]}.onnx")
         model, config = load_checkpoint_model(args.model)
         size = args.input_size or (3, config.input_size, config.input_size)
     else:
