@@ -72,6 +72,7 @@ BAD = [
     (["export", "missing.pt", "--out", "m.onnx"], "no such file"),
     (["export", "truncated.pt", "--out", "m.onnx"], "truncated"),
     (["export", "foreign.pt", "--out", "m.onnx"], "not a splitfx train checkpoint"),
+    (["train", "--out", "run", *SMALL], "holds another run's checkpoint; continue it with --resume"),
     (["export", "run/checkpoint.pt", "--out", "run/checkpoint.pt"], "would write over the checkpoint being exported"),
     (["export", "run/checkpoint.pt", "--out", "./run/../run/checkpoint.pt"], "would write over the checkpoint"),
     (["export", "nosuchmodel_xyz", "--out", "m.onnx"], "not a timm model name"),

@@ -18,7 +18,7 @@ from splitfx.base.files import write_text
 from splitfx.cli import main
 from splitfx.programs.config import TrainConfig
 from splitfx.programs.data import digits
-from splitfx.programs.run_folder import default_dir, read_metrics
+from splitfx.programs.run_folder import LOCK, default_dir, read_metrics, reserved
 from splitfx.programs.train import load_checkpoint_model, train
 
 RUN = os.path.join("runs", "resnet18-linear-k4")
@@ -64,9 +64,36 @@ def test_default_train_saves_memory_and_leaves_a_run_folder_that_resumes_and_exp
 def test_default_run_folders_never_overwrite_an_earlier_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = TrainConfig(model="torchvision:resnet18")
-    assert default_dir(config) == os.path.join("runs", "torchvision_resnet18-linear-k4")
-    os.makedirs(default_dir(config))
-    assert default_dir(config) == os.path.join("runs", "torchvision_resnet18-linear-k4-2")
+    first, second = default_dir(config), default_dir(config)  # each created as it is chosen
+    assert (first, second) == (os.path.join("runs", "torchvision_resnet18-linear-k4"),
+                               os.path.join("runs", "torchvision_resnet18-linear-k4-2"))
+    assert os.path.isdir(first) and os.path.isdir(second)
+
+
+def test_a_run_folder_is_held_by_one_run_and_another_runs_checkpoint_is_kept(tmp_path):
+    config, out = TrainConfig(), str(tmp_path / "run")
+    with reserved(out, config) as held:
+        assert held == out and os.path.exists(os.path.join(out, LOCK))
+        with pytest.raises(SplitFXError, match=f"process {os.getpid()}"), reserved(out, config):
+            pass
+    assert not os.path.exists(out), "a folder made for a run that wrote nothing is removed"
+    os.makedirs(out)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"another run")
+    with pytest.raises(SplitFXError, match=r"--resume .*--overwrite"), reserved(out, config):
+        pass
+    for flags in (dict(resume=True), dict(overwrite=True)):
+        with reserved(out, config, **flags):
+            pass
+    assert sorted(os.listdir(out)) == ["checkpoint.pt"], "the lock is gone, the checkpoint kept"
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text(f"{int(dead.stdout)}\n")
+    with reserved(str(out), TrainConfig()):
+        assert (out / LOCK).read_text() == f"{os.getpid()}\n"
 
 
 def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):

@@ -19,7 +19,8 @@ PREFIX = ".splitfx-"
 _TEMP = re.compile(re.escape(PREFIX) + r"(\d+)-")
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,7 +37,7 @@ def remove_stale_temps(folder: str) -> list[str]:
     with contextlib.suppress(OSError):
         for name in os.listdir(folder):
             match = _TEMP.match(name)
-            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            if match and int(match.group(1)) != os.getpid() and not running(int(match.group(1))):
                 with contextlib.suppress(OSError):
                     _remove(os.path.join(folder, name))
                     removed.append(name)

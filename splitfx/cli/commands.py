@@ -164,17 +164,19 @@ def train(args: argparse.Namespace) -> int:
     if args.stages is not None:
         from .launch import train as train_stages
         return train_stages(args)
-    from ..programs.run_folder import finish
+    from ..programs.run_folder import finish, reserved
     from ..programs.train import test_accuracy
     from ..programs.train import train as run_training
     from .preflight import train_run
 
     config, state, out = train_run(args)
-    print(f"run folder: {out}{os.sep}", flush=True)
-    result = run_training(config, out=out, resume=state)
-    if config.validation:
-        print(f"test accuracy of the final model (test images read once, now): {100 * test_accuracy(result):.2f} %")
-    finish(result.module, result.example, out)
+    with reserved(out, config, resume=state is not None, overwrite=args.overwrite) as out:
+        print(f"run folder: {out}{os.sep}", flush=True)
+        result = run_training(config, out=out, resume=state)
+        if config.validation:
+            print(f"test accuracy of the final model (test images read once, now): "
+                  f"{100 * test_accuracy(result):.2f} %")
+        finish(result.module, result.example, out)
     return 0
 
 

@@ -9,6 +9,7 @@ Every rank parses the same command line; only rank 0 prints the run and writes t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from ..api.validation import STAGE_BALANCES
@@ -39,18 +40,30 @@ def add_stages(p: argparse.ArgumentParser, what: str) -> None:
 def train(args: argparse.Namespace) -> int:
     """``splitfx train --stages S`` on this rank."""
     from ..programs.distributed import train_distributed
-    from ..programs.run_folder import CHECKPOINT
-    from ..programs.train import load_checkpoint_model
+    from ..programs.run_folder import reserved
     from ..runtime.grid import launched
     from .preflight import train_run
 
     rank, _ = launched(args.stages)
     config, state, out = train_run(args)
-    if rank == 0:
-        print(f"run folder: {out}{os.sep}", flush=True)
-    result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout,
-                               stage_balance=args.stage_balance,
-                               schedule=schedule_named(args.schedule, args.microbatches))
+    # Rank 0 holds the run folder and writes it; the others only take part in gathering each
+    # checkpoint to rank 0 (a non-None folder says they do).
+    held = reserved(out, config, state is not None, args.overwrite) if rank == 0 else contextlib.nullcontext(out or "")
+    with held as out:
+        if rank == 0:
+            print(f"run folder: {out}{os.sep}", flush=True)
+        result = train_distributed(config, args.stages, out=out, resume=state, timeout=args.rank_timeout,
+                                   stage_balance=args.stage_balance,
+                                   schedule=schedule_named(args.schedule, args.microbatches))
+        _finish(result, out)
+    return 0
+
+
+def _finish(result, out: str) -> None:
+    """Rank 0: the plan picture and the verified ONNX export of the trained model, in the run folder."""
+    from ..programs.run_folder import CHECKPOINT
+    from ..programs.train import load_checkpoint_model
+
     if result is not None:
         from ..api.onnx_export import export_onnx
         from ..programs.run_folder import ONNX, PLOT
@@ -60,7 +73,6 @@ def train(args: argparse.Namespace) -> int:
         report = export_onnx(model, os.path.join(out, ONNX), result.example[:2].cpu())
         print(f"run folder {out}{os.sep}: {CHECKPOINT} (resume with --resume, on any number of ranks), "
               f"{PLOT}, {ONNX} (onnxruntime max abs diff {report.max_abs_diff:.1e})")
-    return 0
 
 
 def bench(args: argparse.Namespace) -> int:

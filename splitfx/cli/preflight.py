@@ -55,15 +55,15 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
     return replace(base or TrainConfig(), **{k: v for k, v in given.items() if v is not None})
 
 
-def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None, str]:
-    """The config, the checkpoint to resume (loaded and checked) and the run folder of ``splitfx train``.
-    Resuming, what is not given comes from the checkpoint; what is given must agree with it."""
-    from ..programs.run_folder import default_dir
+def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None, str | None]:
+    """The config, the checkpoint to resume (loaded and checked) and the run folder of ``splitfx train``
+    (None: a new run's default folder, chosen when it is reserved). Resuming, what is not given comes
+    from the checkpoint; what is given must agree with it."""
     from ..programs.train import open_resume
 
     if args.resume is None:
         config = with_all_options(train_config(args))
-        return config, None, args.out or default_dir(config)
+        return config, None, args.out
     state = Checkpoint.load(args.resume)
     known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
     config = with_all_options(train_config(args, TrainConfig(**known)))

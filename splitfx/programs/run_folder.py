@@ -5,31 +5,93 @@ onnxruntime). Without ``--out`` it is ``runs/<model>-<recipe>-k<K>``, numbered s
 run is overwritten."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import numbers
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from ..api.onnx_export import export_onnx
-from ..base.files import write_text
+from ..base.errors import SplitFXError
+from ..base.files import running, write_text
 from ..runtime.split_module import SplitModule
 from .config import TrainConfig
 
 CHECKPOINT, METRICS, PLOT, ONNX, TENSORBOARD = "checkpoint.pt", "metrics.jsonl", "plan.png", "model.onnx", "tensorboard"
+LOCK = ".lock"  # holds the id of the process training into the folder
+RUNS = "runs"  # where run folders go by default
 
 
-def default_dir(config: TrainConfig, root: str = "runs") -> str:
-    """``runs/resnet18-linear-k4``, or ``…-2``, ``…-3`` when that folder is already there."""
+def default_dir(config: TrainConfig, root: str = RUNS) -> str:
+    """``runs/resnet18-linear-k4``, or ``…-2``, ``…-3`` when that folder is already there: created
+    here, exclusively, so that two runs started at once never get the same folder."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{config.recipe}-k{config.blocks}").strip("._")
+    os.makedirs(root, exist_ok=True)
     path, n = os.path.join(root, name), 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(root, f"{name}-{n}")
-    return path
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = os.path.join(root, f"{name}-{n}")
+
+
+@contextlib.contextmanager
+def reserved(out: str | None, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> Iterator[str]:
+    """Hold the run folder for this process while the run writes to it: ``out``, or with None the next
+    free :func:`default_dir`. A lock file naming the process is created exclusively and removed at
+    the end. Refused: a folder another live process holds, and one holding another run's checkpoint
+    unless ``resume`` continues it or ``overwrite`` replaces it. A folder made here and left empty
+    (the run failed before its first epoch) is removed."""
+    made = [out] if out is not None and not os.path.isdir(out) else []
+    if out is None:  # the default folder, and ``runs`` where it is the first
+        first = not os.path.isdir(RUNS)
+        out = default_dir(config)
+        made = [out, RUNS] if first else [out]
+    os.makedirs(out, exist_ok=True)
+    if not (resume or overwrite) and os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise SplitFXError(f"--out {out} holds another run's checkpoint; continue it with --resume "
+                           f"{os.path.join(out, CHECKPOINT)}, replace it with --overwrite, or choose another --out")
+    lock = _lock(out)
+    try:
+        yield out
+    finally:
+        os.remove(lock)
+        for folder in made:
+            if not os.listdir(folder):
+                os.rmdir(folder)
+
+
+def _lock(out: str) -> str:
+    """Create ``out/.lock`` holding this process's id; a lock whose process is gone is taken over."""
+    path = os.path.join(out, LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and running(holder):
+                raise SplitFXError(f"{out} is the run folder of another splitfx train (process {holder}) that is "
+                                   "still running; wait for it, or choose another --out") from None
+            os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    raise SplitFXError(f"{out}: cannot take its lock file {LOCK}; another run keeps replacing it")
+
+
+def _holder(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or -1)
+    except (OSError, ValueError):
+        return None
 
 
 def write_metrics(out: str, lines: Sequence[dict]) -> None:
