@@ -12,6 +12,7 @@ from torch import nn
 
 import splitfx
 from splitfx.api.validation import check_plan_arguments
+from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.programs.epochs import build_model
 from splitfx.recipes.simple import Linear as LinearRecipe
 
@@ -127,6 +128,7 @@ def test_dict_output_trains_with_its_own_loss():
     sm = splitfx.convert(DictOut(), X, 2, num_classes=5, loss_fn=loss_fn)
     losses = sm.train_step(X, Y, torch.optim.SGD(sm.parameters(), lr=0.1))
     assert len(losses) == 2 and all(np.isfinite(losses))
+    assert sm.plan.simulation_error is None
 
 
 class Encoder(nn.Module):
@@ -146,6 +148,16 @@ def test_an_encoder_plans_with_num_classes_and_trains_on_its_own_loss():
     sm = splitfx.convert(Encoder(), x, 2, num_classes=5, loss_fn=lambda out, y: out.pow(2).mean())
     losses = sm.train_step(x, Y[:2], torch.optim.SGD(sm.parameters(), lr=0.1))
     assert len(losses) == 2 and all(np.isfinite(losses))
+    # The step is still simulated, with a last loss that saves nothing: exact for a loss_fn that saves nothing.
+    summed = splitfx.convert(Encoder(), x, 2, num_classes=5, loss_fn=lambda out, y: out.sum())
+    assert summed.plan.simulation_error is None
+    peaks = []
+    with SavedTensorMeter(state_keys([summed])) as meter:
+        for loss in summed.local_losses(x, Y[:2].clone()):  # a target of its own storage, as the plan's
+            peaks.append(meter.peak)
+            loss.backward()
+            meter.mark()
+    assert peaks == [b.saved_bytes for b in summed.plan.blocks]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -209,3 +209,19 @@ def test_layouts_are_named_by_the_enum_alone():
         found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and node.value in names and id(node) not in own]
     assert not found, found
+
+
+@pytest.mark.parametrize("report", ["SplitPlan", "BlockPlan", "StagePlan"])
+def test_plan_reports_are_plain_frozen_data(report):
+    """The reports are frozen dataclasses with no field typed ``Any`` (or ``object``): what convert
+    builds from is the planner's ``Split``, never something riding on the report."""
+    import dataclasses
+    import re
+
+    from splitfx.base import report as reports
+    from splitfx.base import stages
+
+    cls = getattr(reports, report, None) or getattr(stages, report)
+    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
+    loose = [f.name for f in dataclasses.fields(cls) if re.search(r"\bAny\b|\bobject\b", str(f.type))]
+    assert not loose, f"{report} fields typed Any or object: {loose}"

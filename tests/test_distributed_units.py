@@ -121,8 +121,10 @@ def test_measured_block_times_leave_the_module_as_it_was():
     assert len(times) == 4 and all(t > 0 for t in times)
     assert all(torch.equal(before[k], v) for k, v in sm.state_dict().items()), "weights and BatchNorm statistics"
     assert all(p.grad is None for p in sm.parameters()) and torch.equal(rng, torch.get_rng_state())
-    rebalance_stages(sm, [1.0, 1.0, 1.0, 5.0])
+    planned = sm.plan
+    sm.plan = rebalance_stages(sm.plan, [1.0, 1.0, 1.0, 5.0])
     assert sm.plan.stages.ranges == [(0, 3), (3, 4)] and sm.plan.stages.seconds == [3.0, 5.0]
+    assert planned.stages.seconds is None, "a new plan: the one rebalanced is left as it was"
     timed = converted(4, stages=2, stage_balance="time")
     assert timed.plan.stages.balanced_by == "time" and len(timed.plan.stages.seconds) == 2
     with pytest.raises(ArgumentError, match="measures the converted blocks"):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import splitfx
+from splitfx.api.planning import split_of
 from splitfx.cli import main
 from splitfx.programs.config import TrainConfig, check_resume, with_all_options
 from splitfx.recipes.auglocal import pyramid_depth
@@ -34,7 +35,7 @@ def _convert(name: str, recipe, **options):
     x, y = torch.randn(2, 3, SIZE, SIZE), torch.randint(0, 10, (2,))
     recipe = splitfx.recipe(recipe, **options) if isinstance(recipe, str) else recipe
     plan = splitfx.plan(model, x, split_points=points, recipe=recipe)
-    ctx = plan.context
+    ctx = split_of(plan)
     sm = splitfx.convert(model, x, plan=plan)
     return model, x, y, sm, ctx
 

@@ -96,6 +96,16 @@ def test_an_untraceable_submodule_becomes_a_leaf_and_the_model_still_splits():
     assert_isolated(sm, x, torch.randint(0, 4, (2,)))
 
 
+def test_a_step_fake_tensors_cannot_run_keeps_the_estimate_and_the_plan_says_why():
+    x = torch.randn(2, 3, 8, 8)
+    plan = splitfx.plan(Net(), x, num_blocks=3, num_classes=4)  # the gate's `if x.sum() > 0` needs real data
+    assert plan.simulation_error.startswith("DataDependentOutputException")
+    assert plan.to_dict()["simulation_error"] == plan.simulation_error
+    assert "saved activations estimated per op: fake tensors could not run a local step" in plan.table()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    assert splitfx.plan(mlp, x, num_blocks=2).simulation_error is None
+
+
 def test_unknown_leaf_name_is_an_error():
     with pytest.raises(splitfx.TraceError, match="nope"):
         splitfx.plan(Net(), torch.randn(1, 3, 8, 8), leaf_modules=["nope"])

@@ -1,6 +1,8 @@
 """``splitfx.plan`` and ``splitfx.max_batch``: inspect how a model would be split, without converting it."""
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -15,11 +17,34 @@ from ..planner.budget import largest_batch, most_blocks, smallest_blocks
 from ..planner.driver import Planner
 from ..planner.stages import balance_stages
 from ..recipes import Recipe, create_recipe
+from ..recipes.split import Split
 from .validation import check_plan_arguments
 
 # Enough for every frontier of the zoo's dense blocks and multi-branch stages (docs/design.md):
 # beyond it a cut costs a message per tensor in a pipeline and a wide merged aux input.
 MAX_CUT_TENSORS = 16
+
+# The Split behind each plan this process handed out, kept while that plan lives: what
+# ``convert(plan=...)`` and ``segments`` build from, so the report itself stays plain data.
+_SPLITS: dict[int, Split] = {}
+
+
+def _remember(split: Split) -> SplitPlan:
+    """``split``'s report, as a plan :func:`split_of` knows. The plan handed out is a copy of the one
+    the Split holds, so that the entry never keeps its own key alive."""
+    report = dataclasses.replace(split.plan)
+    _SPLITS[id(report)] = split
+    weakref.finalize(report, _SPLITS.pop, id(report), None)
+    return report
+
+
+def split_of(plan: SplitPlan) -> Split:
+    """The Split that ``plan`` reports: its traced graph, emitted blocks and heads."""
+    split = _SPLITS.get(id(plan))
+    if split is None:
+        raise ArgumentError("this plan has no graph behind it (a SplitModule's plan, a copy or a rebalanced plan): "
+                            "use the plan that splitfx.plan returned")
+    return split
 
 
 def plan(
@@ -80,14 +105,14 @@ def plan(
         made = planner.plan(num_blocks, split_points)
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
         times = None if isinstance(stage_balance, str) else stage_balance
-        made.stages = balance_stages(made, stages, budget, optimizer, tolerance, times=times)
-        return made
+        staged = balance_stages(made.plan, stages, budget, optimizer, tolerance, times=times)
+        return _remember(dataclasses.replace(made, plan=dataclasses.replace(made.plan, stages=staged)))
     if memory_budget is None:
-        return planner.plan(num_blocks, split_points)
+        return _remember(planner.plan(num_blocks, split_points))
     if split_points is not None:
         raise PlanError("memory_budget= chooses the number of blocks; it cannot be combined with split_points=")
     most = most_blocks(planner.ok, len(planner.sched.cuts)) if planner.recipe.traits.split else 1
-    return smallest_blocks(planner.plan, most, parse_bytes(memory_budget), optimizer)
+    return _remember(smallest_blocks(planner.plan, most, parse_bytes(memory_budget), optimizer))
 
 
 def max_batch(
@@ -105,11 +130,11 @@ def max_batch(
     batch = inputs[0].shape[0]
     split_points = options.pop("split_points", None)
 
-    def plan_at(b: int) -> SplitPlan:
+    def split_at(b: int) -> Split:
         resized = tuple(x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in inputs)
         return _planner(model, resized, **_defaults(options)).plan(num_blocks, split_points)
 
-    return largest_batch(plan_at, batch, parse_bytes(memory_budget), optimizer)
+    return _remember(largest_batch(split_at, batch, parse_bytes(memory_budget), optimizer))
 
 
 def _defaults(options: dict) -> dict:

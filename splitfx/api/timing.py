@@ -9,6 +9,7 @@ a CPU, and the rank holding it pays it every batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..base.errors import ArgumentError
 from ..base.optimizers import OPTIMIZERS as OPTIMIZERS  # re-exported for convert: each is a MakeOptimizer
+from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..planner.stages import balance_stages
 from ..runtime.split_module import SplitModule
@@ -103,11 +105,11 @@ def measure_block_times(sm: SplitModule, inputs: Inputs, target: torch.Tensor | 
     return [statistics.median(block) for block in zip(*runs, strict=True)]
 
 
-def rebalance_stages(sm: SplitModule, times: Sequence[float], tolerance: float = 0.05) -> None:
-    """Regroup ``sm.plan.stages`` (same number of stages, optimizer and memory budget) by measured
-    ``times``, seconds per block. The blocks do not change, only which rank trains which."""
-    old = sm.plan.stages
+def rebalance_stages(plan: SplitPlan, times: Sequence[float], tolerance: float = 0.05) -> SplitPlan:
+    """``plan`` with its stages regrouped (same number of stages, optimizer and memory budget) by
+    measured ``times``, seconds per block. The blocks do not change, only which rank trains which."""
+    old = plan.stages
     if old is None:
-        raise ArgumentError("this SplitModule has no pipeline stages to rebalance: convert it with stages=S")
-    sm.plan.stages = balance_stages(sm.plan, old.stages, old.memory_budget, old.optimizer, tolerance, old.in_flight,
-                                    times=times)
+        raise ArgumentError("this plan has no pipeline stages to rebalance: plan or convert with stages=S")
+    return dataclasses.replace(plan, stages=balance_stages(plan, old.stages, old.memory_budget, old.optimizer,
+                                                           tolerance, old.in_flight, times=times))

@@ -1,22 +1,23 @@
 """The plan report: :class:`SplitPlan` and :class:`BlockPlan`, their table, JSON and picture.
 
-Plain data, so the planner can produce it, the runtime can hold it and programs can print it
-without any of them importing the others. ``context`` carries the planner's internals (the traced
-graph, the cost probe) from ``plan`` to ``convert``; it is never part of the JSON view.
+Plain frozen data, so the planner can produce it, the runtime can hold it and programs can print it
+without any of them importing the others. What ``convert`` builds from (the traced graph, the
+emitted blocks and heads) is the planner's :class:`~splitfx.recipes.split.Split`, never the report.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 import numpy as np
 
 from .figures import pyplot, save
 from .memory import training_state_bytes
+from .stages import StagePlan
+from .units import nbytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlockPlan:
     """One gradient-isolated block. Byte counts are saved-for-backward activations."""
 
@@ -40,7 +41,7 @@ class BlockPlan:
         return self.modules[0] if len(self.modules) == 1 else f"{self.modules[0]} … {self.modules[-1]}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitPlan:
     """K contiguous blocks with their predicted cost, and E2E vs local peak activation memory."""
 
@@ -63,9 +64,10 @@ class SplitPlan:
     auto_leaves: dict[str, str] = field(default_factory=dict)  # modules fx could not trace → why
     param_bytes: int = 0  # every parameter: the model's, the aux heads', RepL coefficients
     trainable_bytes: int = 0  # those that get gradients and optimizer state
-    stages: Any = None  # plan(..., stages=S): a base.stages.StagePlan, the blocks of each pipeline rank
+    stages: StagePlan | None = None  # plan(..., stages=S): the blocks of each pipeline rank
     saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
-    context: Any = field(default=None, repr=False, compare=False)  # the planner's internals, for convert
+    # Why fake tensors could not run one local step (then saved_bytes are the per-op estimate), or None.
+    simulation_error: str | None = None
 
     @property
     def memory_ratio(self) -> float:
@@ -77,9 +79,9 @@ class SplitPlan:
         whole, as ``train_step`` does before its one ``optimizer.step()``)."""
         return self.local_peak_bytes + training_state_bytes(self.param_bytes, self.trainable_bytes, optimizer)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-able view (per block keys ``modules``, ``params``, ``saved_bytes``, ``flops``, ...)."""
-        skip = ("blocks", "context", "saved_profile", "stages")
+        skip = ("blocks", "saved_profile", "stages")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["blocks"] = [asdict(b) for b in self.blocks]
         d["stages"] = self.stages.to_dict() if self.stages is not None else None
@@ -113,6 +115,9 @@ class SplitPlan:
             f"predicted peak saved activations: E2E {nbytes(self.e2e_saved_bytes)}, "
             f"local {nbytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
         )
+        if self.simulation_error:
+            lines.append(f"saved activations estimated per op: fake tensors could not run a local step "
+                         f"({self.simulation_error})")
         lines += [f"kept whole (fx cannot trace inside it): {name}: {why}" for name, why in self.auto_leaves.items()]
         if self.shared_parameters:
             lines.append(f"kept in one block (used in several places, no cut between uses): "
@@ -148,15 +153,6 @@ def _handover(block: BlockPlan) -> str:
     if len(block.output_shapes) == 1:
         return "×".join(map(str, block.output_shapes[0]))
     return f"{len(block.output_shapes)} tensors, {nbytes(block.handover_bytes)}"
-
-
-def nbytes(n: float) -> str:
-    """Bytes for people: ``512 B``, ``1.5 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def count(n: int) -> str:

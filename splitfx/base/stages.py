@@ -1,16 +1,16 @@
 """The pipeline report: which blocks each rank trains, its share of the time, the bubble.
 
-Plain data like :mod:`.report`: the planner fills it (``plan(..., stages=S)``), the runtime reads its
+Plain frozen data like :mod:`.report`: the planner fills it (``plan(..., stages=S)``), the runtime reads its
 ``ranges``, programs print its :meth:`StagePlan.table`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .report import nbytes
+from .units import nbytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class StagePlan:
     """S contiguous ranges of blocks, one per pipeline rank, balanced by predicted training FLOPs or,
     when ``seconds`` are given, by measured block times.

@@ -1,4 +1,4 @@
-"""Byte sizes as people write them: ``4GiB``, ``512 MiB``, ``1.5e9``."""
+"""Byte sizes as people write them (``4GiB``, ``512 MiB``, ``1.5e9``) and as they read them (``1.5 MiB``)."""
 from __future__ import annotations
 
 import re
@@ -19,3 +19,12 @@ def parse_bytes(text: str | int | float) -> int:
     if value <= 0:
         raise ValueError(f"a memory size must be positive, got {text!r}")
     return int(value * _UNITS[unit])
+
+
+def nbytes(n: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -36,8 +36,9 @@ from ..base.tensors import node_parameters
 from .modes import draws_random
 from .node_cost import NodeCost, cost_graph
 
-# What fake tensors cannot run; such nodes are probed on random real tensors instead.
-_FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
+# What fake tensors cannot run (data-dependent Python, an output shape that depends on values, an op
+# with no fake kernel): the probe runs such nodes on random real tensors, a simulated step falls back.
+FAKE_LIMITS = (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException)
 
 # Values a block can take as constants when planned for one input size (ints are shape ints).
 CONSTANT_TYPES = (int, float, bool, type(None))
@@ -144,14 +145,14 @@ class _ProbeInterpreter(fx.Interpreter):
         module = self.fetch_attr(target)
         try:
             return functional_call(module, self.probe.module_state(module), args, kwargs)
-        except _FAKE_LIMITS:
+        except FAKE_LIMITS:
             self.probe.exclude.update(state_keys([module]))
             return self.probe.run_real(module, args, kwargs)
 
     def call_function(self, target, args, kwargs):
         try:
             return super().call_function(target, args, kwargs)
-        except _FAKE_LIMITS:
+        except FAKE_LIMITS:
             return self.probe.run_real(target, args, kwargs)
 
 

@@ -12,7 +12,7 @@ and another reads is a constant in the reader and checked in the block that comp
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -185,3 +185,11 @@ def emit_block(
     extras = {name: m for name, m in gm.named_children() if name != "model"}
     return attach(gm.get_submodule("model"), graph, f"Block{index}" if detach_input else f"AttachedBlock{index}",
                   extras)
+
+
+def emit_blocks(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]], cuts: Sequence[Cut],
+                baked: Mapping[str, Any], detach_input: bool = True) -> tuple[fx.GraphModule, ...]:
+    """Every block of a split: block k runs ``nodes[k]`` between ``cuts[k-1]`` and ``cuts[k]`` (the
+    model's inputs before the first, its outputs after the last); see :func:`emit_block`."""
+    ends = [None, *cuts, None]
+    return tuple(emit_block(gm, list(n), ends[k], ends[k + 1], k, detach_input, baked) for k, n in enumerate(nodes))

@@ -1,4 +1,4 @@
-"""The planner: trace → cost → cuts → aux cost → partition → :class:`SplitPlan`.
+"""The planner: trace → cost → cuts → aux cost → partition → emit → simulate → :class:`Split`.
 
 Block cost for ``method="memory"`` is the saved activations of the block plus its aux head and loss
 (probed on the fake boundary tensor, :mod:`splitfx.passes.aux_cost`); the partition is the exact
@@ -21,7 +21,7 @@ from ..base.tensors import class_scores
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
-from ..passes.emit import block_nodes, block_parameters, emit_block, shared_constants
+from ..passes.emit import block_nodes, block_parameters, emit_blocks, shared_constants
 from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, first_saves, storage_cost
@@ -32,11 +32,11 @@ from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.layout import Layout
 from ..recipes.merge import merge_for
+from ..recipes.split import Split, make_heads
 from .balance import METHODS, choose_path
-from .context import PlanContext
 from .legality import offer_cuts, require_trainable, trainable_blocks
 from .scopes import split_point_cut
-from .simulate import step_peaks
+from .simulate import last_loss, step_peaks
 
 
 class _LocalLoss(nn.Module):
@@ -140,8 +140,8 @@ class Planner:
         key = (recipe.head_key(boundary, graph), boundary.index)
         return self.aux.cost(self.sched.cuts[j].nodes, key, build)
 
-    def plan(self, num_blocks: int, split_points: Sequence[str] | None = None) -> SplitPlan:
-        """The split into ``num_blocks`` blocks (or right after ``split_points``)."""
+    def plan(self, num_blocks: int, split_points: Sequence[str] | None = None) -> Split:
+        """The split into ``num_blocks`` blocks (or right after ``split_points``), with its report."""
         sched, G, name = self.sched, self.probe.graph, self.name
         if not self.recipe.traits.split:
             num_blocks, split_points = 1, None
@@ -163,42 +163,47 @@ class Planner:
                 self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(boundaries)]
             path = choose_path(self.method, num_blocks, self.probe, sched, self._aux_costs or [], self.final_loss,
                                self.ok, self.tolerance, name)
-        return self._report(num_blocks, path, boundaries, "split_points" if chosen is not None else self.method)
+        return self._split(path, boundaries, "split_points" if chosen is not None else self.method)
 
-    def _parts(self, nodes: list[list[fx.Node]], cuts: list[Cut], boundaries: list[Boundary]) -> SplitParts:
-        """The blocks, heads and merges of a split, bound to the user's model (what convert returns)."""
-        ends = [None, *cuts, None]
-        baked = shared_constants(nodes, self.sched.baked)
-        blocks = [emit_block(self.gm, n, ends[k], ends[k + 1], k, baked=baked) for k, n in enumerate(nodes)]
-        attached = ([emit_block(self.gm, n, ends[k], ends[k + 1], k, False, baked) for k, n in enumerate(nodes)]
-                    if self.recipe.traits.cascade else ())  # only cascades run a block without its input detach
-        ref = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-        device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
-        heads = [self.recipe.make_head(b, self.graph).to(device=device, dtype=dtype) for b in boundaries]
-        merges = [merge_for(b.parts, self.recipe.traits.merge)[0] for b in boundaries]
-        return SplitParts(blocks, heads, nn.CrossEntropyLoss(), self.model, merges, attached)
-
-    def _report(self, num_blocks: int, path: list[int], boundaries: list[Boundary], method: str) -> SplitPlan:
-        """The plan of the blocks between ``path``'s boundaries, its chosen cuts re-probed at their depth."""
-        gm, sched, G, model = self.gm, self.sched, self.probe.graph, self.model
+    def _split(self, path: list[int], boundaries: list[Boundary], method: str) -> Split:
+        """The blocks between ``path``'s boundaries, emitted with their heads and merges (bound to the
+        user's model: what convert trains), their chosen cuts re-probed at their depth, and the report."""
+        gm, sched, recipe = self.gm, self.sched, self.recipe
         cut_ids = [j - 1 for j in path[1:-1]]
-        chosen_boundaries = [dataclasses.replace(boundaries[j], index=k) for k, j in enumerate(cut_ids)]
-        chosen_aux = [self._aux_cost(j, b) for j, b in zip(cut_ids, chosen_boundaries, strict=True)]
+        chosen = tuple(dataclasses.replace(boundaries[j], index=k) for k, j in enumerate(cut_ids))
+        cuts = tuple(sched.cuts[j] for j in cut_ids)
         ends = [self.bounds[j] for j in path]
+        nodes = tuple(tuple(block_nodes(gm, self.probe.graph, sched, start, end)) for start, end in pairwise(ends))
+        baked = shared_constants(nodes, sched.baked)
+        blocks = emit_blocks(gm, nodes, cuts, baked)
+        # Only cascades run a block without its input detach.
+        attached = emit_blocks(gm, nodes, cuts, baked, detach_input=False) if recipe.traits.cascade else ()
+        heads = make_heads(recipe, chosen, self.graph, self.model)
+        merges = tuple(merge_for(b.parts, recipe.traits.merge)[0] for b in chosen)
+        params = tuple(tuple(block_parameters(gm, n)) for n in nodes)
+        parts = SplitParts(blocks, heads, last_loss(self.probe.outputs), self.model, merges, attached)
+        chosen_aux = [self._aux_cost(j, b) for j, b in zip(cut_ids, chosen, strict=True)]
+        report = self._report(method, ends, cuts, chosen_aux, nodes, params, parts)
+        return Split(report, gm, recipe, self.graph, chosen, cuts, nodes, baked, blocks, attached, heads, merges,
+                     params, self.probe.outputs)
+
+    def _report(self, method: str, ends: list[int], cuts: Sequence[Cut], chosen_aux: list[AuxCost],
+                nodes: Sequence[Sequence[fx.Node]], params: Sequence[Sequence[nn.Parameter]],
+                parts: SplitParts) -> SplitPlan:
+        """The report of the blocks between positions ``ends``, one local step of ``parts`` simulated."""
+        gm, sched, G, model = self.gm, self.sched, self.probe.graph, self.model
+        num_blocks = len(nodes)
         costs = [node_cost(G, v) for v in sched.order]
         saves = [c.saved for c in costs]
         storages = G.graph["storages"]
         with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss])
         backbone = storage_cost(saves, storages, ends)
         flops = additive_cost([c.flops for c in costs], ends)
-        nodes = [block_nodes(gm, G, sched, start, end) for start, end in pairwise(ends)]
-        cuts = [sched.cuts[j] for j in cut_ids]
-        parts = self._parts(nodes, cuts, chosen_boundaries)
         estimate = [self.recipe.step_bytes(with_aux, backbone, k) for k in range(num_blocks)]
-        saved = step_peaks(self.aux, parts, self.recipe, getattr(gm, "repl", nn.Module())) or estimate
+        saved, unsimulated = step_peaks(self.aux, parts, self.recipe, getattr(gm, "repl", nn.Module()), estimate)
         blocks = [
-            _block(k, nodes[k], gm, G, start, end, int(saved[k]), int(flops[k, k + 1]),
-                   chosen_aux[k] if k < len(cuts) else None, cuts[k] if k < len(cuts) else None)
+            _block(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
+                   int(flops[k, k + 1]), chosen_aux[k] if k < len(cuts) else None, cuts[k] if k < len(cuts) else None)
             for k, (start, end) in enumerate(pairwise(ends))
         ]
         heads = sum(a.params for a in chosen_aux)
@@ -226,8 +231,7 @@ class Planner:
             param_bytes=weight_bytes(everything) + heads * itemsize,
             trainable_bytes=weight_bytes(trainable) + heads * itemsize,
             saved_profile=[int(b) for b in first_saves(saves, storages)],
-            context=PlanContext(model, gm, self.probe, sched, self.recipe, self.graph, chosen_boundaries, cuts, nodes,
-                                parts),
+            simulation_error=unsimulated,
         )
 
 
@@ -241,14 +245,14 @@ def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, num_cla
                     tuple(inputs[0].shape), cut.position, parts)
 
 
-def _block(k: int, nodes: list[fx.Node], gm: fx.GraphModule, G, start: int, end: int, saved: int, flops: int,
+def _block(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params: int, saved: int, flops: int,
            aux: AuxCost | None, cut: Cut | None) -> BlockPlan:
     return BlockPlan(
         index=k,
         modules=list(dict.fromkeys(
             unprefix(node_cost(G, nd.name).scope) for nd in nodes if node_cost(G, nd.name).scope and nd.op != "output"
         )),
-        params=sum(p.numel() for p in block_parameters(gm, nodes)),
+        params=params,
         saved_bytes=saved,
         aux_saved_bytes=int(sum(aux.saves.values())) if aux else 0,
         flops=flops,

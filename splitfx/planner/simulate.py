@@ -6,6 +6,8 @@ detached input saves only what the other input's gradient needs. So the chosen b
 heads and the recipe's own loop run once under the probe's fake mode — no real compute — inside the
 same :class:`~splitfx.base.meter.SavedTensorMeter` that measures real runs; after each loss the
 meter forgets what was saved, as ``backward`` frees it. The per-loss peaks are then the prediction, exact on CPU.
+Where fake tensors cannot run the step (:data:`~splitfx.passes.cost.FAKE_LIMITS`: a leaf module with
+data-dependent Python), the plan keeps the per-op estimate and says why; any other error is a bug and raised.
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
+from ..base.errors import first_line
 from ..base.meter import SavedTensorMeter
-from ..base.tensors import state_slots
+from ..base.tensors import class_scores, state_slots
 from ..passes.aux_cost import AuxProbe
-from ..recipes.base import Recipe, SplitParts
+from ..passes.cost import FAKE_LIMITS
+from ..recipes.base import LossFn, Recipe, SplitParts
 
 
 class _Step(nn.Module):
@@ -40,16 +45,31 @@ class _Step(nn.Module):
         return peaks
 
 
-def step_peaks(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module) -> list[int] | None:
-    """Peak saved bytes while each loss of one ``recipe`` step is alive (None if fake tensors cannot
-    run it, e.g. a leaf module with data-dependent Python; the caller then keeps its estimate)."""
+def last_loss(outputs: object) -> LossFn:
+    """The last block's loss in the simulated step: cross-entropy on class scores, as ``convert``
+    trains them by default. Other outputs go to the user's ``loss_fn``, which the plan cannot know:
+    their sum stands in for it, saving nothing (the estimate counts nothing for it either)."""
+    if class_scores(outputs):
+        return nn.CrossEntropyLoss()
+
+    def summed(output: object, target: torch.Tensor) -> torch.Tensor:
+        leaves = [t.sum() for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        return sum(leaves[1:], leaves[0]) if leaves else target.new_zeros((), dtype=torch.float32)
+
+    return summed
+
+
+def step_peaks(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module,
+               estimate: list[float]) -> tuple[list[float], str | None]:
+    """Peak saved bytes while each loss of one ``recipe`` step is alive, and None; or, where fake
+    tensors cannot run the step (a leaf module with data-dependent Python), ``estimate`` and why."""
     probe = aux.probe
     step = _Step(parts, recipe, extra)
     try:
         with probe.fake_mode, _fake_state(step, probe.state):
-            return step(aux.inputs, aux.target, probe.exclude)
-    except Exception:
-        return None
+            return step(aux.inputs, aux.target, probe.exclude), None
+    except FAKE_LIMITS as err:
+        return estimate, first_line(err)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ import numpy as np
 
 from ..base.errors import PlanError
 from ..base.memory import training_state_bytes
-from ..base.report import SplitPlan, nbytes
+from ..base.report import SplitPlan
 from ..base.stages import StagePlan
+from ..base.units import nbytes
 from ..passes.partition import min_max_split
 
 Cost = Callable[[int, int], float]

@@ -139,9 +139,10 @@ def feature_loss(output: Any, target: Any) -> Any:
 
 def _convert(c: SimpleNamespace) -> None:
     from ..api.conversion import convert
+    from ..api.planning import split_of
     from ..base.tensors import class_scores
 
-    scores = class_scores(c.plan.context.probe.outputs)
+    scores = class_scores(split_of(c.plan).outputs)
     c.sm = convert(c.model, c.x, plan=c.plan, loss_fn=None if scores else feature_loss)
 
 

@@ -34,7 +34,7 @@ from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
 from ..base.memory import optimizer_state_bytes, weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys
-from ..base.report import nbytes
+from ..base.units import nbytes
 from ..recipes import Recipe
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline

@@ -12,14 +12,23 @@ implement :meth:`~PipelineSchedule.losses`, the generator of this rank's losses 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from ..base.errors import ArgumentError
+from .pipeline import Stage
 
-if TYPE_CHECKING:
-    from .schedule import Rank
+
+class Rank(Protocol):
+    """What a schedule uses of a rank (:class:`~.schedule.Rank`): its stage, receiving work, and
+    running the stage's losses on it with the output sent on."""
+
+    stage: Stage
+
+    def receive(self, tag: int, batch: tuple | None, whole: int | None = None) -> Any: ...
+
+    def stage_losses(self, work: Any, tag: int) -> Iterator[torch.Tensor]: ...
 
 SCHEDULES: dict[str, type[PipelineSchedule]] = {}
 

@@ -17,6 +17,7 @@ from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..passes.modes import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts
+from ..recipes.split import Split
 from .step import run_step
 
 
@@ -53,6 +54,14 @@ class SplitModule(nn.Module):
         object.__setattr__(self, "attached_blocks", tuple(attached_blocks))  # no input detach
         names = {id(p): n for n, p in self.named_parameters()}
         self._block_param_names = [[names[id(p)] for p in params] for params in block_params]
+        self.training = self.model.training  # the model's mode (its submodules keep their own)
+
+    @classmethod
+    def from_split(cls, split: Split, loss_fn: LossFn) -> SplitModule:
+        """The trainable module of a planned :class:`Split`: its blocks, heads and merges as they are
+        (no copies), ``loss_fn(output, target)`` for the last block."""
+        return cls(split.plan, split.recipe, split.traced, split.blocks, split.heads, split.merges, loss_fn,
+                   split.block_params, split.attached)
 
     @property
     def num_blocks(self) -> int:
