@@ -9,12 +9,13 @@ from torch import nn
 
 from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.report import SplitPlan
-from ..base.tensors import Inputs
+from ..base.tensors import Inputs, as_tuple
 from ..passes.emit import emit_blocks
 from ..recipes import LossFn
 from ..runtime.split_module import SplitModule
 from .planning import plan as make_plan
 from .planning import split_of
+from .staging import plan_by_time
 from .timing import OPTIMIZERS, measure_block_times, rebalance_stages
 from .validation import check_convert, check_output, check_plan_arguments
 
@@ -35,15 +36,19 @@ def convert(
     this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
     last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied.
 
-    With ``stages=S, stage_balance="time"`` the stages are balanced by each block's training time
-    measured here on ``example_inputs`` (:func:`splitfx.measure_block_times`, stepping the
-    ``optimizer`` named) instead of predicted FLOPs; ``model`` is left as it was."""
+    With ``stages=S, stage_balance="time"`` the stages and the blocks are chosen together
+    (:mod:`splitfx.api.staging`): the stage boundaries first, at equal training time measured here
+    on ``example_inputs`` over finer blocks (:func:`splitfx.measure_block_times`, stepping the
+    ``optimizer`` named), then ``num_blocks`` blocks balanced by ``method`` within the stages, which
+    are finally grouped by the blocks' own measured times; ``model`` is left as it was."""
     check_convert(model, locals())
     fresh = plan is None  # a plan made here is no one else's: its heads can be trained as they are
     measured = options.get("stage_balance") == "time"
     if measured:  # planned by FLOPs first: check what was given (stages=S among it)
         check_plan_arguments(model, example_inputs, num_blocks=num_blocks, **options)
-    if plan is None:
+    if plan is None and measured and options.get("split_points") is None:
+        plan = plan_by_time(model, as_tuple(example_inputs), num_blocks, options)
+    elif plan is None:
         plan = make_plan(model, example_inputs, num_blocks, **{**options, "stage_balance": "flops"} if measured
                          else options)
     elif options:

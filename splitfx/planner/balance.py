@@ -6,6 +6,7 @@ and the tensors handed to it that it does not save itself (several, at a multi-t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import networkx as nx
 import numpy as np
@@ -37,8 +38,11 @@ def choose_path(
     ok: np.ndarray,
     tolerance: float,
     model_name: str,
+    fixed: Sequence[int] = (),
 ) -> list[int]:
-    """Boundary indices ``[0, ..., M-1]`` of the chosen split (see :mod:`splitfx.passes.partition`)."""
+    """Boundary indices ``[0, ..., M-1]`` of the chosen split (see :mod:`splitfx.passes.partition`).
+    Boundaries ``fixed`` (pipeline stage boundaries placed by time) are kept, and the blocks are
+    balanced within each range between them, ``num_blocks`` shared out evenly (earlier ranges first)."""
     G: nx.DiGraph = probe.graph
     order = sched.order
     bounds = [0, *(c.position for c in sched.cuts), len(order)]
@@ -59,4 +63,11 @@ def choose_path(
     weights = [0, *(sum(node_cost(G, v).out_bytes for v in c.nodes) for c in sched.cuts), 0]
     handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
     masked = mask_untrainable(cost(), ok, num_blocks, model_name)
-    return [0, *min_max_partition(masked, num_blocks, weights, handover, tolerance), len(bounds) - 1]
+    edges = [0, *fixed, len(bounds) - 1]
+    ranges = len(edges) - 1
+    path = [0]
+    for s, (a, b) in enumerate(pairwise(edges)):
+        k = num_blocks // ranges + (s < num_blocks % ranges)
+        inner = min_max_partition(masked[a:b + 1, a:b + 1], k, weights[a:b + 1], handover[a:b + 1], tolerance)
+        path += [a + i for i in inner] + [b]
+    return path

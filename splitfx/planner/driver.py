@@ -140,8 +140,11 @@ class Planner:
         key = (recipe.head_key(boundary, graph), boundary.index)
         return self.aux.cost(self.sched.cuts[j].nodes, key, build)
 
-    def plan(self, num_blocks: int, split_points: Sequence[str] | None = None) -> Split:
-        """The split into ``num_blocks`` blocks (or right after ``split_points``), with its report."""
+    def plan(self, num_blocks: int, split_points: Sequence[str] | None = None,
+             stage_cuts: Sequence[int] = ()) -> Split:
+        """The split into ``num_blocks`` blocks (or right after ``split_points``), with its report.
+        ``stage_cuts`` (positions of offered cuts) are kept as cuts, and the blocks are balanced
+        within the ranges between them: pipeline stages placed first."""
         sched, G, name = self.sched, self.probe.graph, self.name
         if not self.recipe.traits.split:
             num_blocks, split_points = 1, None
@@ -162,7 +165,7 @@ class Planner:
             if self._aux_costs is None and self.method in ("memory", "flops"):
                 self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(boundaries)]
             path = choose_path(self.method, num_blocks, self.probe, sched, self._aux_costs or [], self.final_loss,
-                               self.ok, self.tolerance, name)
+                               self.ok, self.tolerance, name, [self.bounds.index(p) for p in stage_cuts])
         return self._split(path, boundaries, "split_points" if chosen is not None else self.method)
 
     def _split(self, path: list[int], boundaries: list[Boundary], method: str) -> Split:

@@ -1,0 +1,64 @@
+"""Pipeline stages and blocks chosen together: ``convert(..., stages=S, stage_balance="time")``.
+
+A pipeline runs at its slowest rank's pace, and blocks balanced by memory are far from balanced in
+time (ResNet's early blocks hold large maps and little compute), so grouping K memory-balanced
+blocks into S stages leaves a large bubble: with K=4 and S=2 there are only three groupings to
+choose from. Here the stage boundaries come first, at equal *measured* time: the model is split
+into finer blocks (:data:`FINE_PER_STAGE` per stage), each block's training step is timed on the
+example, and the S−1 boundaries that best equalise the stages' summed times are kept as cuts. The
+K blocks are then balanced by the plan's method (memory) within each stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from torch import nn
+
+from ..base.errors import PlanError
+from ..base.optimizers import OPTIMIZERS
+from ..base.report import SplitPlan
+from ..base.units import parse_bytes
+from ..passes.partition import min_max_split
+from ..planner.budget import most_blocks
+from ..planner.driver import Planner
+from ..planner.stages import balance_stages
+from ..recipes.split import Split
+from ..runtime.split_module import SplitModule
+from .planning import _defaults, _planner, _remember
+from .timing import measure_block_times
+
+FINE_PER_STAGE = 8  # blocks per stage the time is measured over: the stage boundary lands within ~1/8 stage
+
+
+def plan_by_time(model: nn.Module, inputs: tuple, num_blocks: int, options: dict) -> SplitPlan:
+    """The plan of ``num_blocks`` blocks on ``options["stages"]`` stages whose boundaries were placed at
+    equal measured time (see module docstring); its stages are those boundaries' blocks, reported
+    by FLOPs until the caller measures the blocks themselves."""
+    stages, optimizer = options["stages"], options.get("optimizer", "adamw")
+    budget = parse_bytes(options["memory_budget"]) if options.get("memory_budget") is not None else None
+    planner = _planner(model, inputs, **_defaults({k: v for k, v in options.items() if k in _PLANNER}))
+    split = _placed(planner, num_blocks, stages, inputs, optimizer)
+    staged = balance_stages(split.plan, stages, budget, optimizer, options.get("tolerance", 0.05))
+    return _remember(dataclasses.replace(split, plan=dataclasses.replace(split.plan, stages=staged)))
+
+
+_PLANNER = ("method", "recipe", "num_classes", "leaf_modules", "replace", "replace_mode", "max_cut_tensors",
+            "tolerance", "auto_leaf")
+
+
+def _placed(planner: Planner, num_blocks: int, stages: int, inputs: tuple, optimizer: str) -> Split:
+    """The split whose stage boundaries equalise the measured time of finer blocks."""
+    fine = min(FINE_PER_STAGE * stages, most_blocks(planner.ok, len(planner.sched.cuts)))
+    if fine <= num_blocks or stages == 1:
+        return planner.plan(num_blocks)
+    grain = planner.plan(fine)
+    times = measure_block_times(SplitModule.from_split(grain, nn.CrossEntropyLoss()), inputs,
+                                optimizer=OPTIMIZERS[optimizer])
+    total = np.concatenate([[0.0], np.cumsum(times)])
+    cost = np.where(np.triu(np.ones((fine + 1, fine + 1), dtype=bool), 1), total[None, :] - total[:, None], np.inf)
+    edges = min_max_split(cost, stages)
+    try:
+        return planner.plan(num_blocks, stage_cuts=[grain.plan.blocks[e - 1].end for e in edges[1:-1]])
+    except (ValueError, PlanError):  # a stage too short for its share of the blocks: group them afterwards
+        return planner.plan(num_blocks)
