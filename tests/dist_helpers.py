@@ -17,7 +17,7 @@ from torch import nn
 import splitfx
 from splitfx.runtime.grid import Grid
 from splitfx.runtime.pipeline import Stage
-from splitfx.runtime.schedule import Rank
+from splitfx.runtime.rank import Rank
 
 
 def free_port() -> int:

@@ -219,9 +219,9 @@ def test_plan_reports_are_plain_frozen_data(report):
     import re
 
     from splitfx.base import report as reports
-    from splitfx.base import stages
+    from splitfx.base import stage_plan
 
-    cls = getattr(reports, report, None) or getattr(stages, report)
+    cls = getattr(reports, report, None) or getattr(stage_plan, report)
     assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
     loose = [f.name for f in dataclasses.fields(cls) if re.search(r"\bAny\b|\bobject\b", str(f.type))]
     assert not loose, f"{report} fields typed Any or object: {loose}"

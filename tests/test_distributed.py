@@ -35,7 +35,7 @@ from splitfx.programs.distributed import balance_by_time, train_distributed
 from splitfx.programs.train import TrainConfig, train
 from splitfx.runtime import grid as grids
 from splitfx.runtime.pipeline import Stage, check_pipeline
-from splitfx.runtime.schedule import Rank
+from splitfx.runtime.rank import Rank
 from splitfx.runtime.schedules import MicroBatches, Streaming
 
 STEPS = 3

@@ -11,7 +11,7 @@ from splitfx.planner import legality
 from splitfx.runtime import schedules
 from splitfx.runtime.grid import Grid
 from splitfx.runtime.pipeline import Stage
-from splitfx.runtime.schedule import Rank
+from splitfx.runtime.rank import Rank
 from splitfx.runtime.schedules import Streaming
 
 DESIGN = Path(__file__).parents[1] / "docs" / "design.md"

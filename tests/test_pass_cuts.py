@@ -193,7 +193,7 @@ def test_a_train_only_random_call_in_the_models_own_forward_is_gated_and_drawn_o
     training flag; built from shapes alone it is free, so every block recomputes it, and a step
     replays the first draw for the others: the blocks see the draw the model makes."""
     import splitfx
-    from splitfx.passes.modes import one_draw_per_step
+    from splitfx.passes.replay import one_draw_per_step
 
     model, x, y = AugmentedRotary(), torch.randn(2, 5, 6), torch.tensor([0, 2])
     gated = [n for n in trace(model, (x,)).graph.nodes if getattr(n.target, "train_only_of", None) is jitter]

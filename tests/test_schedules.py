@@ -8,7 +8,7 @@ import splitfx
 from splitfx.base.errors import ArgumentError
 from splitfx.runtime.grid import Grid
 from splitfx.runtime.pipeline import Stage
-from splitfx.runtime.schedule import Rank
+from splitfx.runtime.rank import Rank
 from splitfx.runtime.schedules import SCHEDULES, MicroBatches, Streaming, schedule_named
 
 from tinynets import MLP

@@ -10,8 +10,8 @@ from torch import nn
 
 from ..base.errors import ArgumentError, PlanError
 from ..base.report import SplitPlan
+from ..base.sizes import parse_bytes
 from ..base.tensors import Inputs, as_tuple
-from ..base.units import parse_bytes
 from ..passes.trace import LeafSpec
 from ..planner.budget import largest_batch, most_blocks, smallest_blocks
 from ..planner.driver import Planner

@@ -18,7 +18,7 @@ from torch import nn
 from ..base.errors import PlanError
 from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
-from ..base.units import parse_bytes
+from ..base.sizes import parse_bytes
 from ..passes.partition import min_max_split
 from ..planner.budget import most_blocks
 from ..planner.driver import Planner

@@ -17,7 +17,7 @@ from torch import nn
 from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
-from ..base.units import parse_bytes
+from ..base.sizes import parse_bytes
 from ..planner.balance import METHODS
 from ..recipes import Recipe, list_recipes
 from ..runtime.split_module import SplitModule

@@ -13,8 +13,8 @@ import numpy as np
 
 from .figures import pyplot, save
 from .memory import training_state_bytes
-from .stages import StagePlan
-from .units import nbytes
+from .sizes import nbytes
+from .stage_plan import StagePlan
 
 
 @dataclass(frozen=True)

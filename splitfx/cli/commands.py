@@ -39,7 +39,7 @@ def plan(args: argparse.Namespace) -> int:
 
     from ..api.planning import max_batch
     from ..api.planning import plan as make_plan
-    from ..base.units import nbytes
+    from ..base.sizes import nbytes
 
     model, size = _model_and_size(args)
     options = dict(method=args.method, recipe=_recipe(args), leaf_modules=args.leaf,

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import SplitFXError
-from ..base.units import parse_bytes
+from ..base.sizes import parse_bytes
 from ..programs.config import TrainConfig, resolve_device
 from ..programs.data import check as check_data
 from ..programs.models import check_model

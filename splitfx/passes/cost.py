@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..base.memory import weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys, storage_key
 from ..base.tensors import node_parameters
-from .modes import draws_random
 from .node_cost import NodeCost, cost_graph
+from .replay import draws_random
 
 # What fake tensors cannot run (data-dependent Python, an output shape that depends on values, an op
 # with no fake kernel): the probe runs such nodes on random real tensors, a simulated step falls back.

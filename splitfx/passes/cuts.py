@@ -4,7 +4,7 @@ Parameters, ``get_attr`` constants and anything computed from them and the input
 (``cls_token.expand``, position-embedding resampling, a rotary embedding built for the patch grid)
 are *free*: they are rematerialised in whichever block uses them, so they never cross a cut. A random
 draw is never free (each block would draw its own), unless it is a train-only call, which a step
-replays (``passes/modes.py``).
+replays (``passes/replay.py``).
 Everything else is ordered; the *frontier* after position ``p`` is every value produced at or before
 ``p`` and used after it. A cut there is legal when the frontier is made of tensors (at most
 ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the batch size when one
@@ -95,7 +95,7 @@ def _reached(G: nx.DiGraph, placeholders: list[str], static: set[str]) -> set[st
     """Nodes reached from the inputs or from a random draw other than through shape ints only: a
     value computed from the inputs' shapes alone (a rotary embedding built for the patch grid's
     ``H, W``) is free, unless it is drawn at random (``torch.rand``: each block would draw its own; a
-    train-only call, which a step replays, stays free: ``passes/modes.py``)."""
+    train-only call, which a step replays, stays free: ``passes/replay.py``)."""
     sources = [*placeholders, *(n for n in G.nodes if node_cost(G, n).random)]
     reach = set(sources)
     stack = list(sources)

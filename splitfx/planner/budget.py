@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..base.errors import PlanError
-from ..base.units import nbytes
+from ..base.sizes import nbytes
 from ..recipes.split import Split
 from .legality import max_blocks
 

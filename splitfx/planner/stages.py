@@ -20,8 +20,8 @@ import numpy as np
 from ..base.errors import PlanError
 from ..base.memory import training_state_bytes
 from ..base.report import SplitPlan
-from ..base.stages import StagePlan
-from ..base.units import nbytes
+from ..base.sizes import nbytes
+from ..base.stage_plan import StagePlan
 from ..passes.partition import min_max_split
 
 Cost = Callable[[int, int], float]

@@ -49,7 +49,7 @@ CAUSES = (
           "the whole model a leaf", r"top-level forward of \w+ failed", ("trace",)),
     Cause("training-only branch at the top level", "splitfx",
           "the model's own forward computes something else in training, other than a call eval skips (those, "
-          "like sapiens2's rotary coordinate augmentation, are gated on the training flag: passes/modes.py), "
+          "like sapiens2's rotary coordinate augmentation, are gated on the training flag: passes/replay.py), "
           "and splitfx keeps one graph for both modes; two graphs switched by mode would lift it",
           r"itself branches on self\.training", ("trace",)),
     Cause("ill-conditioned at random init", "model",

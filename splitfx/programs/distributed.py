@@ -3,7 +3,7 @@
 The world is S stages × R replicas (:mod:`splitfx.runtime.grid`). Every rank plans and converts the
 same model, groups the blocks into stages by the block times rank 0 measured (or by predicted FLOPs;
 the plan's fingerprint, stages included, is compared before training), keeps only its stage's blocks and
-aux heads, and trains them with its own AdamW (:mod:`splitfx.runtime.schedule`). Each global batch
+aux heads, and trains them with its own AdamW (:mod:`splitfx.runtime.rank`). Each global batch
 is split into R shards, one per replica; the data order, the learning-rate decay and the checkpoint
 (:mod:`.gather`, the one-process format) are those of ``splitfx train``, so with one replica the
 weights equal one process's bit for bit on CPU, and any run resumes on any world size.
@@ -26,7 +26,7 @@ from ..base.meter import SavedTensorMeter, state_keys
 from ..base.version import __version__
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
-from ..runtime.schedule import Rank
+from ..runtime.rank import Rank
 from ..runtime.schedules import PipelineSchedule, Streaming
 from ..runtime.split_module import SplitModule
 from ..runtime.transport import wait

@@ -6,7 +6,7 @@ every rank (``stage_balance="time"``), or by predicted FLOPs (``"flops"``); ever
 same stages. Modes, each timed over the same ``steps`` batches after ``warmup`` untimed ones:
 
 * ``one process``: rank 0 alone runs ``SplitModule.train_step`` over all K blocks (the others wait).
-* ``pipeline``: S ranks, each its stage's blocks (:mod:`splitfx.runtime.schedule`); no gradient
+* ``pipeline``: S ranks, each its stage's blocks (:mod:`splitfx.runtime.rank`); no gradient
   goes back, so batches stream through without a flush. Timed in steady state: the warm-up steps
   fill the pipeline, and samples/s is the timed samples over the last rank's time for them, from
   the end of its last warm-up step to the end of its last step: the rate at which trained batches
@@ -34,12 +34,12 @@ from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
 from ..base.memory import optimizer_state_bytes, weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys
-from ..base.units import nbytes
+from ..base.sizes import nbytes
 from ..recipes import Recipe
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.placement import block_tensors, place
-from ..runtime.schedule import Rank
+from ..runtime.rank import Rank
 from ..runtime.schedules import PipelineSchedule, Streaming
 from ..runtime.split_module import SplitModule
 from .distributed import balance_by_time

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..base.errors import DistributedError
-from ..passes.modes import one_draw_per_step
 from ..passes.names import PREFIX
+from ..passes.replay import one_draw_per_step
 from ..recipes.base import SplitParts, ema_sources, handed
 from .placement import place, stage_tensors, unused_tensors
 from .split_module import SplitModule

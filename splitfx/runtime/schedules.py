@@ -21,7 +21,7 @@ from .pipeline import Stage
 
 
 class Rank(Protocol):
-    """What a schedule uses of a rank (:class:`~.schedule.Rank`): its stage, receiving work, and
+    """What a schedule uses of a rank (:class:`~.rank.Rank`): its stage, receiving work, and
     running the stage's losses on it with the output sent on."""
 
     stage: Stage

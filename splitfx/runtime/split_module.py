@@ -15,7 +15,7 @@ from torch import nn
 
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
-from ..passes.modes import one_draw_per_step
+from ..passes.replay import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts
 from ..recipes.split import Split
 from .step import run_step

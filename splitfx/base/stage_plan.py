@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .units import nbytes
+from .sizes import nbytes
 
 
 @dataclass(frozen=True)
