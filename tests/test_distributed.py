@@ -137,9 +137,11 @@ def runs(tmp_path_factory):
         shutil.copytree(run, killed)
     four = run_ranks(4, _session, (FOUR, dict(stages=4, out=run, resume=os.path.join(killed, CKPT), kill=None)),
                      str(root), 150)
+    # One process trains the blocks the 2-stage run placed its stages by (its checkpoint keeps the cuts).
+    cuts = Checkpoint.load(os.path.join(killed, CKPT)).config["cuts"] if os.path.isdir(killed) else None
     with one_thread():
-        train(TrainConfig(epochs=1, **FAST), out=str(root / "e1"), **QUIET)
-        train(TrainConfig(epochs=2, **FAST), out=str(root / "e2"), **QUIET)
+        train(TrainConfig(epochs=1, cuts=cuts, **FAST), out=str(root / "e1"), **QUIET)
+        train(TrainConfig(epochs=2, cuts=cuts, **FAST), out=str(root / "e2"), **QUIET)
         refs = {name: (scheduled(blocks, recipe, batches(STEPS), MicroBatches(extra["microbatches"]))
                        if "microbatches" in extra else
                        reference(blocks, recipe, batches(STEPS), shards=world // stages,
@@ -189,6 +191,8 @@ def test_a_killed_rank_ends_the_others_with_its_name_and_the_checkpoint_resumes_
     assert sorted(os.listdir(runs["killed"])) == [CKPT, "metrics.jsonl", "tensorboard"], "no temp file left"
     root = runs["root"]
     after_one, after_two = (Checkpoint.load(str(root / e / CKPT)) for e in ("e1", "e2"))
+    cuts = Checkpoint.load(os.path.join(runs["killed"], CKPT)).config["cuts"]
+    assert cuts is not None and len(cuts) == FAST["blocks"] - 1, "the stages were placed by time, the cuts kept"
     _same(Checkpoint.load(os.path.join(runs["killed"], CKPT)), after_one)  # 2 ranks' epoch 1 = one process's
 
     assert all("failed" not in r["program"] for r in _ranks(runs["four"]))

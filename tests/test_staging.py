@@ -1,5 +1,6 @@
 """Pipeline stages placed first, at equal measured time, then blocks balanced within each stage
 (``convert(..., stages=S, stage_balance="time")``)."""
+import pytest
 import torch
 from torch import nn
 
@@ -30,3 +31,17 @@ def test_the_stage_boundary_is_where_the_measured_time_is_halved_and_each_stage_
     ends = [b.end for b in sm.plan.blocks[:-1]]
     assert cut in ends, (cut, ends)
     assert sum(e <= cut for e in ends) == 2, "two blocks in each stage, balanced within it"
+
+
+def test_recorded_cuts_give_the_same_blocks_and_foreign_ones_are_refused():
+    from splitfx.api.staging import cut_positions, plan_at
+
+    x = torch.randn(8, 16)
+    model = _chain()
+    first = splitfx.plan(model, x, 4, num_classes=4)
+    again = plan_at(model, (x,), 4, dict(num_classes=4), cut_positions(first))
+    assert [(b.start, b.end) for b in again.blocks] == [(b.start, b.end) for b in first.blocks]
+    with pytest.raises(splitfx.PlanError, match="not cuts of this model's plan"):
+        plan_at(model, (x,), 4, dict(num_classes=4), (1, 2, 10_000))
+    with pytest.raises(splitfx.ArgumentError, match="make 3 blocks, not 4"):
+        plan_at(model, (x,), 4, dict(num_classes=4), (1, 2))

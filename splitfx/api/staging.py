@@ -11,11 +11,12 @@ K blocks are then balanced by the plan's method (memory) within each stage.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from torch import nn
 
-from ..base.errors import PlanError
+from ..base.errors import ArgumentError, PlanError
 from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
 from ..base.sizes import parse_bytes
@@ -31,15 +32,51 @@ from .timing import measure_block_times
 FINE_PER_STAGE = 8  # blocks per stage the time is measured over: the stage boundary lands within ~1/8 stage
 
 
-def plan_by_time(model: nn.Module, inputs: tuple, num_blocks: int, options: dict) -> SplitPlan:
+Timer = Callable[[SplitModule], Sequence[float]]
+
+
+def plan_by_time(model: nn.Module, inputs: tuple, num_blocks: int, options: dict,
+                 timer: Timer | None = None) -> SplitPlan:
     """The plan of ``num_blocks`` blocks on ``options["stages"]`` stages whose boundaries were placed at
     equal measured time (see module docstring); its stages are those boundaries' blocks, reported
-    by FLOPs until the caller measures the blocks themselves."""
-    stages, optimizer = options["stages"], options.get("optimizer", "adamw")
+    by FLOPs until the caller measures the blocks themselves. ``timer(finer)`` gives the seconds per
+    block of the finer split (default :func:`measure_block_times` on ``inputs``; a pipeline has
+    rank 0 measure and every rank use its times)."""
+    optimizer = options.get("optimizer", "adamw")
+    timer = timer or (lambda sm: measure_block_times(sm, inputs, optimizer=OPTIMIZERS[optimizer]))
+    return _staged(_placed(_planner_for(model, inputs, options), num_blocks, options["stages"], timer), options)
+
+
+def plan_at(model: nn.Module, inputs: tuple, num_blocks: int, options: dict, cuts: Sequence[int]) -> SplitPlan:
+    """The plan whose blocks end at ``cuts``, positions an earlier plan of this model reported
+    (:func:`cut_positions`): how one process trains the blocks a pipeline chose."""
+    if len(cuts) != num_blocks - 1:
+        raise ArgumentError(f"{len(cuts)} cut positions make {len(cuts) + 1} blocks, not {num_blocks}")
+    planner = _planner_for(model, inputs, options)
+    unknown = sorted(set(cuts) - set(planner.bounds[1:-1]))
+    if unknown:
+        raise PlanError(f"cut positions {unknown} are not cuts of this model's plan (planned for another model, "
+                        "input size or options); train without them, or with the model they were planned for")
+    return _staged(planner.plan(num_blocks, stage_cuts=sorted(cuts)), options)
+
+
+def cut_positions(plan: SplitPlan) -> tuple[int, ...]:
+    """Where ``plan``'s blocks end (positions in the traced schedule), for :func:`plan_at`."""
+    return tuple(b.end for b in plan.blocks[:-1])
+
+
+def _planner_for(model: nn.Module, inputs: tuple, options: dict) -> Planner:
+    return _planner(model, inputs, **_defaults({k: v for k, v in options.items() if k in _PLANNER}))
+
+
+def _staged(split: Split, options: dict) -> SplitPlan:
+    """``split``'s plan, its blocks grouped into ``options["stages"]`` by predicted FLOPs when given."""
+    stages = options.get("stages")
+    if stages is None:
+        return _remember(split)
     budget = parse_bytes(options["memory_budget"]) if options.get("memory_budget") is not None else None
-    planner = _planner(model, inputs, **_defaults({k: v for k, v in options.items() if k in _PLANNER}))
-    split = _placed(planner, num_blocks, stages, inputs, optimizer)
-    staged = balance_stages(split.plan, stages, budget, optimizer, options.get("tolerance", 0.05))
+    staged = balance_stages(split.plan, stages, budget, options.get("optimizer", "adamw"),
+                            options.get("tolerance", 0.05))
     return _remember(dataclasses.replace(split, plan=dataclasses.replace(split.plan, stages=staged)))
 
 
@@ -47,14 +84,13 @@ _PLANNER = ("method", "recipe", "num_classes", "leaf_modules", "replace", "repla
             "tolerance", "auto_leaf")
 
 
-def _placed(planner: Planner, num_blocks: int, stages: int, inputs: tuple, optimizer: str) -> Split:
+def _placed(planner: Planner, num_blocks: int, stages: int, timer: Timer) -> Split:
     """The split whose stage boundaries equalise the measured time of finer blocks."""
     fine = min(FINE_PER_STAGE * stages, most_blocks(planner.ok, len(planner.sched.cuts)))
     if fine <= num_blocks or stages == 1:
         return planner.plan(num_blocks)
     grain = planner.plan(fine)
-    times = measure_block_times(SplitModule.from_split(grain, nn.CrossEntropyLoss()), inputs,
-                                optimizer=OPTIMIZERS[optimizer])
+    times = timer(SplitModule.from_split(grain, nn.CrossEntropyLoss()))
     total = np.concatenate([[0.0], np.cumsum(times)])
     cost = np.where(np.triu(np.ones((fine + 1, fine + 1), dtype=bool), 1), total[None, :] - total[:, None], np.inf)
     edges = min_max_split(cost, stages)

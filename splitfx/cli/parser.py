@@ -76,6 +76,9 @@ def _train(sub) -> None:
                         "runs/MODEL-RECIPE-kK, numbered if it exists; with --resume the checkpoint's folder)")
     p.add_argument("--resume", metavar="CKPT", type=checkpoint_file,
                    help="continue from a checkpoint.pt of an earlier run (same model, blocks, recipe, data)")
+    p.add_argument("--cuts", type=positive_int, nargs="+", metavar="P",
+                   help="end the blocks at these positions of the traced model, as a --stages run placed them "
+                        "(it prints them, and its checkpoint keeps them): the same blocks in one process")
     p.add_argument("--overwrite", action="store_true",
                    help="let --out name a folder that holds another run's checkpoint, and replace that run")
     add_stages(p, "train as a pipeline of S ranks")

@@ -15,7 +15,7 @@ from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors")
+         "validation", "max_batches", "max_cut_tensors", "cuts")
 
 
 def recipe_from(args: argparse.Namespace):
@@ -46,6 +46,7 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
     given = {name: getattr(args, name, None) for name in GIVEN}
     options = recipe_options(args)
     given["recipe_options"] = None if options is None else {**(base.recipe_options if base else {}), **options}
+    given["cuts"] = tuple(args.cuts) if getattr(args, "cuts", None) else None
     if args.input_size is not None:
         c, h, w = args.input_size
         if c != 3 or h != w:

@@ -46,6 +46,10 @@ class TrainConfig:
     # The recipe's options (``splitfx.recipe(recipe, **recipe_options)``). ``splitfx train`` records
     # every one, defaults included (:func:`with_all_options`), so a resumed run trains the same recipe.
     recipe_options: dict[str, Any] = field(default_factory=dict)
+    # Where the blocks end (positions in the traced schedule), as a pipeline run placed them with its
+    # stages (``train --stages S``); None: balanced by the plan. A checkpoint keeps them, so the same
+    # blocks train on any number of ranks, one process included (``--cuts``).
+    cuts: tuple[int, ...] | None = None
 
     def make_recipe(self) -> Recipe:
         """The recipe this run trains with: ``recipe`` made with ``recipe_options``."""
@@ -78,6 +82,13 @@ def option(name: str) -> str:
     return "MODEL" if name == "model" else "--" + name.replace("_", "-")
 
 
+def with_cuts_of(config: TrainConfig, saved: dict) -> TrainConfig:
+    """``config`` with a checkpoint's block cuts where it gives none: they are the blocks that were
+    trained, whatever number of ranks resumes them."""
+    cuts = saved.get("cuts")
+    return replace(config, cuts=tuple(cuts)) if config.cuts is None and cuts is not None else config
+
+
 def check_resume(config: TrainConfig, saved: dict, path: str) -> None:
     """Refuse to resume ``saved`` (a checkpoint's config) under a config that trains something else."""
     unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)})
@@ -89,6 +100,7 @@ def check_resume(config: TrainConfig, saved: dict, path: str) -> None:
         raise SplitFXError(f"--resume {path}: the checkpoint does not record its recipe's options (it predates "
                            "them), so this splitfx cannot resume it exactly; resume it with the splitfx version "
                            "that wrote it, or start a new run")
+    config = with_cuts_of(config, saved)
     differ = [f"{option(f.name)} {getattr(config, f.name)!r} (checkpoint: {saved[f.name]!r})"
               for f in fields(TrainConfig) if f.name not in RESUMABLE and f.name in saved
               and getattr(config, f.name) != saved[f.name]]

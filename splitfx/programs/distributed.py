@@ -17,8 +17,10 @@ from dataclasses import asdict, fields, replace
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
+from ..api.staging import cut_positions, plan_by_time
 from ..api.timing import measure_block_times, rebalance_stages
 from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
@@ -31,7 +33,7 @@ from ..runtime.schedules import PipelineSchedule, Streaming
 from ..runtime.split_module import SplitModule
 from ..runtime.transport import wait
 from .checkpoint import Checkpoint
-from .config import RESUMABLE, TrainConfig, resolve_device
+from .config import RESUMABLE, TrainConfig, resolve_device, with_cuts_of
 from .epochs import amp_dtype, batch, epoch_order, make_optimizer, start
 from .gather import gather_checkpoint, stage_optimizer_state
 from .run_folder import CHECKPOINT, write_metrics
@@ -91,6 +93,23 @@ def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool,
     return sums, len(batches), meter.peak
 
 
+def placed_cuts(grid: grids.Grid, config: TrainConfig, model: nn.Module, example: torch.Tensor,
+                autocast_dtype: torch.dtype | None = None) -> tuple[int, ...]:
+    """Where ``config.blocks`` blocks end when the pipeline's stages are placed first, at equal time
+    (:mod:`splitfx.api.staging`): rank 0 times finer blocks and sends the times to every rank, which
+    all plan alike. The random-number state is left as it was, so the run starts as one process
+    given these cuts does."""
+    def timer(finer: SplitModule) -> list[float]:
+        times = [0.0] * finer.num_blocks
+        if grid.rank == 0:
+            times = measure_block_times(finer.to(grid.device), example.to(grid.device), autocast_dtype=autocast_dtype)
+        return grids.from_first(grid, times, "rank 0 measured the finer blocks' times")
+
+    options = dict(recipe=config.make_recipe(), max_cut_tensors=config.max_cut_tensors, stages=grid.stages)
+    with torch.random.fork_rng():
+        return cut_positions(plan_by_time(model, (example,), config.blocks, options, timer))
+
+
 def balance_by_time(grid: grids.Grid, sm: SplitModule, batch: tuple[torch.Tensor, torch.Tensor],
                     autocast_dtype: torch.dtype | None = None) -> None:
     """Regroup ``sm``'s pipeline stages by its blocks' training times on ``batch``, measured by rank 0
@@ -117,7 +136,7 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
     it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there). ``schedule`` orders
     each rank's work (:mod:`splitfx.runtime.schedules`; default: the whole batch at once)."""
     state = open_resume(resume, config) if resume is not None else None
-    config = replace(config, device=resolve_device(config.device))
+    config = replace(with_cuts_of(config, state.config) if state else config, device=resolve_device(config.device))
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     if stages > config.blocks:
@@ -140,8 +159,12 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
-    sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
     amp = amp_dtype(config)
+    if stage_balance == "time" and grid.stages > 1 and config.cuts is None:
+        config = replace(config, cuts=placed_cuts(grid, config, begin.model, begin.example, amp))
+        log(f"stages placed at equal measured time: the blocks end at positions {' '.join(map(str, config.cuts))} "
+            f"(train these blocks in one process with --cuts {' '.join(map(str, config.cuts))})")
+    sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
     if stage_balance == "time":
         balance_by_time(grid, sm, (begin.example, begin.labels), amp)
     ranges = sm.plan.stages.ranges

@@ -18,12 +18,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..api.conversion import convert
+from ..api.staging import plan_at
 from ..base.errors import CheckpointError, SplitFXError, first_line
 from ..base.meter import SavedTensorMeter, state_keys
 from ..runtime.split_module import SplitModule
 from . import data as datasets
 from .checkpoint import Checkpoint
-from .config import TrainConfig, check_resume, resolve_device
+from .config import TrainConfig, check_resume, resolve_device, with_cuts_of
 from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start
 from .measure import e2e_saved_bytes
 from .run_folder import CHECKPOINT, write_metrics
@@ -86,10 +87,13 @@ class TrainResult:
 
 
 def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, **kwargs) -> SplitModule:
-    """``model`` converted as ``config`` says (blocks, recipe, cut width): the one place single-process
-    and distributed training turn a config into a plan, so both split a model the same way."""
-    return convert(model, example, config.blocks, recipe=config.make_recipe(),
-                   max_cut_tensors=config.max_cut_tensors, **kwargs)
+    """``model`` converted as ``config`` says (blocks, recipe, cut width, the cuts a pipeline placed):
+    the one place single-process and distributed training turn a config into a plan, so both split
+    a model the same way."""
+    options = dict(recipe=config.make_recipe(), max_cut_tensors=config.max_cut_tensors, **kwargs)
+    if config.cuts is None:
+        return convert(model, example, config.blocks, **options)
+    return convert(model, example, plan=plan_at(model, (example,), config.blocks, options, config.cuts))
 
 
 @torch.no_grad()
@@ -134,7 +138,7 @@ def train(
     evaluated on the validation split and the test images are never read (:func:`test_accuracy`
     reads them once, when the caller has chosen what to report)."""
     state = open_resume(resume, config) if resume is not None else None
-    config = replace(config, device=resolve_device(config.device))
+    config = replace(with_cuts_of(config, state.config) if state else config, device=resolve_device(config.device))
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
