@@ -9,6 +9,7 @@ from torch import nn
 
 from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.report import SplitPlan
+from ..base.stage_plan import StageBalance
 from ..base.tensors import Inputs, as_tuple
 from ..passes.emit import emit_blocks
 from ..recipes import LossFn
@@ -43,7 +44,7 @@ def convert(
     are finally grouped by the blocks' own measured times; ``model`` is left as it was."""
     check_convert(model, locals())
     fresh = plan is None  # a plan made here is no one else's: its heads can be trained as they are
-    measured = options.get("stage_balance") == "time"
+    measured = options.get("stage_balance") == StageBalance.TIME
     if measured:  # planned by FLOPs first: check what was given (stages=S among it)
         check_plan_arguments(model, example_inputs, num_blocks=num_blocks, **options)
     if plan is None and measured and options.get("split_points") is None:

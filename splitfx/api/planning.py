@@ -11,6 +11,7 @@ from torch import nn
 from ..base.errors import ArgumentError, PlanError
 from ..base.report import SplitPlan
 from ..base.sizes import parse_bytes
+from ..base.stage_plan import StageBalance
 from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import LeafSpec
 from ..planner.budget import largest_batch, most_blocks, smallest_blocks
@@ -95,7 +96,7 @@ def plan(
     :func:`splitfx.measure_block_times` returns), or ``"time"``, which only :func:`splitfx.convert`
     takes (it measures the blocks it made)."""
     check_plan_arguments(**locals())
-    if stage_balance == "time":
+    if stage_balance == StageBalance.TIME:
         raise ArgumentError("stage_balance='time' measures the converted blocks: use splitfx.convert(..., "
                             "stage_balance='time'), or pass the seconds per block that "
                             "splitfx.measure_block_times(split_module, inputs) returns")

@@ -18,7 +18,8 @@ from ..base.errors import ArgumentError, ArgumentTypeError
 from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
 from ..base.sizes import parse_bytes
-from ..planner.balance import METHODS
+from ..base.stage_plan import StageBalance
+from ..planner.balance import Method
 from ..recipes import Recipe, list_recipes
 from ..runtime.split_module import SplitModule
 
@@ -134,7 +135,7 @@ def _recipe(value: Any) -> None:
         _choice("recipe", value, list_recipes(), " (splitfx.list_recipes()), or a splitfx.Recipe instance")
 
 
-STAGE_BALANCES = ("flops", "time")
+STAGE_BALANCES = tuple(b.value for b in StageBalance)
 
 
 def _stage_balance(value: Any) -> None:
@@ -152,7 +153,7 @@ def _stage_balance(value: Any) -> None:
 # One check per keyword of plan/convert; keywords without an entry are the planner's to check.
 _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "num_blocks": lambda v: _int("num_blocks", v, 1),
-    "method": lambda v: _choice("method", v, METHODS, " (or pass split_points=[...])"),
+    "method": lambda v: _choice("method", v, [m.value for m in Method], " (or pass split_points=[...])"),
     "split_points": lambda v: _names("split_points", v, "module names"),
     "recipe": _recipe,
     "num_classes": lambda v: _int("num_classes", v, 2, none_ok=True),

@@ -16,6 +16,7 @@ from typing import Any
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import SplitFXError
 from ..base.sizes import parse_bytes
+from ..planner.balance import Method
 from ..programs.config import TrainConfig, resolve_device
 from ..programs.data import check as check_data
 from ..programs.models import check_model
@@ -24,7 +25,7 @@ from ..recipes import list_recipes
 EPILOG = """Models: any timm name (resnet50, vit_base_patch16_224, ...), torchvision:NAME, or
 package.module:factory for your own model. Weights are random: nothing is downloaded."""
 MODEL_HELP = "timm name, torchvision:NAME or package.module:factory"
-METHODS = ("memory", "flops", "params", "uniform")
+METHODS = tuple(m.value for m in Method)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 

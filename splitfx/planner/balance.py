@@ -6,6 +6,7 @@ and the tensors handed to it that it does not save itself (several, at a multi-t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 from itertools import pairwise
 
 import networkx as nx
@@ -19,7 +20,18 @@ from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, min_max_partition, storage_cost
 from .legality import mask_untrainable
 
-METHODS = ("memory", "flops", "params", "uniform")
+
+class Method(str, Enum):
+    """What the blocks are balanced by: saved activations (aux head included), forward FLOPs,
+    parameter bytes, or the number of ops."""
+
+    MEMORY = "memory"
+    FLOPS = "flops"
+    PARAMS = "params"
+    UNIFORM = "uniform"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def held_tensors(probe: Probe, sched: Schedule) -> list[dict[int, int]]:
@@ -29,7 +41,7 @@ def held_tensors(probe: Probe, sched: Schedule) -> list[dict[int, int]]:
 
 
 def choose_path(
-    method: str,
+    method: Method,
     num_blocks: int,
     probe: Probe,
     sched: Schedule,
@@ -49,14 +61,14 @@ def choose_path(
     costs = [node_cost(G, v) for v in order]
 
     def cost() -> np.ndarray:
-        if method == "memory":
+        if method is Method.MEMORY:
             saves = [c.saved for c in costs]
             return storage_cost(saves, G.graph["storages"], bounds, [{}, *(a.saves for a in aux_costs), final_loss],
                                 held_tensors(probe, sched))
-        if method == "flops":
+        if method is Method.FLOPS:
             flops = additive_cost([c.flops for c in costs], bounds)
             return flops + np.asarray([0, *(a.flops for a in aux_costs), 0], dtype=float)[None, :]
-        if method == "params":
+        if method is Method.PARAMS:
             return additive_cost([c.param_bytes for c in costs], bounds)
         return additive_cost([c.op.startswith("call") for c in costs], bounds)
 

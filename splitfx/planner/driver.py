@@ -33,7 +33,7 @@ from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.layout import Layout
 from ..recipes.merge import merge_for
 from ..recipes.split import Split, make_heads
-from .balance import METHODS, choose_path
+from .balance import Method, choose_path
 from .legality import offer_cuts, require_trainable, trainable_blocks
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks
@@ -98,8 +98,10 @@ class Planner:
         tolerance: float,
         auto_leaf: bool = True,
     ):
-        if method not in METHODS:
-            raise PlanError(f"unknown method {method!r}; choose one of {METHODS} or pass split_points=")
+        if method not in {m.value for m in Method}:
+            raise PlanError(f"unknown method {method!r}; choose one of {', '.join(m.value for m in Method)} or pass "
+                            "split_points=")
+        method = Method(method)
         self.model, self.inputs, self.method, self.recipe, self.tolerance = model, inputs, method, recipe, tolerance
         self.name = type(model).__name__
         self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -162,7 +164,7 @@ class Planner:
             path = [0, *(i + 1 for i in chosen), len(self.bounds) - 1]
             require_trainable(self.ok, path, name)
         else:
-            if self._aux_costs is None and self.method in ("memory", "flops"):
+            if self._aux_costs is None and self.method in (Method.MEMORY, Method.FLOPS):
                 self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(boundaries)]
             path = choose_path(self.method, num_blocks, self.probe, sched, self._aux_costs or [], self.final_loss,
                                self.ok, self.tolerance, name, [self.bounds.index(p) for p in stage_cuts])

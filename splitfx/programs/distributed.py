@@ -25,6 +25,7 @@ from ..api.timing import measure_block_times, rebalance_stages
 from ..api.validation import STAGE_BALANCES
 from ..base.errors import DistributedError
 from ..base.meter import SavedTensorMeter, state_keys
+from ..base.stage_plan import StageBalance
 from ..base.version import __version__
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
@@ -160,12 +161,12 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
     amp = amp_dtype(config)
-    if stage_balance == "time" and grid.stages > 1 and config.cuts is None:
+    if stage_balance == StageBalance.TIME and grid.stages > 1 and config.cuts is None:
         config = replace(config, cuts=placed_cuts(grid, config, begin.model, begin.example, amp))
         log(f"stages placed at equal measured time: the blocks end at positions {' '.join(map(str, config.cuts))} "
             f"(train these blocks in one process with --cuts {' '.join(map(str, config.cuts))})")
     sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
-    if stage_balance == "time":
+    if stage_balance == StageBalance.TIME:
         balance_by_time(grid, sm, (begin.example, begin.labels), amp)
     ranges = sm.plan.stages.ranges
     check_pipeline(sm, ranges)

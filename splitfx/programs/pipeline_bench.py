@@ -35,6 +35,7 @@ from ..base.errors import DistributedError
 from ..base.memory import optimizer_state_bytes, weight_bytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..base.sizes import nbytes
+from ..base.stage_plan import StageBalance
 from ..recipes import Recipe
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
@@ -87,7 +88,7 @@ class PipelineBench:
 
     def table(self) -> str:
         base = self.modes[0]
-        clock = "measured" if self.stage_balance == "time" else "predicted"
+        clock = "measured" if self.stage_balance == StageBalance.TIME else "predicted"
         head = (f"{self.model}, K={self.blocks} by {self.method}, recipe {self.recipe!r}, batch {self.batch}, input "
                 f"{'×'.join(map(str, self.input_size))}, CPU, one thread per rank, {self.steps} timed steps "
                 "(the pipeline in steady state); stages "
@@ -154,7 +155,7 @@ def _staged(grid: grids.Grid, name: str, data: list, blocks: int, recipe: str, m
             stage_balance: str) -> SplitModule:
     """The model converted, its stages balanced by ``stage_balance``, the same on every rank."""
     sm = convert(_fresh(name), data[0][0], blocks, recipe=recipe, method=method, stages=grid.stages)
-    if stage_balance == "time":
+    if stage_balance == StageBalance.TIME:
         balance_by_time(grid, sm, data[0])
     grids.agree(grid, grids.digest(sm.plan.stages.to_dict()), "the stage plan")
     return sm
