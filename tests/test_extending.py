@@ -39,7 +39,7 @@ def test_the_documented_cut_rule_keeps_attention_whole(restore):
     scope = _example("## Adding a cut rule")
     assert set(legality.CUT_RULES) - set(before) == {"no cut inside an attention module"}
     with pytest.raises(ValueError, match="already registered"):
-        legality.cut_rule("no cut inside an attention module")(scope["outside_attention"])
+        legality.cut_rule("no cut inside an attention module")(lambda cut, facts: True)
     plan, model = scope["plan"], scope["model"]
     del legality.CUT_RULES["no cut inside an attention module"]
     free = splitfx.plan(model, torch.randn(2, 3, 32, 32), num_blocks=4)
@@ -52,8 +52,11 @@ def test_the_documented_cut_rule_keeps_attention_whole(restore):
 def test_the_documented_schedule_trains_each_batch_twice(restore):
     scope = _example("## Adding a pipeline schedule")
     assert schedules.SCHEDULES["echo"] is scope["Echo"]
+    class Other(schedules.PipelineSchedule):
+        pass
+
     with pytest.raises(ValueError, match="already registered"):
-        schedules.register_schedule("echo")(scope["Echo"])
+        schedules.register_schedule("echo")(Other)
     x, y = batches(1)[0]
     grads = []
     for schedule in (Streaming(), schedules.schedule_named("echo")):

@@ -6,20 +6,17 @@ Plain frozen data like :mod:`.report`: the planner fills it (``plan(..., stages=
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 
+from .choices import Choice
 from .sizes import nbytes
 
 
-class StageBalance(str, Enum):
+class StageBalance(Choice):
     """What a pipeline's stages are balanced by: predicted training FLOPs, or training time measured
     on the converted blocks (``convert`` and ``train --stages``, which then place the stages first)."""
 
     FLOPS = "flops"
     TIME = "time"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

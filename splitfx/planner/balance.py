@@ -6,12 +6,12 @@ and the tensors handed to it that it does not save itself (several, at a multi-t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 from itertools import pairwise
 
 import networkx as nx
 import numpy as np
 
+from ..base.choices import Choice
 from ..base.meter import storage_bytes, storage_key
 from ..passes.aux_cost import AuxCost
 from ..passes.cost import Probe
@@ -21,7 +21,7 @@ from ..passes.partition import additive_cost, min_max_partition, storage_cost
 from .legality import mask_untrainable
 
 
-class Method(str, Enum):
+class Method(Choice):
     """What the blocks are balanced by: saved activations (aux head included), forward FLOPs,
     parameter bytes, or the number of ops."""
 
@@ -29,9 +29,6 @@ class Method(str, Enum):
     FLOPS = "flops"
     PARAMS = "params"
     UNIFORM = "uniform"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def held_tensors(probe: Probe, sched: Schedule) -> list[dict[int, int]]:

@@ -20,6 +20,7 @@ from itertools import pairwise
 import networkx as nx
 import numpy as np
 
+from ..base.choices import registering
 from ..base.errors import PlanError
 from ..passes.cuts import Cut, Schedule
 from ..passes.names import unprefix
@@ -48,13 +49,7 @@ CUT_RULES: dict[str, CutRule] = {}
 def cut_rule(name: str) -> Callable[[CutRule], CutRule]:
     """Register ``rule(cut, facts) -> bool`` (True: the cut may be used) under ``name``; every plan
     made afterwards offers only the cuts every rule allows."""
-    def add(rule: CutRule) -> CutRule:
-        if name in CUT_RULES:
-            raise ValueError(f"cut rule {name!r} is already registered ({CUT_RULES[name].__qualname__})")
-        CUT_RULES[name] = rule
-        return rule
-
-    return add
+    return registering(CUT_RULES, name, "cut rule")
 
 
 @cut_rule("an aux head can read it")

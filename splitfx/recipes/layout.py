@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
+from ..base.choices import Choice
 
-class Layout(str, Enum):
+
+class Layout(Choice):
     """What each dim of a cut's tensor is (batch first), as timm's ``Format``; ``UNREAD`` marks a
     handed-over tensor no head reads (not floating: it has no gradient)."""
 
@@ -27,9 +28,6 @@ class Layout(str, Enum):
     NCHW = "NCHW"
     NHWC = "NHWC"
     UNREAD = "-"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.choices import Choice
 from .heads import as_map
 from .layout import Layout, pool
 
 
-class MergeKind(str, Enum):
+class MergeKind(Choice):
     """How a recipe's heads read a cut's several tensors (see module docstring)."""
 
     VECTOR = "vector"

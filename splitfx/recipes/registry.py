@@ -15,6 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from ..base.choices import registering
 from ..base.errors import ArgumentError
 from .base import Recipe
 
@@ -33,12 +34,7 @@ def register_recipe(name: str) -> Callable[[R], R]:
     def decorate(cls: R) -> R:
         if not (isinstance(cls, type) and issubclass(cls, Recipe)):
             raise TypeError(f"@register_recipe({name!r}) decorates a subclass of splitfx.Recipe, got {cls!r}")
-        known = _REGISTRY.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"recipe {name!r} is already registered by {known.__module__}.{known.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return registering(_REGISTRY, name, "recipe", named=True)(cls)
 
     return decorate
 

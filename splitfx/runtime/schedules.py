@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..base.choices import registering
 from ..base.errors import ArgumentError
 from .pipeline import Stage
 
@@ -35,14 +36,7 @@ SCHEDULES: dict[str, type[PipelineSchedule]] = {}
 
 def register_schedule(name: str) -> Callable[[type[PipelineSchedule]], type[PipelineSchedule]]:
     """Class decorator: make a schedule available as ``--schedule name``."""
-    def add(cls: type[PipelineSchedule]) -> type[PipelineSchedule]:
-        if name in SCHEDULES:
-            raise ValueError(f"pipeline schedule {name!r} is already registered ({SCHEDULES[name].__qualname__})")
-        cls.name = name
-        SCHEDULES[name] = cls
-        return cls
-
-    return add
+    return registering(SCHEDULES, name, "pipeline schedule", named=True)
 
 
 class PipelineSchedule:
