@@ -18,7 +18,7 @@ from .base.errors import (
 )
 from .base.report import BlockPlan, SplitPlan
 from .base.version import __version__
-from .recipes import Recipe, SplitParts, list_recipes, register_recipe
+from .recipes import Recipe, RecipeTraits, SplitParts, list_recipes, register_recipe
 from .recipes import create_recipe as recipe
 from .runtime.split_module import SplitModule
 
@@ -31,6 +31,7 @@ __all__ = [
     "ExportReport",
     "PlanError",
     "Recipe",
+    "RecipeTraits",
     "SplitFXError",
     "SplitModule",
     "SplitParts",

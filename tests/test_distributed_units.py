@@ -13,13 +13,13 @@ from dist_helpers import TwoPath, converted
 import splitfx
 from splitfx.api.timing import rebalance_stages
 from splitfx.base.errors import ArgumentError, DistributedError, PlanError
+from splitfx.base.memory import weight_bytes
 from splitfx.cli import main
 from splitfx.planner.stages import balance_stages, stage_costs
 from splitfx.programs.distributed import train_distributed
 from splitfx.programs.train import TrainConfig
 from splitfx.runtime.grid import check_world
 from splitfx.runtime.pipeline import Stage, check_pipeline
-from splitfx.runtime.placement import held_bytes
 from splitfx.runtime.transport import decode, encode
 
 FAST = dict(model="resnet18", recipe="linear", batch=64, input_size=16, blocks=3, max_batches=3)
@@ -60,12 +60,12 @@ def test_a_rank_keeps_only_its_share_and_every_tensor_has_a_rank():
     keys, held = None, []
     for s in range(2):
         sm = splitfx.convert(WithSpare(), torch.randn(8, 3, 8, 8), 3, stages=2)
-        whole = held_bytes([*sm.parameters(), *sm.buffers()])
+        whole = weight_bytes([*sm.parameters(), *sm.buffers()])
         keys = list(sm.state_dict())
         stage = Stage(sm, *sm.plan.stages.ranges[s])
         stage.place("cpu")
-        kept = held_bytes([*sm.parameters(), *sm.buffers()])
-        assert 0 < kept < whole and kept == held_bytes(stage.tensors())
+        kept = weight_bytes([*sm.parameters(), *sm.buffers()])
+        assert 0 < kept < whole and kept == weight_bytes(stage.tensors())
         assert list(sm.state_dict()) == keys, "names are kept"
         held.append({k for k, t in sm.state_dict().items() if t.device.type != "meta"})
     assert held[0] | held[1] == set(keys) and "model.spare.weight" in held[0]

@@ -68,3 +68,21 @@ def test_the_documented_schedule_trains_each_batch_twice(restore):
         grads.append({n: p.grad for n, p in sm.named_parameters()})
     for name, g in grads[0].items():
         assert torch.equal(grads[1][name], 2 * g), name
+
+
+def test_heads_with_ema_copies_need_their_recipe_to_declare_them():
+    """A pipeline refuses stages whose heads follow another stage's layers; a recipe that builds such
+    heads without declaring RecipeTraits(ema=True) is refused when they are built, not trusted."""
+    import dataclasses
+
+    import timm
+
+    import splitfx
+    from splitfx.recipes.man import MAN
+
+    class Quiet(MAN):
+        traits = dataclasses.replace(MAN.traits, ema=False)
+
+    model = timm.create_model("resnet18", num_classes=10)
+    with pytest.raises(splitfx.ArgumentError, match="does not declare them"):
+        splitfx.convert(model, torch.randn(2, 3, 32, 32), 3, recipe=Quiet())

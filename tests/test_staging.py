@@ -45,3 +45,5 @@ def test_recorded_cuts_give_the_same_blocks_and_foreign_ones_are_refused():
         plan_at(model, (x,), 4, dict(num_classes=4), (1, 2, 10_000))
     with pytest.raises(splitfx.ArgumentError, match="make 3 blocks, not 4"):
         plan_at(model, (x,), 4, dict(num_classes=4), (1, 2))
+    with pytest.raises(splitfx.ArgumentError, match="repeat a position"):
+        plan_at(model, (x,), 4, dict(num_classes=4), (*cut_positions(first)[:2], cut_positions(first)[1]))

@@ -81,7 +81,12 @@ def test_a_run_folder_is_held_by_one_run_and_another_runs_checkpoint_is_kept(tmp
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"another run")
     with pytest.raises(SplitFXError, match=r"--resume .*--overwrite"), reserved(out, config):
         pass
-    for flags in (dict(resume=True), dict(overwrite=True)):
+    elsewhere = tmp_path / "elsewhere.pt"
+    elsewhere.write_bytes(b"a third run")
+    resuming_another = reserved(out, config, resume=str(elsewhere))
+    with pytest.raises(SplitFXError, match="holds another run's checkpoint"), resuming_another:
+        pass
+    for flags in (dict(resume=os.path.join(out, "checkpoint.pt")), dict(overwrite=True)):
         with reserved(out, config, **flags):
             pass
     assert sorted(os.listdir(out)) == ["checkpoint.pt"], "the lock is gone, the checkpoint kept"

@@ -8,6 +8,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..base.errors import ArgumentError, ArgumentTypeError
+from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
 from ..base.stage_plan import StageBalance
 from ..base.tensors import Inputs, as_tuple
@@ -17,7 +18,7 @@ from ..runtime.split_module import SplitModule
 from .planning import plan as make_plan
 from .planning import split_of
 from .staging import plan_by_time
-from .timing import OPTIMIZERS, measure_block_times, rebalance_stages
+from .timing import measure_block_times, rebalance_stages
 from .validation import check_convert, check_output, check_plan_arguments
 
 

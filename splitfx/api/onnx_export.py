@@ -31,7 +31,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..base.errors import ArgumentError, SplitFXError, first_line
 from ..base.files import atomic_files
-from ..base.tensors import Inputs, as_tuple, weight_bytes
+from ..base.memory import weight_bytes
+from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..base.errors import SplitFXError
-from ..base.tensors import weight_bytes
+from ..base.memory import weight_bytes
 
 FLOAT64_UP_TO = 2**30  # the float64 reference copy (twice these bytes) is made for weights up to this, and beyond
 # it where the copy takes at most half the memory the OS reports available (gemma4_vit_570m: 2.3 GB of weights)

@@ -52,12 +52,18 @@ def plan_at(model: nn.Module, inputs: tuple, num_blocks: int, options: dict, cut
     (:func:`cut_positions`): how one process trains the blocks a pipeline chose."""
     if len(cuts) != num_blocks - 1:
         raise ArgumentError(f"{len(cuts)} cut positions make {len(cuts) + 1} blocks, not {num_blocks}")
+    if len(set(cuts)) != len(cuts):
+        raise ArgumentError(f"cut positions {list(cuts)} repeat a position; give each cut once")
     planner = _planner_for(model, inputs, options)
     unknown = sorted(set(cuts) - set(planner.bounds[1:-1]))
     if unknown:
         raise PlanError(f"cut positions {unknown} are not cuts of this model's plan (planned for another model, "
                         "input size or options); train without them, or with the model they were planned for")
-    return _staged(planner.plan(num_blocks, stage_cuts=sorted(cuts)), options)
+    try:
+        return _staged(planner.plan(num_blocks, stage_cuts=sorted(cuts)), options)
+    except ValueError as err:  # a block between two of the cuts cannot be trained (nothing to learn)
+        raise PlanError(f"cut positions {list(cuts)} make a block that cannot be trained ({err}); use the "
+                        "positions a run printed for this model") from err
 
 
 def cut_positions(plan: SplitPlan) -> tuple[int, ...]:

@@ -12,20 +12,18 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..base.errors import ArgumentError
-from ..base.optimizers import OPTIMIZERS as OPTIMIZERS  # re-exported for convert: each is a MakeOptimizer
+from ..base.optimizers import MakeOptimizer
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..planner.stages import balance_stages
 from ..runtime.split_module import SplitModule
 from ..runtime.step import run_step
-
-MakeOptimizer = Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer]
 
 
 def _sync(device: torch.device) -> None:

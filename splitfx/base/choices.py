@@ -22,11 +22,11 @@ class Choice(str, Enum):
 
 def registering(table: dict[str, T], name: str, kind: str, named: bool = False) -> Callable[[T], T]:
     """A decorator putting what it decorates into ``table`` under ``name`` (and, ``named``, setting its
-    ``name`` attribute to it). The same class or function again (a module imported twice) replaces
-    itself; another one under a taken name is refused."""
+    ``name`` attribute to it). The same class or function again (a module imported twice: same module
+    and qualified name) replaces itself; another one under a taken name is refused."""
     def add(item: T) -> T:
         known = table.get(name)
-        if known is not None and known.__qualname__ != item.__qualname__:
+        if known is not None and (known.__module__, known.__qualname__) != (item.__module__, item.__qualname__):
             raise ValueError(f"{kind} {name!r} is already registered by {known.__module__}.{known.__qualname__}")
         if named:
             item.name = name

@@ -1,6 +1,5 @@
 """Tensor helpers every layer uses: example inputs as a tuple, class scores, a module's tensor slots
-and the tensors an fx node reads. (:func:`weight_bytes` lives in :mod:`.memory`, with the other
-bytes formulas.)"""
+and the tensors an fx node reads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,8 +7,6 @@ from collections.abc import Sequence
 import torch
 import torch.fx as fx
 from torch import nn
-
-from .memory import weight_bytes as weight_bytes
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Slot = tuple[dict[str, torch.Tensor | None], str, torch.Tensor]

@@ -170,7 +170,7 @@ def train(args: argparse.Namespace) -> int:
     from .preflight import train_run
 
     config, state, out = train_run(args)
-    with reserved(out, config, resume=state is not None, overwrite=args.overwrite) as out:
+    with reserved(out, config, resume=args.resume, overwrite=args.overwrite) as out:
         print(f"run folder: {out}{os.sep}", flush=True)
         result = run_training(config, out=out, resume=state)
         if config.validation:

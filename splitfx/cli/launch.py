@@ -48,7 +48,7 @@ def train(args: argparse.Namespace) -> int:
     config, state, out = train_run(args)
     # Rank 0 holds the run folder and writes it; the others only take part in gathering each
     # checkpoint to rank 0 (a non-None folder says they do).
-    held = reserved(out, config, state is not None, args.overwrite) if rank == 0 else contextlib.nullcontext(out or "")
+    held = reserved(out, config, args.resume, args.overwrite) if rank == 0 else contextlib.nullcontext(out or "")
     with held as out:
         if rank == 0:
             print(f"run folder: {out}{os.sep}", flush=True)

@@ -102,8 +102,9 @@ def placed_cuts(grid: grids.Grid, config: TrainConfig, model: nn.Module, example
     given these cuts does."""
     def timer(finer: SplitModule) -> list[float]:
         times = [0.0] * finer.num_blocks
-        if grid.rank == 0:
+        if grid.rank == 0:  # timed on the run's device, then back where the model was planned
             times = measure_block_times(finer.to(grid.device), example.to(grid.device), autocast_dtype=autocast_dtype)
+            finer.to(example.device)
         return grids.from_first(grid, times, "rank 0 measured the finer blocks' times")
 
     options = dict(recipe=config.make_recipe(), max_cut_tensors=config.max_cut_tensors, stages=grid.stages)
@@ -161,10 +162,12 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
     amp = amp_dtype(config)
-    if stage_balance == StageBalance.TIME and grid.stages > 1 and config.cuts is None:
+    # A new run places its stages; a resumed one trains the blocks its checkpoint trained (its cuts,
+    # or none: the plan's own balance), whatever the number of ranks.
+    if stage_balance == StageBalance.TIME and grid.stages > 1 and config.cuts is None and state is None:
         config = replace(config, cuts=placed_cuts(grid, config, begin.model, begin.example, amp))
-        log(f"stages placed at equal measured time: the blocks end at positions {' '.join(map(str, config.cuts))} "
-            f"(train these blocks in one process with --cuts {' '.join(map(str, config.cuts))})")
+        log(f"the blocks end at positions {' '.join(map(str, config.cuts))} (train these blocks in one process "
+            f"with --cuts {' '.join(map(str, config.cuts))})")
     sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
     if stage_balance == StageBalance.TIME:
         balance_by_time(grid, sm, (begin.example, begin.labels), amp)

@@ -42,11 +42,12 @@ def default_dir(config: TrainConfig, root: str = RUNS) -> str:
 
 
 @contextlib.contextmanager
-def reserved(out: str | None, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> Iterator[str]:
+def reserved(out: str | None, config: TrainConfig, resume: str | None = None, overwrite: bool = False
+             ) -> Iterator[str]:
     """Hold the run folder for this process while the run writes to it: ``out``, or with None the next
     free :func:`default_dir`. A lock file naming the process is created exclusively and removed at
     the end. Refused: a folder another live process holds, and one holding another run's checkpoint
-    unless ``resume`` continues it or ``overwrite`` replaces it. A folder made here and left empty
+    unless it is the checkpoint ``resume`` continues or ``overwrite`` replaces it. A folder made here and left empty
     (the run failed before its first epoch) is removed."""
     made = [out] if out is not None and not os.path.isdir(out) else []
     if out is None:  # the default folder, and ``runs`` where it is the first
@@ -54,17 +55,19 @@ def reserved(out: str | None, config: TrainConfig, resume: bool = False, overwri
         out = default_dir(config)
         made = [out, RUNS] if first else [out]
     os.makedirs(out, exist_ok=True)
-    if not (resume or overwrite) and os.path.exists(os.path.join(out, CHECKPOINT)):
+    held = os.path.join(out, CHECKPOINT)
+    if os.path.exists(held) and not overwrite and not (resume is not None and os.path.samefile(held, resume)):
         raise SplitFXError(f"--out {out} holds another run's checkpoint; continue it with --resume "
                            f"{os.path.join(out, CHECKPOINT)}, replace it with --overwrite, or choose another --out")
     lock = _lock(out)
     try:
         yield out
-    finally:
-        os.remove(lock)
-        for folder in made:
-            if not os.listdir(folder):
-                os.rmdir(folder)
+    finally:  # tidying up never hides what stopped the run
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+            for folder in made:
+                if not os.listdir(folder):
+                    os.rmdir(folder)
 
 
 def _lock(out: str) -> str:

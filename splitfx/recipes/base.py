@@ -118,7 +118,8 @@ class RecipeTraits:
     model's inputs (InfoPro's reconstruction), so a pipeline sends them on. ``copies_layers``: its
     heads copy the model's own layers after the cut (the planner finds the model's units, and
     :meth:`Recipe.head_key` includes every layer after the cut). ``ema``: its heads keep EMA copies
-    of backbone layers (``ema_sources()`` on a head), updated in :meth:`Recipe.after_step`.
+    of backbone layers (:class:`Follows` modules), updated in :meth:`Recipe.after_step`; heads holding
+    one from a recipe that does not declare it are refused when they are built.
     ``pipelined``: its loop runs on a slice of the blocks (honours ``SplitParts.ends``,
     ``hand_over`` and the ``h`` argument of :meth:`Recipe.losses`), so a pipeline may split it
     between ranks. ``merge``: how its heads read a cut's several tensors."""
@@ -238,8 +239,6 @@ class Recipe:
 
     def after_step(self, parts: SplitParts) -> None:
         """Called once after each optimizer step: EMA copies follow their backbone layers."""
-        if not self.traits.ema:
-            return
         for head in parts.heads:
             for ema, source in ema_sources(head):
                 ema.update(parts.model.get_submodule(source))

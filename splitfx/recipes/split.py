@@ -15,9 +15,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..base.errors import ArgumentError
 from ..base.report import SplitPlan
 from ..passes.cuts import Cut
-from .base import Boundary, GraphInfo, Recipe
+from .base import Boundary, GraphInfo, Recipe, ema_sources
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,5 +61,11 @@ def make_heads(recipe: Recipe, boundaries: Sequence[Boundary], graph: GraphInfo,
     train/eval mode of ``model``'s parameters (a model without floating parameters: CPU, float32)."""
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
-    return tuple(recipe.make_head(b, graph).to(device=device, dtype=dtype).train(model.training)
-                 for b in boundaries)
+    heads = tuple(recipe.make_head(b, graph).to(device=device, dtype=dtype).train(model.training)
+                  for b in boundaries)
+    following = [k for k, head in enumerate(heads) if ema_sources(head)]
+    if following and not recipe.traits.ema:
+        raise ArgumentError(f"recipe {recipe.name!r} builds aux heads holding EMA copies of backbone layers (at "
+                            f"cuts {following}) but does not declare them: set traits = RecipeTraits(ema=True, "
+                            "...) on it, so a pipeline can refuse stages that would need those layers' weights")
+    return heads

@@ -14,7 +14,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..base.memory import weight_bytes
 from ..base.tensors import node_tensors, state_slots
 from ..passes.names import PREFIX
 from ..passes.replace import Surrogate
@@ -67,7 +66,3 @@ def place(sm: nn.Module, keep: Iterable[torch.Tensor], device: torch.device | st
     for slots, name, t in state_slots(sm):
         slots[name] = moved(t)
 
-
-# Bytes of a rank's real tensors, each once: :func:`~splitfx.base.memory.weight_bytes` under the
-# name the pipeline tests import from here.
-held_bytes = weight_bytes
