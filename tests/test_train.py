@@ -103,3 +103,14 @@ def test_a_last_batch_of_one_sample_is_left_out_and_the_epoch_trains(tmp_path):
     result = train(TrainConfig(**{**FAST, "batch": batch, "max_batches": None, "epochs": 1}), out=out, progress=False,
                    log=lambda _: None)
     assert len(result.history) == 1 and os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+def test_a_last_batch_is_left_out_when_one_of_its_parts_would_hold_one_sample():
+    """Across 2 replicas × 2 micro-batches a batch is trained in 4 parts: a last batch of fewer than 8
+    samples would give one of them a single sample."""
+    from splitfx.programs.epochs import epoch_order
+
+    config = TrainConfig(batch=8, max_batches=None)
+    assert [len(b) for b in epoch_order(config, 0, 23, pieces=4)] == [8, 8]
+    assert [len(b) for b in epoch_order(config, 0, 24, pieces=4)] == [8, 8, 8]
+    assert [len(b) for b in epoch_order(config, 0, 23)] == [8, 8, 7]

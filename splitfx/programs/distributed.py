@@ -80,7 +80,9 @@ def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool,
     """One epoch of this rank; its per-block loss sums, the batches and its peak saved bytes."""
     grid, stage = me.grid, me.stage
     stage.sm.train()
-    batches = [s for s in (_shards(b, grid) for b in epoch_order(config, epoch, len(train_set))) if s is not None]
+    pieces = grid.replicas * me.schedule.passes
+    batches = [s for s in (_shards(b, grid) for b in epoch_order(config, epoch, len(train_set), pieces))
+               if s is not None]
     sums = torch.zeros(len(stage.blocks), dtype=torch.float64)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=None if progress and grid.rank == 0 else True)
@@ -132,8 +134,10 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
                       schedule: PipelineSchedule | None = None) -> TrainResult | None:
     """This rank's part of a ``stages``-stage pipeline × data-parallel run of ``config``; rank 0 writes
     ``out/checkpoint.pt`` and ``metrics.jsonl`` after every epoch and returns the result, the others
-    None. ``stage_balance`` groups the blocks into stages by measured block times (``"time"``,
-    :func:`balance_by_time`) or predicted FLOPs (``"flops"``); the weights do not depend on it.
+    None. ``stage_balance="time"`` places a new run's stages at equal measured time and balances its
+    blocks within them (:func:`placed_cuts`, recorded as ``config.cuts``), then groups the blocks by
+    their measured times (:func:`balance_by_time`); ``"flops"`` groups the blocks one process would
+    train by predicted FLOPs.
     ``timeout`` bounds every wait: a rank that stops or hangs ends the others with an error naming
     it. ``on_step(epoch, step)`` runs after each step (tests kill a rank there). ``schedule`` orders
     each rank's work (:mod:`splitfx.runtime.schedules`; default: the whole batch at once)."""
@@ -157,6 +161,11 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
 
 def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out: str | None, log, progress: bool,
            on_step: OnStep | None, stage_balance: str, schedule: PipelineSchedule) -> TrainResult | None:
+    pieces = grid.replicas * schedule.passes
+    if config.batch < 2 * pieces:
+        raise DistributedError(f"--batch {config.batch} split into {grid.replicas} replica shard(s) × "
+                               f"{schedule.passes} micro-batch(es) leaves parts of fewer than 2 samples, which "
+                               f"BatchNorm cannot train on: give --batch {2 * pieces} or more")
     log = log if grid.rank == 0 else (lambda _: None)
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes

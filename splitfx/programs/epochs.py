@@ -13,14 +13,15 @@ from .config import TrainConfig
 from .models import create_model
 
 
-def epoch_order(config: TrainConfig, epoch: int, size: int) -> list[torch.Tensor]:
+def epoch_order(config: TrainConfig, epoch: int, size: int, pieces: int = 1) -> list[torch.Tensor]:
     """The batches (sample indices) of ``epoch`` over a training set of ``size``: a permutation from a
-    generator seeded with (seed, epoch), so a resumed run sees the data an uninterrupted one does. A
-    last batch of a single sample is left out: BatchNorm cannot train on one sample, and the epoch
-    would fail at its end."""
+    generator seeded with (seed, epoch), so a resumed run sees the data an uninterrupted one does.
+    Each batch is trained in ``pieces`` parts (data-parallel shards × micro-batches); a last batch
+    whose smallest part would hold a single sample is left out: BatchNorm cannot train on one
+    sample, and the epoch would fail at its end."""
     order = torch.randperm(size, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
     batches = [order[i:i + config.batch] for i in range(0, size, config.batch)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if len(batches) > 1 and len(batches[-1]) < 2 * pieces:
         batches.pop()
     return batches[:config.max_batches]
 

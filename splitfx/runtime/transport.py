@@ -81,7 +81,11 @@ class Link:
         ``in_flight``."""
         header = encode(tensors, step).to(self.device)
         payload = [header, *(t.detach().contiguous() for t in tensors)]
-        works = [dist.isend(t, self.next) for t in payload]
+        try:  # a peer already gone fails here, before any wait
+            works = [dist.isend(t, self.next) for t in payload]
+        except RuntimeError as err:
+            raise DistributedError(f"rank {self.rank}: lost rank {self.next} while sending it step {step}: "
+                                   f"{reason(err, self.timeout)}") from err
         self._pending.append((step, works, payload))
         while len(self._pending) > self.in_flight:
             self._finish_oldest()
@@ -100,7 +104,11 @@ class Link:
         """The tensors the previous rank sent for ``step``."""
         what = f"rank {self.rank}: lost rank {self.prev} while waiting for step {step}"
         header = torch.empty(HEADER_WORDS, dtype=torch.int64, device=self.device)
-        wait(dist.irecv(header, self.prev), self.timeout, what)
+        try:  # a peer already gone fails here, before any wait
+            started = dist.irecv(header, self.prev)
+        except RuntimeError as err:
+            raise DistributedError(f"{what}: {reason(err, self.timeout)}") from err
+        wait(started, self.timeout, what)
         got, specs = decode(header.cpu())
         if got != step:
             raise DistributedError(f"rank {self.rank}: rank {self.prev} sent step {got} where step {step} was "
