@@ -241,3 +241,19 @@ def test_export_refuses_one_file_for_weights_over_the_protobuf_limit(tmp_path, m
     with pytest.raises(splitfx.ArgumentError, match=r"external_data=False, but the weights are .* at most 2 GiB"):
         splitfx.export_onnx(Tiny(), tmp_path / "m.onnx", X, external_data=False)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("change,kind,words", [
+    (dict(example_inputs=X.numpy()), TypeError, "torch.from_numpy"),
+    (dict(num_blocks="2"), TypeError, "num_blocks must be an int"),
+    (dict(memory_budget="-1GiB"), ValueError, "memory_budget"),
+    (dict(memory_budget=None), ValueError, "needs memory_budget="),
+    (dict(optimizer="lion"), ValueError, "unknown optimizer 'lion'"),
+    (dict(method="fastest"), ValueError, "unknown method 'fastest'"),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
+def test_max_batch_refuses_bad_arguments_by_name(change, kind, words):
+    """max_batch validates what plan validates, before any tracing (#37, item 11)."""
+    args = dict(model=Tiny(), example_inputs=X, num_blocks=2, memory_budget="1GiB") | change
+    with pytest.raises(splitfx.SplitFXError) as err:
+        splitfx.max_batch(args.pop("model"), args.pop("example_inputs"), args.pop("num_blocks"), **args)
+    assert isinstance(err.value, kind) and words in str(err.value), str(err.value)

@@ -127,6 +127,11 @@ def max_batch(
 ) -> SplitPlan:
     """The plan at the largest batch size whose predicted training peak at ``num_blocks`` blocks fits
     ``memory_budget``; its ``input_shapes`` say the batch. Takes :func:`plan`'s other keywords."""
+    if memory_budget is None:
+        raise ArgumentError("max_batch needs memory_budget= (bytes, or a size such as '4GiB'): the memory the "
+                            "batch must fit in")
+    check_plan_arguments(model, example_inputs, num_blocks=num_blocks, memory_budget=memory_budget,
+                         optimizer=optimizer, **options)
     inputs = as_tuple(example_inputs)
     batch = inputs[0].shape[0]
     split_points = options.pop("split_points", None)
