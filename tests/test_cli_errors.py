@@ -81,6 +81,8 @@ BAD = [
     (["accuracy", "resnet18", "--blocks", "0"], "positive integer"),
     (["accuracy", "--recipes", "e2e", "linear", "--blocks", "2", "99", "--epochs", "1"], "K=99"),
     (["accuracy", "--out", "folder"], "is a folder"),
+    (["coverage", "--report", "noise.bin"], "noise.bin is not a results file"),
+    (["accuracy", "--report", "--results", "noise.bin"], "noise.bin is not a results file"),
     (["bench", "resnet18", "--steps", "0"], "positive integer"),
     (["bench", "resnet18", "--warmup", "-1"], "integer ≥ 0"),
     (["bench", "resnet18", "--json", "folder"], "is a folder"),
@@ -97,6 +99,7 @@ def user_files(tmp_path_factory):
     (root / "folder").mkdir()
     (root / "folder" / "kept.txt").write_text("also mine\n")
     (root / "empty.pt").write_bytes(b"")
+    (root / "noise.bin").write_bytes(bytes(range(256)) * 4)
     (root / "empty_images" / "train").mkdir(parents=True)
     (root / "empty_images" / "val").mkdir()
     torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")

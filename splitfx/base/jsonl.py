@@ -7,22 +7,30 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .errors import SplitFXError
+
 Record = dict[str, Any]
 
 
 def read_records(path: str | os.PathLike, key: str = "model") -> Iterator[Record]:
     """Every complete JSON object line of a results file that has ``key`` (a missing file has none);
-    torn lines are skipped."""
+    torn lines are skipped. A file none of whose lines is JSON text is not a results file: refused."""
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
+    read = torn = 0
+    with open(path, "rb") as f:
         for line in f:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                torn += 1
                 continue
+            read += 1
             if isinstance(record, dict) and key in record:
                 yield record
+    if torn and not read:
+        raise SplitFXError(f"{path} is not a results file (no line of it is JSON); give the JSON-lines file a "
+                           "sweep or an accuracy run wrote")
 
 
 def append_record(path: str | os.PathLike, record: Record) -> None:
