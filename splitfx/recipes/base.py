@@ -238,7 +238,11 @@ class Recipe:
             del out
 
     def after_step(self, parts: SplitParts) -> None:
-        """Called once after each optimizer step: EMA copies follow their backbone layers."""
+        """Called once after each optimizer step: EMA copies follow their backbone layers. Only recipes
+        declaring ``traits.ema`` have any (heads holding one otherwise are refused when built), so the
+        others skip the walk over their heads' modules every step."""
+        if not self.traits.ema:
+            return
         for head in parts.heads:
             for ema, source in ema_sources(head):
                 ema.update(parts.model.get_submodule(source))
