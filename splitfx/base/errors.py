@@ -17,7 +17,8 @@ class ArgumentTypeError(SplitFXError, TypeError):
 
 
 class CheckpointError(SplitFXError):
-    """A file is missing, truncated, or not a checkpoint written by ``splitfx train``."""
+    """A file is missing, truncated, damaged or not a checkpoint written by ``splitfx train``, does not
+    fit the model or data it would resume, or cannot be written (a full disk)."""
 
 
 class TraceError(SplitFXError):

@@ -9,6 +9,7 @@ writer is no longer running; a live writer's are never touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -51,6 +52,19 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def reason(err: OSError) -> str:
+    """What the system said, with its errno's name: ``No space left on device (ENOSPC)``."""
+    name = errno.errorcode.get(err.errno or 0)
+    text = err.strerror or str(err) or type(err).__name__
+    return f"{text} ({name})" if name else text
+
+
+def _name(err: BaseException, path: str) -> None:
+    """Let an ``OSError`` that names no file (a write to a full disk) name ``path``, the file being written."""
+    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+        err.filename = path
+
+
 def _folder_of(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -72,9 +86,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        _name(err, path)
         raise
 
 
@@ -95,10 +110,11 @@ def atomic_files(path: str | os.PathLike) -> Iterator[str]:
         for name in sorted(os.listdir(tmp), key=lambda n: n == main):
             os.replace(os.path.join(tmp, name), os.path.join(folder, name))
             moved.append(os.path.join(folder, name))
-    except BaseException:
+    except BaseException as err:
         for done in moved:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(done)
+        _name(err, path)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

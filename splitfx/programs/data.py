@@ -7,6 +7,10 @@ model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is 
 ``validation`` > 0 carves that fraction of the *training* images (stratified, a fixed seed, the same
 for every run) into a validation set, so that learning rates and epochs can be chosen without the
 test images: a run with a validation split evaluates on it and never touches ``test``.
+
+``imagefolder`` reads every file's header when the dataset is built: a file with an image extension
+that PIL cannot read is refused by name before any work; one whose pixels fail to decode later (a
+truncated file) stops the run with an error naming it, its last checkpoint whole.
 """
 from __future__ import annotations
 
@@ -133,14 +137,67 @@ def _load(spec: str, size: int) -> tuple[Dataset, Dataset, int, Dataset | None]:
             raise SplitFXError(f"--data {spec!r}: no CIFAR-10 python batches under {root} ({err})") from err
         evaluated = datasets.CIFAR10(root, train=True, download=False, transform=_torchvision(size, False))
         return train, test, 10, evaluated
+    return _imagefolder(spec, root, size)
+
+
+def _imagefolder(spec: str, root: str, size: int) -> tuple[Dataset, Dataset, int, Dataset]:
+    """``imagefolder:ROOT``'s train and val images, every file's header read first: a file PIL cannot
+    read is refused by name here, not met mid-epoch."""
+    from torchvision import datasets
+
+    def folder(split: str, train: bool) -> datasets.ImageFolder:
+        return datasets.ImageFolder(os.path.join(root, split), transform=_torchvision(size, train), loader=_image)
+
     try:
-        train = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, True))
-        test = datasets.ImageFolder(os.path.join(root, "val"), transform=_torchvision(size, False))
+        train, test = folder("train", True), folder("val", False)
     except (FileNotFoundError, RuntimeError) as err:
         raise SplitFXError(f"--data {spec!r}: {first_line(err, 200)}; put images (.jpg, .png, ...) in "
                            f"{root}/train/CLASS/ and {root}/val/CLASS/") from err
     if train.classes != test.classes:
         raise SplitFXError(f"--data {spec!r}: train has classes {train.classes[:5]}, val {test.classes[:5]}; "
                            "give both the same class folders")
-    evaluated = datasets.ImageFolder(os.path.join(root, "train"), transform=_torchvision(size, False))
-    return train, test, len(train.classes), evaluated
+    bad = unreadable([path for path, _ in train.samples + test.samples])
+    if bad:
+        raise SplitFXError(f"--data {spec!r}: {len(bad)} file(s) with an image extension are not images PIL can "
+                           f"read: {'; '.join(f'{p} ({why})' for p, why in bad[:3])}; remove or replace them "
+                           "(files without an image extension are skipped)")
+    return train, test, len(train.classes), folder("train", False)
+
+
+def unreadable(paths: list[str]) -> list[tuple[str, str]]:
+    """The files among ``paths`` whose header PIL cannot read, each with why (no pixel is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except UnidentifiedImageError:
+            bad.append((path, "no image format PIL knows"))
+        except Exception as err:  # PIL's plugins raise many types for bytes that are no image
+            bad.append((path, first_line(err, 100)))
+    return bad
+
+
+def _image(path: str):
+    """The image at ``path`` in RGB; one whose pixels cannot be decoded (a truncated file, whose header
+    passed :func:`unreadable`) is a :class:`SplitFXError` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # PIL's decoders raise many types for damaged data
+        raise SplitFXError(f"{path}: the image cannot be decoded ({first_line(err, 120)}); remove or replace it, "
+                           "then resume the run from its last checkpoint with --resume") from err
+
+
+def num_classes(spec: str) -> int:
+    """The number of classes of a ``--data`` spec, no image read (for ``imagefolder``, its class
+    folders): cheap enough to compare with a checkpoint before any work."""
+    check(spec)
+    kind, _, root = spec.partition(":")
+    if kind != "imagefolder":
+        return 10
+    return sum(entry.is_dir() for entry in os.scandir(os.path.join(root, "train")))

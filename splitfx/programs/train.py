@@ -23,7 +23,7 @@ from ..base.errors import CheckpointError, SplitFXError, first_line
 from ..base.meter import SavedTensorMeter, state_keys
 from ..runtime.split_module import SplitModule
 from . import data as datasets
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, malformed
 from .config import TrainConfig, check_resume, resolve_device, with_cuts_of
 from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start
 from .measure import e2e_saved_bytes
@@ -122,7 +122,26 @@ def open_resume(resume: str | Checkpoint, config: TrainConfig, where: str = "the
     if config.epochs <= state.epoch + 1:
         raise SplitFXError(f"--resume {where}: {state.epoch + 1} epoch(s) are already trained and --epochs is "
                            f"the total ({config.epochs}); give --epochs {state.epoch + 2} or more")
+    check_fits(state, config, where)
     return state
+
+
+def check_fits(state: Checkpoint, config: TrainConfig, where: str) -> None:
+    """Refuse, before data is loaded or a model converted, a checkpoint that does not fit ``config``:
+    other classes than its data's, weights of another shape than its model's (its definition changed),
+    a history or optimizer state that no run wrote."""
+    classes = datasets.num_classes(config.data)
+    if classes != state.num_classes:
+        raise CheckpointError(f"--resume {where}: the checkpoint was trained on {state.num_classes} classes, --data "
+                              f"{config.data} has {classes} now; resume on the data it was trained on, or start a "
+                              "new run without --resume")
+    state.check_model(build_model(config.model, classes, config.input_size), where)
+    wrong = [f"history[{i}].{w}" for i, h in enumerate(state.history) for w in malformed(h, EpochResult)]
+    if not {"state", "param_groups"} <= state.optimizer.keys():
+        wrong.append("optimizer: not an optimizer's state")
+    if wrong:
+        raise CheckpointError(f"--resume {where}: a damaged splitfx checkpoint, these fields are malformed: "
+                              f"{'; '.join(wrong[:4])}; resume another checkpoint or start a new run without --resume")
 
 
 def train(
@@ -149,7 +168,7 @@ def train(
     result = TrainResult(config, sm.num_blocks, e2e, [], sm.plan.e2e_saved_bytes, sm, begin.example)
     start_epoch = 0
     if state is not None:
-        state.restore(sm, opt, sched, scaler)
+        state.restore(sm, opt, sched, scaler, f"--resume {resume}" if isinstance(resume, str) else "--resume")
         result.history = [EpochResult(**h) for h in state.history]
         start_epoch = state.epoch + 1
 
