@@ -9,6 +9,9 @@ produce logits in the hundreds, where fp32 rounding alone exceeds 1e-4 (DLA-34: 
 Where onnxruntime misses PyTorch's float32 outputs it is compared with PyTorch's float64 ones, the
 exact answer; a model whose float32 outputs miss its own float64 ones is reported as ill-conditioned
 at its weights (random-init EfficientNetV2-M in eval mode: logits of 2.9e6, float32 off by 2.7e6).
+A float16 model is checked the same way one step down (float32 as the exact answer) with a tolerance
+of at least 1e-2; a bfloat16 one is refused unless ``verify=False``, as onnxruntime's CPU provider
+cannot run it (:mod:`.onnx_verify`).
 
 Weights over 1 GiB are written as ONNX external data, in ``PATH.data`` beside ``PATH`` (one ONNX file
 cannot hold more than 2 GiB); both files are written in a temp folder and moved into place together.
@@ -36,7 +39,8 @@ from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
 from ..runtime.split_module import SplitModule
 from .folding import exportable
-from .onnx_verify import ExportReport, verify_export
+from .input_shape import check_example_shape
+from .onnx_verify import ExportReport, check_verifiable, verify_export
 from .validation import check_export
 
 EXTERNAL_ABOVE = 2**30  # external_data=None: weights of more bytes than this go to PATH.data
@@ -95,6 +99,8 @@ def export_onnx(
     weights fitted to data like it, where noise may be far outside what they were fitted to."""
     check_export(**locals())
     model = _exportable(model_or_split)
+    if verify:
+        check_verifiable(model)
     external = _external(model, external_data)
     given = tuple(x.cpu() for x in as_tuple(example_inputs))
     inputs = given
@@ -103,10 +109,14 @@ def export_onnx(
     path = os.fspath(path)
     with _untouched(model), atomic_files(path) as folder:
         tmp = os.path.join(folder, os.path.basename(path))
-        exporter, fixed = _export(exportable(model), inputs, given, tmp, dynamic_batch, external)
+        try:
+            exporter, fixed = _export(exportable(model), inputs, given, tmp, dynamic_batch, external)
+        except SplitFXError as err:
+            check_example_shape(model, given, err)
+            raise
         if fixed is not None:
             inputs = given  # the file takes the example's own batch size
-        report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True)
+        report = ExportReport(path, (given[0].shape[0],) if fixed else (), 0.0, True, verified=False)
         if verify:
             report = verify_export(model, tmp, inputs, dynamic_batch and fixed is None, atol, path,
                                    on_example=verify_on == "example", external=external)

@@ -19,6 +19,7 @@ from ..planner.driver import Planner
 from ..planner.stages import balance_stages
 from ..recipes import Recipe, create_recipe
 from ..recipes.split import Split
+from .input_shape import check_example_shape
 from .validation import check_plan_arguments
 
 # Enough for every frontier of the zoo's dense blocks and multi-branch stages (docs/design.md):
@@ -155,6 +156,13 @@ def _defaults(options: dict) -> dict:
 def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, recipe: str | Recipe,
              num_classes: int | None, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
              max_cut_tensors: int | None, tolerance: float, auto_leaf: bool = True) -> Planner:
-    return Planner(model, inputs, method=method, recipe=create_recipe(recipe), num_classes=num_classes,
-                   leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
-                   max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf)
+    """The planner of ``model``; where tracing or probing it fails because of the example's shape, an
+    :class:`ArgumentError` saying which shape it takes (the model's own error is its ``__cause__``)."""
+    recipe = create_recipe(recipe)
+    try:
+        return Planner(model, inputs, method=method, recipe=recipe, num_classes=num_classes,
+                       leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
+                       max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf)
+    except Exception as err:
+        check_example_shape(model, inputs, err)
+        raise

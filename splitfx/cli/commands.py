@@ -13,10 +13,14 @@ from .options import UsageError
 
 
 def _model_and_size(args: argparse.Namespace):
+    """The model and its (C, H, W) input: ``--input-size``, checked against the model, or its own."""
     from ..programs.models import create_model, default_input_size
+    from .preflight import input_size
 
     model = create_model(args.model)
-    return model, args.input_size or default_input_size(model)
+    size = args.input_size or default_input_size(model)
+    input_size(model, size, given=args.input_size is not None)
+    return model, size
 
 
 def _recipe(args: argparse.Namespace):

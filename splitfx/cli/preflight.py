@@ -72,6 +72,27 @@ def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None,
     return config, state, args.out or os.path.dirname(os.path.abspath(args.resume))
 
 
+def input_size(model: Any, size: tuple[int, int, int], given: bool = True) -> None:
+    """Refuse ``--input-size`` (or, not ``given``, the default size) before any tracing where the model
+    fails on it but runs on a size it declares (:func:`splitfx.api.input_shape.shape_mismatch`, which
+    ``plan(model, x)`` uses too)."""
+    import torch
+
+    from ..api.input_shape import shape_mismatch
+
+    found = shape_mismatch(model, torch.empty(2, *size))
+    if found is not None:
+        what = f"--input-size {_size_option(size)}"
+        what = what if given else f"--input-size not given (default {_size_option(size)})"
+        raise UsageError(f"{what}: {found}; pass --input-size {_size_option(found.expected)}")
+
+
+def _size_option(size: tuple[int, ...]) -> str:
+    """(C, H, W) as ``--input-size`` takes it: S where it is 3×S×S."""
+    c, h, w = size
+    return f"{h}" if c == 3 and h == w else f"{c} {h} {w}"
+
+
 def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig) -> None:
     """Refuse, before the first run trains, a recipe option no recipe takes and a K that a model cannot
     be split into."""

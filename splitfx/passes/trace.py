@@ -8,7 +8,11 @@
   constant reads the flag at run time, a train-only call is gated on it, and a module whose traces
   differ otherwise is kept opaque.
 * A submodule fx cannot trace (data-dependent Python) becomes a leaf too, and the trace is repeated
-  (``auto_leaf``, up to 16 modules): the model still splits at the boundaries around it.
+  (``auto_leaf``, up to 16 modules): the model still splits at the boundaries around it. At the cap,
+  the error names the modules made leaves and the ``leaf_modules=`` that keeps them all whole.
+* A failure names the source line (the innermost frame outside torch and splitfx) and what helps:
+  ``leaf_modules=`` inside a submodule, a subclass or wrapper for the model's own forward
+  (:mod:`.trace_advice`).
 * Each node gets ``node.meta["splitfx"] = {"scope": FQN, "cls": class name}``.
 """
 from __future__ import annotations
@@ -28,11 +32,12 @@ from ..base.errors import TraceError, first_line
 from . import shape_branch
 from .bind import bind
 from .modes import apply, container_stack, reconcile
+from .trace_advice import cap_reached, mode_branch, top_level
 
 LeafSpec = str | type
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(os.path.dirname(__file__))
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep  # the separator keeps torchvision's frames the model's
+_OWN_DIR = os.path.dirname(os.path.dirname(__file__)) + os.sep
 _MAX_MODE_FIXES = 8
 _MAX_AUTO_LEAVES = 16
 
@@ -121,17 +126,18 @@ def _model_frame(frames: traceback.StackSummary) -> traceback.FrameSummary | Non
 def _explain(model: nn.Module, tracer: SplitTracer, err: Exception) -> str:
     frame = _model_frame(traceback.extract_tb(err.__traceback__))
     where = f" at {frame.filename}:{frame.lineno} ({frame.line})" if frame else ""
+    mode = "train" if model.training else "eval"
     if tracer.failed_in is not None:
         name, cls = tracer.failed_in
         what = f"module {name!r} ({cls.__name__})"
-        hatch = f"leaf_modules=[{name!r}] (or the class {cls.__name__})"
+        advice = (f"Pass leaf_modules=[{name!r}] (or the class {cls.__name__}) to keep it opaque (it runs eagerly "
+                  "and cannot be cut inside).")
     else:
         what = f"the top-level forward of {type(model).__name__}"
-        hatch = "leaf_modules=[...] naming the submodule that does data-dependent Python"
+        advice = top_level(model)
     return (
-        f"torch.fx could not trace {type(model).__name__}: {what} failed{where}: "
-        f"{type(err).__name__}: {err}\n"
-        f"Pass {hatch} to keep it opaque (it runs eagerly and cannot be cut inside)."
+        f"torch.fx could not trace {type(model).__name__} (in {mode} mode): {what} failed{where}: "
+        f"{type(err).__name__}: {err}\n{advice}"
     )
 
 
@@ -153,6 +159,16 @@ def _trace_once(model: nn.Module, tracer_args: tuple, concrete: dict[str, Any]) 
     except Exception as err:
         module = tracer.failed_in[0] if tracer.failed_in is not None else ""
         raise _UntraceableError(_explain(model, tracer, err), module, first_line(err)) from err
+
+
+def _given_up(model: nn.Module, err: _UntraceableError, auto: dict[str, str]) -> TraceError:
+    """The error once auto_leaf stops: at its cap, said so; otherwise ``err``, with the modules auto_leaf
+    had kept whole before it."""
+    if err.module and len(auto) >= _MAX_AUTO_LEAVES:
+        return TraceError(cap_reached(model, auto, err.module, err.reason))
+    if auto:
+        return TraceError(f"{err}\n(auto_leaf had kept these modules whole before: {', '.join(auto)}.)")
+    return err
 
 
 def _annotate_scopes(model: nn.Module, graph: fx.Graph) -> None:
@@ -197,22 +213,18 @@ def trace(
                 with training_mode(model, mode):
                     graphs[mode] = _trace_once(model, tracer_args, concrete)
         except _UntraceableError as err:
-            if not auto_leaf or not err.module or err.module in leaf_names or len(auto) >= _MAX_AUTO_LEAVES:
-                raise
-            auto[err.module] = err.reason
-            leaf_names.add(err.module)
-            continue
+            if auto_leaf and err.module and err.module not in leaf_names and len(auto) < _MAX_AUTO_LEAVES:
+                auto[err.module] = err.reason
+                leaf_names.add(err.module)
+                continue
+            raise _given_up(model, err, auto) from err.__cause__
         fixes = reconcile(graphs[True], graphs[False])
         scopes = fixes.scopes
         if not scopes:
             apply(graphs[True], fixes)
             break
         if "" in scopes or scopes & leaf_names:
-            raise TraceError(
-                f"The forward of {type(model).__name__} itself branches on self.training, so one graph "
-                "cannot serve both modes. Move the branch into a submodule or pass that submodule in "
-                "leaf_modules=."
-            )
+            raise TraceError(mode_branch(model))
         leaf_names |= scopes
     else:
         raise TraceError(f"{type(model).__name__}: too many modules to make leaves ({sorted(leaf_names)[:8]} ...).")

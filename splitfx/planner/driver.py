@@ -34,6 +34,7 @@ from ..recipes.layout import Layout
 from ..recipes.merge import merge_for
 from ..recipes.split import Split, make_heads
 from .balance import Method, choose_path
+from .closed_cuts import why_closed
 from .legality import offer_cuts, require_trainable, trainable_blocks
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks
@@ -67,13 +68,16 @@ def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], r
     return gm, probe, sched, replacement
 
 
-def _check_blocks(num_blocks: int, sched: Schedule, name: str) -> None:
+def _check_blocks(num_blocks: int, planner: Planner) -> None:
+    sched: Schedule = planner.sched
     if num_blocks < 1:
         raise PlanError(f"num_blocks must be at least 1, got {num_blocks}")
     if num_blocks > len(sched.cuts) + 1:
+        why = why_closed(planner.gm, planner.probe.graph, sched, planner.uses, planner.replacement.triples,
+                         planner.inputs, planner.name)
         raise PlanError(
-            f"{name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
-            f"{len(sched.cuts) + 1} (asked for {num_blocks}).",
+            f"{planner.name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
+            f"{len(sched.cuts) + 1} (asked for {num_blocks}).\n{why}",
             max_blocks=len(sched.cuts) + 1,
         )
 
@@ -154,7 +158,7 @@ class Planner:
         if split_points is not None:
             chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
             num_blocks = len(chosen) + 1
-        _check_blocks(num_blocks, sched, name)
+        _check_blocks(num_blocks, self)
         if num_blocks > 1 and self.num_classes is None:
             raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
         boundaries = self._boundaries(num_blocks)
