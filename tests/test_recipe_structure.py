@@ -252,24 +252,65 @@ def test_hpff_has_separate_2c2f_heads_a_patch_decoder_and_no_loss_on_block_0(nam
         assert isinstance(cascade.decoder, PatchDecoder) and len(cascade.decoder.decoders) == 4
         assert cascade.weights == {"recon": 5 * (1 - t), "task": 0.5 * (1 - t)}
     recipe = sm.recipe
-    assert [recipe.reaches(k, 4) for k in range(4)] == [(0, 1), (1,), (1, 2), (2, 3)]
+    assert [recipe.reaches(k, 4) for k in range(4)] == [(0, 1), (1, 2), (2, 3), (3,)]
     assert recipe.aux_reaches(0, sm.heads) == [sm.heads[1].cascade]
-    assert recipe.aux_reaches(1, sm.heads) == [sm.heads[1].independent]
+    assert recipe.aux_reaches(1, sm.heads) == [sm.heads[1].independent, sm.heads[2].cascade]
+    assert recipe.aux_reaches(2, sm.heads) == [sm.heads[2].independent]
     reached = assert_isolated(sm, x, y)
     assert not any(n.startswith("heads.0.") for r in reached for n in r)
     losses = list(sm.local_losses(x, y))
-    out1 = sm.merges[1](*_handed(sm, 1, x))
-    assert torch.allclose(losses[1], 0.001 * F.cross_entropy(sm.heads[1].independent(out1), y))
+    assert torch.allclose(losses[3], 0.001 * F.cross_entropy(sm(x), y))
+
+
+def _published_cascade_loss(sm, x, y, last_independent: bool) -> torch.Tensor:
+    """HPFF's / MLAAN's published objective, term by term: block k ≥ 1 trained by ``wx·I_k + wy·C_k``
+    (the last block through the model's own head; MLAAN's by its cascade alone, at weight 1)."""
+    parts, r = sm.parts(), sm.recipe
+    last, total = sm.num_blocks - 1, 0.0
+    inputs = [(x,)]
+    for k in range(last):
+        out = sm.blocks[k](*inputs[-1])
+        inputs.append(tuple(t.detach() for t in (out if isinstance(out, tuple) else (out,))))
+    for k in range(1, last + 1):
+        out = sm.blocks[k](*inputs[k])
+        prev = sm.blocks[k - 1](*inputs[k - 1])
+        z = parts.attached[k](*(prev if isinstance(prev, tuple) else (prev,)))
+        if k < last:
+            head, merge = sm.heads[k], sm.merges[k]
+            total = total + r.wx * head.independent.loss(merge(out), y, x) + r.wy * head.cascade.loss(merge(z), y, x)
+        elif last_independent:
+            total = total + r.wx * F.cross_entropy(out, y) + r.wy * F.cross_entropy(z, y)
+        else:
+            total = total + F.cross_entropy(z, y)
+    return total
+
+
+@pytest.mark.parametrize("recipe", ["hpff", "mlaan"])
+def test_cascade_losses_give_the_published_gradients(recipe):
+    """The losses are grouped so each runs two neighbouring blocks once; their summed gradients are
+    those of the published per-block losses."""
+    _, x, y, sm, _ = _convert("resnet18", recipe, **({"lambda2": (0.5, 0.1)} if recipe == "hpff" else {}))
+    sm.train()
+    sm.zero_grad(set_to_none=True)
+    for loss in sm.local_losses(x, y):
+        loss.backward()
+    grouped = {n: p.grad.clone() for n, p in sm.named_parameters() if p.grad is not None}
+    sm.zero_grad(set_to_none=True)
+    _published_cascade_loss(sm, x, y, recipe == "hpff").backward()
+    published = {n: p.grad for n, p in sm.named_parameters() if p.grad is not None}
+    assert grouped.keys() == published.keys()
+    for name, grad in grouped.items():
+        torch.testing.assert_close(grad, published[name], msg=name)
 
 
 def test_hpff_keeps_zero_weighted_terms_so_its_losses_always_reach_the_same_blocks():
     _, x, y, sm, _ = _convert("resnet18", "hpff")
     assert sm.heads[2].cascade.weights == {"recon": 0.0, "task": 0.0}  # README: λ (5, 0.5) → (0, 0)
-    assert_isolated(sm, x, y)  # loss 2 still reaches block 1 and head 2's cascade path
+    assert_isolated(sm, x, y)  # loss 1 still reaches block 2 and head 2's cascade path
     sm.zero_grad(set_to_none=True)
-    list(sm.local_losses(x, y))[2].backward()
+    list(sm.local_losses(x, y))[1].backward()
     assert all(p.grad is not None and not p.grad.any() for p in sm.heads[2].cascade.parameters())
-    assert all(p.grad is not None for p in sm.heads[2].independent.parameters())
+    assert all(p.grad is not None for p in sm.heads[1].independent.parameters())
 
 
 # ---- MLAAN ---------------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ def test_e2e_is_one_block_with_the_same_api():
     assert torch.equal(loss, torch.nn.functional.cross_entropy(model(x), y))
 
 
-# man: its last cut (after global pooling) has no layer after it to copy; mlaan: cut 0 has no head.
-@pytest.mark.parametrize("recipe,heads", [("man", [0, 1]), ("mlaan", [1, 2])])
+# man: every cut has a residual block after it to copy (each block holds one whole); mlaan: cut 0 has no head.
+@pytest.mark.parametrize("recipe,heads", [("man", [0, 1, 2]), ("mlaan", [1, 2])])
 def test_every_ema_copy_moves_and_none_is_optimised(recipe, heads):
     _, x, y, sm = _setup("resnet18", recipe)
     emas = [m for m in sm.heads.modules() if isinstance(m, EMA)]

@@ -76,15 +76,16 @@ def test_validation_split_is_carved_from_training_images_and_logged(tmp_path):
 
 
 def test_max_cut_tensors_one_keeps_every_cut_at_one_tensor_and_is_recorded(tmp_path):
-    """resnet18 at K=8 hands two tensors over inside layer1.0 when balanced freely; a run with
-    max_cut_tensors=1 cuts only where one tensor is live and records the choice in its checkpoint."""
+    """resnet18 at K=9 (more blocks than its 8 residual blocks: some cut inside one) hands two
+    tensors over when balanced freely; a run with max_cut_tensors=1 cuts only where one tensor is
+    live and records the choice in its checkpoint."""
     x = torch.randn(64, 3, 32, 32)
-    free = splitfx.plan(build_model("resnet18", 10, 32), x, 8, recipe="linear")
+    free = splitfx.plan(build_model("resnet18", 10, 32), x, 9, recipe="linear")
     assert max(len(b.output_shapes or []) for b in free.blocks) > 1
     out = str(tmp_path / "run")
-    result = train(TrainConfig(blocks=8, epochs=1, max_batches=1, max_cut_tensors=1), out=out, progress=False,
+    result = train(TrainConfig(blocks=9, epochs=1, max_batches=1, max_cut_tensors=1), out=out, progress=False,
                    log=lambda _: None)
-    assert [len(b.output_shapes or []) for b in result.module.plan.blocks] == [1] * 7 + [0]
+    assert [len(b.output_shapes or []) for b in result.module.plan.blocks] == [1] * 8 + [0]
     assert _state(os.path.join(out, "checkpoint.pt"))["config"]["max_cut_tensors"] == 1
 
 

@@ -113,7 +113,9 @@ def plan(
         return _remember(planner.plan(num_blocks, split_points))
     if split_points is not None:
         raise PlanError("memory_budget= chooses the number of blocks; it cannot be combined with split_points=")
-    most = most_blocks(planner.ok, len(planner.sched.cuts)) if planner.recipe.traits.split else 1
+    # The budget looks for K among the plans whose blocks each hold a whole layer (planner/legality.py).
+    most = most_blocks(planner.trainable & planner.whole, len(planner.sched.cuts)) if planner.recipe.traits.split \
+        else 1
     return _remember(smallest_blocks(planner.plan, most, parse_bytes(memory_budget), optimizer))
 
 

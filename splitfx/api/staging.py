@@ -92,7 +92,7 @@ _PLANNER = ("method", "recipe", "num_classes", "leaf_modules", "replace", "repla
 
 def _placed(planner: Planner, num_blocks: int, stages: int, timer: Timer) -> Split:
     """The split whose stage boundaries equalise the measured time of finer blocks."""
-    fine = min(FINE_PER_STAGE * stages, most_blocks(planner.ok, len(planner.sched.cuts)))
+    fine = min(FINE_PER_STAGE * stages, most_blocks(planner.trainable, len(planner.sched.cuts)))
     if fine <= num_blocks or stages == 1:
         return planner.plan(num_blocks)
     grain = planner.plan(fine)

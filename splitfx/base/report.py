@@ -68,6 +68,7 @@ class SplitPlan:
     saved_profile: list[int] = field(default_factory=list, repr=False)  # bytes first saved at each position
     # Why fake tensors could not run one local step (then saved_bytes are the per-op estimate), or None.
     simulation_error: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the plan could not honour, and what would
 
     @property
     def memory_ratio(self) -> float:
@@ -118,6 +119,7 @@ class SplitPlan:
         if self.simulation_error:
             lines.append(f"saved activations estimated per op: fake tensors could not run a local step "
                          f"({self.simulation_error})")
+        lines += [f"note: {note}" for note in self.notes]
         lines += [f"kept whole (fx cannot trace inside it): {name}: {why}" for name, why in self.auto_leaves.items()]
         if self.shared_parameters:
             lines.append(f"kept in one block (used in several places, no cut between uses): "

@@ -1,7 +1,9 @@
 """Choosing the blocks: the cost matrix of each balancing method, and the partition over it.
 
 ``memory`` counts what a step keeps alive: the block's saved activations, its aux head and loss,
-and the tensors handed to it that it does not save itself (several, at a multi-tensor cut).
+and the tensors handed to it that it does not save itself (several, at a multi-tensor cut); where a
+recipe's loss holds more than its own block (:meth:`~splitfx.recipes.base.Recipe.held`: a cascade
+runs block k−1 again), the partition balances that sum (:mod:`splitfx.passes.chain_partition`).
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import numpy as np
 from ..base.choices import Choice
 from ..base.meter import storage_bytes, storage_key
 from ..passes.aux_cost import AuxCost
+from ..passes.chain_partition import Transition, chain_partition
 from ..passes.cost import Probe
 from ..passes.cuts import Schedule
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, min_max_partition, storage_cost
+from ..recipes.base import Held, Recipe
 from .legality import mask_untrainable
 
 
@@ -37,8 +41,35 @@ def held_tensors(probe: Probe, sched: Schedule) -> list[dict[int, int]]:
     return [{}, *held, {}]
 
 
+def chain_steps(recipe: Recipe, num_blocks: int, with_aux: np.ndarray, backbone: np.ndarray,
+                legal: np.ndarray) -> list[Transition] | None:
+    """The cost of placing each block under ``recipe``'s losses (:meth:`Recipe.held`), each loss
+    charged where its last block is placed; None when every loss holds its own block alone (then
+    the one-block partition is exact)."""
+    held = [recipe.held(k, num_blocks) for k in range(num_blocks)]
+    if all(parts == (Held(k),) for k, parts in enumerate(held)):
+        return None
+    zero = np.zeros_like(with_aux)
+    alone, pairs = [zero.copy() for _ in range(num_blocks)], [None] * num_blocks
+    for k, parts in enumerate(held):
+        last = max(p.block for p in parts)
+        if any(p.block not in (last, last - 1) for p in parts):
+            raise ValueError(f"recipe {recipe.name!r}: loss {k} holds blocks further apart than two neighbours")
+        terms = {b: sum((p.times * (with_aux if p.head else backbone) for p in parts if p.block == b), zero)
+                 for b in (last, last - 1)}
+        if not any(p.block == last - 1 for p in parts):
+            alone[last] = np.maximum(alone[last], terms[last])
+        elif pairs[last] is None:
+            pairs[last] = (terms[last], terms[last - 1])
+        else:
+            raise ValueError(f"recipe {recipe.name!r}: two losses hold blocks {last - 1} and {last} together")
+    return [Transition(np.where(legal, a, np.inf), None if p is None else np.where(legal, p[0], np.inf),
+                       None if p is None else p[1]) for a, p in zip(alone, pairs, strict=True)]
+
+
 def choose_path(
     method: Method,
+    recipe: Recipe,
     num_blocks: int,
     probe: Probe,
     sched: Schedule,
@@ -56,10 +87,10 @@ def choose_path(
     order = sched.order
     bounds = [0, *(c.position for c in sched.cuts), len(order)]
     costs = [node_cost(G, v) for v in order]
+    saves = [c.saved for c in costs]
 
     def cost() -> np.ndarray:
         if method is Method.MEMORY:
-            saves = [c.saved for c in costs]
             return storage_cost(saves, G.graph["storages"], bounds, [{}, *(a.saves for a in aux_costs), final_loss],
                                 held_tensors(probe, sched))
         if method is Method.FLOPS:
@@ -72,6 +103,13 @@ def choose_path(
     weights = [0, *(sum(node_cost(G, v).out_bytes for v in c.nodes) for c in sched.cuts), 0]
     handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
     masked = mask_untrainable(cost(), ok, num_blocks, model_name)
+    if method is Method.MEMORY:
+        backbone = storage_cost(saves, G.graph["storages"], bounds, None, held_tensors(probe, sched))
+        steps = chain_steps(recipe, num_blocks, masked, backbone, np.isfinite(masked))
+        if steps is not None:
+            if fixed:
+                raise ValueError(f"recipe {recipe.name!r} holds two blocks per loss and cannot be split between stages")
+            return [0, *(c for c in chain_partition(steps, weights, handover)[0]), len(bounds) - 1]
     edges = [0, *fixed, len(bounds) - 1]
     ranges = len(edges) - 1
     path = [0]

@@ -35,7 +35,7 @@ from ..recipes.merge import merge_for
 from ..recipes.split import Split, make_heads
 from .balance import Method, choose_path
 from .closed_cuts import why_closed
-from .legality import offer_cuts, require_trainable, trainable_blocks
+from .legality import check_saves, holds_unit, offer_cuts, require_trainable, trainable_blocks, whole_layers
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks
 
@@ -121,19 +121,31 @@ class Planner:
         sched, self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
                                                       tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
         self.sched = sched
-        self.graph = GraphInfo(model, find_units(model, probe, sched) if recipe.traits.copies_layers else [])
+        self.graph = GraphInfo(model, find_units(model, probe, sched))
         self.aux = AuxProbe(probe, inputs)
         # The last block's loss is costed where it is cross-entropy on class scores; an encoder's
         # features go to the user's own loss_fn, which convert takes and the plan cannot know.
         self.final_loss = self.aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None and scores else {}
         self.bounds = [0, *(c.position for c in sched.cuts), len(sched.order)]
-        self.ok = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
+        # Blocks that train something (split_points may make any such block); the partition's own
+        # blocks also hold a whole repeated layer each (planner/legality.py).
+        self.trainable = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
+        self.whole = holds_unit(self.graph.repeated(), self.bounds)
         self._aux_costs: list[AuxCost] | None = None
+        self._note: str | None = None
 
     def _boundaries(self, num_blocks: int) -> list[Boundary]:
         G = self.probe.graph
         return [_boundary(c, self.layouts[c.position], G, num_blocks, self.num_classes or 0, self.inputs, self.recipe)
                 for c in self.sched.cuts]
+
+    def _probed(self, boundaries: list[Boundary]) -> list[Boundary]:
+        """The boundaries whose heads are costed for the partition: as cut 0 (the heads do not depend
+        on K's depth schedule in structure), or for a cascade, whose cut 0 has no head and is never
+        charged (:meth:`Recipe.held`), as a later cut's."""
+        if not self.recipe.traits.cascade:
+            return boundaries
+        return [dataclasses.replace(b, index=1, num_blocks=3) for b in boundaries]
 
     def _aux_cost(self, j: int, boundary: Boundary) -> AuxCost:
         """Merge + aux head + loss at cut ``j`` (an index into ``sched.cuts``) for ``boundary``."""
@@ -159,19 +171,22 @@ class Planner:
             chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
             num_blocks = len(chosen) + 1
         _check_blocks(num_blocks, self)
+        check_saves(self.recipe, num_blocks)
         if num_blocks > 1 and self.num_classes is None:
             raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
         boundaries = self._boundaries(num_blocks)
+        ok, self._note = whole_layers(self.trainable, self.whole, num_blocks, name)
         if num_blocks == 1:
             path = [0, len(self.bounds) - 1]
         elif chosen is not None:
             path = [0, *(i + 1 for i in chosen), len(self.bounds) - 1]
-            require_trainable(self.ok, path, name)
+            require_trainable(self.trainable, path, name)
         else:
             if self._aux_costs is None and self.method in (Method.MEMORY, Method.FLOPS):
-                self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(boundaries)]
-            path = choose_path(self.method, num_blocks, self.probe, sched, self._aux_costs or [], self.final_loss,
-                               self.ok, self.tolerance, name, [self.bounds.index(p) for p in stage_cuts])
+                self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(self._probed(boundaries))]
+            path = choose_path(self.method, self.recipe, num_blocks, self.probe, sched, self._aux_costs or [],
+                               self.final_loss, ok, self.tolerance, name,
+                               [self.bounds.index(p) for p in stage_cuts])
         return self._split(path, boundaries, "split_points" if chosen is not None else self.method)
 
     def _split(self, path: list[int], boundaries: list[Boundary], method: str) -> Split:
@@ -241,6 +256,7 @@ class Planner:
             trainable_bytes=weight_bytes(trainable) + heads * itemsize,
             saved_profile=[int(b) for b in first_saves(saves, storages)],
             simulation_error=unsimulated,
+            notes=[self._note] if self._note and method != "split_points" else [],
         )
 
 

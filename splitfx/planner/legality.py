@@ -6,14 +6,18 @@ not separate a RepL block from the neighbours it is synthesised from, and it doe
 uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
 so the span between its first and last use stays in one block (the model's math is unchanged and
 the memory prediction stays exact; docs/design.md says why this rule and not detached reads). A
-block must use at least one trainable parameter, or its loss would have nothing to train.
+block must use at least one trainable parameter, or its loss would have nothing to train, and the
+partition's blocks each hold at least one whole layer of the model's repeated kind (a residual
+block, a transformer block: :meth:`~splitfx.recipes.base.GraphInfo.repeated`) wherever K such
+blocks fit, so that no plan trains a stem convolution or a norm alone behind an aux head larger than
+it; where they do not fit the plan says so (``split_points`` may cut anywhere).
 
 Each rule is a function registered in :data:`CUT_RULES` with :func:`cut_rule`; adding one is writing
 ``@cut_rule("why") def rule(cut, facts) -> bool`` (docs/design.md, "Extending splitfx").
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
@@ -27,6 +31,8 @@ from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost
 from ..passes.replace import Replacement
+from ..passes.units import Unit
+from ..recipes.base import Recipe
 from ..recipes.layout import Layout, infer_layout
 from .scopes import span
 
@@ -101,6 +107,47 @@ def trainable_blocks(trainable: list[int], bounds: list[int]) -> np.ndarray:
     return additive_cost(trainable, bounds) > 0
 
 
+def holds_unit(units: Sequence[Unit], bounds: Sequence[int]) -> np.ndarray:
+    """``whole[i, j]``: the block from boundary i to boundary j holds one of ``units`` whole (every
+    block does when there are none)."""
+    b = np.asarray(bounds)
+    if not units:
+        return np.ones((len(b), len(b)), dtype=bool)
+    starts, ends = np.array([u.start for u in units]), np.array([u.end for u in units])
+    order = np.argsort(starts)
+    starts, ends = starts[order], ends[order]
+    first_end = np.append(np.minimum.accumulate(ends[::-1])[::-1], np.iinfo(np.int64).max)
+    earliest = first_end[np.searchsorted(starts, b, side="left")]  # of the units starting at or after i
+    return b[None, :] >= earliest[:, None]
+
+
+def whole_layers(trainable: np.ndarray, whole: np.ndarray, num_blocks: int, model_name: str
+                 ) -> tuple[np.ndarray, str | None]:
+    """The blocks the partition may choose: those that train something and hold a whole layer
+    (:func:`holds_unit`) where ``num_blocks`` such blocks fit; else those that train something, and
+    the note the plan shows about it."""
+    both = trainable & whole
+    most = max_blocks(both)
+    if num_blocks <= most:
+        return both, None
+    return trainable, (f"{model_name} has room for {most} blocks that each hold a whole layer of its repeated "
+                       f"kind; with {num_blocks}, some blocks hold less than a layer (ask for {most} or fewer)")
+
+
+def check_saves(recipe: Recipe, num_blocks: int) -> None:
+    """Refuse a K at which one of ``recipe``'s losses holds every block (:meth:`Recipe.held`): the
+    whole network, E2E's memory with none of its accuracy. Names the smallest K that saves memory."""
+    def whole(n: int) -> int | None:
+        return next((k for k in range(n) if {h.block for h in recipe.held(k, n)} == set(range(n))), None)
+
+    k = whole(num_blocks) if num_blocks > 1 else None
+    if k is not None:
+        fewest = next(n for n in range(num_blocks + 1, num_blocks + 64) if whole(n) is None)
+        raise PlanError(f"recipe {recipe.name!r} with {num_blocks} blocks: its loss {k} runs blocks 0 to "
+                        f"{num_blocks - 1} together, the whole network, so the step keeps as much as E2E; "
+                        f"ask for at least {fewest} blocks, where no loss holds them all.")
+
+
 def max_blocks(ok: np.ndarray) -> int:
     """The most blocks a split can have when every block must have something to train."""
     m = ok.shape[0]
@@ -121,7 +168,7 @@ def require_trainable(ok: np.ndarray, path: list[int], model_name: str) -> None:
 
 
 def mask_untrainable(cost: np.ndarray, ok: np.ndarray, num_blocks: int, model_name: str) -> np.ndarray:
-    """``cost`` with blocks that have nothing to train made infeasible; an error if no split is left."""
+    """``cost`` with the blocks ``ok`` refuses made infeasible; an error if no split is left."""
     if num_blocks > 1 and num_blocks > max_blocks(ok):
         most = max_blocks(ok)
         raise PlanError(

@@ -4,8 +4,8 @@ Importing this package registers the built-in recipes (each module registers its
 from __future__ import annotations
 
 from . import auglocal, dgl, hpff, infopro, man, mlaan, simple  # noqa: F401  (they register themselves)
-from .base import Boundary, GraphInfo, LossFn, Recipe, RecipeTraits, SplitParts
+from .base import Boundary, GraphInfo, Held, LossFn, Recipe, RecipeTraits, SplitParts
 from .registry import create_recipe, list_recipes, register_recipe
 
-__all__ = ["Boundary", "GraphInfo", "LossFn", "Recipe", "RecipeTraits", "SplitParts", "create_recipe",
+__all__ = ["Boundary", "GraphInfo", "Held", "LossFn", "Recipe", "RecipeTraits", "SplitParts", "create_recipe",
            "list_recipes", "register_recipe"]

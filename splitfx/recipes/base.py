@@ -74,6 +74,17 @@ class GraphInfo:
         return map_spec(shape, layout, input_shape, self.model)
 
 
+@dataclass(frozen=True)
+class Held:
+    """Part of what one loss keeps alive until its backward: ``times`` runs of block ``block``'s
+    saved activations, with that block's aux head (or, for the last block, the final loss) when
+    ``head``. The planner balances the sum over a loss's parts (:meth:`Recipe.held`)."""
+
+    block: int
+    times: float = 1.0
+    head: bool = True
+
+
 HandOver = Callable[[int, tuple[torch.Tensor, ...]], None]
 
 
@@ -214,10 +225,18 @@ class Recipe:
         """The aux modules loss k trains: head k (the last loss, the model's own head, trains none)."""
         return [heads[k]] if k < len(heads) else []
 
+    def held(self, k: int, num_blocks: int) -> tuple[Held, ...]:
+        """What loss ``k`` of ``num_blocks`` keeps alive: block k with its head. A recipe whose loss
+        runs more (a cascade's block k−1) says so here, and the partition balances that sum; a loss
+        may hold block k and block k−1 only."""
+        return (Held(k),)
+
     def step_bytes(self, with_aux: np.ndarray, backbone: np.ndarray, k: int) -> float:
         """Predicted saved bytes while loss k is alive, from block costs over the chosen boundaries
         (``with_aux[i, j]``: blocks i..j plus the aux head at j; ``backbone``: without it)."""
-        return float(with_aux[k, k + 1])
+        blocks = with_aux.shape[0] - 1
+        return float(sum(h.times * (with_aux if h.head else backbone)[h.block, h.block + 1]
+                         for h in self.held(k, blocks)))
 
     def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor,
                h: tuple | None = None) -> Iterator[torch.Tensor]:

@@ -10,8 +10,10 @@ README's command. Block 0 has no loss of its own; the last block uses the model'
 Options: ``wx``, ``wy``, ``lambda1``, ``lambda2`` ((first cut, last cut)).
 
 Departures, and why:
-- Block 0's missing loss: loss 0 is block 1's cascade term and loss 1 its independent term (see
-  :mod:`.cascade`), because ``local_losses`` yields one loss per block; the gradients are the same.
+- The published terms are grouped so that each loss runs two neighbouring blocks once (loss k =
+  ``wx·I_k + wy·C_{k+1}``, :mod:`.cascade`): the summed gradients are the same, and a step holds two
+  blocks where the public code holds block k twice beside block k−1. K = 2 is refused: its first
+  loss would run the whole network.
 - Each quadrant decoder is InfoPro's channel-reducing decoder (:mod:`.decoders`) at half the image
   size, not the CIFAR decoder that upsamples every channel first: same output, a fraction of the
   memory at 224². MSE on the input as given instead of Sigmoid + BCE (autocast-safe).

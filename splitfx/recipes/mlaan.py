@@ -13,9 +13,10 @@ Departures, and why:
 - Leap layers are chosen from the model's repeated units after the cut (:func:`leap_units`), not by
   hand: the stage transitions (units that change the tensor's shape) nearest the cut, then units
   evenly spaced over the last stage, up to ``leap`` in all, always ending at the last unit.
-- Block 0's missing loss: loss 0 is block 1's cascade term, loss 1 its independent term (see
-  :mod:`.cascade`); at K = 2, where the published method is a single cascade loss through both
-  blocks (E2E), loss 1 keeps the independent path (``wx``) so each block has a loss.
+- The published terms are grouped as HPFF's (:mod:`.cascade`), the last block's cascade in the last
+  loss. K = 2, where the published method is one cascade loss through both blocks (E2E), is refused
+  by the planner; with ``split_points`` giving two blocks, loss 1 keeps the independent path
+  (``wx``) so each block has a loss.
 - Every EMA copy is updated after every step (the public code updates only the last one on CIFAR),
   and its ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
 - A leap layer expecting another shape than the features reaching it gets an adapter

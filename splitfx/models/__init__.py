@@ -1,0 +1,5 @@
+"""Networks the local-learning papers measure on, built by splitfx so no download or other code is
+needed: ``splitfx plan splitfx.models:resnet110``."""
+from .cifar_resnet import CifarResNet, resnet32, resnet110
+
+__all__ = ["CifarResNet", "resnet32", "resnet110"]

@@ -1,0 +1,94 @@
+"""What the partition balances and which blocks it may choose: the losses' real peaks (cascades hold
+two blocks), at least one whole layer per block, and no K at which a loss holds the whole network."""
+import itertools
+
+import numpy as np
+import pytest
+import timm
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import splitfx
+from splitfx.api.planning import split_of
+from splitfx.passes.chain_partition import chain_partition
+from splitfx.passes.units import Unit
+from splitfx.planner.balance import chain_steps
+from splitfx.planner.legality import holds_unit
+
+
+def _path_cost(steps, path):
+    out = []
+    for k, (i, j) in enumerate(itertools.pairwise(path)):
+        c = steps[k].alone[i, j]
+        if steps[k].pair is not None:
+            c = max(c, steps[k].pair[i, j] + steps[k].previous[path[k - 1], i])
+        out.append(c)
+    return max(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["hpff", "mlaan"]), st.integers(3, 5), st.lists(st.integers(0, 30), min_size=9, max_size=9),
+       st.lists(st.integers(0, 9), min_size=9, max_size=9))
+def test_the_cascade_objective_is_the_peak_each_loss_holds(recipe, k, sizes, heads):
+    """Over every split of a small chain, the partition's objective for a recipe is the largest of
+    ``Recipe.step_bytes`` (what the report's estimate uses) and its optimum is the brute-force one."""
+    r = splitfx.recipe(recipe)
+    m = len(sizes)
+    prefix = np.concatenate([[0.0], np.cumsum(sizes[:-1])])
+    backbone = np.where(np.triu(np.ones((m, m), bool), 1), prefix[None, :] - prefix[:, None], np.inf)
+    with_aux = backbone + np.asarray(heads, dtype=float)[None, :]
+    steps = chain_steps(r, k, with_aux, backbone, np.isfinite(with_aux))
+    values = {}
+    for cuts in itertools.combinations(range(1, m - 1), k - 1):
+        path = [0, *cuts, m - 1]
+        sub = np.ix_(path, path)
+        report = max(r.step_bytes(with_aux[sub], backbone[sub], b) for b in range(k))
+        assert _path_cost(steps, path) == report
+        values[cuts] = report
+    cuts, best = chain_partition(steps, [0] * m)
+    assert best == min(values.values()) == values[tuple(cuts)]
+
+
+def test_independent_recipes_keep_the_one_block_partition():
+    a = np.triu(np.ones((5, 5)), 1)
+    assert chain_steps(splitfx.recipe("dgl"), 3, a, a, a > 0) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 4)), max_size=5), st.data())
+def test_holds_unit_is_a_whole_unit_between_the_boundaries(spans, data):
+    units = [Unit(f"u{i}", s, s + n, (), ()) for i, (s, n) in enumerate(spans)]
+    bounds = sorted(set(data.draw(st.lists(st.integers(0, 17), min_size=2, max_size=8))))
+    got = holds_unit(units, bounds)
+    for i, j in itertools.product(range(len(bounds)), repeat=2):
+        want = not units or any(bounds[i] <= u.start and u.end <= bounds[j] for u in units)
+        assert got[i, j] == want, (i, j)
+
+
+@pytest.mark.parametrize("recipe", ["man", "linear"])
+def test_every_chosen_block_holds_a_whole_residual_block(recipe):
+    """resnet18 MAN at K=4 used to be conv1 / bn1 / everything else / fc."""
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
+    plan = splitfx.plan(model, x, 4, recipe=recipe)
+    units = split_of(plan).graph.repeated()
+    assert {type(model.get_submodule(u.name)).__name__ for u in units} == {"BasicBlock"} and len(units) == 8
+    for b in plan.blocks:
+        assert any(b.start <= u.start and u.end <= b.end for u in units), (b.index, b.modules)
+    assert not plan.notes
+
+
+def test_more_blocks_than_layers_fall_back_and_say_so():
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
+    plan = splitfx.plan(model, x, 9)
+    assert plan.num_blocks == 9 and "room for 8 blocks" in plan.notes[0] and "note: ResNet has room" in plan.table()
+    forced = splitfx.plan(model, x, split_points=["conv1", "layer1.0.conv1"])
+    assert forced.blocks[0].modules == ["conv1"] and not forced.notes, "split points cut anywhere"
+
+
+@pytest.mark.parametrize("recipe", ["hpff", "mlaan"])
+def test_a_cascade_whose_loss_holds_every_block_is_refused(recipe):
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
+    with pytest.raises(splitfx.PlanError, match=r"loss 0 runs blocks 0 to 1 together.*at least 3 blocks"):
+        splitfx.plan(model, x, 2, recipe=recipe)
+    assert splitfx.plan(model, x, 3, recipe=recipe).num_blocks == 3
