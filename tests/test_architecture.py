@@ -15,8 +15,9 @@ PACKAGE = Path(splitfx.__file__).parent
 # Layer of each top-level part of the package; a module may import its own part and lower layers.
 LAYERS = {"base": 0, "models": 0, "passes": 1, "planner": 2, "recipes": 2, "runtime": 2, "api": 3, "programs": 4,
           "cli": 5, "__init__": 6, "__main__": 6}
-# Same-layer imports that are allowed: the planner costs the recipes' heads, the runtime runs their loops.
-SIDEWAYS = {("planner", "recipes"), ("runtime", "recipes")}
+# Same-layer imports that are allowed: the planner costs the recipes' heads, the runtime runs their loops,
+# and the planner predicts a training step's peak by running the runtime's one step loop on fake tensors.
+SIDEWAYS = {("planner", "recipes"), ("runtime", "recipes"), ("planner", "runtime")}
 
 
 def _modules() -> dict[str, Path]:

@@ -102,7 +102,7 @@ def plan(
                             "stage_balance='time'), or pass the seconds per block that "
                             "splitfx.measure_block_times(split_module, inputs) returns")
     planner = _planner(model, as_tuple(example_inputs), method, recipe, num_classes, leaf_modules, replace,
-                       replace_mode, max_cut_tensors, tolerance, auto_leaf)
+                       replace_mode, max_cut_tensors, tolerance, auto_leaf, optimizer)
     if stages is not None:
         made = planner.plan(num_blocks, split_points)
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
@@ -141,7 +141,7 @@ def max_batch(
 
     def split_at(b: int) -> Split:
         resized = tuple(x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in inputs)
-        return _planner(model, resized, **_defaults(options)).plan(num_blocks, split_points)
+        return _planner(model, resized, **_defaults(options), optimizer=optimizer).plan(num_blocks, split_points)
 
     return _remember(largest_batch(split_at, batch, parse_bytes(memory_budget), optimizer))
 
@@ -157,14 +157,16 @@ def _defaults(options: dict) -> dict:
 
 def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, recipe: str | Recipe,
              num_classes: int | None, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
-             max_cut_tensors: int | None, tolerance: float, auto_leaf: bool = True) -> Planner:
+             max_cut_tensors: int | None, tolerance: float, auto_leaf: bool = True,
+             optimizer: str = "adamw") -> Planner:
     """The planner of ``model``; where tracing or probing it fails because of the example's shape, an
     :class:`ArgumentError` saying which shape it takes (the model's own error is its ``__cause__``)."""
     recipe = create_recipe(recipe)
     try:
         return Planner(model, inputs, method=method, recipe=recipe, num_classes=num_classes,
                        leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
-                       max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf)
+                       max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf,
+                       optimizer=optimizer)
     except Exception as err:
         check_example_shape(model, inputs, err)
         raise

@@ -87,7 +87,7 @@ def _staged(split: Split, options: dict) -> SplitPlan:
 
 
 _PLANNER = ("method", "recipe", "num_classes", "leaf_modules", "replace", "replace_mode", "max_cut_tensors",
-            "tolerance", "auto_leaf")
+            "tolerance", "auto_leaf", "optimizer")
 
 
 def _placed(planner: Planner, num_blocks: int, stages: int, timer: Timer) -> Split:

@@ -69,15 +69,25 @@ class SplitPlan:
     # Why fake tensors could not run one local step (then saved_bytes are the per-op estimate), or None.
     simulation_error: str | None = None
     notes: list[str] = field(default_factory=list)  # what the plan could not honour, and what would
+    # The whole training step's peak with ``optimizer`` (parameters, gradients, optimizer state, saved
+    # activations, transient buffers, the batch), local and E2E, from one step on fake tensors; 0: unknown.
+    optimizer: str = "adamw"
+    step_peak_bytes: int = 0
+    e2e_step_peak_bytes: int = 0
 
     @property
     def memory_ratio(self) -> float:
         return self.local_peak_bytes / max(self.e2e_saved_bytes, 1)
 
-    def training_peak_bytes(self, optimizer: str = "adamw") -> int:
-        """Predicted peak memory of a local training step: the largest block's saved activations,
-        every parameter, and a gradient plus ``optimizer``'s state for every trainable one (held
-        whole, as ``train_step`` does before its one ``optimizer.step()``)."""
+    def training_peak_bytes(self, optimizer: str | None = None) -> int:
+        """Predicted peak memory of a local training step with ``optimizer`` (default: the plan's).
+        For the plan's optimizer, the simulated step's peak (:attr:`step_peak_bytes`: transient
+        buffers included); for another, or where fake tensors could not run the step, the largest
+        block's saved activations plus every parameter and a gradient plus the optimizer's state for
+        every trainable one (held whole, as ``train_step`` does before its one ``optimizer.step()``)."""
+        optimizer = optimizer or self.optimizer
+        if optimizer == self.optimizer and self.step_peak_bytes:
+            return self.step_peak_bytes
         return self.local_peak_bytes + training_state_bytes(self.param_bytes, self.trainable_bytes, optimizer)
 
     def to_dict(self) -> dict[str, object]:
@@ -116,6 +126,10 @@ class SplitPlan:
             f"predicted peak saved activations: E2E {nbytes(self.e2e_saved_bytes)}, "
             f"local {nbytes(self.local_peak_bytes)} ({self.memory_ratio:.2f}× E2E)"
         )
+        if self.step_peak_bytes and self.e2e_step_peak_bytes:
+            lines.append(f"predicted training step peak with {self.optimizer} (weights, gradients, optimizer state, "
+                         f"activations, transients, batch): E2E {nbytes(self.e2e_step_peak_bytes)}, local "
+                         f"{nbytes(self.step_peak_bytes)} ({self.step_peak_bytes / self.e2e_step_peak_bytes:.2f}× E2E)")
         if self.simulation_error:
             lines.append(f"saved activations estimated per op: fake tensors could not run a local step "
                          f"({self.simulation_error})")

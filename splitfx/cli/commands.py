@@ -103,8 +103,11 @@ def bench(args: argparse.Namespace) -> int:
 
     In one process, train MODEL for --steps timed steps (after --warmup) end to end, with
     activation checkpointing over the same K segments (use_reentrant=False), and with local
-    losses; print median step time, peak saved activations (the plan's prediction beside it) and
-    peak RSS (CPU) or max_memory_allocated (CUDA), each as a ratio to E2E. With --stages S, under
+    losses, all with SGD momentum; print median step time, peak saved activations and the whole
+    training step's peak as the allocator sees it (weights, gradients, optimizer state, batch,
+    activations, transients: the profiler's memory timeline on CPU, max_memory_allocated on CUDA),
+    each with the plan's prediction beside it, and peak RSS growth (CPU), each as a ratio to E2E.
+    With --stages S, under
     torchrun --nproc-per-node S: samples/s and per-rank memory of the S-rank pipeline vs one process
     vs torch.distributed.pipelining (GPipe, 1F1B), on CPU with one thread per rank.
     """

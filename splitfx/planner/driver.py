@@ -16,13 +16,12 @@ from torch import nn
 
 from ..base.errors import PlanError
 from ..base.memory import weight_bytes
-from ..base.report import BlockPlan, SplitPlan
+from ..base.report import SplitPlan
 from ..base.tensors import class_scores
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
 from ..passes.emit import block_nodes, block_parameters, emit_blocks, shared_constants
-from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
@@ -34,10 +33,12 @@ from ..recipes.layout import Layout
 from ..recipes.merge import merge_for
 from ..recipes.split import Split, make_heads
 from .balance import Method, choose_path
+from .block_rows import block_row, model_name
 from .closed_cuts import why_closed
 from .legality import check_saves, holds_unit, offer_cuts, require_trainable, trainable_blocks, whole_layers
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks
+from .step_peak import e2e_peak, local_peak
 
 
 class _LocalLoss(nn.Module):
@@ -101,12 +102,15 @@ class Planner:
         max_cut_tensors: int | None,
         tolerance: float,
         auto_leaf: bool = True,
+        optimizer: str = "adamw",
     ):
         if method not in {m.value for m in Method}:
             raise PlanError(f"unknown method {method!r}; choose one of {', '.join(m.value for m in Method)} or pass "
                             "split_points=")
         method = Method(method)
         self.model, self.inputs, self.method, self.recipe, self.tolerance = model, inputs, method, recipe, tolerance
+        self.optimizer = optimizer
+        self._e2e_peak: int | None = None
         self.name = type(model).__name__
         self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
@@ -224,14 +228,17 @@ class Planner:
         backbone = storage_cost(saves, storages, ends)
         flops = additive_cost([c.flops for c in costs], ends)
         estimate = [self.recipe.step_bytes(with_aux, backbone, k) for k in range(num_blocks)]
-        saved, unsimulated = step_peaks(self.aux, parts, self.recipe, getattr(gm, "repl", nn.Module()), estimate)
+        repl = getattr(gm, "repl", nn.Module())
+        saved, unsimulated = step_peaks(self.aux, parts, self.recipe, repl, estimate)
+        if self._e2e_peak is None:
+            self._e2e_peak = e2e_peak(self.aux, gm, parts.loss_fn, self.optimizer) or 0
         blocks = [
-            _block(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
+            block_row(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
                    int(flops[k, k + 1]), chosen_aux[k] if k < len(cuts) else None, cuts[k] if k < len(cuts) else None)
             for k, (start, end) in enumerate(pairwise(ends))
         ]
         heads = sum(a.params for a in chosen_aux)
-        everything = (*model.parameters(), *getattr(gm, "repl", nn.Module()).parameters())
+        everything = (*model.parameters(), *repl.parameters())
         trainable = [p for p in everything if p.requires_grad]
         itemsize = next((p.element_size() for p in trainable), 4)
         return SplitPlan(
@@ -256,6 +263,9 @@ class Planner:
             trainable_bytes=weight_bytes(trainable) + heads * itemsize,
             saved_profile=[int(b) for b in first_saves(saves, storages)],
             simulation_error=unsimulated,
+            optimizer=self.optimizer,
+            step_peak_bytes=local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or 0,
+            e2e_step_peak_bytes=self._e2e_peak,
             notes=[self._note] if self._note and method != "split_points" else [],
         )
 
@@ -268,29 +278,3 @@ def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, num_cla
     dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != Layout.UNREAD)
     return Boundary(0, num_blocks, shape, dtype, layout, num_classes,
                     tuple(inputs[0].shape), cut.position, parts)
-
-
-def _block(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params: int, saved: int, flops: int,
-           aux: AuxCost | None, cut: Cut | None) -> BlockPlan:
-    return BlockPlan(
-        index=k,
-        modules=list(dict.fromkeys(
-            unprefix(node_cost(G, nd.name).scope) for nd in nodes if node_cost(G, nd.name).scope and nd.op != "output"
-        )),
-        params=params,
-        saved_bytes=saved,
-        aux_saved_bytes=int(sum(aux.saves.values())) if aux else 0,
-        flops=flops,
-        aux_flops=aux.flops if aux else 0,
-        aux_params=aux.params if aux else 0,
-        output_shapes=[list(s) for s in cut.shapes] if cut else None,
-        handover_bytes=sum(node_cost(G, v).out_bytes for v in cut.nodes) if cut else 0,
-        start=start,
-        end=end,
-    )
-
-
-def model_name(model: nn.Module) -> str:
-    """timm's architecture name where there is one, else the class name."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or type(model).__name__

@@ -66,14 +66,14 @@ def step_peaks(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Modul
     probe = aux.probe
     step = _Step(parts, recipe, extra)
     try:
-        with probe.fake_mode, _fake_state(step, probe.state):
+        with probe.fake_mode, fake_state(step, probe.state):
             return step(aux.inputs, aux.target, probe.exclude), None
     except FAKE_LIMITS as err:
         return estimate, first_line(err)
 
 
 @contextlib.contextmanager
-def _fake_state(root: nn.Module, fake) -> Iterator[None]:
+def fake_state(root: nn.Module, fake) -> Iterator[None]:
     """Every parameter and buffer of ``root`` replaced by its fake twin, and put back after.
 
     Done per module object, not per name: a module reached by two paths (CoaT's shared positional

@@ -8,10 +8,13 @@ Every mode trains the same model on the same batch with the same optimizer:
 * ``local``: ``SplitModule.train_step`` with the chosen recipe.
 * with ``replace``: ``local`` again with RepL, and trainable parameters / optimizer state compared.
 
-Memory: on CUDA ``max_memory_allocated``; on CPU the peak of live saved-for-backward bytes
-(parameters and buffers excluded, the metric the plan predicts) and the growth of the process's
-peak RSS over its level when the mode started (freed heap is trimmed and the peak reset between
-modes through ``/proc/self/clear_refs``; the libraries' ~1 GB baseline would hide the difference).
+Memory, two quantities side by side, each predicted by the plan and measured: the peak of live
+saved-for-backward bytes (parameters and buffers excluded), which local learning shrinks, and the
+whole training step's peak as the allocator sees it (weights, gradients, SGD-momentum state, the
+batch, activations, transient buffers: :func:`~.measure.allocator_peak`, the profiler's memory
+timeline on CPU, ``max_memory_allocated`` on CUDA), which is what a device runs out of. On CPU also
+the growth of the process's peak RSS over its level when the mode started (freed heap is trimmed
+and the peak reset between modes through ``/proc/self/clear_refs``).
 Time: median over the timed steps after warm-up.
 Ratios are to E2E in the same run.
 """
@@ -37,6 +40,9 @@ from ..base.meter import SavedTensorMeter, state_keys
 from ..passes.trace import trace
 from ..recipes import Recipe
 from ..runtime.step import run_step
+from .measure import allocator_peak
+
+OPTIMIZER = "sgd_momentum"  # what every mode trains with, and what the plans predict for
 
 
 @dataclass
@@ -49,6 +55,8 @@ class ModeResult:
     predicted_saved_bytes: int | None = None
     trainable_params: int | None = None
     optimizer_state_bytes: int | None = None
+    step_peak_bytes: int | None = None  # the allocator's peak over one whole training step
+    predicted_step_peak_bytes: int | None = None
 
 
 @dataclass
@@ -71,7 +79,8 @@ class BenchResult:
         cuda = self.device.startswith("cuda")
         head = (f"{self.model}, K={self.blocks}, recipe {self.recipe!r}, batch {self.batch}, "
                 f"input {'×'.join(map(str, self.input_size))}, {self.device}, median of {self.steps} steps")
-        cols = ["mode", "step ms", "×E2E", "saved act. MiB", "×E2E", "predicted MiB"]
+        cols = ["mode", "step ms", "×E2E", "saved act. MiB", "×E2E", "predicted MiB", "step peak MiB", "×E2E",
+                "predicted MiB"]
         cols += ["CUDA peak MiB", "×E2E"] if cuda else ["RSS growth MiB", "×E2E"]
         rows = [cols]
         for m in self.modes:
@@ -81,6 +90,8 @@ class BenchResult:
                 m.mode, f"{m.step_ms:.1f}", _x(self.ratio(m, "step_ms")),
                 f"{m.peak_saved_bytes / 2**20:.1f}", _x(self.ratio(m, "peak_saved_bytes")),
                 f"{m.predicted_saved_bytes / 2**20:.1f}" if m.predicted_saved_bytes else "–",
+                f"{m.step_peak_bytes / 2**20:.1f}" if m.step_peak_bytes else "–", _x(self.ratio(m, "step_peak_bytes")),
+                f"{m.predicted_step_peak_bytes / 2**20:.1f}" if m.predicted_step_peak_bytes else "–",
                 f"{mem / 2**20:.0f}" if mem else "–", _x(self.ratio(m, attr)),
             ])
         widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
@@ -146,10 +157,9 @@ def _measure(name: str, step: Callable[[], None], module: nn.Module, device: str
             _sync(device)
             times.append(1000 * (time.perf_counter() - began))
     peak = _status("VmHWM")
-    return ModeResult(
-        name, statistics.median(times), meter.peak, peak - rss_start if peak and rss_start else None,
-        torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
-    )
+    cuda = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    return ModeResult(name, statistics.median(times), meter.peak, peak - rss_start if peak and rss_start else None,
+                      cuda, step_peak_bytes=allocator_peak(step, torch.device(device)))
 
 
 def run(
@@ -181,14 +191,14 @@ def run(
     model = fresh()
     num_classes = model(x[:2]).shape[-1]
     y = torch.randint(0, num_classes, (batch,), device=device)
-    plan = make_plan(model, x, num_blocks, recipe=recipe)
+    plan = make_plan(model, x, num_blocks, recipe=recipe, optimizer=OPTIMIZER)
     flops = sum(b.flops for b in plan.blocks)
     label = recipe if isinstance(recipe, str) else repr(recipe)  # a recipe made with options shows them
     result = BenchResult(model_name, plan.num_blocks, label, batch, tuple(input_size), device, steps,
                          sum(b.aux_flops for b in plan.blocks) / max(flops, 1))
 
     def sgd(params) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # OPTIMIZER, as the plans predict
 
     opt = sgd(model.parameters())
 
@@ -200,6 +210,7 @@ def run(
 
     e2e = _measure("e2e", e2e_step, model, device, warmup, steps)
     e2e.predicted_saved_bytes = plan.e2e_saved_bytes
+    e2e.predicted_step_peak_bytes = plan.e2e_step_peak_bytes or None
     result.modes.append(e2e)
 
     model = fresh()
@@ -221,10 +232,11 @@ def run(
 
     for label, repl in [("local", None), ("local+RepL", replace)] if replace is not None else [("local", None)]:
         model = fresh()
-        sm = convert(model, x, num_blocks, recipe=recipe, replace=repl)
+        sm = convert(model, x, num_blocks, recipe=recipe, replace=repl, optimizer=OPTIMIZER)
         opt = sgd(p for p in sm.parameters() if p.requires_grad)
         mode = _measure(label, lambda sm=sm, opt=opt: sm.train_step(x, y, opt, None, dtype), sm, device, warmup, steps)
         mode.predicted_saved_bytes = sm.plan.local_peak_bytes
+        mode.predicted_step_peak_bytes = sm.plan.step_peak_bytes or None
         if replace is not None:
             mode.trainable_params = sum(p.numel() for p in sm.parameters() if p.requires_grad)
             mode.optimizer_state_bytes = optimizer_state_bytes(opt)

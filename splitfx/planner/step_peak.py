@@ -1,0 +1,76 @@
+"""The memory a device sees: the whole training step's peak, predicted on fake tensors.
+
+A device runs out of the total, not of saved activations: parameters and buffers, gradients,
+optimizer state, the activations the live losses saved, and the transient buffers of forward and
+backward (an op's output before the next op frees its input, a gradient before it is accumulated).
+Local learning shrinks only the activations. The prediction runs the training step itself with the
+runtime's one loop (:func:`~splitfx.runtime.step.run_step`) under the probe's fake mode — no real
+compute — inside a :class:`~splitfx.base.live_bytes.LiveBytes` tracker, which follows every
+tensor's storage as it is created and freed (the same tracker measures a real step, and the two
+agree exactly: tests/test_step_peak.py). The optimizer's state is created first, as a warm step
+would, by one step on zero gradients. E2E is the traced model, its loss, one backward and one step.
+The example batch and target count as alive from the start: a real step holds them. ``splitfx bench`` measures the same
+quantity with the allocator (the profiler's memory timeline on CPU, ``max_memory_allocated`` on CUDA).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..base.live_bytes import LiveBytes
+from ..base.optimizers import optimizer_spec
+from ..passes.aux_cost import AuxProbe
+from ..passes.cost import FAKE_LIMITS
+from ..recipes.base import LossFn, Recipe, SplitParts
+from ..runtime.step import run_step
+from .simulate import fake_state
+
+Losses = Callable[[], Iterator[torch.Tensor]]
+
+
+class _Everything(nn.Module):
+    """Every module a step touches, so that each tensor is swapped for its fake twin once."""
+
+    def __init__(self, *modules: nn.Module):
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+
+def local_peak(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module, optimizer: str) -> int | None:
+    """Peak bytes of one local training step of ``recipe`` with ``optimizer`` (None where fake
+    tensors cannot run it)."""
+    return _step_peak(aux, (parts.model, *parts.heads, extra), optimizer,
+                      lambda: recipe.losses(parts, aux.inputs, aux.target))
+
+
+def e2e_peak(aux: AuxProbe, whole: nn.Module, loss_fn: LossFn, optimizer: str) -> int | None:
+    """Peak bytes of one end-to-end training step of ``whole`` (the traced model) under ``loss_fn``."""
+    return _step_peak(aux, (whole,), optimizer, lambda: iter([loss_fn(whole(*aux.inputs), aux.target)]))
+
+
+def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, losses: Losses) -> int | None:
+    probe = aux.probe
+    root = _Everything(*modules)
+    try:
+        with probe.fake_mode, fake_state(root, probe.state):
+            return _tracked(root, optimizer, losses, (*aux.inputs, aux.target))
+    except FAKE_LIMITS:
+        return None
+
+
+def _tracked(root: nn.Module, optimizer: str, losses: Losses, batch: tuple[torch.Tensor, ...]) -> int:
+    """The tracked peak of one step of ``losses`` over ``root``'s trainable tensors, ``batch`` alive."""
+    params = list({id(p): p for p in root.parameters() if p.requires_grad}.values())
+    opt = optimizer_spec(optimizer)(params)
+    for p in params:  # the optimizer's state, as after a first step
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with LiveBytes(root, opt, *batch) as tracker:
+        run_step(losses(), opt, params[0].device if params else torch.device("cpu"))
+    peak = tracker.peak
+    for p in params:
+        p.grad = None
+    return peak

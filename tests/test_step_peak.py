@@ -1,0 +1,60 @@
+"""The whole training step's peak (weights, gradients, optimizer state, activations, transients,
+batch): predicted on fake tensors, measured on real ones by the same tracker and by the allocator."""
+import pytest
+import timm
+import torch
+
+import splitfx
+from splitfx.base.live_bytes import LiveBytes
+from splitfx.base.optimizers import optimizer_spec
+from splitfx.programs.measure import allocator_peak
+from splitfx.runtime.step import run_step
+
+
+def _tracked(modules, optimizer, step, batch) -> int:
+    step()  # the optimizer's state exists from the first step on
+    with LiveBytes(*modules, optimizer, *batch) as tracker:
+        step()
+    return tracker.peak
+
+
+@pytest.mark.parametrize("recipe,optimizer", [("linear", "sgd_momentum"), ("dgl", "adamw"), ("hpff", "sgd")])
+def test_predicted_step_peaks_equal_the_tracked_real_steps(recipe, optimizer):
+    torch.manual_seed(0)
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(4, 3, 32, 32)
+    y = torch.randint(0, 10, (4,))
+    sm = splitfx.convert(model, x, 3, recipe=recipe, optimizer=optimizer)
+    plan = sm.plan
+    make = optimizer_spec(optimizer)
+    opt = make([p for p in sm.parameters() if p.requires_grad])
+    assert plan.step_peak_bytes == _tracked([sm], opt, lambda: sm.train_step(x, y, opt), (x, y))
+    assert plan.training_peak_bytes() == plan.step_peak_bytes
+    assert plan.training_peak_bytes("rmsprop") != plan.step_peak_bytes, "another optimizer: the formula"
+    e2e = timm.create_model("resnet18", num_classes=10)
+    opt = make(e2e.parameters())
+    loss = torch.nn.CrossEntropyLoss()
+    measured = _tracked([e2e], opt, lambda: run_step(iter([loss(e2e(x), y)]), opt, x.device), (x, y))
+    # E2E is predicted on the traced graph, whose in-place ops the eager model may run differently.
+    assert abs(plan.e2e_step_peak_bytes - measured) <= 0.01 * measured
+
+
+def test_the_allocator_agrees_where_every_buffer_is_a_tensor():
+    """A model of linear layers allocates nothing outside torch's tensors: the profiler's memory
+    timeline then equals the prediction up to what was alive before the step (the batch)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU()) for _ in range(6)],
+                                torch.nn.Linear(256, 10))
+    x, y = torch.randn(64, 256), torch.randint(0, 10, (64,))
+    sm = splitfx.convert(model, x, 3, optimizer="sgd_momentum")
+    opt = torch.optim.SGD(sm.parameters(), lr=0.1, momentum=0.9)
+    sm.train_step(x, y, opt)
+    measured = allocator_peak(lambda: sm.train_step(x, y, opt), x.device)
+    predicted = sm.plan.step_peak_bytes
+    assert abs(measured - predicted) <= 0.02 * predicted, (measured, predicted)
+
+
+def test_a_budget_counts_the_whole_step():
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(4, 3, 32, 32)
+    plan = splitfx.plan(model, x, 2)
+    assert plan.step_peak_bytes > plan.local_peak_bytes + plan.param_bytes
+    assert splitfx.plan(model, x, memory_budget=plan.step_peak_bytes).training_peak_bytes() <= plan.step_peak_bytes
