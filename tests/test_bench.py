@@ -46,7 +46,11 @@ def test_cli_bench_with_repl_reports_parameters_and_optimizer_state(capsys, tmp_
     assert "local+RepL" in out
     import json
 
-    (result,) = json.loads((tmp_path / "b.json").read_text())
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert {"commit", "command", "machine"} <= written.keys(), "the figures say where they came from"
+    (result,) = written["results"]
     local, repl = result["modes"][2], result["modes"][3]
+    assert all(m["step_peak_bytes"] > 0 for m in result["modes"])
+    assert local["predicted_step_peak_bytes"] > 0
     assert repl["trainable_params"] < local["trainable_params"]
     assert repl["optimizer_state_bytes"] < local["optimizer_state_bytes"]

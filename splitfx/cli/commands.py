@@ -128,7 +128,9 @@ def bench(args: argparse.Namespace) -> int:
         print(result.table(), end="\n\n", flush=True)
         results.append(result.to_dict())
     if args.json:
-        write_text(args.json, json.dumps(results, indent=2))
+        from ..base.provenance import provenance
+
+        write_text(args.json, json.dumps({**provenance(), "results": results}, indent=2))
     return 0
 
 
