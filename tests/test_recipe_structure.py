@@ -220,6 +220,26 @@ def test_man_copies_and_averages_the_next_block_with_its_own_lambdas(name):
         splitfx.recipe("man", momentum=1.0)
 
 
+def test_man_recompute_keeps_the_gradients_and_drops_the_copies_activations():
+    """recompute=True (the default) runs LB and EMA under torch.utils.checkpoint: the gradients of
+    recompute=False (as published), a lighter head in the plan."""
+    grads, aux = [], []
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        _, x, y, sm, _ = _convert("resnet18", splitfx.recipe("man", recompute=recompute))
+        sm.train()
+        for loss in sm.local_losses(x, y):
+            loss.backward()
+        grads.append({n: p.grad for n, p in sm.named_parameters() if p.grad is not None})
+        aux.append([b.aux_saved_bytes for b in sm.plan.blocks[:-1]])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+    assert all(a < b for a, b in zip(*aux, strict=True)), aux
+    with pytest.raises(splitfx.ArgumentError, match="recompute must be True or False"):
+        splitfx.recipe("man", recompute="yes")
+
+
 # ---- HPFF ----------------------------------------------------------------------------------------
 
 def test_hpff_patch_decoder_reconstructs_each_quadrant_from_its_own_quadrant():

@@ -7,7 +7,8 @@ block (θ ← m·θ + (1−m)·θ_next after every step, m = 0.995), s a learnab
 *stage* index, so λ1 ≈ 4–5 and λ2 ≈ 0.4–0.5 at every cut on CIFAR (a fixed 5 / 0.75 on ImageNet),
 not InfoPro's schedule to λ1 = 0. For ViTs (MAN++): LB copies the next two blocks, EMA the first,
 and the head is LayerNorm → Linear on the class token. Defaults: ``lambda1=(5, 5)``,
-``lambda2=(0.5, 0.5)``, ``momentum=0.995``; options ``lambda1``, ``lambda2``, ``momentum``.
+``lambda2=(0.5, 0.5)``, ``momentum=0.995``, ``recompute=True``; options ``lambda1``, ``lambda2``,
+``momentum``, ``recompute``.
 
 Departures, and why:
 - λ is held at the first stage's values (5, 0.5) at every cut: splitfx's cuts are not tied to
@@ -19,11 +20,18 @@ Departures, and why:
 - Token boundaries (NLC) take the MAN++ ViT head whatever the model (class token when the model has
   prefix tokens, else the mean token), with cross-entropy alone: METHODS lists no reconstruction for it.
 - The public code's ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
-"""
+- ``recompute=True`` (default): LB and EMA run under ``torch.utils.checkpoint`` and ``y`` is formed as
+  ``2·EMA + s·(LB − EMA)``: the same function and gradients (tested against ``recompute=False``, the
+  published form), but a head keeps its InfoPro part and one feature map instead of two copies of
+  a residual block's activations, which at a stage-1 cut of an ImageNet ResNet cost more than the
+  block it trains. The copies run forward twice (again in backward), and LB's BatchNorm statistics
+  move twice per step (EMA's are copied from the backbone after each step).
+
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .copies import EMA, bridge, chain, weight_copy
@@ -31,6 +39,7 @@ from .heads import Scored
 from .infopro import InfoPro
 from .layout import Layout, infer_layout, prefix_tokens
 from .registry import register_recipe
+from .values import flag
 from .values import momentum as check_momentum
 
 
@@ -48,10 +57,16 @@ class TokenClassifier(nn.Module):
 
 
 class MomentumHead(Follows):
-    """``y = s·LB(bridge(x)) + (2−s)·EMA(bridge(x))``, then ``head`` (InfoPro's or MAN++'s token head)."""
+    """``y = s·LB(bridge(x)) + (2−s)·EMA(bridge(x))``, then ``head`` (InfoPro's or MAN++'s token head).
+
+    With ``recompute``, LB and EMA run under ``torch.utils.checkpoint`` (the same outputs and
+    gradients, their inner activations recomputed in backward instead of kept), and ``y`` is computed
+    as ``2·EMA + s·(LB − EMA)``, which keeps one tensor for the gradient of ``s`` instead of the two
+    copies' outputs. Without it, as published: the copies' outputs are kept by their own last op
+    anyway."""
 
     def __init__(self, source: str, module: nn.Module, lb: nn.Module, head: nn.Module, momentum: float,
-                 bridge: nn.Module):
+                 bridge: nn.Module, recompute: bool = True):
         super().__init__()
         self.source = source
         self.bridge = bridge
@@ -59,10 +74,14 @@ class MomentumHead(Follows):
         self.ema = EMA(module, momentum)
         self.scale = nn.Parameter(torch.ones(()))
         self.head = head
+        self.recompute = recompute
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bridge(x)
-        return self.scale * self.lb(x) + (2 - self.scale) * self.ema(x)
+        if not self.recompute:
+            return self.scale * self.lb(x) + (2 - self.scale) * self.ema(x)
+        lb, ema = (checkpoint(copy, x, use_reentrant=False) for copy in (self.lb, self.ema))
+        return 2 * ema + self.scale * (lb - ema)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -76,9 +95,10 @@ class MAN(InfoPro):
     paper = "Su et al., ECCV 2024 (MAN), MAN++ 2026"
     traits = RecipeTraits(uses_inputs=True, copies_layers=True, ema=True)
 
-    def __init__(self, lambda1=(5.0, 5.0), lambda2=(0.5, 0.5), momentum: float = 0.995):
+    def __init__(self, lambda1=(5.0, 5.0), lambda2=(0.5, 0.5), momentum: float = 0.995, recompute: bool = True):
         super().__init__(lambda1, lambda2)
         self.momentum = check_momentum(momentum)
+        self.recompute = flag("recompute", recompute)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         after = graph.repeated_after(boundary.position)
@@ -97,4 +117,4 @@ class MAN(InfoPro):
         else:
             lb = weight_copy(module)
             head = self.infopro_head(boundary, graph, unit.out_shape, layout)
-        return MomentumHead(unit.name, module, lb, head, self.momentum, link)
+        return MomentumHead(unit.name, module, lb, head, self.momentum, link, self.recompute)

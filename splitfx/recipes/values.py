@@ -51,3 +51,9 @@ def momentum(value: Any) -> float:
     if not (_number(value) and 0 <= value < 1):
         raise ValueError(f"momentum must be in [0, 1), got {value!r} (1.0 would never move the EMA copy)")
     return float(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
