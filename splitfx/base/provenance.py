@@ -12,8 +12,9 @@ from .version import __version__
 
 
 def commit() -> str:
-    """The checkout's commit (``+dirty`` when it has uncommitted changes), or the package version
-    when splitfx does not run from a git checkout."""
+    """The checkout's commit (``+dirty`` when the package's own code has uncommitted changes; a
+    results file being written beside it does not count), or the package version when splitfx does
+    not run from a git checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
 
     def git(*args: str) -> str:
@@ -22,7 +23,7 @@ def commit() -> str:
 
     try:
         head = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", here.rsplit(os.sep, 1)[0])
     except (OSError, subprocess.SubprocessError):
         return f"splitfx {__version__} (no git checkout)"
     return head + ("+dirty" if dirty else "")
