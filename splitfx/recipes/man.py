@@ -26,7 +26,7 @@ Departures, and why:
   a residual block's activations, which at a stage-1 cut of an ImageNet ResNet cost more than the
   block it trains. The copies run forward twice (again in backward), and LB's BatchNorm statistics
   move twice per step (EMA's are copied from the backbone after each step).
-
+"""
 from __future__ import annotations
 
 import torch
