@@ -45,6 +45,11 @@ class LiveBytes(TorchDispatchMode):
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
 
+    def restart_peak(self) -> int:
+        """The peak so far; the next one is counted from the bytes alive now."""
+        peak, self.peak = self.peak, self.live
+        return peak
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):

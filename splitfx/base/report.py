@@ -33,6 +33,9 @@ class BlockPlan:
     handover_bytes: int  # their bytes
     start: int
     end: int
+    # The whole training step's peak while this block's loss is alive (weights, gradients so far,
+    # optimizer state, activations, transients, batch; the optimizer's step counts with the last).
+    step_peak_bytes: int = 0
 
     @property
     def span(self) -> str:
@@ -104,12 +107,13 @@ class SplitPlan:
 
     def table(self) -> str:
         """A table for people: one row per block, then the E2E vs local summary."""
-        rows = [("block", "modules", "params", "saved act.", "of which aux", "GFLOPs", "aux params", "hands over")]
+        rows = [("block", "modules", "params", "saved act.", "of which aux", "step peak", "GFLOPs", "aux params",
+                 "hands over")]
         for b in self.blocks:
             rows.append((
                 str(b.index), b.span, count(b.params), nbytes(b.saved_bytes), nbytes(b.aux_saved_bytes),
-                f"{(b.flops + b.aux_flops) / 1e9:.2f}", count(b.aux_params),
-                _handover(b),
+                nbytes(b.step_peak_bytes) if b.step_peak_bytes else "–", f"{(b.flops + b.aux_flops) / 1e9:.2f}",
+                count(b.aux_params), _handover(b),
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [

@@ -14,7 +14,7 @@ from ..passes.node_cost import node_cost
 
 
 def block_row(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params: int, saved: int, flops: int,
-              aux: AuxCost | None, cut: Cut | None) -> BlockPlan:
+              aux: AuxCost | None, cut: Cut | None, step_peak: int = 0) -> BlockPlan:
     """Block ``k`` of the report: its modules, parameters, saved bytes and FLOPs, and its aux head."""
     return BlockPlan(
         index=k,
@@ -31,6 +31,7 @@ def block_row(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params:
         handover_bytes=sum(node_cost(G, v).out_bytes for v in cut.nodes) if cut else 0,
         start=start,
         end=end,
+        step_peak_bytes=step_peak,
     )
 
 

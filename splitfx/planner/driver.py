@@ -232,9 +232,12 @@ class Planner:
         saved, unsimulated = step_peaks(self.aux, parts, self.recipe, repl, estimate)
         if self._e2e_peak is None:
             self._e2e_peak = e2e_peak(self.aux, gm, parts.loss_fn, self.optimizer) or 0
+        step = local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or []
+        step = step if len(step) == num_blocks else [max(step, default=0)] * num_blocks
         blocks = [
             block_row(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
-                   int(flops[k, k + 1]), chosen_aux[k] if k < len(cuts) else None, cuts[k] if k < len(cuts) else None)
+                      int(flops[k, k + 1]), chosen_aux[k] if k < len(cuts) else None,
+                      cuts[k] if k < len(cuts) else None, step[k])
             for k, (start, end) in enumerate(pairwise(ends))
         ]
         heads = sum(a.params for a in chosen_aux)
@@ -264,7 +267,7 @@ class Planner:
             saved_profile=[int(b) for b in first_saves(saves, storages)],
             simulation_error=unsimulated,
             optimizer=self.optimizer,
-            step_peak_bytes=local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or 0,
+            step_peak_bytes=max(step),
             e2e_step_peak_bytes=self._e2e_peak,
             notes=[self._note] if self._note and method != "split_points" else [],
         )

@@ -38,19 +38,22 @@ class _Everything(nn.Module):
         self.parts = nn.ModuleList(modules)
 
 
-def local_peak(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module, optimizer: str) -> int | None:
-    """Peak bytes of one local training step of ``recipe`` with ``optimizer`` (None where fake
-    tensors cannot run it)."""
+def local_peak(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module, optimizer: str
+               ) -> list[int] | None:
+    """Peak bytes of one local training step of ``recipe`` with ``optimizer`` while each loss is
+    alive (its forward and backward; the optimizer's step counts with the last), or None where fake
+    tensors cannot run it. The step's peak is the largest."""
     return _step_peak(aux, (parts.model, *parts.heads, extra), optimizer,
                       lambda: recipe.losses(parts, aux.inputs, aux.target))
 
 
 def e2e_peak(aux: AuxProbe, whole: nn.Module, loss_fn: LossFn, optimizer: str) -> int | None:
     """Peak bytes of one end-to-end training step of ``whole`` (the traced model) under ``loss_fn``."""
-    return _step_peak(aux, (whole,), optimizer, lambda: iter([loss_fn(whole(*aux.inputs), aux.target)]))
+    peaks = _step_peak(aux, (whole,), optimizer, lambda: iter([loss_fn(whole(*aux.inputs), aux.target)]))
+    return None if peaks is None else max(peaks)
 
 
-def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, losses: Losses) -> int | None:
+def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, losses: Losses) -> list[int] | None:
     probe = aux.probe
     root = _Everything(*modules)
     try:
@@ -60,17 +63,20 @@ def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, lo
         return None
 
 
-def _tracked(root: nn.Module, optimizer: str, losses: Losses, batch: tuple[torch.Tensor, ...]) -> int:
-    """The tracked peak of one step of ``losses`` over ``root``'s trainable tensors, ``batch`` alive."""
+def _tracked(root: nn.Module, optimizer: str, losses: Losses, batch: tuple[torch.Tensor, ...]) -> list[int]:
+    """The tracked peak while each loss of one step of ``losses`` over ``root``'s trainable tensors
+    is alive, ``batch`` alive throughout; the optimizer's step counts with the last."""
     params = list({id(p): p for p in root.parameters() if p.requires_grad}.values())
     opt = optimizer_spec(optimizer)(params)
     for p in params:  # the optimizer's state, as after a first step
         p.grad = torch.zeros_like(p)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    peaks: list[int] = []
     with LiveBytes(root, opt, *batch) as tracker:
-        run_step(losses(), opt, params[0].device if params else torch.device("cpu"))
-    peak = tracker.peak
+        run_step(losses(), opt, params[0].device if params else torch.device("cpu"),
+                 after_loss=lambda k: peaks.append(tracker.restart_peak()))
+    peaks[-1] = max(peaks[-1], tracker.peak)
     for p in params:
         p.grad = None
-    return peak
+    return peaks
