@@ -435,3 +435,21 @@ def test_boundaries_with_equal_head_keys_get_identical_heads(name):
         first = _structure(planner.recipe.make_head(group[0], planner.graph))
         for b in group[1:]:
             assert _structure(planner.recipe.make_head(b, planner.graph)) == first, (b.position, group[0].position)
+
+
+@pytest.mark.parametrize("channels,widths", [(512, [128, 256, 512, 2048]), (1024, [256, 256, 512, 2048]),
+                                             (2048, [512, 512, 1024, 2048])])
+def test_imagenet_sized_cuts_get_the_papers_imagenet_head(channels, widths):
+    """InfoPro's, HPFF's and MAN's ImageNet code reduce first (networks/InfoProAux.py); their CIFAR
+    head keeps the input width, 9.4 M parameters per convolution at 1024 channels."""
+    from splitfx.recipes.heads import Classifier, imagenet_sized
+    from splitfx.recipes.layout import Layout, map_spec
+
+    shape = (2, channels, 14, 14)
+    spec = map_spec(shape, Layout.NCHW, (2, 3, 224, 224), nn.Identity())
+    assert imagenet_sized((2, 3, 224, 224)) and not imagenet_sized((2, 3, 32, 32))
+    head = Classifier(spec, shape, 1000, convs=2, imagenet=True)
+    assert [m.out_channels for m in _convs(head)] == widths
+    assert head(torch.randn(shape)).shape == (2, 1000)
+    cifar = Classifier(spec, shape, 1000, convs=2)
+    assert [m.out_channels for m in _convs(cifar)] == [channels, channels]

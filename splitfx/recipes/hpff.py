@@ -31,7 +31,7 @@ from torch import nn
 from .base import Boundary, GraphInfo
 from .cascade import Cascade, CascadeHead
 from .decoders import PatchDecoder
-from .heads import Classifier, NoHead, Scored
+from .heads import Classifier, NoHead, Scored, imagenet_sized
 from .infopro import InfoProHead, Lambdas
 from .registry import register_recipe
 
@@ -61,7 +61,8 @@ class HPFF(Cascade, Lambdas):
             return NoHead()
         recon, task = self.weights(boundary)
         spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
-        independent = Scored(Classifier(spec, boundary.shape, boundary.num_classes, convs=2))
+        independent = Scored(Classifier(spec, boundary.shape, boundary.num_classes, convs=2,
+                                        imagenet=imagenet_sized(boundary.input_shape)))
         cascade = PatchCascade(spec, boundary.shape, boundary.input_shape, boundary.num_classes, recon, task)
         return CascadeHead(independent, cascade)
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .decoders import ImageDecoder, can_reconstruct
-from .heads import Classifier, supcon
+from .heads import Classifier, imagenet_sized, supcon
 from .layout import Layout, MapSpec
 from .registry import register_recipe
 from .values import between, endpoints, some_term
@@ -46,7 +46,8 @@ class InfoProHead(nn.Module):
             recon, task = 0.0, task or 1.0
         self.weights = {name: w for name, w in (("recon", recon), ("task", task)) if w}
         self.decoder = ImageDecoder(spec, shape, image_shape) if recon else None
-        self.classifier = Classifier(spec, shape, out_features, convs) if task else None
+        self.classifier = Classifier(spec, shape, out_features, convs, imagenet=imagenet_sized(image_shape)) \
+            if task else None
         self.contrast = contrast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
