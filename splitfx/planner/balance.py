@@ -109,7 +109,7 @@ def choose_path(
         if steps is not None:
             if fixed:
                 raise ValueError(f"recipe {recipe.name!r} holds two blocks per loss and cannot be split between stages")
-            return [0, *(c for c in chain_partition(steps, weights, handover)[0]), len(bounds) - 1]
+            return [0, *chain_partition(steps, weights, handover)[0], len(bounds) - 1]
     edges = [0, *fixed, len(bounds) - 1]
     ranges = len(edges) - 1
     path = [0]

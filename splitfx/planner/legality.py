@@ -142,10 +142,10 @@ def check_saves(recipe: Recipe, num_blocks: int) -> None:
 
     k = whole(num_blocks) if num_blocks > 1 else None
     if k is not None:
-        fewest = next(n for n in range(num_blocks + 1, num_blocks + 64) if whole(n) is None)
+        fewest = next((n for n in range(num_blocks + 1, num_blocks + 64) if whole(n) is None), None)
+        ask = f"ask for at least {fewest} blocks, where no loss holds them all" if fewest else "use another recipe"
         raise PlanError(f"recipe {recipe.name!r} with {num_blocks} blocks: its loss {k} runs blocks 0 to "
-                        f"{num_blocks - 1} together, the whole network, so the step keeps as much as E2E; "
-                        f"ask for at least {fewest} blocks, where no loss holds them all.")
+                        f"{num_blocks - 1} together, the whole network, so the step keeps as much as E2E; {ask}.")
 
 
 def max_blocks(ok: np.ndarray) -> int:
