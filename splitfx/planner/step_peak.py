@@ -54,6 +54,7 @@ def e2e_peak(aux: AuxProbe, whole: nn.Module, loss_fn: LossFn, optimizer: str) -
 
 
 def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, losses: Losses) -> list[int] | None:
+    """Per-loss peaks of one step of ``losses`` over ``modules``, their tensors swapped for fake twins."""
     probe = aux.probe
     root = _Everything(*modules)
     try:
@@ -66,7 +67,7 @@ def _step_peak(aux: AuxProbe, modules: tuple[nn.Module, ...], optimizer: str, lo
 def _tracked(root: nn.Module, optimizer: str, losses: Losses, batch: tuple[torch.Tensor, ...]) -> list[int]:
     """The tracked peak while each loss of one step of ``losses`` over ``root``'s trainable tensors
     is alive, ``batch`` alive throughout; the optimizer's step counts with the last."""
-    params = list({id(p): p for p in root.parameters() if p.requires_grad}.values())
+    params = [p for p in root.parameters() if p.requires_grad]  # parameters() yields each tensor once
     opt = optimizer_spec(optimizer)(params)
     for p in params:  # the optimizer's state, as after a first step
         p.grad = torch.zeros_like(p)
