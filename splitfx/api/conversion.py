@@ -34,9 +34,11 @@ def convert(
     """Split ``model`` into ``num_blocks`` gradient-isolated blocks with generated aux heads.
 
     Takes every keyword of :func:`splitfx.plan` (``method``, ``split_points``, ``recipe``,
-    ``num_classes``, ``leaf_modules``, ``replace``, ``replace_mode``), plus ``plan`` (reuse a plan of
-    this same model object instead; its recipe and blocks win) and ``loss_fn(output, target)`` for the
-    last block (default cross-entropy). The blocks share ``model``'s module objects; nothing is copied.
+    ``num_classes``, ``loss_fn``, ``example_target``, ``leaf_modules``, ``replace``, ``replace_mode``),
+    plus ``plan`` (reuse a plan of this same model object instead; its recipe and blocks win, and a
+    ``loss_fn`` given here replaces the plan's). ``loss_fn(output, target)`` trains the last block
+    and scores every aux head's prediction (default: the task's, cross-entropy on class scores). The
+    blocks share ``model``'s module objects; nothing is copied.
 
     With ``stages=S, stage_balance="time"`` the stages and the blocks are chosen together
     (:mod:`splitfx.api.staging`): the stage boundaries first, at equal training time measured here
@@ -45,6 +47,8 @@ def convert(
     are finally grouped by the blocks' own measured times; ``model`` is left as it was."""
     check_convert(model, locals())
     fresh = plan is None  # a plan made here is no one else's: its heads can be trained as they are
+    if fresh and loss_fn is not None:  # the plan's heads train with it too
+        options["loss_fn"] = loss_fn
     measured = options.get("stage_balance") == StageBalance.TIME
     if measured:  # planned by FLOPs first: check what was given (stages=S among it)
         check_plan_arguments(model, example_inputs, num_blocks=num_blocks, **options)
@@ -58,10 +62,10 @@ def convert(
     split = split_of(plan)
     if split.model is not model:
         raise ArgumentError("plan= was made for another model object; plan and convert the same model.")
-    check_output(split.outputs, loss_fn, type(model).__name__)
+    check_output(split.outputs, loss_fn or split.task.loss_fn, type(model).__name__)
     if not fresh:  # the plan may have been converted before: that module trains its heads
-        split = split.with_new_heads()
-    sm = SplitModule.from_split(split, loss_fn or nn.CrossEntropyLoss())
+        split = split.with_new_heads(loss_fn)
+    sm = SplitModule.from_split(split, split.task.loss)
     if measured:
         times = measure_block_times(sm, example_inputs, optimizer=OPTIMIZERS[sm.plan.stages.optimizer])
         sm.plan = rebalance_stages(sm.plan, times, options.get("tolerance", 0.05))
@@ -71,7 +75,7 @@ def convert(
 def _advertised_signature() -> inspect.Signature:
     """plan's parameters, then convert's own: what help() and IDEs show for convert."""
     shared = list(inspect.signature(make_plan).parameters.values())
-    own = [p for name, p in inspect.signature(convert).parameters.items() if name in ("plan", "loss_fn")]
+    own = [p for name, p in inspect.signature(convert).parameters.items() if name == "plan"]
     return inspect.Signature([*shared, *own], return_annotation=SplitModule)
 
 

@@ -17,7 +17,7 @@ from ..passes.trace import LeafSpec
 from ..planner.budget import largest_batch, most_blocks, smallest_blocks
 from ..planner.driver import Planner
 from ..planner.stages import balance_stages
-from ..recipes import Recipe, create_recipe
+from ..recipes import LossFn, Recipe, create_recipe
 from ..recipes.split import Split
 from .input_shape import check_example_shape
 from .validation import check_plan_arguments
@@ -58,12 +58,15 @@ def plan(
     split_points: Sequence[str] | None = None,
     recipe: str | Recipe = "linear",
     num_classes: int | None = None,
+    loss_fn: LossFn | None = None,
+    example_target: torch.Tensor | None = None,
     leaf_modules: Sequence[LeafSpec] = (),
     replace: int | Sequence[str] | None = None,
     replace_mode: str = "tensor",
     max_cut_tensors: int | None = MAX_CUT_TENSORS,
     tolerance: float = 0.05,
     memory_budget: int | str | None = None,
+    tied: str = "together",
     optimizer: str = "adamw",
     auto_leaf: bool = True,
     stages: int | None = None,
@@ -74,7 +77,15 @@ def plan(
     Nothing is computed for real: costs come from one fake-tensor run. ``method`` balances blocks by
     ``"memory"`` (saved activations, aux head included), ``"flops"``, ``"params"`` or ``"uniform"``;
     ``split_points`` cuts right after the named modules instead. ``recipe`` (a registered name or a
-    :class:`Recipe`) decides the aux heads whose cost is counted. ``leaf_modules`` (names or classes)
+    :class:`Recipe`) decides the aux heads whose cost is counted.
+
+    The heads are told the task: they predict what the model outputs (class scores, values, token
+    sequences, maps, images, or a dict/tuple of those) and are scored with ``loss_fn(output,
+    target)``, costed on a target shaped like ``example_target`` (a tensor or a fake one; default: a
+    ``[B]`` class target for class scores, else a target shaped like the output). ``num_classes``
+    makes the heads classify whatever the output (an encoder trained by its own loss). Without
+    ``loss_fn`` the task's default trains them: cross-entropy for class targets, MSE for values, L1
+    for images (:mod:`splitfx.recipes.task`). ``leaf_modules`` (names or classes)
     stay opaque when tracing. ``replace`` turns on RepL fusion: every n-th interior block of each run
     of identical blocks, or the blocks named; ``replace_mode`` is ``"tensor"`` or ``"channel"``.
 
@@ -87,6 +98,11 @@ def plan(
     ``memory_budget`` (bytes, or a string such as ``"4GiB"``) chooses K instead of ``num_blocks``:
     the fewest blocks whose predicted training peak (:meth:`SplitPlan.training_peak_bytes` with
     ``optimizer``) fits; a budget no K meets is a :class:`PlanError` stating the smallest peak.
+
+    ``tied`` says what a trainable parameter used in several places (``lm_head.weight = wte.weight``,
+    a module called twice) does: ``"together"`` keeps its uses in one block (no cut between them, the
+    model's own gradient); ``"detach"`` cuts anywhere, the first block using it trains it and later
+    blocks read it detached (a departure: no gradient reaches it from those uses).
 
     With ``auto_leaf`` (the default), a submodule fx cannot trace is kept whole as a leaf and the
     model still splits around it (``plan.auto_leaves`` says which and why); ``False`` raises instead.
@@ -102,7 +118,8 @@ def plan(
                             "stage_balance='time'), or pass the seconds per block that "
                             "splitfx.measure_block_times(split_module, inputs) returns")
     planner = _planner(model, as_tuple(example_inputs), method, recipe, num_classes, leaf_modules, replace,
-                       replace_mode, max_cut_tensors, tolerance, auto_leaf, optimizer)
+                       replace_mode, max_cut_tensors, tolerance, auto_leaf, optimizer, loss_fn, example_target,
+                       tied=tied)
     if stages is not None:
         made = planner.plan(num_blocks, split_points)
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
@@ -139,16 +156,23 @@ def max_batch(
     batch = inputs[0].shape[0]
     split_points = options.pop("split_points", None)
 
+    def at_batch(x: torch.Tensor, b: int) -> torch.Tensor:
+        return x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x
+
     def split_at(b: int) -> Split:
-        resized = tuple(x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in inputs)
-        return _planner(model, resized, **_defaults(options), optimizer=optimizer).plan(num_blocks, split_points)
+        resized = tuple(at_batch(x, b) for x in inputs)
+        known = _defaults(options)
+        if known["example_target"] is not None:
+            known["example_target"] = at_batch(known["example_target"], b)
+        return _planner(model, resized, **known, optimizer=optimizer).plan(num_blocks, split_points)
 
     return _remember(largest_batch(split_at, batch, parse_bytes(memory_budget), optimizer))
 
 
 def _defaults(options: dict) -> dict:
-    known = dict(method="memory", recipe="linear", num_classes=None, leaf_modules=(), replace=None,
-                 replace_mode="tensor", max_cut_tensors=MAX_CUT_TENSORS, tolerance=0.05, auto_leaf=True)
+    known = dict(method="memory", recipe="linear", num_classes=None, loss_fn=None, example_target=None,
+                 leaf_modules=(), replace=None, replace_mode="tensor", max_cut_tensors=MAX_CUT_TENSORS, tolerance=0.05,
+                 auto_leaf=True, tied="together")
     unknown = set(options) - set(known)
     if unknown:
         raise TypeError(f"max_batch() got unexpected keywords {sorted(unknown)}")
@@ -158,7 +182,8 @@ def _defaults(options: dict) -> dict:
 def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, recipe: str | Recipe,
              num_classes: int | None, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
              max_cut_tensors: int | None, tolerance: float, auto_leaf: bool = True,
-             optimizer: str = "adamw") -> Planner:
+             optimizer: str = "adamw", loss_fn: LossFn | None = None,
+             example_target: torch.Tensor | None = None, tied: str = "together") -> Planner:
     """The planner of ``model``; where tracing or probing it fails because of the example's shape, an
     :class:`ArgumentError` saying which shape it takes (the model's own error is its ``__cause__``)."""
     recipe = create_recipe(recipe)
@@ -166,7 +191,8 @@ def _planner(model: nn.Module, inputs: tuple[torch.Tensor, ...], method: str, re
         return Planner(model, inputs, method=method, recipe=recipe, num_classes=num_classes,
                        leaf_modules=leaf_modules, replace=replace, replace_mode=replace_mode,
                        max_cut_tensors=max_cut_tensors, tolerance=tolerance, auto_leaf=auto_leaf,
-                       optimizer=optimizer)
+                       optimizer=optimizer, loss_fn=loss_fn, example_target=example_target,
+                       tied=tied)
     except Exception as err:
         check_example_shape(model, inputs, err)
         raise

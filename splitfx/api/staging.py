@@ -96,7 +96,7 @@ def _placed(planner: Planner, num_blocks: int, stages: int, timer: Timer) -> Spl
     if fine <= num_blocks or stages == 1:
         return planner.plan(num_blocks)
     grain = planner.plan(fine)
-    times = timer(SplitModule.from_split(grain, nn.CrossEntropyLoss()))
+    times = timer(SplitModule.from_split(grain, grain.task.loss))
     total = np.concatenate([[0.0], np.cumsum(times)])
     cost = np.where(np.triu(np.ones((fine + 1, fine + 1), dtype=bool), 1), total[None, :] - total[:, None], np.inf)
     edges = min_max_split(cost, stages)

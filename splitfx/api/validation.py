@@ -19,6 +19,7 @@ from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
 from ..base.sizes import parse_bytes
 from ..base.stage_plan import StageBalance
+from ..passes.sharing import Tied
 from ..planner.balance import Method
 from ..recipes import Recipe, list_recipes
 from ..runtime.split_module import SplitModule
@@ -167,6 +168,7 @@ _KEYWORDS: dict[str, Callable[[Any], None]] = {
     "auto_leaf": lambda v: None if isinstance(v, bool) else _raise_type("auto_leaf", "True or False", v),
     "memory_budget": lambda v: None if v is None else _size("memory_budget", v),
     "optimizer": lambda v: _choice("optimizer", v, tuple(sorted(OPTIMIZERS))),
+    "tied": lambda v: _choice("tied", v, [t.value for t in Tied]),
     "stages": lambda v: _int("stages", v, 1, none_ok=True),
     "stage_balance": _stage_balance,
 }
@@ -195,13 +197,25 @@ def check_plan_arguments(model: Any, example_inputs: Any, **keywords: Any) -> No
     check_model(model)
     if isinstance(model, SplitModule):
         raise ArgumentTypeError("model is already a SplitModule; pass the original model (SplitModule.model)")
-    check_inputs(example_inputs, model)
+    inputs = check_inputs(example_inputs, model)
+    _target(keywords.get("example_target"), inputs[0])
     if isinstance(keywords.get("split_points"), list | tuple) and not keywords["split_points"]:
         raise ArgumentError("split_points=[] names no module; pass None to balance by method=, or module names")
     if keywords.get("stages") is None and keywords.get("stage_balance", "flops") != "flops":
         raise ArgumentError("stage_balance= balances pipeline stages; give stages=S too")
     for name, value in keywords.items():
         _KEYWORDS.get(name, lambda _: None)(value)
+
+
+def _target(target: Any, first: torch.Tensor) -> None:
+    """An example target is a tensor with the inputs' batch."""
+    if target is None:
+        return
+    if not isinstance(target, torch.Tensor):
+        _raise_type("example_target", "a torch.Tensor shaped like the training target (batch first)", target)
+    if target.dim() == 0 or target.shape[0] != first.shape[0]:
+        raise ArgumentError(f"example_target has shape {tuple(target.shape)}; it needs the inputs' batch "
+                            f"({first.shape[0]}) in dim 0, as the targets the model trains on")
 
 
 def check_convert(model: Any, options: Mapping[str, Any]) -> None:

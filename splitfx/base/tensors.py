@@ -1,8 +1,9 @@
-"""Tensor helpers every layer uses: example inputs as a tuple, class scores, a module's tensor slots
-and the tensors an fx node reads."""
+"""Tensor helpers every layer uses: a tensor's shape and dtype, example inputs as a tuple, class
+scores, a module's tensor slots and the tensors an fx node reads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -10,6 +11,22 @@ from torch import nn
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Slot = tuple[dict[str, torch.Tensor | None], str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The shape (batch first) and dtype of one tensor."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> TensorSpec:
+        return cls(tuple(t.shape), t.dtype)
+
+    @property
+    def floating(self) -> bool:
+        return self.dtype.is_floating_point
 
 
 def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:

@@ -16,6 +16,7 @@ from typing import Any
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import SplitFXError
 from ..base.sizes import parse_bytes
+from ..passes.sharing import Tied
 from ..planner.balance import Method
 from ..programs.config import TrainConfig, resolve_device
 from ..programs.data import check as check_data
@@ -26,6 +27,7 @@ EPILOG = """Models: any timm name (resnet50, vit_base_patch16_224, ...), torchvi
 package.module:factory for your own model. Weights are random: nothing is downloaded."""
 MODEL_HELP = "timm name, torchvision:NAME or package.module:factory"
 METHODS = tuple(m.value for m in Method)
+TIED = tuple(t.value for t in Tied)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
@@ -288,6 +290,9 @@ def add_split(p: argparse.ArgumentParser) -> None:
     add_replace(p, "RepL: replace every N-th interior block of each run of identical blocks (one integer ≥ 2), "
                    "or the blocks named; their weights are synthesised from their neighbours")
     add_max_cut_tensors(p, MAX_CUT_TENSORS)
+    p.add_argument("--tied", default="together", choices=TIED,
+                   help="a weight used in several places (tied embedding and output layer): one block trains it "
+                        "('together'), or later blocks read it detached ('detach') (default %(default)s)")
     p.add_argument("--tolerance", type=count_fraction, default=0.05,
                    help="prefer fewer multi-tensor cuts among splits within this fraction of the best balance "
                         "(default %(default)s)")

@@ -179,6 +179,24 @@ def _accuracy(sub) -> None:
                    help="write the pictures (accuracy against memory, validation curves at K=4) into DIR")
 
 
+def _tasks(sub) -> None:
+    from ..programs.tasks import TASKS
+
+    p = _command(sub, "tasks", commands.tasks)
+    p.add_argument("names", nargs="*", metavar="TASK",
+                   help=f"tasks to run (default: all of {', '.join(TASKS)})")
+    add_blocks(p, 4, "K of the local runs")
+    p.add_argument("--recipe", default="linear", choices=list_recipes(), help="recipe of the local runs, with its "
+                   "default options (default %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method (default %(default)s)")
+    p.add_argument("--epochs", type=positive_int, help="epochs of every run (default: each task's own)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default %(default)s)")
+    p.add_argument("--results", default="tasks.jsonl", metavar="FILE", type=output_file,
+                   help="JSON-lines file each run is appended to as it finishes; runs it already holds (same "
+                        "task, K, recipe, seed and epochs) are not run again (default %(default)s)")
+    p.add_argument("--out", type=output_file, help="also write the table to this markdown file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="splitfx", epilog=EPILOG,
@@ -186,6 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"splitfx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_plan, _train, _export, _bench, _bench_convert, _coverage, _accuracy):
+    for add in (_plan, _train, _export, _bench, _bench_convert, _coverage, _accuracy, _tasks):
         add(sub)
     return parser

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..base.meter import storage_key
+from ..base.tensors import TensorSpec
 from .cost import Probe
 
 
@@ -27,11 +28,12 @@ class AuxCost:
 class AuxProbe:
     """Costs of modules called as ``module(features, target)`` on the fake values of the graph."""
 
-    def __init__(self, probe: Probe, example_inputs: Sequence[torch.Tensor]):
+    def __init__(self, probe: Probe, example_inputs: Sequence[torch.Tensor], target: TensorSpec):
         self.probe = probe
         device = example_inputs[0].device
         self.inputs = tuple(probe.fake(x) for x in example_inputs)
-        self.target = probe.fake(torch.zeros(example_inputs[0].shape[0], dtype=torch.long, device=device))
+        with probe.fake_mode:  # the task's target, never allocated
+            self.target = torch.zeros(target.shape, dtype=target.dtype, device=device)
         self.device = device
         self._costs: dict[Hashable, tuple[list, int, int]] = {}
 
@@ -54,8 +56,18 @@ class AuxProbe:
         saves = {inputs[i] if i is not None else k: b for i, k, b in template}
         return AuxCost(saves, flops, params)
 
-    def output_loss(self, loss: nn.Module) -> dict[int, int]:
-        """Saves of ``loss(output, target)`` on the model's output, when the output is one tensor."""
-        if not isinstance(self.probe.outputs, torch.Tensor):
-            return {}
-        return dict(self.probe.run_module(loss, self.probe.outputs, self.target)[1])
+    def output_loss(self, loss: Callable) -> dict[int, int]:
+        """Saves of ``loss(output, target)`` on the model's output (a tensor or a structure)."""
+        module = loss if isinstance(loss, nn.Module) else _Called(loss)
+        return dict(self.probe.run_module(module, self.probe.outputs, self.target)[1])
+
+
+class _Called(nn.Module):
+    """A loss function as a module, so the probe can run it (it holds no tensors of its own)."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, output, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(output, target)

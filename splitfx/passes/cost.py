@@ -11,6 +11,7 @@ bytes.
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,8 +50,9 @@ _PLACEMENT = {"dtype", "device", "is_cuda", "is_cpu", "is_mps", "is_xpu", "is_me
 
 
 def is_constant(value: Any) -> bool:
-    """A plain constant, or a list or tuple of them (mvitv2's feature size ``[H, W]``)."""
-    if type(value) in (list, tuple):
+    """A plain constant, or a list, tuple or ``torch.Size`` of them (mvitv2's feature size ``[H, W]``,
+    deeplabv3's ``x.shape[-2:]``)."""
+    if type(value) in (list, tuple, torch.Size):
         return all(is_constant(v) for v in value)
     return type(value) in CONSTANT_TYPES
 
@@ -60,6 +62,25 @@ def _placement(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _PLACEMENT
     return node.op == "call_function" and node.target is getattr and node.args[1:2] and node.args[1] in _PLACEMENT
+
+
+def _sizes_read(node: fx.Node, costs: dict[str, NodeCost]) -> bool:
+    """Whether ``node`` picks sizes other than dim 0's out of a tensor's whole shape (``x.shape[-2:]``,
+    ``C`` of ``B, T, C = x.size()``): sizes of the tensor itself, not computed from the batch even
+    though the whole shape holds it."""
+    if node.op != "call_function" or node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
+        return False
+    shape, index = node.args
+    whole = ((shape.op == "call_function" and shape.target is getattr and shape.args[1:] == ("shape",))
+             or (shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1 and not shape.kwargs))
+    source = shape.args[0] if whole else None
+    if not isinstance(source, fx.Node) or costs[source.name].shape is None or not isinstance(index, int | slice):
+        return False
+    try:
+        picked = range(len(costs[source.name].shape))[index]
+    except IndexError:
+        return False
+    return 0 not in (picked if isinstance(picked, range) else [picked])
 
 
 @dataclass
@@ -214,8 +235,9 @@ def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
 
     The graph is re-run (shapes only) with the batch grown by one: what grows with it is batch. A
     constant is static only if it is the same then, was not changed in place after it was made, and
-    is not computed from one that changed (``B // 2`` is 1 at 2 and 3) or from a tensor's dtype or
-    device (other under autocast or after ``.to(device)``), except a None."""
+    is not computed from one that changed (``B // 2`` is 1 at 2 and 3; but ``x.shape[-2:]`` is picked
+    from a shape that did, :func:`_sizes_read`) or from a tensor's dtype or device (other under
+    autocast or after ``.to(device)``), except a None."""
     if not example_inputs or example_inputs[0].dim() == 0:
         return costs
     batch = example_inputs[0].shape[0]
@@ -238,7 +260,8 @@ def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
     moved: set[str] = set()  # non-tensor values that are no constant, and those computed from them
     for n, grown_value in interp.env.items():
         c = costs[n.name]
-        if not c.is_tensor and (_placement(n) or any(p.name in moved for p in n.all_input_nodes)):
+        inherited = not _sizes_read(n, costs) and any(p.name in moved for p in n.all_input_nodes)
+        if not c.is_tensor and (_placement(n) or inherited):
             moved.add(n.name)
         if c.is_tensor and isinstance(grown_value, torch.Tensor) and c.shape:
             marked[n.name] = replace(c, batch_dim0=c.shape[0] == batch and grown_value.shape[0] == batch + 1)

@@ -10,10 +10,11 @@ Everything else is ordered; the *frontier* after position ``p`` is every value p
 ``max_tensors`` of them, and not only the model's inputs), plus ints equal to the batch size when one
 of those tensors carries the batch in dim 0 (the next block recomputes them), plus plain constants
 the batch size does not change (swin's shape ints ``B, H, W, C = x.shape``, mvitv2's feature size
-``[H, W]``, naflexvit's attention mask that is None for a dense image; never a dtype or device). A
-block that reads one it does not compute gets it as a constant (``Schedule.baked``), guarded by a
-check of its inputs' shapes and of its value where it is computed. Any other value crossing the cut
-(an int the batch changes, a dtype, a ``torch.Size``, a tuple holding a tensor) makes it illegal.
+``[H, W]``, deeplabv3's ``x.shape[-2:]``, naflexvit's attention mask that is None for a dense image;
+never a dtype or device). A block that reads one it does not compute gets it as a constant
+(``Schedule.baked``), guarded by a check of its inputs' shapes and of its value where it is
+computed. Any other value crossing the cut (an int the batch changes, a dtype, a whole ``x.shape``,
+which holds the batch, a tuple holding a tensor) makes it illegal.
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ or alias of it, through Identity, DropPath or a reshape — in place (``ReLU(inp
 or its aux head may still need for backward. Parameters, constants and whatever is computed from
 them and the inputs' shape ints alone are rematerialised inside each block that uses them, so they
 are never detached; a shape int (or another constant the batch does not change) one block computes
-and another reads is a constant in the reader and checked in the block that computes it.
+and another reads is a constant in the reader and checked in the block that computes it. A trainable
+parameter two blocks use (only ``tied="detach"`` cuts between its uses) is trained by the first and
+read detached by the later ones.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
+import torch
 import torch.fx as fx
 from torch import nn
+from torch.func import functional_call
 
 from ..base.errors import SplitFXError
 from ..base.tensors import node_parameters
@@ -96,6 +100,47 @@ def block_parameters(gm: fx.GraphModule, nodes: Iterable[fx.Node]) -> list[nn.Pa
     return list(params.values())
 
 
+def read_detached(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]) -> list[list[nn.Parameter]]:
+    """Per block, the trainable parameters it uses that an earlier block uses too: that block trains
+    each, this one reads it detached (two blocks use one only where ``tied="detach"`` cut between)."""
+    seen: set[int] = set()
+    found = []
+    for block in nodes:
+        params = [p for p in block_parameters(gm, block) if p.requires_grad]
+        found.append([p for p in params if id(p) in seen])
+        seen |= {id(p) for p in params}
+    return found
+
+
+def owned_parameters(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]) -> tuple[tuple[nn.Parameter, ...], ...]:
+    """Each block's parameters (:func:`block_parameters`) less those it reads detached: what its loss trains."""
+    return tuple(tuple(p for p in block_parameters(gm, block) if all(p is not q for q in detached))
+                 for block, detached in zip(nodes, read_detached(gm, nodes), strict=True))
+
+
+def call_detached(module: nn.Module, names: tuple[str, ...], *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with its parameters ``names`` read detached."""
+    return functional_call(module, {name: module.get_parameter(name).detach() for name in names}, args, kwargs)
+
+
+def _copy(gm: fx.GraphModule, graph: fx.Graph, node: fx.Node, env: dict[fx.Node, Any],
+          detached: Sequence[nn.Parameter]) -> fx.Node:
+    """``node`` copied into ``graph``, reading the parameters among ``detached`` detached: a
+    ``get_attr`` of one is followed by ``detach()``, a module holding one is called through
+    :func:`call_detached`."""
+    held = {id(p) for p in node_parameters(gm, node)} & {id(p) for p in detached} if detached else set()
+    if not held:
+        return graph.node_copy(node, env.__getitem__)
+    if node.op == "get_attr":
+        return graph.call_method("detach", (graph.node_copy(node, env.__getitem__),))
+    names = tuple(name for name, p in gm.get_submodule(node.target).named_parameters() if id(p) in held)
+    args, kwargs = fx.map_arg((node.args, node.kwargs), env.__getitem__)
+    call = graph.create_node("call_function", call_detached, (graph.get_attr(node.target), names, *args), kwargs,
+                             name=node.name)
+    call.meta.update(node.meta)
+    return call
+
+
 def block_nodes(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, start: int, end: int) -> list[fx.Node]:
     """The fx nodes a block runs: its slice of the order plus the free nodes it rematerialises."""
     names = sched.order[start:end]
@@ -126,6 +171,12 @@ def _reads(nodes: list[fx.Node], constants: Mapping[str, Any]) -> dict[fx.Node, 
     return {i: constants[i.name] for n in nodes for i in n.all_input_nodes if i.name in constants and i not in inside}
 
 
+def _literal(graph: fx.Graph, value: Any) -> Any:
+    """``value`` as an argument of ``graph``'s nodes: fx writes a ``torch.Size`` as a plain tuple, so a
+    node rebuilds it (``x.shape[-2:]`` stays a ``torch.Size`` in the block that reads it baked)."""
+    return graph.call_function(torch.Size, (tuple(value),)) if type(value) is torch.Size else value
+
+
 def shared_constants(blocks: list[list[fx.Node]], baked: Mapping[str, Any]) -> dict[str, Any]:
     """The constants of ``baked`` (``Schedule.baked``: shape ints and the like) that some block reads
     without computing them: what :func:`emit_block` bakes where they are read and checks where they
@@ -141,6 +192,7 @@ def emit_block(
     index: int,
     detach_input: bool = True,
     baked: Mapping[str, Any] | None = None,
+    detached: Sequence[nn.Parameter] = (),
 ) -> fx.GraphModule:
     """Block ``index`` running ``nodes`` (see :func:`block_nodes`) between cuts ``cut_in`` and
     ``cut_out`` (``None`` at the model's own inputs and outputs). ``detach_input=False`` gives the
@@ -149,7 +201,8 @@ def emit_block(
     (:func:`shared_constants`): the block that reads one gets it as a constant and checks that its
     inputs have the shapes it was planned for; the block that computes it checks that it has the
     planned value, so a whole run on another input size fails at the first block even where the
-    handed-over shapes alone would not tell (a table built for an H×W grid handed over as H·W tokens)."""
+    handed-over shapes alone would not tell (a table built for an H×W grid handed over as H·W tokens).
+    The parameters in ``detached`` (:func:`read_detached`) are read detached."""
     by_name = {n.name: n for n in gm.graph.nodes}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -171,14 +224,14 @@ def emit_block(
         bake = _reads(nodes, baked or {})
         if bake:
             graph.call_function(expect_shapes, (tuple(handed), tuple(s[1:] for s in cut_in.shapes), index))
-            env.update(bake)
+            env.update({n: _literal(graph, value) for n, value in bake.items()})
     for n in nodes:
         if n.op == "output":
             graph.output(fx.map_arg(n.args[0], env.__getitem__))
         else:
-            env[n] = graph.node_copy(n, env.__getitem__)
+            env[n] = _copy(gm, graph, n, env, detached)
             if baked and n.name in baked:
-                graph.call_function(expect_constant, (env[n], baked[n.name], n.name, index))
+                graph.call_function(expect_constant, (env[n], _literal(graph, baked[n.name]), n.name, index))
     if cut_out is not None:
         outs = tuple(env[by_name[name]] for name in cut_out.nodes)
         graph.output(outs[0] if cut_out.single else outs)  # one tensor, or a tuple for several
@@ -190,6 +243,9 @@ def emit_block(
 def emit_blocks(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]], cuts: Sequence[Cut],
                 baked: Mapping[str, Any], detach_input: bool = True) -> tuple[fx.GraphModule, ...]:
     """Every block of a split: block k runs ``nodes[k]`` between ``cuts[k-1]`` and ``cuts[k]`` (the
-    model's inputs before the first, its outputs after the last); see :func:`emit_block`."""
+    model's inputs before the first, its outputs after the last), reading detached the parameters an
+    earlier block trains; see :func:`emit_block`."""
     ends = [None, *cuts, None]
-    return tuple(emit_block(gm, list(n), ends[k], ends[k + 1], k, detach_input, baked) for k, n in enumerate(nodes))
+    detached = read_detached(gm, nodes)
+    return tuple(emit_block(gm, list(n), ends[k], ends[k + 1], k, detach_input, baked, detached[k])
+                 for k, n in enumerate(nodes))

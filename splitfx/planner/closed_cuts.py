@@ -6,7 +6,8 @@ offered cut, finds what closes it by the rules that decide cuts (:mod:`splitfx.p
 
 * a value live across the place that is not a tensor and changes with the batch (``s = x.shape``
   read at the top and used at the end: a ``torch.Size``), or a batch-size int no tensor carries;
-* a trainable parameter used on both sides (a tied or shared weight);
+* a trainable parameter used on both sides (a tied or shared weight), named by all its names, with
+  ``tied="detach"`` as what opens those places;
 * a live tensor a cut rule refuses (no aux head can read it, the batch not in dim 0), a RepL block
   kept with its neighbours, or any other registered rule;
 * more tensors live at once than ``max_cut_tensors`` allows (named by the longest-lived one).
@@ -28,7 +29,7 @@ import torch.fx as fx
 from ..passes.cuts import Cut, Schedule
 from ..passes.names import inside, unprefix
 from ..passes.node_cost import node_cost
-from ..passes.sharing import shared_spans
+from ..passes.sharing import aliases, called, shared_spans
 from ..recipes.layout import Layout, infer_layout
 from .legality import CUT_RULES, CutFacts, _floating, _repl_together, _shared_together
 from .scopes import span
@@ -39,12 +40,15 @@ Blame = tuple[str, ...]  # (kind, subject[, rule]): one reason that closes a pla
 @dataclass(frozen=True)
 class _Graph:
     """What the explanation reads: the bound graph's nodes, the cost graph, the schedule, the
-    parameters used more than once, the RepL spans, and the input's spatial size (for layouts)."""
+    parameters used more than once, the positions of the first and the last parameter use, the
+    parameters' other names, the RepL spans, and the input's spatial size (for layouts)."""
 
     nodes: dict[str, fx.Node]
     G: nx.DiGraph
     sched: Schedule
     shared: dict[str, tuple[int, int]]
+    reach: tuple[int, int]
+    aliases: dict[str, list[str]]
     repl: dict[tuple[int, int], tuple[str, ...]]
     input_hw: tuple[int, int] | None
     model: str
@@ -83,7 +87,7 @@ def _blames(g: _Graph, q: int, live: list[str]) -> list[Blame]:
     costs = {v: node_cost(g.G, v) for v in live}
     values = [v for v in live if not (costs[v].batch_int or costs[v].static or costs[v].is_tensor)]
     if values:
-        return [("value", v) for v in values]
+        return [("value", v) for v in values if not _unpacking(g, q, v)]
     tensors = list(_handed_over(g.G, live))
     if not tensors or all(costs[v].op == "placeholder" for v in tensors):
         return []  # nothing computed yet
@@ -91,6 +95,16 @@ def _blames(g: _Graph, q: int, live: list[str]) -> list[Blame]:
         return [("batch", v) for v in live if costs[v].batch_int]
     blames = _rule_blames(g, q, tensors)
     return blames or ([("wide", tensors[0])] if len(tensors) > 1 else [])
+
+
+def _unpacking(g: _Graph, q: int, v: str) -> bool:
+    """Whether the place before ``sched.order[q]`` is inside the unpacking of ``v`` (``B, T, C = x.size()``,
+    ``q, k, v = qkv.split(C, 2)``): every node from there to ``v``'s last reader reads ``v``, so no one
+    would cut there."""
+    readers = set(g.G.successors(v)) - g.sched.free
+    rest = [*g.sched.order[q:], g.sched.output]
+    last = max((i for i, n in enumerate(rest) if n in readers), default=-1)
+    return all(n in readers for n in rest[:last + 1])
 
 
 def _rule_blames(g: _Graph, q: int, tensors: list[str]) -> list[Blame]:
@@ -168,9 +182,12 @@ def _describe(g: _Graph, blame: Blame) -> str:
     kind, subject = blame[0], blame[1]
     if kind == "param":
         first, last = (_name(g, _node_at(g, p)) for p in g.shared[subject])
-        return (f"parameter '{unprefix(subject)}' is used by {first} and again by {last}: a cut between two uses "
-                "would let two losses train it, so they stay in one block (give each use its own parameter to cut "
-                "in between)")
+        ends = ", the first and the last use of any parameter" if g.shared[subject] == g.reach else ""
+        return (f"parameter {called(unprefix(subject), g.aliases)} is used by {first} and again by {last}{ends}: a "
+                "cut between two uses would let two losses train it, so they stay in one block (pass "
+                "tied=\"detach\", --tied detach on the command line, to cut between them: the block of the first "
+                "use trains it, later blocks read it detached and give it no gradient; or give each use its own "
+                "parameter)")
     if kind == "repl":
         return f"RepL keeps the replaced block with the neighbours it is synthesised from ({', '.join(blame[1:])})"
     if kind == "rule":
@@ -178,7 +195,8 @@ def _describe(g: _Graph, blame: Blame) -> str:
     alive = f"{_name(g, subject)} is live until {_until(g, subject)} reads it"
     if kind == "value" and _reads_shape(g, g.nodes[subject]):
         return (f"{alive}; a shape read that changes with the batch is not a tensor, so no cut can hand it over "
-                "(read the shape where it is used, from a tensor live there)")
+                "(unpack it where it is read, `B, C, H, W = x.shape`: a cut recomputes the batch size and holds the "
+                "other sizes as constants; or read the shape where it is used, from a tensor live there)")
     if kind == "value":
         return (f"{alive}; it is not a tensor, nor a constant the batch leaves alone, so no cut can hand it over "
                 "(compute it where it is used)")
@@ -242,8 +260,10 @@ def why_closed(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, uses: dict[st
     (``uses``: each trainable parameter's positions; ``triples``: the RepL blocks with their neighbours):
     the ``most`` kinds of reason that close the most places, each with the places it closes."""
     input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
-    g = _Graph({n.name: n for n in gm.graph.nodes}, G, sched, shared_spans(uses),
-               {span(sched, G, t): tuple(t) for t in triples}, input_hw, model_name)
+    used = [p for ps in uses.values() for p in ps]
+    g = _Graph({n.name: n for n in gm.graph.nodes}, G, sched, shared_spans(uses), (min(used, default=0),
+               max(used, default=0)), aliases(gm.model), {span(sched, G, t): tuple(t) for t in triples}, input_hw,
+               model_name)
     live_at = frontiers(G, sched)
     offered = {c.nodes for c in sched.cuts}  # a place handing over what a cut does is that cut
     closes: dict[Blame, set[int]] = {}

@@ -17,27 +17,28 @@ from torch import nn
 from ..base.errors import PlanError
 from ..base.memory import weight_bytes
 from ..base.report import SplitPlan
-from ..base.tensors import class_scores
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
-from ..passes.emit import block_nodes, block_parameters, emit_blocks, shared_constants
+from ..passes.emit import block_nodes, emit_blocks, owned_parameters, shared_constants
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
-from ..passes.sharing import parameter_uses, shared_spans, trainable_per_position
+from ..passes.sharing import Tied, detached_notes, parameter_uses, planned_uses, shared_spans, trainable_per_position
 from ..passes.trace import LeafSpec, trace
 from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.layout import Layout
-from ..recipes.merge import merge_for
+from ..recipes.merge import MergeKind, merge_for
+from ..recipes.predict import unreadable
 from ..recipes.split import Split, make_heads
+from ..recipes.task import LossFn, Task, infer_task
 from .balance import Method, choose_path
 from .block_rows import block_row, model_name
 from .closed_cuts import why_closed
 from .legality import check_saves, holds_unit, offer_cuts, require_trainable, trainable_blocks, whole_layers
 from .scopes import split_point_cut
-from .simulate import last_loss, step_peaks
+from .simulate import last_loss, step_peaks, summed
 from .step_peak import e2e_peak, local_peak
 
 
@@ -76,6 +77,9 @@ def _check_blocks(num_blocks: int, planner: Planner) -> None:
     if num_blocks > len(sched.cuts) + 1:
         why = why_closed(planner.gm, planner.probe.graph, sched, planner.uses, planner.replacement.triples,
                          planner.inputs, planner.name)
+        if planner.unread:
+            why += (f"\n{len(planner.unread)} more cut points hand over what the {planner.task.kind} task's aux heads "
+                    f"cannot read, e.g. {planner.unread[0]}.")
         raise PlanError(
             f"{planner.name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
             f"{len(sched.cuts) + 1} (asked for {num_blocks}).\n{why}",
@@ -103,6 +107,9 @@ class Planner:
         tolerance: float,
         auto_leaf: bool = True,
         optimizer: str = "adamw",
+        loss_fn: LossFn | None = None,
+        example_target: torch.Tensor | None = None,
+        tied: str = "together",
     ):
         if method not in {m.value for m in Method}:
             raise PlanError(f"unknown method {method!r}; choose one of {', '.join(m.value for m in Method)} or pass "
@@ -116,20 +123,19 @@ class Planner:
         gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
                                                       max_cut_tensors, auto_leaf)
         self.gm, self.probe, G = gm, probe, probe.graph
-        outputs = probe.outputs
-        scores = class_scores(outputs)
-        if num_classes is None and scores:
-            num_classes = int(outputs.shape[-1])
-        self.num_classes = num_classes
-        self.uses = parameter_uses(gm, G, sched)
+        self.task = infer_task(probe.outputs, example_target, tuple(inputs[0].shape), loss_fn, num_classes)
+        # A cut's several tensors are pooled together only where the heads predict vectors.
+        self.merge = recipe.traits.merge if self.task.pools else MergeKind.MAP
+        self.uses = planned_uses(parameter_uses(gm, G, sched), Tied(tied))
         sched, self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
-                                                      tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None)
-        self.sched = sched
+                                                      tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None,
+                                                      gm)
         self.graph = GraphInfo(model, find_units(model, probe, sched))
-        self.aux = AuxProbe(probe, inputs)
-        # The last block's loss is costed where it is cross-entropy on class scores; an encoder's
-        # features go to the user's own loss_fn, which convert takes and the plan cannot know.
-        self.final_loss = self.aux.output_loss(nn.CrossEntropyLoss()) if num_classes is not None and scores else {}
+        sched, self.unread = self._readable(sched)
+        self.sched = sched
+        self.aux = AuxProbe(probe, inputs, self.task.target)
+        self.last_loss = last_loss(self.task, probe.outputs)
+        self.final_loss = self.aux.output_loss(self.last_loss) if self.last_loss is not None else {}
         self.bounds = [0, *(c.position for c in sched.cuts), len(sched.order)]
         # Blocks that train something (split_points may make any such block); the partition's own
         # blocks also hold a whole repeated layer each (planner/legality.py).
@@ -138,9 +144,19 @@ class Planner:
         self._aux_costs: list[AuxCost] | None = None
         self._note: str | None = None
 
+    def _readable(self, sched: Schedule) -> tuple[Schedule, list[str]]:
+        """The cuts whose tensors the task's heads can read (a sequence whole for per-token heads, a
+        map for dense ones), and why each other one cannot be read."""
+        kept, unread = [], []
+        for c in sched.cuts:
+            b = _boundary(c, self.layouts[c.position], self.probe.graph, 2, self.task, self.inputs, self.merge)
+            why = unreadable(self.task, self.graph.spec(b.shape, b.layout, b.input_shape), b.shape, b.layout)
+            (unread if why else kept).append(why or c)
+        return dataclasses.replace(sched, cuts=kept), unread
+
     def _boundaries(self, num_blocks: int) -> list[Boundary]:
         G = self.probe.graph
-        return [_boundary(c, self.layouts[c.position], G, num_blocks, self.num_classes or 0, self.inputs, self.recipe)
+        return [_boundary(c, self.layouts[c.position], G, num_blocks, self.task, self.inputs, self.merge)
                 for c in self.sched.cuts]
 
     def _probed(self, boundaries: list[Boundary]) -> list[Boundary]:
@@ -156,7 +172,7 @@ class Planner:
         recipe, graph = self.recipe, self.graph
 
         def build() -> nn.Module:
-            merge = merge_for(boundary.parts, recipe.traits.merge)[0]
+            merge = merge_for(boundary.parts, self.merge)[0]
             return _LocalLoss(recipe, merge, recipe.make_head(boundary, graph), self.aux.inputs)
 
         key = (recipe.head_key(boundary, graph), boundary.index)
@@ -176,8 +192,6 @@ class Planner:
             num_blocks = len(chosen) + 1
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)
-        if num_blocks > 1 and self.num_classes is None:
-            raise PlanError(f"cannot infer num_classes from {name}'s output; pass num_classes= for the aux heads.")
         boundaries = self._boundaries(num_blocks)
         ok, self._note = whole_layers(self.trainable, self.whole, num_blocks, name)
         if num_blocks == 1:
@@ -207,13 +221,13 @@ class Planner:
         # Only cascades run a block without its input detach.
         attached = emit_blocks(gm, nodes, cuts, baked, detach_input=False) if recipe.traits.cascade else ()
         heads = make_heads(recipe, chosen, self.graph, self.model)
-        merges = tuple(merge_for(b.parts, recipe.traits.merge)[0] for b in chosen)
-        params = tuple(tuple(block_parameters(gm, n)) for n in nodes)
-        parts = SplitParts(blocks, heads, last_loss(self.probe.outputs), self.model, merges, attached)
+        merges = tuple(merge_for(b.parts, self.merge)[0] for b in chosen)
+        params = owned_parameters(gm, nodes)
+        parts = SplitParts(blocks, heads, self.last_loss or summed, self.model, merges, attached)
         chosen_aux = [self._aux_cost(j, b) for j, b in zip(cut_ids, chosen, strict=True)]
         report = self._report(method, ends, cuts, chosen_aux, nodes, params, parts)
         return Split(report, gm, recipe, self.graph, chosen, cuts, nodes, baked, blocks, attached, heads, merges,
-                     params, self.probe.outputs)
+                     params, self.probe.outputs, self.task)
 
     def _report(self, method: str, ends: list[int], cuts: Sequence[Cut], chosen_aux: list[AuxCost],
                 nodes: Sequence[Sequence[fx.Node]], params: Sequence[Sequence[nn.Parameter]],
@@ -251,7 +265,9 @@ class Planner:
             recipe=self.recipe.name,
             input_shapes=[list(x.shape) for x in self.inputs],
             blocks=blocks,
-            e2e_saved_bytes=int(sum(storages.values()) + sum(self.final_loss.values())),
+            # the final loss may save an output the graph saves already (a level an op reads): once
+            e2e_saved_bytes=int(sum(storages.values())
+                                + sum(b for k, b in self.final_loss.items() if k not in storages)),
             local_peak_bytes=max(b.saved_bytes for b in blocks),
             total_params=sum(p.numel() for p in model.parameters()),
             legal_cuts=len(sched.cuts),
@@ -269,15 +285,15 @@ class Planner:
             optimizer=self.optimizer,
             step_peak_bytes=max(step),
             e2e_step_peak_bytes=self._e2e_peak,
-            notes=[self._note] if self._note and method != "split_points" else [],
+            notes=[*([self._note] if self._note and method != "split_points" else []), *detached_notes(gm, nodes)],
         )
 
 
-def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, num_classes: int, inputs: tuple,
-              recipe: Recipe) -> Boundary:
+def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, task: Task, inputs: tuple,
+              merge: MergeKind) -> Boundary:
     """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
     parts = tuple(zip(cut.shapes, layouts, strict=True))
-    _, shape, layout = merge_for(parts, recipe.traits.merge)
+    _, shape, layout = merge_for(parts, merge)
     dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != Layout.UNREAD)
-    return Boundary(0, num_blocks, shape, dtype, layout, num_classes,
-                    tuple(inputs[0].shape), cut.position, parts)
+    return Boundary(0, num_blocks, shape, dtype, layout, task.outputs, tuple(inputs[0].shape), cut.position, parts,
+                    task)

@@ -1,16 +1,17 @@
 """Which cuts the partitioner may use, and which blocks are worth training.
 
-A cut is offered when an aux head can read its tensors (known layouts, the batch in dim 0; an integer
-tensor, such as patch positions, is handed over unread, but not only such tensors), it does
-not separate a RepL block from the neighbours it is synthesised from, and it does not separate two
-uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
-so the span between its first and last use stays in one block (the model's math is unchanged and
-the memory prediction stays exact; docs/design.md says why this rule and not detached reads). A
-block must use at least one trainable parameter, or its loss would have nothing to train, and the
-partition's blocks each hold at least one whole layer of the model's repeated kind (a residual
-block, a transformer block: :meth:`~splitfx.recipes.base.GraphInfo.repeated`) wherever K such
-blocks fit, so that no plan trains a stem convolution or a norm alone behind an aux head larger than
-it; where they do not fit the plan says so (``split_points`` may cut anywhere).
+A cut is offered when an aux head can read its tensors (known layouts, the channels placed as the
+graph's convolutions, norms and linears say; the batch in dim 0; an integer tensor, such as patch
+positions, is handed over unread, but not only such tensors), it does not separate a RepL block from
+the neighbours it is synthesised from, and it does not separate two uses of one trainable parameter:
+a parameter used on both sides would get gradient from two losses, so the span between its first and
+last use stays in one block (the model's math is unchanged and the memory prediction stays exact;
+docs/design.md says why; ``tied="detach"`` drops the rule, later blocks reading the parameter
+detached). A block must use at least one trainable parameter, or its loss would have nothing to
+train, and the partition's blocks each hold at least one whole layer of the model's repeated kind
+(a residual block, a transformer block: :meth:`~splitfx.recipes.base.GraphInfo.repeated`) wherever
+K such blocks fit, so that no plan trains a stem convolution or a norm alone behind an aux head
+larger than it; where they do not fit the plan says so (``split_points`` may cut anywhere).
 
 Each rule is a function registered in :data:`CUT_RULES` with :func:`cut_rule`; adding one is writing
 ``@cut_rule("why") def rule(cut, facts) -> bool`` (docs/design.md, "Extending splitfx").
@@ -23,9 +24,11 @@ from itertools import pairwise
 
 import networkx as nx
 import numpy as np
+import torch.fx as fx
 
 from ..base.choices import registering
 from ..base.errors import PlanError
+from ..passes.channels import channels_last_in
 from ..passes.cuts import Cut, Schedule
 from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
@@ -80,13 +83,18 @@ def _shared_together(cut: Cut, facts: CutFacts) -> bool:
 
 
 def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared: dict[str, tuple[int, int]],
-               input_hw: tuple[int, int] | None) -> tuple[Schedule, dict[int, tuple[Layout, ...]], list[str]]:
+               input_hw: tuple[int, int] | None, gm: fx.GraphModule | None = None
+               ) -> tuple[Schedule, dict[int, tuple[Layout, ...]], list[str]]:
     """The cuts every rule of :data:`CUT_RULES` allows (see module docstring), leaving ``sched`` as it is.
 
+    Each cut tensor's layout is read from ``gm``'s graph where it says where the channels are
+    (:func:`~splitfx.passes.channels.channels_last_in`), else guessed from its shape and ``input_hw``.
     Returns a copy of ``sched`` holding only the offered cuts, the layouts of each offered cut's
     tensors (by cut position) and the shared parameters that cost at least one cut (one every other
     rule allows)."""
-    layouts = {c.position: tuple(infer_layout(shape, input_hw) if _floating(G, v) else Layout.UNREAD
+    tensors = {v for c in sched.cuts for v in c.nodes if _floating(G, v)}
+    last = channels_last_in(gm, G, tensors) if gm is not None else {}
+    layouts = {c.position: tuple(infer_layout(shape, input_hw, last.get(v)) if v in tensors else Layout.UNREAD
                                  for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
     facts = CutFacts(G, layouts, [span(sched, G, triple) for triple in replacement.triples], shared)
     others = [rule for rule in CUT_RULES.values() if rule is not _shared_together]

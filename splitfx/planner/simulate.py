@@ -24,6 +24,7 @@ from ..base.tensors import class_scores, state_slots
 from ..passes.aux_cost import AuxProbe
 from ..passes.cost import FAKE_LIMITS
 from ..recipes.base import LossFn, Recipe, SplitParts
+from ..recipes.task import Task, TaskKind
 
 
 class _Step(nn.Module):
@@ -45,18 +46,22 @@ class _Step(nn.Module):
         return peaks
 
 
-def last_loss(outputs: object) -> LossFn:
-    """The last block's loss in the simulated step: cross-entropy on class scores, as ``convert``
-    trains them by default. Other outputs go to the user's ``loss_fn``, which the plan cannot know:
-    their sum stands in for it, saving nothing (the estimate counts nothing for it either)."""
-    if class_scores(outputs):
-        return nn.CrossEntropyLoss()
+def last_loss(task: Task, outputs: object) -> LossFn | None:
+    """The last block's loss in the simulated step, as ``convert`` trains it: the user's ``loss_fn``
+    or the task's default. None where the plan cannot know it: an output trained by a ``loss_fn``
+    that was not given to the plan (an encoder's features with ``num_classes=``, a structure);
+    :func:`summed` then stands in for it, saving nothing (the estimate counts nothing for it either)."""
+    if task.loss_fn is not None:
+        return task.loss_fn
+    if task.kind == TaskKind.STRUCTURED or (task.kind == TaskKind.CLASSES and not class_scores(outputs)):
+        return None
+    return task.loss
 
-    def summed(output: object, target: torch.Tensor) -> torch.Tensor:
-        leaves = [t.sum() for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        return sum(leaves[1:], leaves[0]) if leaves else target.new_zeros((), dtype=torch.float32)
 
-    return summed
+def summed(output: object, target: torch.Tensor) -> torch.Tensor:
+    """A loss reading every floating tensor of ``output``: the stand-in for a loss the plan cannot know."""
+    leaves = [t.sum() for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return sum(leaves[1:], leaves[0]) if leaves else target.new_zeros((), dtype=torch.float32)
 
 
 def step_peaks(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Module,

@@ -27,6 +27,7 @@ from torch import nn
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .copies import chain, fresh_copy
 from .heads import pool_linear
+from .predict import predict
 from .registry import register_recipe
 from .values import count, fraction
 
@@ -63,4 +64,5 @@ class AugLocal(Recipe):
         units = sampled(boundary, graph, self.d, self.c)
         spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
         layers, shape, layout = chain(units, graph, spec, boundary.shape, boundary.input_shape, fresh_copy)
-        return nn.Sequential(*layers, pool_linear(shape, layout, boundary.num_classes))
+        return nn.Sequential(*layers, predict(boundary, graph, shape, layout, lambda n: pool_linear(shape, layout, n),
+                                              light=True))

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..passes.units import Unit
 from .layout import Layout, MapSpec, map_spec
 from .merge import MergeKind
+from .task import Task, scoring
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,6 +35,7 @@ class Boundary:
     input_shape: tuple
     position: int = 0  # where the cut is in the ordered graph
     parts: tuple = ()  # (shape, layout) of every tensor the cut hands over; shape/layout are their merge
+    task: Task | None = None  # what the heads predict and the loss they are scored with (None: classes)
 
     @property
     def depth(self) -> float:
@@ -215,7 +216,9 @@ class Recipe:
         return boundary.parts, boundary.shape, boundary.layout, boundary.depth, after, ended
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
-        return F.cross_entropy(head(features), target)
+        """Head ``head``'s loss on ``features``: its prediction scored with the task's loss
+        (cross-entropy on classes by default; :func:`~.task.scoring`)."""
+        return scoring(head)(head(features), target)
 
     def reaches(self, k: int, num_blocks: int | None = None) -> tuple[int, ...]:
         """The blocks loss k trains (``num_blocks``, when given, for recipes whose rule depends on it)."""

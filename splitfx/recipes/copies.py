@@ -10,7 +10,7 @@ from torch import nn
 from ..passes.units import Unit
 from .base import GraphInfo
 from .heads import Resample, adapter
-from .layout import Layout, MapSpec, infer_layout
+from .layout import Layout, MapSpec, follow
 
 
 def _copy(module: nn.Module) -> nn.Module:
@@ -87,8 +87,8 @@ def chain(units: Sequence[Unit], graph: GraphInfo, spec: MapSpec, shape: Sequenc
     layers: list[nn.Module] = []
     layout = spec.layout
     for unit in units:
-        want = infer_layout(unit.in_shape, hw)
+        want = follow(unit.in_shape, hw, shape, layout)
         layers += [bridge(spec, shape, layout, unit.in_shape, want), copy(graph.model.get_submodule(unit.name))]
-        shape, layout = unit.out_shape, infer_layout(unit.out_shape, hw)
+        shape, layout = unit.out_shape, follow(unit.out_shape, hw, unit.in_shape, want)
         spec = graph.spec(shape, layout, input_shape)
     return [m for m in layers if not isinstance(m, nn.Identity)], tuple(shape), layout

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import Boundary, GraphInfo, Recipe
 from .heads import MLPSR
+from .predict import predict
 from .registry import register_recipe
 from .values import count
 
@@ -30,4 +31,5 @@ class DGL(Recipe):
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
-        return MLPSR(spec, boundary.shape, boundary.num_classes, self.n, self.m)
+        return predict(boundary, graph, boundary.shape, boundary.layout,
+                       lambda n: MLPSR(spec, boundary.shape, n, self.n, self.m))

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layout import Layout, MapSpec, as_row, channels, pool
+from .layout import FIRST, LAST, Layout, MapSpec, as_row, channels, channels_last, pool
+from .task import scoring
 
 
 def as_map(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -107,7 +108,8 @@ class Classifier(nn.Module):
 
 
 class Scored(nn.Module):
-    """A classifier with ``loss(features, target, image)``: cross-entropy on its logits."""
+    """A classifier with ``loss(features, target, image)``: its prediction scored with the task's loss
+    (cross-entropy on class logits by default)."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
@@ -118,7 +120,7 @@ class Scored(nn.Module):
         return self.classifier(x)
 
     def loss(self, features: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(features), target)
+        return scoring(self.classifier)(self(features), target)
 
 
 class NoHead(nn.Module):
@@ -143,41 +145,52 @@ def supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.
 
 
 class _Permuted(nn.Module):
-    """Run an NCHW module on NHWC maps."""
+    """Run a channels-first module on channels-last tensors."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.inner(x.movedim(-1, 1)).movedim(1, -1)
+
+
+_POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 
 
 class Resample(nn.Module):
     """Any boundary → a tensor of shape ``want`` in ``want_layout``, for a copied layer no cheap
     :func:`adapter` fits (a cut inside a transformer block handing over attention tensors): the
-    boundary as a map (``spec``), average-pooled to the target's positions, a linear map to its
-    channels."""
+    boundary as a map (``spec``), average-pooled to the target's positions (a token sequence's as a
+    1×L row, a volume's depth repeated), a linear map to its channels."""
 
     def __init__(self, spec: MapSpec, have: Sequence[int], want: Sequence[int], want_layout: Layout):
         super().__init__()
-        self.spec, self.want, self.layout = spec, tuple(want[1:]), want_layout
+        self.spec, self.layout = spec, want_layout
+        last = channels_last(want_layout)
+        self.positions = tuple(want[1:-1] if last else want[2:])
         self.fc = nn.Linear(spec.map_shape(have)[0], channels(want, want_layout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.spec(x)
-        if self.layout in (Layout.NCHW, Layout.NHWC):
-            hw = self.want[1:] if self.layout == Layout.NCHW else self.want[:2]
-            x = self.fc(F.adaptive_avg_pool2d(x, hw).permute(0, 2, 3, 1))
-            return x.permute(0, 3, 1, 2) if self.layout == Layout.NCHW else x
-        if self.layout == Layout.NLC:
-            return self.fc(F.adaptive_avg_pool1d(x.flatten(2), self.want[0]).transpose(1, 2))
-        return self.fc(x.mean((2, 3)))
+        if not self.positions:
+            return self.fc(x.mean((2, 3)))
+        if len(self.positions) == 1:
+            x = x.flatten(2)
+        elif len(self.positions) == 3:
+            x = x.unsqueeze(2)
+        x = self.fc(_POOLS[len(self.positions)](x, self.positions).movedim(1, -1))
+        return x if channels_last(self.layout) else x.movedim(-1, 1)
+
+
+_CONVS = {1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.BatchNorm3d)}
+_CONVOLVED = {*FIRST.values(), *LAST.values()} - {Layout.NLC}  # tokens are no grid a convolution could read
 
 
 def adapter(have: Sequence[int], have_layout: Layout, want: Sequence[int], want_layout: Layout) -> nn.Module | None:
     """A cheap layer mapping a tensor of shape ``have`` to shape ``want`` (same layout), so a copied
-    layer can follow features it was not built after; None if no such layer is obvious."""
+    layer can follow features it was not built after: a Linear on tokens of the same count, a strided
+    1×1 convolution on maps, signals and volumes whose positions divide; None if no such layer is obvious."""
     have, want = tuple(have[1:]), tuple(want[1:])
     if have == want and have_layout == want_layout:
         return nn.Identity()
@@ -185,13 +198,15 @@ def adapter(have: Sequence[int], have_layout: Layout, want: Sequence[int], want_
         return None
     if have_layout == Layout.NLC and have[0] == want[0]:
         return nn.Linear(have[1], want[1])
-    if have_layout in (Layout.NCHW, Layout.NHWC):
-        (ci, hi, wi), (co, ho, wo) = ((have, want) if have_layout == Layout.NCHW
-                                      else ((have[2], *have[:2]), (want[2], *want[:2])))
-        if hi % ho or wi % wo:
+    if have_layout in _CONVOLVED:
+        last = channels_last(have_layout)
+        (ci, *pi), (co, *po) = (((have[-1], *have[:-1]), (want[-1], *want[:-1])) if last else (have, want))
+        if any(i % o for i, o in zip(pi, po, strict=True)):
             return None
-        conv = nn.Sequential(nn.Conv2d(ci, co, 1, stride=(hi // ho, wi // wo), bias=False), nn.BatchNorm2d(co))
-        return conv if have_layout == Layout.NCHW else _Permuted(conv)
+        conv, norm = _CONVS[len(pi)]
+        layer = nn.Sequential(conv(ci, co, 1, stride=tuple(i // o for i, o in zip(pi, po, strict=True)), bias=False),
+                              norm(co))
+        return _Permuted(layer) if last else layer
     return None
 
 

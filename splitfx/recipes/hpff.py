@@ -31,16 +31,16 @@ from torch import nn
 from .base import Boundary, GraphInfo
 from .cascade import Cascade, CascadeHead
 from .decoders import PatchDecoder
-from .heads import Classifier, NoHead, Scored, imagenet_sized
-from .infopro import InfoProHead, Lambdas
+from .heads import NoHead, Scored
+from .infopro import InfoProHead, Lambdas, classifier
 from .registry import register_recipe
 
 
 class PatchCascade(InfoProHead):
     """HPFF's cascade path: the patch decoder (``decoder``) and a 2c2f classifier, weighted by λ."""
 
-    def __init__(self, spec, shape, image_shape, num_classes: int, recon: float, task: float):
-        super().__init__(spec, shape, image_shape, num_classes, 0.0, 1.0, convs=2)
+    def __init__(self, spec, shape, image_shape, recon: float, task: float, classifier):
+        super().__init__(spec, shape, image_shape, 0.0, 1.0, classifier)
         self.weights = {"task": task}
         if PatchDecoder.fits(spec, shape, image_shape):
             self.decoder = PatchDecoder(spec, shape, image_shape)
@@ -61,8 +61,8 @@ class HPFF(Cascade, Lambdas):
             return NoHead()
         recon, task = self.weights(boundary)
         spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
-        independent = Scored(Classifier(spec, boundary.shape, boundary.num_classes, convs=2,
-                                        imagenet=imagenet_sized(boundary.input_shape)))
-        cascade = PatchCascade(spec, boundary.shape, boundary.input_shape, boundary.num_classes, recon, task)
+        build = classifier(boundary, graph, boundary.shape, boundary.layout, convs=2)
+        independent = Scored(build())
+        cascade = PatchCascade(spec, boundary.shape, boundary.input_shape, recon, task, build)
         return CascadeHead(independent, cascade)
 

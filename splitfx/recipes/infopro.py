@@ -22,32 +22,35 @@ Departures, and why:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import PlanError
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .decoders import ImageDecoder, can_reconstruct
 from .heads import Classifier, imagenet_sized, supcon
 from .layout import Layout, MapSpec
+from .predict import predict
 from .registry import register_recipe
+from .task import TaskKind, scoring
 from .values import between, endpoints, some_term
 
 
 class InfoProHead(nn.Module):
-    """Decoder (when λ1 > 0 and the map can be decoded) + classifier (when its weight > 0).
-    ``weights`` holds the weight of each term present."""
+    """Decoder (when λ1 > 0 and the map can be decoded) + ``classifier()`` (when its weight > 0: the
+    head predicting what the task's loss reads). ``weights`` holds the weight of each term present."""
 
-    def __init__(self, spec: MapSpec, shape, image_shape, out_features: int, recon: float, task: float,
-                 contrast: bool = False, convs: int = 1):
+    def __init__(self, spec: MapSpec, shape, image_shape, recon: float, task: float,
+                 classifier: Callable[[], nn.Module], contrast: bool = False):
         super().__init__()
         decodable = can_reconstruct(spec, image_shape)
         if not decodable:
             recon, task = 0.0, task or 1.0
         self.weights = {name: w for name, w in (("recon", recon), ("task", task)) if w}
         self.decoder = ImageDecoder(spec, shape, image_shape) if recon else None
-        self.classifier = Classifier(spec, shape, out_features, convs, imagenet=imagenet_sized(image_shape)) \
-            if task else None
+        self.classifier = classifier() if task else None
         self.contrast = contrast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,12 +62,29 @@ class InfoProHead(nn.Module):
             out["recon"] = self.decoder.loss(features, image)
         if self.classifier is not None:
             z = self.classifier(features)
-            out["task"] = supcon(z, target) if self.contrast else F.cross_entropy(z, target)
+            out["task"] = supcon(z, target) if self.contrast else scoring(self.classifier)(z, target)
         return out
 
     def loss(self, features: torch.Tensor, target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         terms = self.terms(features, target, image)
         return sum(self.weights[name] * value for name, value in terms.items())
+
+
+def classifier(boundary: Boundary, graph: GraphInfo, shape, layout: Layout, convs: int = 1,
+               contrast: bool = False) -> Callable[[], nn.Module]:
+    """What builds an InfoPro-style head's classifier on features of ``shape``/``layout``: "1c2f"
+    (``convs=2``: HPFF's "2c2f") for class or vector outputs, the task's head otherwise
+    (:func:`~.predict.predict`), or (``contrast``) SupCon's 128-d features."""
+    spec = graph.spec(shape, layout, boundary.input_shape)
+
+    def vector(n: int) -> nn.Module:
+        return Classifier(spec, shape, n, convs, imagenet=imagenet_sized(boundary.input_shape))
+
+    if contrast:
+        if boundary.task is not None and boundary.task.kind != TaskKind.CLASSES:
+            raise PlanError(f"SupCon contrasts class labels; this model's task is {boundary.task.kind}: use infopro")
+        return lambda: vector(128)
+    return lambda: predict(boundary, graph, shape, layout, vector)
 
 
 class Lambdas(Recipe):
@@ -91,8 +111,8 @@ class InfoPro(Lambdas):
     def infopro_head(self, boundary: Boundary, graph: GraphInfo, shape, layout: Layout) -> InfoProHead:
         """InfoPro's heads on a tensor of ``shape``/``layout`` (the boundary itself, or MAN's copies)."""
         spec = graph.spec(shape, layout, boundary.input_shape)
-        out = 128 if self.contrast else boundary.num_classes
-        return InfoProHead(spec, shape, boundary.input_shape, out, *self.weights(boundary), self.contrast)
+        return InfoProHead(spec, shape, boundary.input_shape, *self.weights(boundary),
+                           classifier(boundary, graph, shape, layout, contrast=self.contrast), self.contrast)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         return self.infopro_head(boundary, graph, boundary.shape, boundary.layout)

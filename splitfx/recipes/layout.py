@@ -1,12 +1,17 @@
-"""Feature layouts at a cut: NCHW maps, NHWC maps, NLC tokens, NC vectors; and how each becomes a map.
+"""Feature layouts at a cut: vectors (NC), sequences (NLC tokens, NCL signals), maps (NCHW, NHWC),
+volumes (NCDHW, NDHWC); and how each becomes an NCHW map.
 
-A 4-D boundary tensor is ambiguous; its spatial dims are the pair whose ratio matches the input
-image and that divides it (swin keeps NHWC, most CNNs NCHW). Pooling and channel count follow.
+Where the channels are is read from the graph when it says (:mod:`splitfx.passes.channels`: the
+convolutions, norms, linears around the tensor). Otherwise a 3-D tensor is NLC tokens, a 4-D
+tensor's spatial dims are the pair whose ratio matches the input image and that divides it (swin
+keeps NHWC, most CNNs NCHW), and a 5-D one has no layout (attention's ``B, N, 3, heads, d``
+is no volume). Pooling and channel count follow.
 
 A token sequence (NLC) is a grid only when the model says so: its prefix tokens (class,
 distillation, register tokens) are the model's own ``num_prefix_tokens`` (timm's attribute), and the
 remaining tokens must be exactly ``h·w`` with ``h:w`` the input's aspect ratio. Anything else is a
-sequence and is never reshaped into a grid (:class:`MapSpec` makes it a 1×L row).
+sequence and is never reshaped into a grid (:class:`MapSpec` makes it a 1×L row, as an NCL signal).
+A volume's map is its average over depth (time in a video): the frames' H×W grid, every channel kept.
 """
 from __future__ import annotations
 
@@ -25,9 +30,21 @@ class Layout(Choice):
 
     NC = "NC"
     NLC = "NLC"
+    NCL = "NCL"
     NCHW = "NCHW"
     NHWC = "NHWC"
+    NCDHW = "NCDHW"
+    NDHWC = "NDHWC"
     UNREAD = "-"
+
+
+FIRST = {3: Layout.NCL, 4: Layout.NCHW, 5: Layout.NCDHW}  # channels-first layout of each rank
+LAST = {3: Layout.NLC, 4: Layout.NHWC, 5: Layout.NDHWC}  # channels-last
+
+
+def channels_last(layout: Layout) -> bool:
+    """Whether ``layout`` keeps channels in the last dim (NC's one dim counts as last)."""
+    return layout not in FIRST.values()
 
 
 def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
@@ -41,33 +58,47 @@ def _spatial_fit(h: int, w: int, input_hw: Sequence[int] | None) -> float:
     return (1.0 if divides else 0.0) - ratio
 
 
-def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None) -> Layout | None:
-    """Best guess of the layout of a boundary tensor of ``shape`` (batch first); None if no layout
-    fits (e.g. swin's 6-D window partitions), in which case no aux head can be attached there."""
-    if len(shape) == 2:
+def infer_layout(shape: Sequence[int], input_hw: Sequence[int] | None = None, last: bool | None = None
+                 ) -> Layout | None:
+    """The layout of a boundary tensor of ``shape`` (batch first): channels last or first as ``last``
+    says (the graph's word, :func:`splitfx.passes.channels.channels_last_in`), else guessed from the
+    shape (module docstring); None if no layout fits (e.g. swin's 6-D window partitions), in which
+    case no aux head can be attached there."""
+    rank = len(shape)
+    if rank == 2:
         return Layout.NC
-    if len(shape) == 3:
-        return Layout.NLC
-    if len(shape) == 4:
+    if rank not in FIRST:
+        return None
+    if last is not None:
+        return LAST[rank] if last else FIRST[rank]
+    if rank == 4:
         nchw = _spatial_fit(shape[2], shape[3], input_hw)
         nhwc = _spatial_fit(shape[1], shape[2], input_hw)
         return Layout.NHWC if nhwc > nchw else Layout.NCHW
-    return None
+    return Layout.NLC if rank == 3 else None
+
+
+def follow(shape: Sequence[int], input_hw: Sequence[int] | None, before: Sequence[int], layout: Layout
+           ) -> Layout | None:
+    """The layout of a tensor of ``shape`` that one of the model's layers (which recipes copy) makes
+    from a tensor of shape ``before`` in ``layout``. A 3-D or 5-D tensor keeps its channels where they
+    were when the layer keeps the rank; otherwise 5-D is NCDHW (torch's 3-D convolutions: such layers
+    hand over whole tensors the graph placed) and anything else as :func:`infer_layout` reads it."""
+    rank = len(shape)
+    if rank in (3, 5) and len(before) == rank and layout in (FIRST[rank], LAST[rank]):
+        return infer_layout(shape, input_hw, channels_last(layout))
+    return Layout.NCDHW if rank == 5 else infer_layout(shape, input_hw)
 
 
 def channels(shape: Sequence[int], layout: Layout) -> int:
-    return shape[1] if layout == Layout.NCHW else shape[-1]
+    return shape[-1] if channels_last(layout) else shape[1]
 
 
 def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Global average over all positions → (N, C)."""
-    if layout == Layout.NCHW:
-        return x.mean((2, 3))
-    if layout == Layout.NHWC:
-        return x.mean((1, 2))
-    if layout == Layout.NLC:
-        return x.mean(1)
-    return x
+    if layout == Layout.NC:
+        return x
+    return x.mean(tuple(range(1, x.dim() - 1)) if channels_last(layout) else tuple(range(2, x.dim())))
 
 
 def prefix_tokens(model: nn.Module | None) -> int:
@@ -98,8 +129,9 @@ class MapSpec:
     """How a boundary tensor becomes an NCHW map for a convolutional head.
 
     ``prefix`` tokens are dropped and the rest reshaped to ``grid`` for token grids; ``grid`` None
-    on an NLC tensor means a plain sequence (1×L row). ``spatial`` says whether the map has image
-    geometry (NCHW/NHWC maps and token grids), which a reconstruction decoder needs."""
+    on an NLC tensor means a plain sequence (1×L row, as an NCL signal). A volume is averaged over
+    depth. ``spatial`` says whether the map has the image's geometry (NCHW/NHWC maps and token
+    grids), which a reconstruction decoder needs."""
 
     layout: Layout
     prefix: int = 0
@@ -116,6 +148,12 @@ class MapSpec:
             return x.permute(0, 3, 1, 2)
         if self.layout == Layout.NC:
             return x[:, :, None, None]
+        if self.layout == Layout.NCL:
+            return x.unsqueeze(2)
+        if self.layout == Layout.NCDHW:
+            return x.mean(2)
+        if self.layout == Layout.NDHWC:
+            return x.mean(1).permute(0, 3, 1, 2)
         if self.grid is None:
             return as_row(x)
         n, _, c = x.shape

@@ -37,7 +37,8 @@ from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .copies import EMA, bridge, chain, weight_copy
 from .heads import Scored
 from .infopro import InfoPro
-from .layout import Layout, infer_layout, prefix_tokens
+from .layout import Layout, follow, prefix_tokens
+from .predict import predict
 from .registry import register_recipe
 from .values import flag
 from .values import momentum as check_momentum
@@ -106,14 +107,16 @@ class MAN(InfoPro):
             return super().make_head(boundary, graph)
         unit, shape = after[0], boundary.input_shape
         hw = shape[-2:]
-        module, layout = graph.model.get_submodule(unit.name), infer_layout(unit.out_shape, hw)
+        want = follow(unit.in_shape, hw, boundary.shape, boundary.layout)
+        module, layout = graph.model.get_submodule(unit.name), follow(unit.out_shape, hw, unit.in_shape, want)
         spec = graph.spec(boundary.shape, boundary.layout, shape)
-        link = bridge(spec, boundary.shape, boundary.layout, unit.in_shape, infer_layout(unit.in_shape, hw))
+        link = bridge(spec, boundary.shape, boundary.layout, unit.in_shape, want)
         if layout == Layout.NLC:  # MAN++ on tokens: LB = the next two blocks when they keep the shape
             two = [u for u in after[:2] if u.in_shape == unit.in_shape and u.out_shape == unit.out_shape]
             start = graph.spec(unit.in_shape, layout, shape)
             lb = nn.Sequential(*chain(two, graph, start, unit.in_shape, shape, weight_copy)[0])
-            head = Scored(TokenClassifier(unit.out_shape[-1], boundary.num_classes, prefix_tokens(graph.model) > 0))
+            head = Scored(predict(boundary, graph, unit.out_shape, layout, lambda n: TokenClassifier(
+                unit.out_shape[-1], n, prefix_tokens(graph.model) > 0)))
         else:
             lb = weight_copy(module)
             head = self.infopro_head(boundary, graph, unit.out_shape, layout)

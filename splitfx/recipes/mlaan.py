@@ -34,7 +34,8 @@ from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .cascade import Cascade, CascadeHead
 from .copies import EMA, bridge, chain, weight_copy
 from .heads import NoHead, Scored, pool_linear
-from .layout import infer_layout
+from .layout import follow
+from .predict import predict
 from .registry import register_recipe
 from .values import count
 from .values import momentum as check_momentum
@@ -93,19 +94,25 @@ class MLAAN(Cascade):
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         if boundary.index == 0:
             return NoHead()
-        independent = Scored(pool_linear(boundary.shape, boundary.layout, boundary.num_classes))
+        independent = Scored(self.pooled(boundary, graph, boundary.shape, boundary.layout))
         return CascadeHead(independent, Scored(self.leap_net(boundary, graph)))
 
     def leap_net(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         shape = boundary.input_shape
         units = leap_units(graph.repeated_after(boundary.position), self.leap)
         if not units:
-            return pool_linear(boundary.shape, boundary.layout, boundary.num_classes)
+            return self.pooled(boundary, graph, boundary.shape, boundary.layout)
         first, hw = units[0], shape[-2:]
         spec = graph.spec(boundary.shape, boundary.layout, shape)
-        link = bridge(spec, boundary.shape, boundary.layout, first.in_shape, infer_layout(first.in_shape, hw))
-        layout = infer_layout(first.out_shape, hw)
+        want = follow(first.in_shape, hw, boundary.shape, boundary.layout)
+        link = bridge(spec, boundary.shape, boundary.layout, first.in_shape, want)
+        layout = follow(first.out_shape, hw, first.in_shape, want)
         layers, out, out_layout = chain(units[1:], graph, graph.spec(first.out_shape, layout, shape), first.out_shape,
                                         shape, weight_copy)
         return Leap(first.name, graph.model.get_submodule(first.name), self.momentum, link, nn.Sequential(*layers),
-                    pool_linear(out, out_layout, boundary.num_classes))
+                    self.pooled(boundary, graph, out, out_layout))
+
+    @staticmethod
+    def pooled(boundary: Boundary, graph: GraphInfo, shape, layout) -> nn.Module:
+        """GAP → Linear to the classes, or the task's head (:func:`~.predict.predict`)."""
+        return predict(boundary, graph, shape, layout, lambda n: pool_linear(shape, layout, n), light=True)

@@ -7,6 +7,7 @@ from .base import Boundary, GraphInfo, Recipe, RecipeTraits
 from .heads import PoolLinear
 from .layout import channels
 from .merge import MergeKind
+from .predict import predict
 from .registry import register_recipe
 
 
@@ -31,4 +32,7 @@ class Linear(Recipe):
     traits = RecipeTraits(merge=MergeKind.VECTOR)  # several tensors: pool each, concatenate
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
-        return PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), boundary.num_classes)
+        def vector(n: int) -> nn.Module:
+            return PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), n)
+
+        return predict(boundary, graph, boundary.shape, boundary.layout, vector, light=True)

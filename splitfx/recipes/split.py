@@ -18,7 +18,8 @@ from torch import nn
 from ..base.errors import ArgumentError
 from ..base.report import SplitPlan
 from ..passes.cuts import Cut
-from .base import Boundary, GraphInfo, Recipe, ema_sources
+from .base import Boundary, GraphInfo, LossFn, Recipe, ema_sources
+from .task import Task
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,16 +44,22 @@ class Split:
     merges: tuple[nn.Module, ...]
     block_params: tuple[tuple[nn.Parameter, ...], ...]
     outputs: object  # the model's output on the example inputs, as fake tensors
+    task: Task  # what the heads predict, and the loss they and the last block train with
 
     @property
     def model(self) -> nn.Module:
         """The user's model the blocks call."""
         return self.traced.get_submodule("model")
 
-    def with_new_heads(self) -> Split:
+    def with_new_heads(self, loss_fn: LossFn | None = None) -> Split:
         """The same split with freshly built aux heads: a second module converted from one plan must
-        not train the first one's heads."""
-        return dataclasses.replace(self, heads=make_heads(self.recipe, self.boundaries, self.graph, self.model))
+        not train the first one's heads. ``loss_fn`` (given) replaces the task's loss."""
+        split = self
+        if loss_fn is not None:
+            task = dataclasses.replace(self.task, loss_fn=loss_fn)
+            split = dataclasses.replace(self, task=task, boundaries=tuple(dataclasses.replace(b, task=task)
+                                                                           for b in self.boundaries))
+        return dataclasses.replace(split, heads=make_heads(split.recipe, split.boundaries, split.graph, split.model))
 
 
 def make_heads(recipe: Recipe, boundaries: Sequence[Boundary], graph: GraphInfo,
