@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import splitfx
+from splitfx import models as task_models
 from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.planner.driver import Planner
 from splitfx.recipes import registry
@@ -315,3 +316,19 @@ def test_a_tied_embedding_gpt_trains_per_token_at_four_blocks():
     assert all(isinstance(h, TokenHead) for h in sm.heads)
     _check(sm, model, x, y)
     assert sm.plan.local_peak_bytes < sm.plan.e2e_saved_bytes
+
+
+@pytest.mark.parametrize("build, x, y", [
+    (task_models.SegNet, torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4, 32, 32))),
+    (task_models.EDSR, torch.randn(2, 1, 16, 16), torch.rand(2, 1, 32, 32)),
+], ids=["segmentation", "super-resolution"])
+def test_glcan_heads_end_in_a_copy_of_the_models_own_task_head(build, x, y):
+    torch.manual_seed(0)
+    model = build()
+    tail = model.classifier if isinstance(model, task_models.SegNet) else model.tail
+    sm = splitfx.convert(model, x, 4, recipe="glcan", example_target=y)
+    for head in sm.heads:
+        copies = [m for m in head.tail.modules() if isinstance(m, nn.Conv2d) and m.weight.shape == tail.weight.shape]
+        assert len(copies) == 1 and copies[0].weight is not tail.weight
+        assert torch.equal(copies[0].weight, tail.weight)  # copied when the head was built
+    _check(sm, model, x, y)

@@ -40,6 +40,7 @@ from .legality import check_saves, holds_unit, offer_cuts, require_trainable, tr
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks, summed
 from .step_peak import e2e_peak, local_peak
+from .tail import find_tail
 
 
 class _LocalLoss(nn.Module):
@@ -133,6 +134,7 @@ class Planner:
         self.graph = GraphInfo(model, find_units(model, probe, sched))
         sched, self.unread = self._readable(sched)
         self.sched = sched
+        self.graph.tail = find_tail(gm, G, sched, self.layouts, self.graph)
         self.aux = AuxProbe(probe, inputs, self.task.target)
         self.last_loss = last_loss(self.task, probe.outputs)
         self.final_loss = self.aux.output_loss(self.last_loss) if self.last_loss is not None else {}

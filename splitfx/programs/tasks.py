@@ -47,7 +47,7 @@ TASKS: dict[str, TaskSpec] = {
     "digits_sr": TaskSpec(task_data.digits_sr, lambda d: EDSR(), "PSNR", True, 1e-3, 30, 32),
     "friedman": TaskSpec(task_data.friedman, lambda d: MLPRegressor(d.meta["features"]), "RMSE", False, 1e-3, 30,
                          64),
-    "chars": TaskSpec(task_data.chars, lambda d: CharGPT(d.meta["vocab"]), "perplexity", False, 3e-3, 6, 32),
+    "chars": TaskSpec(task_data.chars, lambda d: CharGPT(d.meta["vocab"]), "perplexity", False, 3e-3, 12, 32),
 }
 
 

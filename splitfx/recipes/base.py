@@ -43,12 +43,24 @@ class Boundary:
         return self.index / (self.num_blocks - 2) if self.num_blocks > 2 else 0.0
 
 
+@dataclass(frozen=True)
+class Tail:
+    """The model's own task head (what runs after its last repeated layer, to the output): it reads
+    one tensor of ``shape``/``layout``; ``build()`` returns a fresh copy of it, weights copied."""
+
+    shape: tuple
+    layout: Layout
+    build: Callable[[], nn.Module]
+
+
 @dataclass
 class GraphInfo:
-    """What recipes that copy the model's own layers may look at."""
+    """What recipes that copy the model's own layers may look at: its units, and its task head
+    (``tail``, None where the graph has none after a repeated layer)."""
 
     model: nn.Module
     units: list[Unit] = field(default_factory=list)
+    tail: Tail | None = None
 
     def units_after(self, position: int) -> list[Unit]:
         return [u for u in self.units if u.start >= position]

@@ -66,20 +66,15 @@ class ImageHead(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """``[B, T, C]`` tokens → ``[B, T, V]``, per position, never mixing positions: LayerNorm → Linear
-    (a language model's own head; a mid-network residual stream is not normalised), after a
-    residual MLP (LayerNorm → Linear to 2C → GELU → Linear back) unless ``light``."""
+    """``[B, T, C]`` tokens → ``[B, T, V]``: LayerNorm → Linear per position (a language model's own
+    head: a mid-network residual stream is not normalised), never mixing positions."""
 
-    def __init__(self, width: int, out: int, light: bool = False):
+    def __init__(self, width: int, out: int):
         super().__init__()
-        self.mlp = None if light else nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
-                                                    nn.Linear(2 * width, width))
         self.norm = nn.LayerNorm(width)
         self.fc = nn.Linear(width, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mlp is not None:
-            x = x + self.mlp(x)
         return self.fc(self.norm(x))
 
 
@@ -139,7 +134,7 @@ def _leaf(task: Task, out: TensorSpec, spec: MapSpec, shape: Sequence[int], layo
     if kind == TaskKind.REGRESSION:
         return vector(out.shape[1]) if len(out.shape) == 2 else Squeezed(vector(1))
     if kind == TaskKind.TOKENS:
-        return TokenHead(shape[-1], out.shape[-1], light)
+        return TokenHead(shape[-1], out.shape[-1])
     if kind == TaskKind.IMAGE:
         return ImageHead(spec, shape, out.shape)
     return DenseHead(spec, shape, out.shape, light)
