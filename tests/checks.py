@@ -1,9 +1,12 @@
-"""Assertions shared by the test modules: equality, gradient equality, gradient isolation."""
+"""Assertions shared by the test modules: equality, gradient equality, gradient isolation, and the
+measured saved bytes of a step."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import splitfx
+from splitfx.base.meter import SavedTensorMeter, state_keys
 
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,3 +77,21 @@ def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -
     unreached = trainable - set().union(*reached)
     assert not unreached, f"no loss trains {sorted(unreached)[:5]}"
     return reached
+
+
+def measure(sm: splitfx.SplitModule, x, y, loss_fn=F.cross_entropy) -> tuple[int, list[int]]:
+    """(E2E peak, per-block local peaks) of live saved bytes, parameters and buffers excluded, with
+    ``loss_fn`` on the model's output for E2E."""
+    sm.train()
+    with SavedTensorMeter(state_keys([sm])) as meter:
+        loss_fn(sm(x), y).backward()
+        e2e = meter.peak
+        assert meter.live == 0
+        sm.zero_grad(set_to_none=True)
+        meter.mark()
+        blocks = []
+        for loss in sm.local_losses(x, y):
+            blocks.append(meter.peak)
+            loss.backward()
+            meter.mark()
+    return e2e, blocks

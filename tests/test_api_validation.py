@@ -105,6 +105,16 @@ def test_validation_lets_keywords_it_does_not_know_through():
     check_plan_arguments(Tiny(), X, num_blocks=2, recipe="linear", a_future_option=object())
 
 
+def test_an_example_in_another_floating_dtype_than_the_model_is_refused_by_name():
+    with pytest.raises(splitfx.ArgumentError, match=r"example_inputs is torch.float64 .* pass x.to\(torch.float32\)"):
+        splitfx.plan(Tiny(), X.double(), 2)
+    with pytest.raises(splitfx.ArgumentError, match="example_target has shape"):
+        splitfx.plan(Tiny(), X, 2, example_target=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(splitfx.ArgumentTypeError, match=r"example_target must be a torch\.Tensor"):
+        splitfx.plan(Tiny(), X, 2, example_target=[0, 1, 2, 3])
+    assert splitfx.plan(Tiny().double(), X.double(), 2).num_blocks == 2
+
+
 def test_convert_refuses_what_would_fail_at_the_first_step():
     model = Tiny()
     with pytest.raises(splitfx.ArgumentTypeError, match="loss_fn must be a callable"):
@@ -257,3 +267,18 @@ def test_max_batch_refuses_bad_arguments_by_name(change, kind, words):
     with pytest.raises(splitfx.SplitFXError) as err:
         splitfx.max_batch(args.pop("model"), args.pop("example_inputs"), args.pop("num_blocks"), **args)
     assert isinstance(err.value, kind) and words in str(err.value), str(err.value)
+
+
+def test_parameters_the_forward_never_uses_are_not_counted_as_trainable():
+    class Spare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.unused = nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(100, 100)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    model = Spare()
+    plan = splitfx.plan(model, torch.randn(3, 4), 2)
+    used = sum(p.numel() for m in (model.a, model.b) for p in m.parameters())
+    assert (plan.trainable_params, plan.total_params) == (used, sum(p.numel() for p in model.parameters()))

@@ -2,27 +2,11 @@
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 
 import splitfx
-from splitfx.base.meter import SavedTensorMeter, state_keys
+from splitfx.base.meter import SavedTensorMeter
 
-
-def measure(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -> tuple[int, list[int]]:
-    """(E2E peak, per-block local peaks) of live saved bytes, parameters and buffers excluded."""
-    sm.train()
-    with SavedTensorMeter(state_keys([sm])) as meter:
-        F.cross_entropy(sm(x), y).backward()
-        e2e = meter.peak
-        assert meter.live == 0
-        sm.zero_grad(set_to_none=True)
-        meter.mark()
-        blocks = []
-        for loss in sm.local_losses(x, y):
-            blocks.append(meter.peak)
-            loss.backward()
-            meter.mark()
-    return e2e, blocks
+from checks import measure
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vit_small_patch16_224"])

@@ -12,13 +12,12 @@ from torch.utils._pytree import tree_flatten
 
 import splitfx
 from splitfx import models as task_models
-from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.planner.driver import Planner
 from splitfx.recipes import registry
 from splitfx.recipes.predict import DenseHead, ImageHead, Squeezed, Structured, TokenHead
 from splitfx.recipes.task import TaskKind, TokenCrossEntropy
 
-from checks import assert_interleaved_equals_summed, assert_isolated
+from checks import assert_interleaved_equals_summed, assert_isolated, measure
 
 
 def conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -117,22 +116,6 @@ class TwoMaps(Seg):
         return {"out": self.classifier(y), "edges": self.edges(y)}
 
 
-def _measure(sm: splitfx.SplitModule, x, y, loss_fn) -> tuple[int, list[int]]:
-    """(E2E peak, per-block local peaks) of live saved bytes, as tests/test_memory.py measures them."""
-    sm.train()
-    with SavedTensorMeter(state_keys([sm])) as meter:
-        loss_fn(sm(x), y).backward()
-        e2e = meter.peak
-        sm.zero_grad(set_to_none=True)
-        meter.mark()
-        blocks = []
-        for loss in sm.local_losses(x, y):
-            blocks.append(meter.peak)
-            loss.backward()
-            meter.mark()
-    return e2e, blocks
-
-
 def _tree_equal(a, b) -> bool:
     """Equal leaves in equal structures; an OrderedDict compares as the dict fx's graph returns for it."""
     a, b = (dict(v) if isinstance(v, OrderedDict) else v for v in (a, b))
@@ -147,7 +130,7 @@ def _check(sm: splitfx.SplitModule, model: nn.Module, x, y) -> None:
         assert _tree_equal(sm(x), model(x))
     assert_isolated(sm, x, y)
     assert_interleaved_equals_summed(sm, x, y)
-    e2e, blocks = _measure(sm, x, y, sm.loss_fn)
+    e2e, blocks = measure(sm, x, y, sm.loss_fn)
     assert e2e == sm.plan.e2e_saved_bytes
     assert blocks == [b.saved_bytes for b in sm.plan.blocks]
     losses = sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.01))

@@ -258,7 +258,9 @@ class Planner:
         ]
         heads = sum(a.params for a in chosen_aux)
         everything = (*model.parameters(), *repl.parameters())
-        trainable = [p for p in everything if p.requires_grad]
+        # A parameter the forward never uses gets no gradient and no optimizer state: not trainable here.
+        used = {id(p) for block in params for p in block}
+        trainable = [p for p in everything if p.requires_grad and id(p) in used]
         itemsize = next((p.element_size() for p in trainable), 4)
         return SplitPlan(
             model=model_name(model),
