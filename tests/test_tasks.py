@@ -315,3 +315,30 @@ def test_glcan_heads_end_in_a_copy_of_the_models_own_task_head(build, x, y):
         assert len(copies) == 1 and copies[0].weight is not tail.weight
         assert torch.equal(copies[0].weight, tail.weight)  # copied when the head was built
     _check(sm, model, x, y)
+
+
+class EarlyAux(nn.Module):
+    """Logits and auxiliary logits computed after the first layer, as Inception's aux classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(4)])
+        self.aux, self.out = nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.layers[0](x)
+        aux = self.aux(h)
+        return self.out(self.layers[3](self.layers[2](self.layers[1](h)))), aux
+
+
+def test_outputs_computed_before_the_last_block_are_named():
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+
+    def both(out, target):
+        return F.cross_entropy(out[0], target) + 0.4 * F.cross_entropy(out[1], target)
+
+    plan = splitfx.plan(EarlyAux(), x, 3, split_points=["layers.0", "layers.2"], loss_fn=both, example_target=y)
+    assert any("reads output[1] in block 1 detached" in note for note in plan.notes)
+    with pytest.raises(splitfx.PlanError, match=r"reads no output its last block computes .*output\[1\] in block 1"):
+        splitfx.plan(EarlyAux(), x, 3, split_points=["layers.0", "layers.2"], loss_fn=lambda out, t: out[1].sum(),
+                     example_target=y)

@@ -13,6 +13,7 @@ from itertools import pairwise
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from ..base.errors import PlanError
 from ..base.memory import weight_bytes
@@ -28,15 +29,15 @@ from ..passes.sharing import Tied, detached_notes, parameter_uses, planned_uses,
 from ..passes.trace import LeafSpec, trace
 from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
-from ..recipes.layout import Layout
 from ..recipes.merge import MergeKind, merge_for
-from ..recipes.predict import unreadable
 from ..recipes.split import Split, make_heads
-from ..recipes.task import LossFn, Task, infer_task
+from ..recipes.task import LossFn, infer_task
 from .balance import Method, choose_path
 from .block_rows import block_row, model_name
+from .boundaries import boundary, readable
 from .closed_cuts import why_closed
 from .legality import check_saves, holds_unit, offer_cuts, require_trainable, trainable_blocks, whole_layers
+from .outputs import loss_without_gradient, output_notes
 from .scopes import split_point_cut
 from .simulate import last_loss, step_peaks, summed
 from .step_peak import e2e_peak, local_peak
@@ -125,6 +126,8 @@ class Planner:
                                                       max_cut_tensors, auto_leaf)
         self.gm, self.probe, G = gm, probe, probe.graph
         self.task = infer_task(probe.outputs, example_target, tuple(inputs[0].shape), loss_fn, num_classes)
+        self._floating_outputs = sum(isinstance(t, torch.Tensor) and t.is_floating_point()
+                                     for t in tree_leaves(probe.outputs))
         # A cut's several tensors are pooled together only where the heads predict vectors.
         self.merge = recipe.traits.merge if self.task.pools else MergeKind.MAP
         self.uses = planned_uses(parameter_uses(gm, G, sched), Tied(tied))
@@ -132,7 +135,7 @@ class Planner:
                                                       tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None,
                                                       gm)
         self.graph = GraphInfo(model, find_units(model, probe, sched))
-        sched, self.unread = self._readable(sched)
+        sched, self.unread = readable(sched, self.layouts, G, self.task, inputs, self.merge, self.graph)
         self.sched = sched
         self.graph.tail = find_tail(gm, G, sched, self.layouts, self.graph)
         self.aux = AuxProbe(probe, inputs, self.task.target)
@@ -146,19 +149,9 @@ class Planner:
         self._aux_costs: list[AuxCost] | None = None
         self._note: str | None = None
 
-    def _readable(self, sched: Schedule) -> tuple[Schedule, list[str]]:
-        """The cuts whose tensors the task's heads can read (a sequence whole for per-token heads, a
-        map for dense ones), and why each other one cannot be read."""
-        kept, unread = [], []
-        for c in sched.cuts:
-            b = _boundary(c, self.layouts[c.position], self.probe.graph, 2, self.task, self.inputs, self.merge)
-            why = unreadable(self.task, self.graph.spec(b.shape, b.layout, b.input_shape), b.shape, b.layout)
-            (unread if why else kept).append(why or c)
-        return dataclasses.replace(sched, cuts=kept), unread
-
     def _boundaries(self, num_blocks: int) -> list[Boundary]:
         G = self.probe.graph
-        return [_boundary(c, self.layouts[c.position], G, num_blocks, self.task, self.inputs, self.merge)
+        return [boundary(c, self.layouts[c.position], G, num_blocks, self.task, self.inputs, self.merge)
                 for c in self.sched.cuts]
 
     def _probed(self, boundaries: list[Boundary]) -> list[Boundary]:
@@ -248,7 +241,13 @@ class Planner:
         saved, unsimulated = step_peaks(self.aux, parts, self.recipe, repl, estimate)
         if self._e2e_peak is None:
             self._e2e_peak = e2e_peak(self.aux, gm, parts.loss_fn, self.optimizer) or 0
-        step = local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or []
+        try:
+            step = local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or []
+        except RuntimeError as err:
+            clearer = loss_without_gradient(gm, nodes, err, self.name)
+            if clearer is None:
+                raise
+            raise clearer from err
         step = step if len(step) == num_blocks else [max(step, default=0)] * num_blocks
         blocks = [
             block_row(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
@@ -289,15 +288,6 @@ class Planner:
             optimizer=self.optimizer,
             step_peak_bytes=max(step),
             e2e_step_peak_bytes=self._e2e_peak,
-            notes=[*([self._note] if self._note and method != "split_points" else []), *detached_notes(gm, nodes)],
+            notes=[*([self._note] if self._note and method != "split_points" else []), *detached_notes(gm, nodes),
+                   *output_notes(gm, nodes, self._floating_outputs, self.name)],
         )
-
-
-def _boundary(cut: Cut, layouts: tuple[Layout, ...], G, num_blocks: int, task: Task, inputs: tuple,
-              merge: MergeKind) -> Boundary:
-    """What the aux head at ``cut`` is built from: the merge of the tensors handed over there."""
-    parts = tuple(zip(cut.shapes, layouts, strict=True))
-    _, shape, layout = merge_for(parts, merge)
-    dtype = next(node_cost(G, v).dtype for v, lay in zip(cut.nodes, layouts, strict=True) if lay != Layout.UNREAD)
-    return Boundary(0, num_blocks, shape, dtype, layout, task.outputs, tuple(inputs[0].shape), cut.position, parts,
-                    task)
