@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from splitfx.base.meter import SavedTensorMeter, state_keys
+from splitfx.base.meter import SavedTensorMeter, state_keys, storage_key
 from splitfx.passes.aux_cost import AuxProbe
 from splitfx.passes.cost import probe
 from splitfx.passes.node_cost import node_cost
@@ -305,7 +305,10 @@ class TwoOutputs(nn.Module):
         return y, y * 2
 
 
-def test_output_loss_of_a_tuple_output_is_empty():
+def test_a_loss_over_a_tuple_output_is_costed_on_every_tensor_it_reads():
     x = torch.randn(4, 6)
     P = probe(trace(TwoOutputs(), (x,)), (x,))
-    assert AuxProbe(P, (x,)).output_loss(nn.CrossEntropyLoss()) == {}
+    saves = AuxProbe(P, (x,)).output_loss(lambda out, target: out[0].pow(2).mean() + out[1].pow(2).mean())
+    first, second = P.outputs
+    # pow(2) keeps each output it squares: both outputs' storages, once each
+    assert saves == {storage_key(first): 4 * 3 * F32, storage_key(second): 4 * 3 * F32}

@@ -28,10 +28,12 @@ class AuxCost:
 class AuxProbe:
     """Costs of modules called as ``module(features, target)`` on the fake values of the graph."""
 
-    def __init__(self, probe: Probe, example_inputs: Sequence[torch.Tensor], target: TensorSpec):
+    def __init__(self, probe: Probe, example_inputs: Sequence[torch.Tensor], target: TensorSpec | None = None):
+        """``target``: the shape and dtype of the task's target (default: a ``[B]`` class target)."""
         self.probe = probe
         device = example_inputs[0].device
         self.inputs = tuple(probe.fake(x) for x in example_inputs)
+        target = target or TensorSpec((example_inputs[0].shape[0],), torch.long)
         with probe.fake_mode:  # the task's target, never allocated
             self.target = torch.zeros(target.shape, dtype=target.dtype, device=device)
         self.device = device
