@@ -180,6 +180,24 @@ def test_budget_chooses_the_fewest_blocks_that_fit():
         splitfx.plan(model, x, memory_budget=min(peaks.values()) - 1)
 
 
+def test_max_batch_plans_on_expanded_batches_and_allocates_none(monkeypatch):
+    from splitfx.api import planning
+
+    seen, real = [], planning._planner
+
+    def recording(model, inputs, *args, **kwargs):
+        seen.append((inputs[0].shape[0], inputs[0].stride(0), inputs[0].untyped_storage().nbytes()))
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(planning, "_planner", recording)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    x = torch.randn(2, 3, 32, 32)
+    plan = splitfx.max_batch(model, x, 3, memory_budget="1TiB")  # millions of images: a real batch would not fit
+    assert plan.input_shapes[0][0] > 10**6
+    assert all(stride == 0 and nbytes == x.nbytes for batch, stride, nbytes in seen if batch != 2)
+
+
 def test_max_batch_fits_and_one_more_does_not_and_the_meter_agrees():
     model, x = timm.create_model("resnet18", num_classes=10), torch.randn(4, 3, 32, 32)
     budget = splitfx.plan(model, torch.randn(37, 3, 32, 32), 3, optimizer="sgd").training_peak_bytes() + 1

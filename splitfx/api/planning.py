@@ -157,7 +157,9 @@ def max_batch(
     split_points = options.pop("split_points", None)
 
     def at_batch(x: torch.Tensor, b: int) -> torch.Tensor:
-        return x.new_zeros((b, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x
+        """``x`` at batch ``b``, its first sample expanded: nothing allocated (the planner's fake
+        twin is a whole batch, :meth:`~splitfx.passes.cost.Probe.fake`)."""
+        return x[:1].expand(b, *x.shape[1:]) if x.dim() and x.shape[0] == batch else x
 
     def split_at(b: int) -> Split:
         resized = tuple(at_batch(x, b) for x in inputs)

@@ -96,11 +96,17 @@ class Probe:
     _keep: list = field(default_factory=list)
 
     def fake(self, t: torch.Tensor) -> torch.Tensor:
-        """The fake twin of a real tensor (memoised, keeps ``requires_grad``)."""
+        """The fake twin of a real tensor (memoised, keeps ``requires_grad``). A batch expanded from
+        one sample (stride 0 in dim 0: what ``max_batch`` plans with, allocating nothing) becomes a
+        whole batch, so that its storage costs what a real batch would."""
         hit = self._fakes.get(id(t))
         if hit is None:
+            twin = self.fake_mode.from_tensor(t, static_shapes=True)
+            if t.dim() and t.shape[0] > 1 and t.stride(0) == 0:
+                with self.fake_mode:
+                    twin = twin.clone(memory_format=torch.contiguous_format)
             # Keep ``t`` alive with its twin: a freed tensor's id may be reused by another one.
-            hit = self._fakes[id(t)] = (t, self.fake_mode.from_tensor(t, static_shapes=True))
+            hit = self._fakes[id(t)] = (t, twin)
         return hit[1]
 
     def run_real(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
@@ -241,8 +247,8 @@ def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
     if not example_inputs or example_inputs[0].dim() == 0:
         return costs
     batch = example_inputs[0].shape[0]
-    grown = [
-        x.new_empty((batch + 1, *x.shape[1:])) if x.dim() and x.shape[0] == batch else x for x in example_inputs
+    grown = [  # the first sample expanded: nothing allocated (Probe.fake makes the fake twin whole)
+        x[:1].expand(batch + 1, *x.shape[1:]) if x.dim() and x.shape[0] == batch else x for x in example_inputs
     ]
     shadow = Probe(nx.DiGraph(), FakeTensorMode(allow_non_fake_inputs=True), {}, set())
     interp = _ProbeInterpreter(gm, shadow)
