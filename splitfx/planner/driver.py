@@ -137,7 +137,8 @@ class Planner:
         self.graph = GraphInfo(model, find_units(model, probe, sched))
         sched, self.unread = readable(sched, self.layouts, G, self.task, inputs, self.merge, self.graph)
         self.sched = sched
-        self.graph.tail = find_tail(gm, G, sched, self.layouts, self.graph)
+        if recipe.traits.copies_layers:  # only recipes copying the model's layers read its task head
+            self.graph.tail = find_tail(gm, G, sched, self.layouts, self.graph)
         self.aux = AuxProbe(probe, inputs, self.task.target)
         self.last_loss = last_loss(self.task, probe.outputs)
         self.final_loss = self.aux.output_loss(self.last_loss) if self.last_loss is not None else {}

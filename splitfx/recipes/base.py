@@ -56,7 +56,7 @@ class Tail:
 @dataclass
 class GraphInfo:
     """What recipes that copy the model's own layers may look at: its units, and its task head
-    (``tail``, None where the graph has none after a repeated layer)."""
+    (``tail``: found for recipes declaring ``copies_layers``; None where the graph has none)."""
 
     model: nn.Module
     units: list[Unit] = field(default_factory=list)
