@@ -282,3 +282,11 @@ def test_parameters_the_forward_never_uses_are_not_counted_as_trainable():
     plan = splitfx.plan(model, torch.randn(3, 4), 2)
     used = sum(p.numel() for m in (model.a, model.b) for p in m.parameters())
     assert (plan.trainable_params, plan.total_params) == (used, sum(p.numel() for p in model.parameters()))
+
+
+def test_a_model_with_uninitialised_lazy_parameters_is_refused_by_name():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(splitfx.ArgumentError, match=r"lazy parameters not initialised yet \(2\.weight, 2\.bias\)"):
+        splitfx.plan(model, X, 2)
+    model(X)  # initialised: it plans
+    assert splitfx.plan(model, X, 2).num_blocks == 2

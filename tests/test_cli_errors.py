@@ -163,3 +163,19 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("splitfx ")
+
+
+def test_a_factory_beside_you_is_found_and_a_lazy_one_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "beside.py").write_text(
+        "from torch import nn\n\n"
+        "def lazy():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(10))\n\n"
+        "def ready():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    # the console script's sys.path: no current folder (python -m would add it)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), os.getcwd())])
+    assert main(["plan", "beside:lazy", "--blocks", "2", "--input-size", "3", "16", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lazy parameters not initialised yet (2.weight, 2.bias)" in err
+    assert main(["plan", "beside:ready", "--blocks", "2", "--input-size", "3", "16", "16"]) == 0
+    assert str(tmp_path) not in sys.path

@@ -85,6 +85,11 @@ def check_model(model: Any, name: str = "model") -> nn.Module:
             f"{name}.forward was replaced on the instance; splitfx traces and runs the class's forward "
             f"({type(model).__name__}.forward), which would ignore it: define the new forward in a subclass "
             "or in a wrapper module")
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ArgumentError(f"{name} has lazy parameters not initialised yet ({', '.join(lazy[:3])}"
+                            f"{', ...' if len(lazy) > 3 else ''}): run it once on an example (model(x)) before "
+                            "splitfx traces it; a factory for the command line should do that before returning it")
     return model
 
 

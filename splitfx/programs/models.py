@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 
 from torch import nn
 
+from ..api.validation import check_model as check_module
 from ..base.errors import SplitFXError
 
 HOW = "For torchvision use 'torchvision:NAME'; for your own model 'package.module:factory'."
@@ -33,10 +36,23 @@ def check_model(spec: str) -> None:
             raise SplitFXError(f"{spec!r} is not a timm model name.{hint} {HOW}")
 
 
+def _import(module: str):
+    """``module``, found as ``python -m splitfx`` finds it: the current folder comes first, so the
+    ``splitfx`` console script imports a ``module.py`` beside you too."""
+    here = os.getcwd()
+    if here in sys.path or "" in sys.path:
+        return importlib.import_module(module)
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(here)
+
+
 def _factory(spec: str):
     module, _, name = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module), name)
+        factory = getattr(_import(module), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise SplitFXError(f"cannot build {spec!r}: {err}. {HOW}") from err
     if not callable(factory):
@@ -55,7 +71,7 @@ def create_model(spec: str, **kwargs) -> nn.Module:
         model = _factory(spec)(**kwargs)
         if not isinstance(model, nn.Module):
             raise SplitFXError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
-        return model
+        return check_module(model, spec)
     import timm
 
     return timm.create_model(spec, pretrained=False, **kwargs)
