@@ -342,3 +342,11 @@ def test_outputs_computed_before_the_last_block_are_named():
     with pytest.raises(splitfx.PlanError, match=r"reads no output its last block computes .*output\[1\] in block 1"):
         splitfx.plan(EarlyAux(), x, 3, split_points=["layers.0", "layers.2"], loss_fn=lambda out, t: out[1].sum(),
                      example_target=y)
+
+
+def test_glcan_refuses_classes_forced_on_an_output_it_cannot_score():
+    x = torch.randint(0, 30, (2, 12))
+    with pytest.raises(splitfx.PlanError, match="glcan's global branch predicts the model's own output"):
+        splitfx.plan(TinyLM(), x, 3, recipe="glcan", num_classes=5)
+    plan = splitfx.plan(TinyLM(), x, 3, recipe="glcan", num_classes=5, loss_fn=lambda out, y: out.mean())
+    assert plan.num_blocks == 3

@@ -13,7 +13,6 @@ from itertools import pairwise
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 from ..base.errors import PlanError
 from ..base.memory import weight_bytes
@@ -31,7 +30,7 @@ from ..passes.units import find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.merge import MergeKind, merge_for
 from ..recipes.split import Split, make_heads
-from ..recipes.task import LossFn, infer_task
+from ..recipes.task import LossFn, carry_criterion, infer_task
 from .balance import Method, choose_path
 from .block_rows import block_row, model_name
 from .boundaries import boundary, readable
@@ -126,8 +125,6 @@ class Planner:
                                                       max_cut_tensors, auto_leaf)
         self.gm, self.probe, G = gm, probe, probe.graph
         self.task = infer_task(probe.outputs, example_target, tuple(inputs[0].shape), loss_fn, num_classes)
-        self._floating_outputs = sum(isinstance(t, torch.Tensor) and t.is_floating_point()
-                                     for t in tree_leaves(probe.outputs))
         # A cut's several tensors are pooled together only where the heads predict vectors.
         self.merge = recipe.traits.merge if self.task.pools else MergeKind.MAP
         self.uses = planned_uses(parameter_uses(gm, G, sched), Tied(tied))
@@ -169,7 +166,7 @@ class Planner:
 
         def build() -> nn.Module:
             merge = merge_for(boundary.parts, self.merge)[0]
-            return _LocalLoss(recipe, merge, recipe.make_head(boundary, graph), self.aux.inputs)
+            return _LocalLoss(recipe, merge, carry_criterion(recipe.make_head(boundary, graph)), self.aux.inputs)
 
         key = (recipe.head_key(boundary, graph), boundary.index)
         return self.aux.cost(self.sched.cuts[j].nodes, key, build)
@@ -290,5 +287,5 @@ class Planner:
             step_peak_bytes=max(step),
             e2e_step_peak_bytes=self._e2e_peak,
             notes=[*([self._note] if self._note and method != "split_points" else []), *detached_notes(gm, nodes),
-                   *output_notes(gm, nodes, self._floating_outputs, self.name)],
+                   *output_notes(gm, nodes, self.probe.outputs, self.name)],
         )

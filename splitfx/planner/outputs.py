@@ -9,9 +9,11 @@ output with a gradient path (every floating output early), it refuses, instead o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 import torch.fx as fx
-from torch.utils._pytree import keystr, tree_flatten_with_path
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
 from ..base.errors import PlanError
 
@@ -30,12 +32,14 @@ def _where(early: list[tuple[str, int]]) -> str:
     return ", ".join(f"output{path} in block {k}" for path, k in early)
 
 
-def output_notes(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]], floating: int, model_name: str) -> list[str]:
-    """A note naming the early outputs; a :class:`PlanError` where all ``floating`` outputs are early."""
+def output_notes(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]], outputs: Any, model_name: str
+                 ) -> list[str]:
+    """A note naming the early outputs; a :class:`PlanError` where every floating tensor of the
+    model's ``outputs`` is early."""
     early = early_outputs(gm, nodes)
     if not early:
         return []
-    if len(early) >= floating:
+    if len(early) >= sum(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tree_leaves(outputs)):
         raise PlanError(f"every output of {model_name} is computed before its last block ({_where(early)}), so the "
                         "last block's loss would read them detached and train nothing: use fewer blocks, or "
                         "split_points= before the layers that compute them")

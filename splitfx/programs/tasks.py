@@ -78,10 +78,7 @@ def run(name: str, blocks: int, recipe: str, seed: int, epochs: int | None = Non
     torch.manual_seed(seed)
     model = spec.model(data)
     example = (x[:spec.batch], y[:spec.batch])
-    if blocks == 1:
-        sm = convert(model, example[0], 1, recipe="e2e", example_target=example[1])
-    else:
-        sm = convert(model, example[0], blocks, recipe=recipe, example_target=example[1])
+    sm = convert(model, example[0], blocks, recipe="e2e" if blocks == 1 else recipe, example_target=example[1])
     opt = torch.optim.AdamW(sm.parameters(), lr=spec.lr)
     order = torch.Generator().manual_seed(seed)
     start = time.perf_counter()

@@ -76,11 +76,12 @@ class GLCAN(Recipe):
         if tail is None:
             return predict(boundary, graph, boundary.shape, boundary.layout,
                            lambda n: PoolLinear(boundary.layout, channels(boundary.shape, boundary.layout), n))
-        if task is not None and task.kind == TaskKind.CLASSES and task.head_loss is None and not task.pools:
-            raise PlanError("glcan's global branch predicts the model's own output; pass loss_fn= to score it")
+        if task is not None and task.kind == TaskKind.CLASSES and not task.scores and task.loss_fn is None:
+            raise PlanError("glcan's global branch predicts the model's own output, which is not class scores; pass "
+                            "loss_fn= to score it")
         spec = graph.spec(boundary.shape, boundary.layout, boundary.input_shape)
         head = GlobalLocal(local_branch(boundary.shape, boundary.layout, self.convs),
                            bridge(spec, boundary.shape, boundary.layout, tail.shape, tail.layout), tail.build())
-        if task is not None and task.head_loss is not None:
-            head.__dict__["criterion"] = task.head_loss  # scored like every task head (task.scoring)
+        if task is not None:  # scored with the loss of the model's own output (task.scoring)
+            head.__dict__["criterion"] = task.loss
         return head

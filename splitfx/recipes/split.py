@@ -19,7 +19,7 @@ from ..base.errors import ArgumentError
 from ..base.report import SplitPlan
 from ..passes.cuts import Cut
 from .base import Boundary, GraphInfo, LossFn, Recipe, ema_sources
-from .task import Task
+from .task import Task, carry_criterion
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +68,7 @@ def make_heads(recipe: Recipe, boundaries: Sequence[Boundary], graph: GraphInfo,
     train/eval mode of ``model``'s parameters (a model without floating parameters: CPU, float32)."""
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
-    heads = tuple(recipe.make_head(b, graph).to(device=device, dtype=dtype).train(model.training)
+    heads = tuple(carry_criterion(recipe.make_head(b, graph)).to(device=device, dtype=dtype).train(model.training)
                   for b in boundaries)
     following = [k for k, head in enumerate(heads) if ema_sources(head)]
     if following and not recipe.traits.ema:

@@ -94,11 +94,15 @@ class Task:
         return self.kind in (TaskKind.CLASSES, TaskKind.REGRESSION)
 
     @property
+    def scores(self) -> bool:
+        """Whether the model outputs one ``[B, C]`` tensor (class scores or values)."""
+        return isinstance(self.output, TensorSpec) and len(self.output.shape) == 2
+
+    @property
     def head_loss(self) -> LossFn | None:
         """The loss aux predictions are scored with; None: cross-entropy on classes, the default, and
         what heads classifying for ``num_classes=`` use whatever the user's loss reads."""
-        scores = isinstance(self.output, TensorSpec) and len(self.output.shape) == 2
-        if self.kind == TaskKind.CLASSES and (self.loss_fn is None or not scores):
+        if self.kind == TaskKind.CLASSES and (self.loss_fn is None or not self.scores):
             return None
         return self.loss
 
@@ -162,10 +166,18 @@ def infer_task(output: Any, target: torch.Tensor | None, input_shape: tuple[int,
 
 def scoring(head: nn.Module) -> LossFn:
     """The loss ``head``'s predictions are scored with: the task's, carried by the module
-    :func:`~.predict.predict` made, else cross-entropy (classification by default, and heads a
-    recipe built without it)."""
-    for module in head.modules():
-        criterion = module.__dict__.get("criterion")
-        if criterion is not None:
-            return criterion
-    return F.cross_entropy
+    :func:`~.predict.predict` made (and by the whole head: :func:`carry_criterion`), else
+    cross-entropy (classification by default, and heads a recipe built without it). One lookup:
+    it runs at every local loss of every step."""
+    return head.__dict__.get("criterion", F.cross_entropy)
+
+
+def carry_criterion(head: nn.Module) -> nn.Module:
+    """``head``, carrying the task's loss of the :func:`~.predict.predict` module inside it (a
+    recipe's ``Sequential`` of copied layers ending in one), so :func:`scoring` finds it on the head
+    itself; found once, when the head is built."""
+    if "criterion" not in head.__dict__:
+        found = next((m.__dict__["criterion"] for m in head.modules() if "criterion" in m.__dict__), None)
+        if found is not None:
+            head.__dict__["criterion"] = found
+    return head
