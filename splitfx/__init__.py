@@ -18,6 +18,7 @@ from .base.errors import (
 )
 from .base.report import BlockPlan, SplitPlan
 from .base.version import __version__
+from .passes.snn import spiking
 from .recipes import Recipe, RecipeTraits, SplitParts, list_recipes, register_recipe
 from .recipes import create_recipe as recipe
 from .runtime.split_module import SplitModule
@@ -46,4 +47,5 @@ __all__ = [
     "plan",
     "recipe",
     "register_recipe",
+    "spiking",
 ]

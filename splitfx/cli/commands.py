@@ -20,6 +20,10 @@ def _model_and_size(args: argparse.Namespace):
     model = create_model(args.model)
     size = args.input_size or default_input_size(model)
     input_size(model, size, given=args.input_size is not None)
+    if getattr(args, "spiking", None):
+        from ..passes.snn import spiking
+
+        model = spiking(model, args.spiking)
     return model, size
 
 

@@ -34,7 +34,7 @@ from .options import (
     positive_float,
     positive_int,
 )
-from .training_options import add_training
+from .training_options import add_spiking, add_training
 
 
 def _command(sub, name: str, func, **defaults) -> argparse.ArgumentParser:
@@ -62,6 +62,7 @@ def _plan(sub) -> None:
                    help="also group the blocks into S pipeline stages balanced by predicted time (with --budget: "
                         "each stage's memory limit)")
     p.add_argument("--plot", metavar="FILE.png", type=picture_file, help="also draw the plan to this image file")
+    add_spiking(p)
 
 
 def _train(sub) -> None:
@@ -109,6 +110,7 @@ def _bench(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
+    add_spiking(p)
     add_stages(p, "compare an S-rank pipeline with one process and with torch.distributed.pipelining")
 
 

@@ -15,7 +15,7 @@ from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors", "cuts")
+         "validation", "max_batches", "max_cut_tensors", "cuts", "teacher", "spiking")
 
 
 def recipe_from(args: argparse.Namespace):

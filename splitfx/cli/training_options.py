@@ -9,6 +9,7 @@ from .options import (
     add_device,
     add_input_size,
     add_recipe_options,
+    checkpoint_file,
     count,
     data_spec,
     number,
@@ -43,5 +44,16 @@ def add_training(p: argparse.ArgumentParser) -> None:
                    help="hold out this fraction of the training images (stratified, the same images in every "
                         "run) and evaluate epochs on them; the test images are then read once, after training "
                         f"(default {c.validation}: no validation split, epochs evaluated on test)")
+    p.add_argument("--teacher", metavar="CKPT", type=checkpoint_file,
+                   help="with --recipe tandem: the trained model each block learns to reproduce, a splitfx train "
+                        "checkpoint or a timm checkpoint of MODEL's architecture (default: a frozen copy of MODEL)")
+    add_spiking(p)
     p.add_argument("--max-batches", type=positive_int, metavar="N",
                    help="train at most N batches per epoch, for a quick trial (default: the whole training set)")
+
+
+def add_spiking(p: argparse.ArgumentParser) -> None:
+    """``--spiking T``: MODEL as a spiking network (``splitfx.spiking``)."""
+    p.add_argument("--spiking", type=positive_int, metavar="T",
+                   help="make MODEL spiking: its ReLUs become LIF neurons (snntorch) run over T time steps, the "
+                        "input fed at every step (LTL uses 16; train it with --recipe tandem)")

@@ -270,7 +270,9 @@ def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
         if not c.is_tensor and (_placement(n) or inherited):
             moved.add(n.name)
         if c.is_tensor and isinstance(grown_value, torch.Tensor) and c.shape:
-            marked[n.name] = replace(c, batch_dim0=c.shape[0] == batch and grown_value.shape[0] == batch + 1)
+            fold = c.shape[0] // batch  # dim 0 is batch × fold when it grows by fold with the batch
+            scales = fold >= 1 and c.shape[0] == fold * batch and grown_value.shape[0] == fold * (batch + 1)
+            marked[n.name] = replace(c, batch_dim0=scales, batch_fold=fold if scales else 1)
         elif is_constant(grown_value):
             if type(c.value) is not type(grown_value) or c.value != grown_value:
                 moved.add(n.name)

@@ -120,7 +120,7 @@ def _cut(G: nx.DiGraph, position: int, live: list[str], max_tensors: int | None)
         return None  # nothing computed yet
     if max_tensors is not None and len(tensors) > max_tensors:
         return None
-    carriers = [i for i, v in enumerate(tensors) if costs[v].batch_dim0]
+    carriers = [i for i, v in enumerate(tensors) if costs[v].batch_dim0 and costs[v].batch_fold == 1]
     if batch_ints and not carriers:
         return None
     shapes = tuple(tuple(costs[v].shape) for v in tensors)

@@ -36,7 +36,8 @@ class NodeCost:
     random: bool = False  # whether it draws random numbers
     batch_int: bool = False  # an int equal to the batch size (recomputed after a cut)
     static: bool = False  # a plain constant the batch size does not change (baked into blocks)
-    batch_dim0: bool = False  # a tensor whose dim 0 is the batch
+    batch_dim0: bool = False  # a tensor whose dim 0 is the batch (or a whole multiple of it: batch_fold)
+    batch_fold: int = 1  # dim 0 is batch_fold × the batch (a spiking model's T time steps ride on it)
 
 
 def node_cost(G: nx.DiGraph, name: str) -> NodeCost:

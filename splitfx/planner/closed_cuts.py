@@ -91,7 +91,8 @@ def _blames(g: _Graph, q: int, live: list[str]) -> list[Blame]:
     tensors = list(_handed_over(g.G, live))
     if not tensors or all(costs[v].op == "placeholder" for v in tensors):
         return []  # nothing computed yet
-    if any(costs[v].batch_int for v in live) and not any(costs[v].batch_dim0 for v in tensors):
+    carriers = [v for v in tensors if costs[v].batch_dim0 and costs[v].batch_fold == 1]
+    if any(costs[v].batch_int for v in live) and not carriers:
         return [("batch", v) for v in live if costs[v].batch_int]
     blames = _rule_blames(g, q, tensors)
     return blames or ([("wide", tensors[0])] if len(tensors) > 1 else [])

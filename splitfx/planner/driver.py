@@ -79,8 +79,9 @@ def _check_blocks(num_blocks: int, planner: Planner) -> None:
         why = why_closed(planner.gm, planner.probe.graph, sched, planner.uses, planner.replacement.triples,
                          planner.inputs, planner.name)
         if planner.unread:
-            why += (f"\n{len(planner.unread)} more cut points hand over what the {planner.task.kind} task's aux heads "
-                    f"cannot read, e.g. {planner.unread[0]}.")
+            example = next(iter(planner.unread.values()))
+            why += (f"\n{len(planner.unread)} more cut points hand over what the heads of recipe "
+                    f"{planner.recipe.name!r} for the {planner.task.kind} task cannot read, e.g. {example}.")
         raise PlanError(
             f"{planner.name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
             f"{len(sched.cuts) + 1} (asked for {num_blocks}).\n{why}",
@@ -131,8 +132,8 @@ class Planner:
         sched, self.layouts, self.shared = offer_cuts(sched, G, self.replacement, shared_spans(self.uses),
                                                       tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None,
                                                       gm)
-        self.graph = GraphInfo(model, find_units(model, probe, sched))
-        sched, self.unread = readable(sched, self.layouts, G, self.task, inputs, self.merge, self.graph)
+        self.graph = GraphInfo(model, find_units(model, probe, sched), traced=gm, inputs=inputs)
+        sched, self.unread = readable(sched, self.layouts, G, self.task, inputs, recipe, self.merge, self.graph)
         self.sched = sched
         if recipe.traits.copies_layers:  # only recipes copying the model's layers read its task head
             self.graph.tail = find_tail(gm, G, sched, self.layouts, self.graph)
@@ -181,7 +182,7 @@ class Planner:
             num_blocks, split_points = 1, None
         chosen = None
         if split_points is not None:
-            chosen = sorted({split_point_cut(p, sched, G, name) for p in split_points})
+            chosen = sorted({split_point_cut(p, sched, G, name, self.unread) for p in split_points})
             num_blocks = len(chosen) + 1
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)

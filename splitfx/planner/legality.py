@@ -69,7 +69,8 @@ def _readable(cut: Cut, facts: CutFacts) -> bool:
 
 @cut_rule("every tensor carries the batch in dim 0")
 def _batch_first(cut: Cut, facts: CutFacts) -> bool:
-    return all(node_cost(facts.G, v).batch_dim0 for v in cut.nodes)
+    costs = [node_cost(facts.G, v) for v in cut.nodes]  # all of one batch, or all folding T steps in it
+    return all(c.batch_dim0 for c in costs) and len({c.batch_fold for c in costs}) == 1
 
 
 @cut_rule("a RepL block stays with its neighbours")

@@ -1,7 +1,8 @@
 """Where modules sit in the ordered graph: split points by module name, RepL spans."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import networkx as nx
 
@@ -16,12 +17,16 @@ def positions_of(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> list
     return [i for i, n in enumerate(sched.order) if any(inside(node_cost(G, n).scope, m) for m in modules)]
 
 
-def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str) -> int:
-    """Index into ``sched.cuts`` of the cut right after module ``name``."""
+def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str,
+                    unread: Mapping[int, str] = MappingProxyType({})) -> int:
+    """Index into ``sched.cuts`` of the cut right after module ``name`` (``unread``: why the recipe
+    builds no head at a legal cut's position, which it then says)."""
     found = positions_of(sched, G, [name])
     if not found or not name:
         raise PlanError(f"split point {name!r}: {model_name} has no module of that name in its traced graph.")
     position = found[-1] + 1
+    if position in unread:
+        raise PlanError(f"split point {name!r}: {unread[position]}")
     for i, cut in enumerate(sched.cuts):
         if cut.position == position:
             return i

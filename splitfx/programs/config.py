@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import ArgumentError, SplitFXError
@@ -50,10 +51,20 @@ class TrainConfig:
     # stages (``train --stages S``); None: balanced by the plan. A checkpoint keeps them, so the same
     # blocks train on any number of ranks, one process included (``--cuts``).
     cuts: tuple[int, ...] | None = None
+    # A trained model the ``tandem`` recipe's blocks learn to reproduce: a ``splitfx train`` checkpoint,
+    # or a timm checkpoint of MODEL's architecture (``--teacher``).
+    teacher: str | None = None
+    # Time steps of a spiking student (``--spiking T``): its ReLUs become LIF neurons (splitfx.spiking).
+    spiking: int | None = None
 
-    def make_recipe(self) -> Recipe:
-        """The recipe this run trains with: ``recipe`` made with ``recipe_options``."""
-        return create_recipe(self.recipe, **self.recipe_options)
+    def make_recipe(self, teacher: nn.Module | None = None) -> Recipe:
+        """The recipe this run trains with: ``recipe`` made with ``recipe_options`` (and ``teacher``,
+        the model ``--teacher`` names, loaded)."""
+        if teacher is None:
+            return create_recipe(self.recipe, **self.recipe_options)
+        if "teacher" not in create_recipe(self.recipe).option_defaults():
+            raise ArgumentError(f"--teacher: recipe {self.recipe!r} learns from no teacher; use --recipe tandem")
+        return create_recipe(self.recipe, **{**self.recipe_options, "teacher": teacher})
 
 
 def with_all_options(config: TrainConfig) -> TrainConfig:

@@ -177,7 +177,7 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
         config = replace(config, cuts=placed_cuts(grid, config, begin.model, begin.example, amp))
         log(f"the blocks end at positions {' '.join(map(str, config.cuts))} (train these blocks in one process "
             f"with --cuts {' '.join(map(str, config.cuts))})")
-    sm = convert_for(config, begin.model, begin.example, stages=grid.stages)
+    sm = convert_for(config, begin.model, begin.example, begin.splits.num_classes, stages=grid.stages)
     if stage_balance == StageBalance.TIME:
         balance_by_time(grid, sm, (begin.example, begin.labels), amp)
     ranges = sm.plan.stages.ranges

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..base.errors import SplitFXError
+from ..passes.snn import spiking
 from . import data as datasets
 from .config import TrainConfig
 from .models import create_model
@@ -81,10 +82,16 @@ def build_model(name: str, num_classes: int, size: int) -> nn.Module:
     raise SplitFXError(f"cannot build {name!r} for {num_classes} classes")
 
 
+def student_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model a run trains: ``config.model``, spiking over ``config.spiking`` time steps when set."""
+    model = build_model(config.model, num_classes, config.input_size)
+    return model if config.spiking is None else spiking(model, config.spiking)
+
+
 def start(config: TrainConfig) -> Start:
     """Seed, load the data and build the model, the same way on every process."""
     torch.manual_seed(config.seed)
     splits = datasets.load(config.data, config.input_size, config.validation)
-    model = build_model(config.model, splits.num_classes, config.input_size)
+    model = student_model(config, splits.num_classes)
     example, labels = batch(splits.train, torch.arange(min(config.batch, len(splits.train))))
     return Start(splits, example, labels, model)

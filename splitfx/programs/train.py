@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+import timm
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from ..runtime.split_module import SplitModule
 from . import data as datasets
 from .checkpoint import Checkpoint, malformed
 from .config import TrainConfig, check_resume, resolve_device, with_cuts_of
-from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start
+from .epochs import amp_dtype, batch, epoch_order, make_optimizer, start, student_model
 from .measure import e2e_saved_bytes
 from .run_folder import CHECKPOINT, write_metrics
 
@@ -86,11 +87,13 @@ class TrainResult:
                 f"{100 * max(h.accuracy for h in self.history):.2f} %)")
 
 
-def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, **kwargs) -> SplitModule:
-    """``model`` converted as ``config`` says (blocks, recipe, cut width, the cuts a pipeline placed):
-    the one place single-process and distributed training turn a config into a plan, so both split
-    a model the same way."""
-    options = dict(recipe=config.make_recipe(), max_cut_tensors=config.max_cut_tensors, **kwargs)
+def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, num_classes: int,
+                **kwargs) -> SplitModule:
+    """``model`` converted as ``config`` says (blocks, recipe and its teacher, cut width, the cuts a
+    pipeline placed): the one place single-process and distributed training turn a config into a
+    plan, so both split a model the same way."""
+    teacher = load_teacher(config.teacher, config, num_classes) if config.teacher else None
+    options = dict(recipe=config.make_recipe(teacher), max_cut_tensors=config.max_cut_tensors, **kwargs)
     if config.cuts is None:
         return convert(model, example, config.blocks, **options)
     return convert(model, example, plan=plan_at(model, (example,), config.blocks, options, config.cuts))
@@ -135,7 +138,7 @@ def check_fits(state: Checkpoint, config: TrainConfig, where: str) -> None:
         raise CheckpointError(f"--resume {where}: the checkpoint was trained on {state.num_classes} classes, --data "
                               f"{config.data} has {classes} now; resume on the data it was trained on, or start a "
                               "new run without --resume")
-    state.check_model(build_model(config.model, classes, config.input_size), where)
+    state.check_model(student_model(config, classes), where)
     wrong = [f"history[{i}].{w}" for i, h in enumerate(state.history) for w in malformed(h, EpochResult)]
     if not {"state", "param_groups"} <= state.optimizer.keys():
         wrong.append("optimizer: not an optimizer's state")
@@ -161,7 +164,7 @@ def train(
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
-    sm = convert_for(config, begin.model, begin.example).to(config.device)
+    sm = convert_for(config, begin.model, begin.example, num_classes).to(config.device)
     run = make_optimizer(config, list(sm.parameters()))
     opt, sched, scaler, amp = run.optimizer, run.scheduler, run.scaler, amp_dtype(config)
     e2e = e2e_saved_bytes(sm.model, begin.example.to(config.device), begin.labels, sm.loss_fn, amp)
@@ -224,10 +227,25 @@ def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
     """The user's model with the trained weights of a ``splitfx train`` checkpoint (heads dropped)."""
     state = Checkpoint.load(path)
     config = TrainConfig(**{k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(config.model, state.num_classes, config.input_size)
+    model = student_model(config, state.num_classes)
     try:
         model.load_state_dict(state.model_weights(), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit {config.model!r} ({first_line(err, 160)})") from err
     return model.eval(), config
 
+
+
+def load_teacher(path: str, config: TrainConfig, num_classes: int) -> nn.Module:
+    """The teacher ``--teacher`` names: a ``splitfx train`` checkpoint's model, or ``config.model``'s
+    architecture (not spiking) with a timm checkpoint's weights (``timm.create_model(checkpoint_path=)``)."""
+    try:
+        return load_checkpoint_model(path)[0]
+    except CheckpointError as err:
+        if "not a splitfx train checkpoint" not in str(err):
+            raise
+    try:
+        return timm.create_model(config.model, num_classes=num_classes, checkpoint_path=path).eval()
+    except (RuntimeError, KeyError, OSError) as err:
+        raise CheckpointError(f"--teacher {path}: neither a splitfx checkpoint nor a timm checkpoint of "
+                              f"{config.model!r} ({first_line(err, 160)})") from err

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
 from torch import nn
 
 from ..passes.units import Unit
@@ -36,6 +37,7 @@ class Boundary:
     position: int = 0  # where the cut is in the ordered graph
     parts: tuple = ()  # (shape, layout) of every tensor the cut hands over; shape/layout are their merge
     task: Task | None = None  # what the heads predict and the loss they are scored with (None: classes)
+    nodes: tuple[str, ...] = ()  # the graph nodes (fx names) whose values the cut hands over
 
     @property
     def depth(self) -> float:
@@ -55,12 +57,15 @@ class Tail:
 
 @dataclass
 class GraphInfo:
-    """What recipes that copy the model's own layers may look at: its units, and its task head
-    (``tail``: found for recipes declaring ``copies_layers``; None where the graph has none)."""
+    """What recipes may look at beyond one cut: the model's units, its task head (``tail``: found for
+    recipes declaring ``copies_layers``; None where the graph has none), the traced graph the cuts'
+    ``Boundary.nodes`` name, and the example inputs it was planned on (a teacher runs on them)."""
 
     model: nn.Module
     units: list[Unit] = field(default_factory=list)
     tail: Tail | None = None
+    traced: fx.GraphModule | None = None
+    inputs: tuple = ()
 
     def units_after(self, position: int) -> list[Unit]:
         return [u for u in self.units if u.start >= position]
@@ -146,7 +151,9 @@ class RecipeTraits:
     one from a recipe that does not declare it are refused when they are built.
     ``pipelined``: its loop runs on a slice of the blocks (honours ``SplitParts.ends``,
     ``hand_over`` and the ``h`` argument of :meth:`Recipe.losses`), so a pipeline may split it
-    between ranks. ``merge``: how its heads read a cut's several tensors."""
+    between ranks. ``merge``: how its heads read a cut's several tensors. ``predicts``: its heads
+    predict the task's output (False for a teacher's activations), so the planner offers only the cuts
+    the task's heads can read (:func:`~.predict.unreadable`)."""
 
     split: bool = True
     cascade: bool = False
@@ -155,6 +162,7 @@ class RecipeTraits:
     ema: bool = False
     pipelined: bool = True
     merge: MergeKind = MergeKind.MAP
+    predicts: bool = True
 
 
 class Follows(nn.Module):
@@ -226,6 +234,11 @@ class Recipe:
         after = tuple(u.name for u in graph.units_after(boundary.position))
         ended = sum(u.end <= boundary.position for u in graph.units)
         return boundary.parts, boundary.shape, boundary.layout, boundary.depth, after, ended
+
+    def unreadable(self, boundary: Boundary, graph: GraphInfo) -> str | None:
+        """Why this recipe can build no head at ``boundary`` beyond what its traits say (the planner
+        then offers no such cut, and says why when too few are left); None where it can."""
+        return None
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         """Head ``head``'s loss on ``features``: its prediction scored with the task's loss

@@ -1,0 +1,104 @@
+"""Local Tandem Learning on the embedded digits: a ResNet-18 teacher trained end to end by
+``splitfx train``, then fresh students of the same topology trained with ``--recipe tandem``
+(learning the teacher's activations block by block), with teacher forcing, and spiking (LIF, T
+steps). Each run is one ``splitfx train`` configuration; rows go to docs/ltl.jsonl as they finish
+(a rerun skips the rows already there), and the table to docs/ltl.md with commit, command and machine.
+
+    python docs/ltl.py                    # teacher, then 3 seeds × (tandem, forced, spiking)
+    python docs/ltl.py --seeds 1 --steps 4  # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from splitfx.base.files import write_text
+from splitfx.base.provenance import provenance
+from splitfx.programs.config import TrainConfig
+from splitfx.programs.train import train
+
+HERE = Path(__file__).parent
+ROWS, TABLE = HERE / "ltl.jsonl", HERE / "ltl.md"
+
+
+def _runs(args: argparse.Namespace, teacher: str) -> dict[str, TrainConfig]:
+    base = dict(model="resnet18", blocks=args.blocks, recipe="tandem", teacher=teacher)
+    runs = {}
+    for seed in range(args.seeds):
+        runs[f"tandem/{seed}"] = TrainConfig(**base, epochs=args.epochs, seed=seed)
+        runs[f"forced/{seed}"] = TrainConfig(**base, epochs=args.epochs, seed=seed,
+                                             recipe_options={"teacher_inputs": True})
+        runs[f"spiking/{seed}"] = TrainConfig(**base, epochs=args.spiking_epochs, seed=seed, spiking=args.steps)
+    return runs
+
+
+def _done() -> dict[str, dict]:
+    if not ROWS.exists():
+        return {}
+    return {row["run"]: row for row in map(json.loads, ROWS.read_text().splitlines())}
+
+
+def _record(run: str, config: TrainConfig, accuracy: float, seconds: float) -> dict:
+    row = {"run": run, "accuracy": accuracy, "epochs": config.epochs, "spiking": config.spiking,
+           "options": config.recipe_options, "seconds": round(seconds, 1), **provenance()}
+    with ROWS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{run}: test accuracy {100 * accuracy:.2f} % ({config.epochs} epochs)", flush=True)
+    return row
+
+
+def _table(rows: dict[str, dict], command: str) -> str:
+    teacher = rows["teacher"]["accuracy"]
+    kinds = [("tandem", "tandem student"), ("forced", "tandem, teacher forcing"), ("spiking", "spiking student")]
+    lines = [f"Teacher (ResNet-18, end to end, {rows['teacher']['epochs']} epochs): test accuracy "
+             f"**{100 * teacher:.2f} %**.", "",
+             "| student | epochs | seeds | test accuracy per seed (%) | mean | gap to teacher (points) |",
+             "|---|---|---|---|---|---|"]
+    for kind, label in kinds:
+        got = [r for name, r in sorted(rows.items()) if name.startswith(kind + "/")]
+        if not got:
+            continue
+        accs = [100 * r["accuracy"] for r in got]
+        mean = sum(accs) / len(accs)
+        steps = f", T={got[0]['spiking']}" if got[0]["spiking"] else ""
+        lines.append(f"| {label}{steps} | {got[0]['epochs']} | {len(got)} | {', '.join(f'{a:.2f}' for a in accs)} | "
+                     f"{mean:.2f} | {mean - 100 * teacher:+.2f} |")
+    p = rows["teacher"]
+    where = f"`{command}` at commit {p['commit']} on {p['machine']}."
+    return "\n".join(["# Local Tandem Learning on digits", "", where, "", *lines, ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of the tandem students (LTL: 5)")
+    parser.add_argument("--spiking-epochs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8, help="time steps of the spiking student (LTL: 16)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = _done()
+    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
+    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs)
+    result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
+    if "teacher" not in rows:
+        rows["teacher"] = _record("teacher", teacher, result.final_accuracy, sum(h.seconds for h in result.history))
+    for run, config in _runs(args, str(folder / "checkpoint.pt")).items():
+        if run not in rows:
+            result = train(config, log=lambda _: None, progress=False)
+            rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
+    command = "python docs/ltl.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = _table(rows, command.strip())
+    write_text(TABLE, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

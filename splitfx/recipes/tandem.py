@@ -1,0 +1,130 @@
+"""``tandem``: Local Tandem Learning (Yang et al., NeurIPS 2022): each block learns to reproduce a
+trained teacher's activations where it ends.
+
+Published (METHODS.md; the authors' code): a student of the teacher's topology learns layer by
+layer; each layer reads its previous layer's output, detached; its loss is the mean squared error
+between its activity (a spiking student's spike rate over T steps) and the teacher's activation at
+the same place, normalised per layer and batch as ``clamp(a / P99.9(a), 0, 1)``; the last layer
+learns the labels. The teacher runs in eval mode, without gradients, on the same batch.
+
+Here: a block is what the planner cuts (several layers), its head is parameter-free (the rate over
+the time steps folded into the batch by :func:`splitfx.spiking`, or the activity itself for an
+ordinary student); the teacher's node at each cut is found by :class:`~.teacher.Teacher` (cuts it
+has no counterpart for are not offered). Departures: the percentile scale is taken of the magnitude
+and the clamp is to [-1, 1], which is LTL's for the non-negative activations its teachers have and
+keeps the sign of a signed one (a transformer's tokens); ``percentile=None`` compares raw
+activations (plain block-wise feature distillation). ``teacher_inputs=True`` (teacher forcing, not
+in the paper's code) feeds block k the teacher's normalised activation at cut k−1 (repeated over
+the time steps for a spiking student) instead of the student's, so no block depends on another.
+``teacher=None`` uses a frozen copy of the model as converted: it anchors each block to what the
+model computed before training (retraining a pretrained model block by block after pruning or
+quantising it). The teacher's values at every cut are computed once per step and each is freed
+after its block's loss.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Boundary, GraphInfo, Recipe, RecipeTraits, SplitParts, handed
+from .registry import register_recipe
+from .teacher import Teacher, normalised
+
+
+class Rate(nn.Module):
+    """Tandem's head: the block's activity, averaged over the ``steps`` time steps its batch folds
+    (1: the activity itself). ``teacher_nodes`` are the teacher nodes its cut's tensors match."""
+
+    def __init__(self, steps: int, teacher_nodes: tuple[str, ...]):
+        super().__init__()
+        self.steps, self.teacher_nodes = steps, teacher_nodes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.steps == 1 else x.unflatten(0, (self.steps, -1)).mean(0)
+
+    def over_time(self, t: torch.Tensor) -> torch.Tensor:
+        """A teacher's value as a block's input: repeated over the time steps (direct encoding)."""
+        return t if self.steps == 1 else torch.cat([t] * self.steps)
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}, teacher={', '.join(self.teacher_nodes)}"
+
+
+@register_recipe("tandem")
+class Tandem(Recipe):
+    paper = "Yang et al., NeurIPS 2022 (LTL)"
+    # Heads reproduce the teacher, not the task's output; every pipeline stage runs the teacher on the inputs.
+    traits = RecipeTraits(uses_inputs=True, predicts=False)
+
+    def __init__(self, teacher: nn.Module | None = None, percentile: float | None = 99.9,
+                 teacher_inputs: bool = False, rename: Mapping[str, str] | None = None):
+        if percentile is not None and not 0 < float(percentile) <= 100:
+            raise ValueError(f"percentile must be in (0, 100] or None, got {percentile!r}")
+        self.teacher, self.teacher_inputs, self.rename = teacher, bool(teacher_inputs), rename
+        self.percentile = None if percentile is None else float(percentile)
+        self._made: tuple[nn.Module, Teacher] | None = None  # (what it copies, the teacher)
+
+    def __repr__(self) -> str:
+        shown = {**self.options(), "teacher": None if self.teacher is None else type(self.teacher).__name__}
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    def _teacher(self, graph: GraphInfo) -> Teacher:
+        """The teacher for a student planned as ``graph``, traced on its inputs (once per student:
+        with ``teacher=None`` a recipe converting another model copies that one)."""
+        source = graph.model if self.teacher is None else self.teacher
+        if self._made is None or self._made[0] is not source:
+            self._made = (source, Teacher(source, self.rename))
+            self._made[1].trace(graph.inputs)
+        return self._made[1]
+
+    def _match(self, boundary: Boundary, graph: GraphInfo) -> tuple[tuple[str, ...], int] | str:
+        if graph.traced is None:
+            return "tandem needs the traced student graph (plan through splitfx.plan or convert)"
+        return self._teacher(graph).match(graph.traced, boundary.nodes, [s for s, _ in boundary.parts])
+
+    def unreadable(self, boundary: Boundary, graph: GraphInfo) -> str | None:
+        found = self._match(boundary, graph)
+        return found if isinstance(found, str) else None
+
+    def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
+        found = self._match(boundary, graph)
+        if isinstance(found, str):
+            raise ValueError(f"tandem: {found}; pass a teacher of the student's topology, or rename= to map its "
+                             "module names")
+        nodes, steps = found
+        return Rate(steps, nodes)
+
+    def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
+        """What the planner costs: the same loss on a stand-in teacher value of the right size."""
+        activity = head(features)
+        return F.mse_loss(activity, torch.zeros_like(activity))
+
+    def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor,
+               h: tuple | None = None) -> Iterator[torch.Tensor]:
+        heads = parts.heads[:len(parts.blocks) - (1 if parts.ends else 0)]
+        last_use = {n: k for k, head in enumerate(heads) for n in head.teacher_nodes}
+        teacher = self._made[1]
+        targets = {n: normalised(a, self.percentile) for n, a in teacher.run(sorted(last_use), inputs).items()}
+        h, held = (inputs if h is None else h), []
+        for k, block in enumerate(parts.blocks):
+            if self.teacher_inputs and k > 0:
+                before = parts.heads[k - 1]
+                h = tuple(before.over_time(forced) for forced in held)
+            out = block(*h)
+            if parts.is_final(k):
+                yield parts.loss_fn(out, target)
+                continue
+            outs = handed(out)
+            parts.handing_over(k, outs)
+            head = parts.heads[k]
+            held = [targets[n] for n in head.teacher_nodes]
+            for n in head.teacher_nodes:
+                if last_use[n] == k:  # freed as soon as no later block reads it
+                    del targets[n]
+            wanted = parts.merges[k](*held)
+            yield F.mse_loss(head(parts.merges[k](*outs)), wanted)
+            h = tuple(t.detach() for t in outs)
+            del outs, out, wanted
