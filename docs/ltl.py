@@ -28,7 +28,7 @@ ROWS, TABLE = HERE / "ltl.jsonl", HERE / "ltl.md"
 
 
 def _runs(args: argparse.Namespace, teacher: str) -> dict[str, TrainConfig]:
-    base = dict(model="resnet18", blocks=args.blocks, recipe="tandem", teacher=teacher)
+    base = dict(model="resnet18", blocks=args.blocks, recipe="tandem", teacher=teacher, input_size=args.input_size)
     runs = {}
     for seed in range(args.seeds):
         runs[f"tandem/{seed}"] = TrainConfig(**base, epochs=args.epochs, seed=seed)
@@ -46,6 +46,7 @@ def _done() -> dict[str, dict]:
 
 def _record(run: str, config: TrainConfig, accuracy: float, seconds: float) -> dict:
     row = {"run": run, "accuracy": accuracy, "epochs": config.epochs, "spiking": config.spiking,
+           "input_size": config.input_size,
            "options": config.recipe_options, "seconds": round(seconds, 1), **provenance()}
     with ROWS.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -56,7 +57,8 @@ def _record(run: str, config: TrainConfig, accuracy: float, seconds: float) -> d
 def _table(rows: dict[str, dict], command: str) -> str:
     teacher = rows["teacher"]["accuracy"]
     kinds = [("tandem", "tandem student"), ("forced", "tandem, teacher forcing"), ("spiking", "spiking student")]
-    lines = [f"Teacher (ResNet-18, end to end, {rows['teacher']['epochs']} epochs): test accuracy "
+    lines = [f"Teacher (ResNet-18 at {rows['teacher']['input_size']}², end to end, {rows['teacher']['epochs']} "
+             "epochs): test accuracy "
              f"**{100 * teacher:.2f} %**.", "",
              "| student | epochs | seeds | test accuracy per seed (%) | mean | gap to teacher (points) |",
              "|---|---|---|---|---|---|"]
@@ -82,11 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the tandem students (LTL: 5)")
     parser.add_argument("--spiking-epochs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=8, help="time steps of the spiking student (LTL: 16)")
+    parser.add_argument("--input-size", type=int, default=16, help="digits upsampled to this size (default 16)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = _done()
     folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
-    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs)
+    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                          input_size=args.input_size)
     result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
     if "teacher" not in rows:
         rows["teacher"] = _record("teacher", teacher, result.final_accuracy, sum(h.seconds for h in result.history))
