@@ -290,3 +290,21 @@ def test_a_model_with_uninitialised_lazy_parameters_is_refused_by_name():
         splitfx.plan(model, X, 2)
     model(X)  # initialised: it plans
     assert splitfx.plan(model, X, 2).num_blocks == 2
+
+
+@pytest.mark.parametrize("recipe,frozen", [("tandem", 1), ("linear", 2)])
+def test_a_block_frozen_after_convert_is_named_at_the_step(recipe, frozen):
+    """Loss ``frozen`` then reaches nothing trainable (tandem's heads have no parameters; the last
+    block's loss has no head): torch's bare "does not require grad" becomes a message saying what to do."""
+    model, y = Tiny(), torch.randint(0, 3, (4,))
+    sm = splitfx.convert(model, X, 3, recipe=recipe)
+    for p in sm.block_parameters(frozen):
+        p.requires_grad_(False)
+    with pytest.raises(splitfx.SplitFXError, match=rf"loss {frozen} reaches no trainable parameter.*freeze before"):
+        sm.train_step(X, y, torch.optim.SGD(sm.parameters(), lr=0.1))
+
+
+def test_an_export_path_with_a_name_too_long_is_refused_before_exporting(tmp_path):
+    with pytest.raises(splitfx.ArgumentError, match=r"bytes long, and this file system takes at most \d+"):
+        splitfx.export_onnx(Tiny(), tmp_path / ("x" * 300 + ".onnx"), X)
+    assert list(tmp_path.iterdir()) == []

@@ -69,6 +69,8 @@ BAD = [
     (["train", "--blocks", "99", "--max-batches", "1"], "at most"),
     (["export", "resnet18", "--out", "folder"], "is a folder"),
     (["export", "resnet18"], "required: --out"),
+    (["export", "resnet18", "--out", "m" * 300 + ".onnx"], "is 305 bytes long, and this file system takes at most"),
+    (["train", "--teacher", "missing.pt"], "no such file"),
     (["export", "missing.pt", "--out", "m.onnx"], "no such file"),
     (["export", "truncated.pt", "--out", "m.onnx"], "truncated"),
     (["export", "foreign.pt", "--out", "m.onnx"], "not a splitfx train checkpoint"),

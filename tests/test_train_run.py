@@ -112,3 +112,14 @@ def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_pa
     write_text(tmp_path / "metrics.jsonl", "{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, mine.name, "metrics.jsonl"])
     assert mine.read_bytes() == b"partial"
+
+
+def test_resuming_through_a_symlink_continues_in_the_folder_it_points_into(tmp_path, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run, link = tmp_path / "run", tmp_path / "latest.pt"
+    quick = ["--max-batches", "1", "--input-size", "8", "--blocks", "2"]
+    assert main(["train", "tests.tinynets:small_cnn", "--epochs", "1", *quick, "--out", str(run)]) == 0
+    os.symlink(run / "checkpoint.pt", link)
+    assert main(["train", "--resume", str(link), "--epochs", "2"]) == 0
+    assert [line["epoch"] for line in read_metrics(str(run))] == [1, 2]
+    assert sorted(os.listdir(tmp_path)) == ["latest.pt", "run"]  # nothing written beside the link

@@ -314,3 +314,9 @@ class Positions(nn.Module):
         for layer in self.layers:
             x = x + torch.relu(layer(x))
         return self.head((x + self.table(positions)).mean(1))
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """Two conv → ReLU layers and a linear readout: what ``splitfx train tests.tinynets:small_cnn`` builds."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))

@@ -20,6 +20,27 @@ PREFIX = ".splitfx-"
 _TEMP = re.compile(re.escape(PREFIX) + r"(\d+)-")
 
 
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be written (None: it can; missing folders would be made): a name longer
+    than its file system takes, a file where a folder must be, a folder we may not write in. Checked
+    before work, so a long name is not first met on a temp path after minutes of exporting."""
+    full = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no such query on this platform
+        limit = os.pathconf(parent if os.path.isdir(parent) else os.path.dirname(parent), "PC_NAME_MAX")
+        long = next((p for p in full.split(os.sep) if len(os.fsencode(p)) > limit), None)
+        if long is not None:
+            return (f"the name {long[:24]}… is {len(os.fsencode(long))} bytes long, and this file system takes at "
+                    f"most {limit}; choose a shorter name")
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write in {parent} (permission denied); choose another path"
+    return None
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists (on this machine)."""
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import SplitFXError
+from ..base.files import unwritable
 from ..base.sizes import parse_bytes
 from ..passes.sharing import Tied
 from ..planner.balance import Method
@@ -85,14 +86,10 @@ def memory_size(text: str) -> str:
 
 
 def _writable_parent(path: str) -> None:
-    """The nearest existing folder above ``path`` is a folder we may write in (missing ones are made)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise SplitFXError(f"{path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SplitFXError(f"{path}: cannot write in {parent} (permission denied); choose another path")
+    """``path`` can be written (:func:`~splitfx.base.files.unwritable`; missing folders are made)."""
+    why = unwritable(path)
+    if why:
+        raise SplitFXError(f"{path}: {why}")
 
 
 def _output_file(path: str) -> str:

@@ -69,7 +69,8 @@ def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None,
     known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
     config = with_all_options(train_config(args, TrainConfig(**known)))
     open_resume(state, config, args.resume)  # --epochs not given: the interrupted run's own total
-    return config, state, args.out or os.path.dirname(os.path.abspath(args.resume))
+    # Through a symlink (latest.pt → runs/x/checkpoint.pt) the run continues in the folder it points into.
+    return config, state, args.out or os.path.dirname(os.path.realpath(args.resume))
 
 
 def input_size(model: Any, size: tuple[int, int, int], given: bool = True) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from ..base.errors import SplitFXError
+
 
 def run_step(
     losses: Iterator[torch.Tensor],
@@ -39,6 +41,10 @@ def run_step(
             loss = next(losses, None)
         if loss is None:
             break
+        if not loss.requires_grad:
+            raise SplitFXError(f"loss {len(done)} reaches no trainable parameter: its block's parameters (and its aux "
+                               "head's, if any) were frozen after convert. Unfreeze them, or freeze before convert "
+                               "so that the plan places the blocks around what is frozen")
         (scaler.scale(loss) if scaler is not None else loss).backward()
         done.append(loss.detach())
         del loss
