@@ -20,7 +20,8 @@ def assert_eval_equal(sm: splitfx.SplitModule, model: torch.nn.Module, x: torch.
         staged = x
         for block in sm.blocks:
             staged = block(*staged) if isinstance(staged, tuple) else block(staged)
-    assert torch.equal(out, ref)
+    if not sm.recipe.traits.infers:  # an infers recipe's forward is its heads' prediction (tests/test_ffr.py)
+        assert torch.equal(out, ref)
     assert torch.equal(staged, ref), "running the blocks one after another must equal the model"
 
 

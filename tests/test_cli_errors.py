@@ -71,6 +71,7 @@ BAD = [
     (["export", "resnet18"], "required: --out"),
     (["export", "resnet18", "--out", "m" * 300 + ".onnx"], "is 305 bytes long, and this file system takes at most"),
     (["train", "--teacher", "missing.pt"], "no such file"),
+    (["train", "--recipe", "tandem"], "--recipe tandem learns from a trained teacher: give --teacher CKPT"),
     (["export", "missing.pt", "--out", "m.onnx"], "no such file"),
     (["export", "truncated.pt", "--out", "m.onnx"], "truncated"),
     (["export", "foreign.pt", "--out", "m.onnx"], "not a splitfx train checkpoint"),

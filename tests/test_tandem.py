@@ -226,3 +226,40 @@ def test_the_command_line_trains_a_spiking_student_from_a_teacher_checkpoint(tmp
     linear = ["train", "tests.test_tandem:tiny_cnn", "--teacher", teacher, *quick, "--out", str(tmp_path / "x")]
     assert main(linear) == 2
     assert "--teacher: recipe 'linear' learns from no teacher; use --recipe tandem" in capsys.readouterr().err
+
+
+def test_a_pipeline_stage_of_the_last_block_alone_reads_no_teacher_and_forcing_is_not_pipelined():
+    from splitfx.runtime.pipeline import Stage, refusal
+
+    _, x, y, sm = _tiny(Net())
+    whole = [loss.detach() for loss in sm.local_losses(x, y)]
+    h = x
+    for block in sm.blocks[:-1]:
+        h = block(h).detach()
+    (last,) = Stage(sm, 2, 3).losses((h,), y, ())  # a later rank gets no inputs: none is needed
+    assert torch.equal(last.detach(), whole[-1])
+    _, _, _, forced = _tiny(Net(), teacher_inputs=True)
+    assert "pipeline" in refusal(forced, [(0, 1), (1, 3)]) and refusal(sm, [(0, 1), (1, 3)]) is None
+
+
+class Scaled(Net):
+    """Net reading a buffer in its forward (a ``get_attr`` node, as Swin's position index is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.full((3, 1, 1), 2.0))
+
+    def forward(self, x):
+        return super().forward(x * self.scale)
+
+
+def test_one_recipe_plans_two_batches_and_its_teacher_follows_the_inputs_device():
+    recipe = splitfx.recipe("tandem", teacher=Scaled())
+    for batch in (4, 8):  # each plan traces the teacher on its own example
+        x, y = torch.randn(batch, 3, 8, 8), torch.randint(0, 5, (batch,))
+        sm = splitfx.convert(Scaled(), x, split_points=POINTS, recipe=recipe)
+        assert all(torch.isfinite(loss) for loss in sm.local_losses(x, y))
+    teacher = sm.heads[0].teacher
+    on_cpu = teacher.run(["acts_0"], (x,))["acts_0"]
+    moved = teacher.run(["acts_0"], (x.to("meta"),))["acts_0"]  # a device change: its graphs' buffers move too
+    assert moved.device.type == "meta" and moved.shape == on_cpu.shape

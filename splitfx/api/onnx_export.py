@@ -2,6 +2,9 @@
 
 What is exported is the user's own model in eval mode: aux heads and detach nodes live only in the
 SplitModule, and RepL surrogates are folded into a copy of the model (the user's own is never changed).
+A recipe whose heads take part in inference (``RecipeTraits.infers``: FFR) is the exception: its
+SplitModule's ``forward`` is exported (the blocks, what the recipe hands between them, the heads, and
+FFR's prediction and uncertainty) and verified against that forward.
 The dynamo exporter has open numerics bugs, so every export is run with onnxruntime at two batch
 sizes and compared with eager PyTorch; a file that fails is never left at ``path``. The tolerance is
 ``atol`` (1e-4) for outputs of magnitude up to 1 and relative beyond: randomly initialised models
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import zlib
 from collections.abc import Iterator
@@ -136,11 +140,17 @@ def _external(model: nn.Module, external_data: bool | None) -> bool:
 
 def _exportable(model_or_split: nn.Module) -> nn.Module:
     """The plain model to export: a SplitModule's own, or, where that would need changing (RepL folded,
-    another device), a copy of it."""
+    another device), a copy of it. A SplitModule whose recipe's heads take part in inference
+    (``RecipeTraits.infers``: FFR) is exported whole: its ``forward`` runs the blocks and the heads."""
     if isinstance(model_or_split, SplitModule):
-        if len(model_or_split.repl):
+        if model_or_split.recipe.traits.infers:
+            if len(model_or_split.repl):
+                raise ArgumentError(f"recipe {model_or_split.recipe.name!r} predicts with its heads, and RepL "
+                                    "surrogates cannot be folded into its blocks: export it without replace=")
+        elif len(model_or_split.repl):
             return copy.deepcopy(model_or_split).materialize().cpu()
-        model_or_split = model_or_split.model
+        else:
+            model_or_split = model_or_split.model
     on_cpu = all(t.device.type == "cpu" for t in (*model_or_split.parameters(), *model_or_split.buffers()))
     return model_or_split if on_cpu else copy.deepcopy(model_or_split).cpu()
 
@@ -186,6 +196,8 @@ def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, ext
     from .onnx_ops import TRANSLATIONS  # onnxscript's torch_lib, only when exporting
 
     dynamic = tuple({0: torch.export.Dim("batch")} for _ in inputs) if dynamic_batch else None
+    if dynamic is not None and _varargs(model):  # forward(*inputs), as SplitModule's: one argument, a tuple
+        dynamic = (dynamic,)
 
     def write(optimize: bool) -> None:
         with sdpa_kernel(SDPBackend.MATH):
@@ -201,6 +213,12 @@ def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, ext
     write(False)
     onnx.checker.check_model(path)
     return "dynamo, unoptimized (the optimized graph was not valid ONNX)"
+
+
+def _varargs(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes its inputs as ``*args``."""
+    params = inspect.signature(model.forward).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
 def _torchscript(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, external: bool) -> None:

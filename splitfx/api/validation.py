@@ -260,8 +260,9 @@ def check_export(model_or_split: Any, path: Any, example_inputs: Any, **keywords
         raise ArgumentTypeError(f"path must be a str or os.PathLike, got {_kind(path)}")
     if os.path.isdir(path):
         raise ArgumentError(f"path {os.fspath(path)!r} is a folder; give the .onnx file to write")
-    if unwritable(path):
-        raise ArgumentError(f"path {os.fspath(path)[:40]!r}…: {unwritable(path)}")
+    why = unwritable(path)
+    if why:
+        raise ArgumentError(f"path {os.fspath(path)!r}: {why}")
     check_inputs(example_inputs, model.model if isinstance(model, SplitModule) else model)
     for flag in ("dynamic_batch", "verify"):
         if flag in keywords and not isinstance(keywords[flag], bool):

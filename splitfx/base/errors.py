@@ -21,6 +21,10 @@ class CheckpointError(SplitFXError):
     fit the model or data it would resume, or cannot be written (a full disk)."""
 
 
+class NoGradientError(SplitFXError, RuntimeError):
+    """A training step's loss reaches no trainable parameter (what torch reports as "does not require grad")."""
+
+
 class TraceError(SplitFXError):
     """The model could not be traced by torch.fx."""
 

@@ -187,7 +187,11 @@ def train(args: argparse.Namespace) -> int:
     with reserved(out, config, resume=args.resume, overwrite=args.overwrite) as out:
         print(f"run folder: {out}{os.sep}", flush=True)
         result = run_training(config, out=out, resume=state)
-        if config.validation:
+        if config.validation and config.task == "regression":
+            from ..programs.regression import test_errors
+
+            print(f"test errors of the final model (test set read once, now): {test_errors(result)}")
+        elif config.validation:
             print(f"test accuracy of the final model (test images read once, now): "
                   f"{100 * test_accuracy(result):.2f} %")
         finish(result.module, result.example, out)

@@ -8,6 +8,7 @@ import os
 from ..base.optimizers import OPTIMIZERS
 from ..base.version import __version__
 from ..recipes import list_recipes
+from ..recipes.registry import recipe_class
 from . import commands, coverage_command
 from .launch import add_stages
 from .options import (
@@ -164,9 +165,11 @@ def _coverage(sub) -> None:
 def _accuracy(sub) -> None:
     p = _command(sub, "accuracy", commands.accuracy, recipe=None)
     add_model(p, default="resnet18", many=True)
-    p.add_argument("--recipes", nargs="+", default=list_recipes(), choices=list_recipes(), metavar="RECIPE",
-                   help="recipes, e2e trained once per model (default: every registered recipe: "
-                        f"{', '.join(list_recipes())})")
+    # ffr predicts values; tandem learns from a teacher the table does not have
+    classifying = [r for r in list_recipes() if recipe_class(r).traits.predicts and not recipe_class(r).traits.infers]
+    p.add_argument("--recipes", nargs="+", default=classifying, choices=list_recipes(), metavar="RECIPE",
+                   help="recipes, e2e trained once per model (default: every registered recipe that classifies: "
+                        f"{', '.join(classifying)})")
     add_blocks(p, [2, 4, 8], "values of K", nargs="+", dest="blocks_list")
     add_training(p)
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per cell (default %(default)s)")

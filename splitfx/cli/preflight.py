@@ -11,11 +11,12 @@ from typing import Any
 from ..base.errors import PlanError, SplitFXError
 from ..programs.checkpoint import Checkpoint
 from ..programs.config import TrainConfig, check_options_used, with_all_options
+from ..recipes.registry import recipe_class
 from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors", "cuts", "teacher", "spiking")
+         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking")
 
 
 def recipe_from(args: argparse.Namespace):
@@ -53,7 +54,21 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             raise SplitFXError(f"--input-size {c} {h} {w}: training images are square with 3 channels; "
                                "give one size S")
         given["input_size"] = h
-    return replace(base or TrainConfig(), **{k: v for k, v in given.items() if v is not None})
+    return with_task(replace(base or TrainConfig(), **{k: v for k, v in given.items() if v is not None}),
+                     getattr(args, "task", None), args.input_size is not None)
+
+
+def with_task(config: TrainConfig, task: str | None, size_given: bool) -> TrainConfig:
+    """``config`` with the task of its data (``task``, the ``--task`` given, must be it) and, for
+    regression data, its number of features as the input size unless ``--input-size`` was given."""
+    from ..programs.data import FEATURES
+
+    kind = "regression" if config.data in FEATURES else "classification"
+    if task is not None and task != kind:
+        data = f"one of {', '.join(FEATURES)}" if kind == "classification" else "digits, cifar10:DIR or imagefolder:DIR"
+        raise UsageError(f"--task {task}: --data {config.data} is {kind} data; for {task} give --data {data}")
+    config = replace(config, task=kind)
+    return replace(config, input_size=FEATURES[config.data]) if kind == "regression" and not size_given else config
 
 
 def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None, str | None]:
@@ -64,6 +79,10 @@ def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None,
 
     if args.resume is None:
         config = with_all_options(train_config(args))
+        if config.teacher is None and not config.make_recipe().traits.predicts:
+            raise SplitFXError(f"--recipe {config.recipe} learns from a trained teacher: give --teacher CKPT (a "
+                               "splitfx train checkpoint, or a timm checkpoint of MODEL); without one its blocks "
+                               "would learn the features of MODEL as randomly initialised")
         return config, None, args.out
     state = Checkpoint.load(args.resume)
     known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
@@ -103,6 +122,10 @@ def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: T
     from ..programs.epochs import build_model
 
     check_options_used(recipes, config.recipe_options)
+    regressing = [r for r in recipes if recipe_class(r).traits.infers]
+    if regressing or config.task == "regression":
+        raise UsageError(f"accuracy tables compare classification accuracy, and {regressing or '--task regression'} "
+                         "regresses; for FFR against backprop run python -m splitfx.programs.ffr_results")
     if not any(r != "e2e" for r in recipes):
         return
     k = max(blocks)

@@ -30,8 +30,13 @@ def add_training(p: argparse.ArgumentParser) -> None:
     add_batch(p, None)
     p.add_argument("--data", type=data_spec,
                    help="digits (embedded scikit-learn digits, no download), cifar10:DIR (CIFAR-10 python "
-                        f"batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); default {c.data}")
-    add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}")
+                        "batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); for regression "
+                        f"diabetes, friedman or friedman2 (embedded); default {c.data}")
+    p.add_argument("--task", choices=("classification", "regression"),
+                   help="what the targets are: class indices, or one value per sample (--data diabetes, friedman or "
+                        "friedman2, embedded; RMSE and MAE reported in the target's units); default: the data's")
+    add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}; regression data: "
+                      "the number of features")
     add_device(p)
     p.add_argument("--amp", action="store_true", default=None,
                    help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
@@ -46,7 +51,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
                         f"(default {c.validation}: no validation split, epochs evaluated on test)")
     p.add_argument("--teacher", metavar="CKPT", type=checkpoint_file,
                    help="with --recipe tandem: the trained model each block learns to reproduce, a splitfx train "
-                        "checkpoint or a timm checkpoint of MODEL's architecture (default: a frozen copy of MODEL)")
+                        "checkpoint or a timm checkpoint of MODEL's architecture")
     add_spiking(p)
     p.add_argument("--max-batches", type=positive_int, metavar="N",
                    help="train at most N batches per epoch, for a quick trial (default: the whole training set)")

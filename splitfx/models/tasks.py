@@ -1,5 +1,6 @@
 """Small networks for the embedded tasks beyond classification (``splitfx tasks``): a segmentation
-net, an EDSR-style super-resolution net, an MLP regressor and a character-level causal transformer.
+net, an EDSR-style super-resolution net, two MLP regressors (residual; plain ReLU, the Forward-Forward
+papers') and a character-level causal transformer.
 Each is written without shape reads or tied weights, so it splits as it is."""
 from __future__ import annotations
 
@@ -88,6 +89,44 @@ class MLPRegressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.layers(self.inp(x))).squeeze(-1)
+
+
+class ReLULayer(nn.Module):
+    """Linear → ReLU: one layer of :class:`MLP` (a module of its own, so a plan cuts between layers)."""
+
+    def __init__(self, features: int, width: int):
+        super().__init__()
+        self.fc, self.act = nn.Linear(features, width), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class MLP(nn.Module):
+    """``[B, features]`` → ``[B]``: ``depth`` layers of Linear → ReLU, then a Linear to one value: the
+    network of the Forward-Forward papers (FFR trains it at ``num_blocks=depth``: one block per layer,
+    the output layer in the last). ``pretrained_cfg`` gives its input size, as timm's models do."""
+
+    def __init__(self, features: int = 10, width: int = 256, depth: int = 8, outputs: int = 1):
+        super().__init__()
+        self.layers = nn.Sequential(*[ReLULayer(features if i == 0 else width, width) for i in range(depth)])
+        self.out = nn.Linear(width, outputs)
+        self.pretrained_cfg = {"input_size": (features,)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.out(self.layers(x))
+        return y.squeeze(-1) if self.out.out_features == 1 else y
+
+
+def mlp8(features: int = 10, num_classes: int = 1, width: int = 256) -> MLP:
+    """The 8-layer MLP regressor, one value per sample (``num_classes`` values: ``[B, num_classes]``):
+    ``splitfx train splitfx.models:mlp8 --data diabetes --recipe ffr --blocks 8``."""
+    return MLP(features, width, 8, num_classes)
+
+
+def mlp32(features: int = 10, num_classes: int = 1, width: int = 256) -> MLP:
+    """The 32-layer MLP regressor (``--blocks 32`` for FFR)."""
+    return MLP(features, width, 32, num_classes)
 
 
 class CausalBlock(nn.Module):

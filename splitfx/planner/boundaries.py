@@ -52,6 +52,6 @@ def _folded(cut: Cut, inputs: tuple, recipe: Recipe) -> str | None:
     folded = next((shape for shape in cut.shapes if batch and shape and shape[0] != batch), None)
     if folded is None:
         return None
-    return (f"the cut hands over {tuple(folded)}, the batch of {batch} folded {folded[0] // batch}× (time steps, "
-            f"windows), which the heads of recipe {recipe.name!r} do not read (spiking students train with "
-            "recipe 'tandem')")
+    return (f"the cut hands over {tuple(folded)}, the batch of {batch} folded {folded[0] // batch}× (windows, "
+            f"tokens, a spiking model's time steps), which the heads of recipe {recipe.name!r} do not read (a "
+            "spiking student's time steps are read by recipe 'tandem')")

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
-from ..base.errors import PlanError
+from ..base.errors import NoGradientError, PlanError
 
 
 def early_outputs(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]) -> list[tuple[str, int]]:
@@ -52,7 +52,7 @@ def loss_without_gradient(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]
     """The error to raise instead of torch's when the last loss reads only early outputs (``err``
     from the simulated step), or None where that is not the cause."""
     early = early_outputs(gm, nodes)
-    if not early or "does not require grad" not in str(err):
+    if not early or not (isinstance(err, NoGradientError) or "does not require grad" in str(err)):
         return None
     return PlanError(f"{model_name}'s loss_fn reads no output its last block computes (it reads {_where(early)}, "
                      "handed over detached), so the last block would train nothing: use fewer blocks, or "

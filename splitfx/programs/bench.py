@@ -2,7 +2,7 @@
 
 Every mode trains the same model on the same batch with the same optimizer:
 
-* ``e2e``: forward, cross-entropy, one backward.
+* ``e2e``: forward, cross-entropy (MSE for a regressor: one value per sample), one backward.
 * ``checkpoint``: ``torch.utils.checkpoint`` (``use_reentrant=False``) over the same K segments as
   the plan, so the comparison is at equal granularity; exact gradients, recomputation in backward.
 * ``local``: ``SplitModule.train_step`` with the chosen recipe.
@@ -189,9 +189,12 @@ def run(
         return model_factory().to(device, memory_format=memory_format).train()
 
     model = fresh()
-    num_classes = model(x[:2]).shape[-1]
-    y = torch.randint(0, num_classes, (batch,), device=device)
-    plan = make_plan(model, x, num_blocks, recipe=recipe, optimizer=OPTIMIZER)
+    out = model(x[:2])
+    if out.dim() == 1 or out.shape[-1] == 1:  # one value per sample: a regressor, trained with MSE
+        y, loss_fn = torch.randn(batch, *out.shape[1:], device=device), F.mse_loss
+    else:
+        y, loss_fn = torch.randint(0, out.shape[-1], (batch,), device=device), F.cross_entropy
+    plan = make_plan(model, x, num_blocks, recipe=recipe, optimizer=OPTIMIZER, example_target=y)
     flops = sum(b.flops for b in plan.blocks)
     label = recipe if isinstance(recipe, str) else repr(recipe)  # a recipe made with options shows them
     result = BenchResult(model_name, plan.num_blocks, label, batch, tuple(input_size), device, steps,
@@ -203,7 +206,7 @@ def run(
     opt = sgd(model.parameters())
 
     def e2e_loss():
-        yield F.cross_entropy(model(x), y)
+        yield loss_fn(model(x), y)
 
     def e2e_step():
         run_step(e2e_loss(), opt, x.device, autocast_dtype=dtype)
@@ -214,7 +217,7 @@ def run(
     result.modes.append(e2e)
 
     model = fresh()
-    plan = make_plan(model, x, num_blocks, recipe=recipe)
+    plan = make_plan(model, x, num_blocks, recipe=recipe, example_target=y)
     parts = segments(plan, detach=False)
     opt = sgd(model.parameters())
 
@@ -223,7 +226,7 @@ def run(
         for part in parts[:-1]:  # a cut may hand over several tensors: a tuple
             out = checkpoint(part, *h, use_reentrant=False)
             h = out if isinstance(out, tuple) else (out,)
-        yield F.cross_entropy(parts[-1](*h), y)
+        yield loss_fn(parts[-1](*h), y)
 
     def checkpoint_step():
         run_step(checkpointed_loss(), opt, x.device, autocast_dtype=dtype)
@@ -232,7 +235,7 @@ def run(
 
     for label, repl in [("local", None), ("local+RepL", replace)] if replace is not None else [("local", None)]:
         model = fresh()
-        sm = convert(model, x, num_blocks, recipe=recipe, replace=repl, optimizer=OPTIMIZER)
+        sm = convert(model, x, num_blocks, recipe=recipe, replace=repl, optimizer=OPTIMIZER, example_target=y)
         opt = sgd(p for p in sm.parameters() if p.requires_grad)
         mode = _measure(label, lambda sm=sm, opt=opt: sm.train_step(x, y, opt, None, dtype), sm, device, warmup, steps)
         mode.predicted_saved_bytes = sm.plan.local_peak_bytes

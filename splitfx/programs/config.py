@@ -30,6 +30,10 @@ class TrainConfig:
     epochs: int = 10
     batch: int = 64
     data: str = "digits"
+    # What the targets are: "classification" (class indices, accuracy) or "regression" (one float per
+    # sample, standardised; RMSE and MAE in the target's units). With regression data ``input_size`` is
+    # the number of features.
+    task: str = "classification"
     input_size: int = 32
     device: str = "cpu"
     amp: bool = False

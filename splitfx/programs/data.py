@@ -1,12 +1,18 @@
-"""Datasets for ``splitfx train``: ``digits`` (embedded), ``cifar10:DIR``, ``imagefolder:DIR``.
+"""Datasets for ``splitfx train``: ``digits`` (embedded), ``cifar10:DIR``, ``imagefolder:DIR``; for
+``--task regression`` the embedded ``diabetes``, ``friedman`` (#1) and ``friedman2`` (:mod:`.task_data`).
 
 ``digits`` is scikit-learn's handwritten digits (1,797 real 8×8 images, 10 classes), shipped inside
 scikit-learn, so training needs no download. Images are standardised, upsampled bilinearly to the
 model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is held out for test.
 
-``validation`` > 0 carves that fraction of the *training* images (stratified, a fixed seed, the same
-for every run) into a validation set, so that learning rates and epochs can be chosen without the
-test images: a run with a validation split evaluates on it and never touches ``test``.
+Regression data are tables: features and targets standardised on the training set (errors are
+reported in the target's own units: :attr:`Splits.target`), 20 % held out for test (generated data:
+1,000 of 6,000 samples).
+
+``validation`` > 0 carves that fraction of the *training* images (stratified by class for
+classification, a fixed seed, the same for every run) into a validation set, so that learning rates
+and epochs can be chosen without the test images: a run with a validation split evaluates on it and
+never touches ``test``.
 
 ``imagefolder`` reads every file's header when the dataset is built: a file with an image extension
 that PIL cannot read is refused by name before any work; one whose pixels fail to decode later (a
@@ -22,9 +28,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..base.errors import SplitFXError, first_line
+from . import task_data
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_SEED = 0  # every run carves the same validation images, whatever its own --seed
+REGRESSION = {"diabetes": task_data.diabetes, "friedman": task_data.friedman, "friedman2": task_data.friedman2}
+FEATURES = {"diabetes": 10, "friedman": 10, "friedman2": 4}  # what a regressor of each takes (no data loaded)
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,8 @@ class Splits:
     train: Dataset
     val: Dataset | None
     test: Dataset
-    num_classes: int
+    num_classes: int  # 1 for regression: one value per sample
+    target: tuple[float, float] | None = None  # regression: the target's mean and standard deviation
 
     @property
     def monitored(self) -> tuple[str, Dataset]:
@@ -68,10 +78,11 @@ def check(spec: str) -> None:
     """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
     (no image is read: cheap enough to run before any work starts)."""
     kind, _, root = spec.partition(":")
-    if kind == "digits" and not root:
+    if (kind == "digits" or kind in REGRESSION) and not root:
         return
     if kind not in ("cifar10", "imagefolder") or not root:
-        raise SplitFXError(f"--data {spec!r}: use digits, cifar10:DIR or imagefolder:DIR")
+        raise SplitFXError(f"--data {spec!r}: use digits, cifar10:DIR or imagefolder:DIR (classification), or "
+                           f"{', '.join(REGRESSION)} (regression)")
     if not os.path.isdir(root):
         raise SplitFXError(f"--data {spec!r}: {root} is not a folder")
     if kind == "imagefolder":
@@ -91,15 +102,17 @@ def labels_of(dataset: Dataset) -> list[int]:
     return [int(y) for _, y in dataset]
 
 
-def carve(train: Dataset, fraction: float, evaluated: Dataset | None = None) -> tuple[Dataset, Dataset]:
+def carve(train: Dataset, fraction: float, evaluated: Dataset | None = None,
+          stratified: bool = True) -> tuple[Dataset, Dataset]:
     """(train without the validation images, validation images): ``fraction`` of ``train``, stratified
-    by class with a fixed seed. ``evaluated`` is the same images under the evaluation transform."""
+    by class (unless not ``stratified``: regression targets) with a fixed seed. ``evaluated`` is the
+    same images under the evaluation transform."""
     from sklearn.model_selection import train_test_split
 
     labels = labels_of(train)
     try:
         kept, held = train_test_split(range(len(labels)), test_size=fraction, random_state=SPLIT_SEED,
-                                      stratify=labels)
+                                      stratify=labels if stratified else None)
     except ValueError as err:
         raise SplitFXError(f"--validation {fraction}: cannot hold out {fraction:.0%} of {len(labels)} training "
                            f"images with every class in both parts ({first_line(err, 120)}); give a fraction "
@@ -116,6 +129,12 @@ def load(spec: str, size: int, validation: float = 0.0) -> Splits:
     check(spec)
     if not 0 <= validation < 1:
         raise SplitFXError(f"--validation {validation}: give a fraction of the training images in [0, 1)")
+    if spec in REGRESSION:
+        data = REGRESSION[spec]()
+        target = (data.meta["target_mean"], data.meta["target_std"])
+        if not validation:
+            return Splits(data.train, None, data.test, 1, target)
+        return Splits(*carve(data.train, validation, stratified=False), data.test, 1, target)
     train, test, classes, evaluated = _load(spec, size)
     if not validation:
         return Splits(train, None, test, classes)
@@ -198,6 +217,8 @@ def num_classes(spec: str) -> int:
     folders): cheap enough to compare with a checkpoint before any work."""
     check(spec)
     kind, _, root = spec.partition(":")
+    if kind in REGRESSION:
+        return 1
     if kind != "imagefolder":
         return 10
     return sum(entry.is_dir() for entry in os.scandir(os.path.join(root, "train")))

@@ -27,6 +27,7 @@ from ..base.errors import DistributedError
 from ..base.meter import SavedTensorMeter, state_keys
 from ..base.stage_plan import StageBalance
 from ..base.version import __version__
+from ..recipes import Recipe
 from ..runtime import grid as grids
 from ..runtime.pipeline import Stage, check_pipeline
 from ..runtime.rank import Rank
@@ -38,7 +39,7 @@ from .config import RESUMABLE, TrainConfig, resolve_device, with_cuts_of
 from .epochs import amp_dtype, batch, epoch_order, make_optimizer, start
 from .gather import gather_checkpoint, stage_optimizer_state
 from .run_folder import CHECKPOINT, write_metrics
-from .train import EpochResult, TrainResult, convert_for, epoch_result, open_resume, record_epoch
+from .train import EpochResult, TrainResult, convert_for, epoch_result, open_resume, record_epoch, run_recipe
 
 OnStep = Callable[[int, int], None]
 STEPS_PER_EPOCH = 1_000_000  # message tags: epoch · this + step (training), negative for evaluation
@@ -96,9 +97,9 @@ def _epoch(me: Rank, train_set, config: TrainConfig, epoch: int, progress: bool,
     return sums, len(batches), meter.peak
 
 
-def placed_cuts(grid: grids.Grid, config: TrainConfig, model: nn.Module, example: torch.Tensor,
+def placed_cuts(grid: grids.Grid, config: TrainConfig, recipe: Recipe, model: nn.Module, example: torch.Tensor,
                 autocast_dtype: torch.dtype | None = None) -> tuple[int, ...]:
-    """Where ``config.blocks`` blocks end when the pipeline's stages are placed first, at equal time
+    """Where ``config.blocks`` blocks of ``recipe`` end when the pipeline's stages are placed first, at equal time
     (:mod:`splitfx.api.staging`): rank 0 times finer blocks and sends the times to every rank, which
     all plan alike. The random-number state is left as it was, so the run starts as one process
     given these cuts does."""
@@ -109,7 +110,7 @@ def placed_cuts(grid: grids.Grid, config: TrainConfig, model: nn.Module, example
             finer.to(example.device)
         return grids.from_first(grid, times, "rank 0 measured the finer blocks' times")
 
-    options = dict(recipe=config.make_recipe(), max_cut_tensors=config.max_cut_tensors, stages=grid.stages)
+    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, stages=grid.stages)
     with torch.random.fork_rng():
         return cut_positions(plan_by_time(model, (example,), config.blocks, options, timer))
 
@@ -173,11 +174,12 @@ def _train(grid: grids.Grid, config: TrainConfig, state: Checkpoint | None, out:
     amp = amp_dtype(config)
     # A new run places its stages; a resumed one trains the blocks its checkpoint trained (its cuts,
     # or none: the plan's own balance), whatever the number of ranks.
+    recipe = run_recipe(config, begin.splits.num_classes)
     if stage_balance == StageBalance.TIME and grid.stages > 1 and config.cuts is None and state is None:
-        config = replace(config, cuts=placed_cuts(grid, config, begin.model, begin.example, amp))
+        config = replace(config, cuts=placed_cuts(grid, config, recipe, begin.model, begin.example, amp))
         log(f"the blocks end at positions {' '.join(map(str, config.cuts))} (train these blocks in one process "
             f"with --cuts {' '.join(map(str, config.cuts))})")
-    sm = convert_for(config, begin.model, begin.example, begin.splits.num_classes, stages=grid.stages)
+    sm = convert_for(config, begin.model, begin.example, recipe, stages=grid.stages)
     if stage_balance == StageBalance.TIME:
         balance_by_time(grid, sm, (begin.example, begin.labels), amp)
     ranges = sm.plan.stages.ranges

@@ -73,8 +73,9 @@ class Start:
 def build_model(name: str, num_classes: int, size: int) -> nn.Module:
     """The model for ``size``×``size`` inputs: timm ViT-style models are built for that size with
     patches of size/4 (4×4 tokens, small enough to train on a CPU); convolutional models take any
-    size as they are."""
-    for extra in ({"img_size": size, "patch_size": max(1, size // 4)}, {"img_size": size}, {}):
+    size as they are; a factory taking ``features`` (a regressor of a table: ``splitfx.models:mlp8``)
+    gets ``size`` features."""
+    for extra in ({"img_size": size, "patch_size": max(1, size // 4)}, {"img_size": size}, {"features": size}, {}):
         try:
             return create_model(name, num_classes=num_classes, **extra)
         except TypeError:

@@ -6,7 +6,8 @@
 * ``digits_sr``: scikit-learn's digits at 32×32 and their 2× average-pooled 16×16 versions:
   super-resolution, scored by PSNR (test images: the stratified 20 % held out by ``digits``);
 * ``friedman``: scikit-learn's Friedman #1 generator (10 features, 5 informative, noise 1.0):
-  regression, scored by RMSE in the target's units;
+  regression, scored by RMSE in the target's units; ``friedman2`` (Friedman #2, 4 features) and
+  ``diabetes`` (scikit-learn's 442 patients) for ``splitfx train --task regression``;
 * ``chars``: the text of Python's own help topics (``pydoc_data.topics``, shipped with CPython),
   64-character windows; the last 10 % of the text is the test set: character-level language
   modelling, scored by perplexity.
@@ -76,17 +77,42 @@ def digits_sr(size: int = 32) -> TaskData:
     return TaskData(TensorDataset(lr[train], hr[train]), TensorDataset(lr[test], hr[test]), {})
 
 
+def standardised(x, y, n_train: int) -> TaskData:
+    """Features and target standardised on the first ``n_train`` samples (the training set), the rest the
+    test set; ``meta`` keeps the target's mean and standard deviation, to report errors in its units."""
+    x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    mean, std = x[:n_train].mean(0), x[:n_train].std(0)
+    y_mean, y_std = y[:n_train].mean(), y[:n_train].std()
+    x, y = (x - mean) / std, (y - y_mean) / y_std
+    return TaskData(TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:]),
+                    {"features": x.shape[1], "target_mean": float(y_mean), "target_std": float(y_std)})
+
+
 def friedman(n_train: int = 5000, n_test: int = 1000) -> TaskData:
     """Friedman #1 regression, features and target standardised on the training set (see module docstring)."""
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=n_train + n_test, n_features=10, noise=1.0, random_state=DATA_SEED)
-    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-    mean, std = x[:n_train].mean(0), x[:n_train].std(0)
-    y_mean, y_std = y[:n_train].mean(), y[:n_train].std()
-    x, y = (x - mean) / std, (y - y_mean) / y_std
-    return TaskData(TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:]),
-                    {"features": 10, "target_std": float(y_std)})
+    return standardised(x, y, n_train)
+
+
+def friedman2(n_train: int = 5000, n_test: int = 1000) -> TaskData:
+    """Friedman #2 regression (4 features; noise of standard deviation 125, Breiman's 3:1 signal to
+    noise), standardised on the training set."""
+    from sklearn.datasets import make_friedman2
+
+    x, y = make_friedman2(n_samples=n_train + n_test, noise=125.0, random_state=DATA_SEED)
+    return standardised(x, y, n_train)
+
+
+def diabetes() -> TaskData:
+    """scikit-learn's diabetes data (442 patients, 10 features, disease progression after a year, shipped
+    with scikit-learn), 20 % held out for test (a fixed seed), standardised on the rest."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DATA_SEED))
+    return standardised(x[order.numpy()], y[order.numpy()], len(y) - len(y) // 5)
 
 
 def chars(context: int = 64) -> TaskData:

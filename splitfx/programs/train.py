@@ -22,12 +22,15 @@ from ..api.conversion import convert
 from ..api.staging import plan_at
 from ..base.errors import CheckpointError, SplitFXError, first_line
 from ..base.meter import SavedTensorMeter, state_keys
+from ..recipes import Recipe
 from ..runtime.split_module import SplitModule
 from . import data as datasets
+from . import regression
 from .checkpoint import Checkpoint, malformed
 from .config import TrainConfig, check_resume, resolve_device, with_cuts_of
-from .epochs import amp_dtype, batch, epoch_order, make_optimizer, start, student_model
+from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start, student_model
 from .measure import e2e_saved_bytes
+from .regression import Errors
 from .run_folder import CHECKPOINT, write_metrics
 
 
@@ -41,11 +44,20 @@ class EpochResult:
     peak_saved_bytes: int  # measured, live saved-for-backward activations
     peak_cuda_bytes: int | None = None
     val_accuracy: float | None = None  # with a validation split (``TrainConfig.validation``)
+    # Regression (no accuracy): the errors on what was evaluated (val or test), in the target's units.
+    rmse: float | None = None
+    mae: float | None = None
 
     @property
     def accuracy(self) -> float:
         """The accuracy evaluated after this epoch: validation when the run has a split, else test."""
         return self.val_accuracy if self.val_accuracy is not None else self.test_accuracy
+
+    def scored(self) -> str:
+        """What the epoch was judged by: its accuracy, or its regression errors."""
+        if self.rmse is None:
+            return f"accuracy {100 * self.accuracy:.2f} %"
+        return f"RMSE {self.rmse:.4g}, MAE {self.mae:.4g}"
 
 
 def epoch_result(epoch: int, block_losses: list[float], monitor: str, accuracy: float, seconds: float,
@@ -83,17 +95,26 @@ class TrainResult:
         return (f"peak saved activations, measured with the same meter on the same batch: local "
                 f"{local / 2**20:.1f} MiB (K={self.trained_blocks}, {self.config.recipe}) vs E2E "
                 f"{e2e / 2**20:.1f} MiB: {local / max(e2e, 1):.2f}× ({'less' if local < e2e else 'MORE'} "
-                f"memory); {self.monitored} accuracy {100 * self.final_accuracy:.2f} % (best "
-                f"{100 * max(h.accuracy for h in self.history):.2f} %)")
+                f"memory); {self.monitored} {self._final()}")
+
+    def _final(self) -> str:
+        last = self.history[-1]
+        if last.rmse is not None:
+            return f"{last.scored()} (best RMSE {min(h.rmse for h in self.history):.4g})"
+        return f"{last.scored()} (best {100 * max(h.accuracy for h in self.history):.2f} %)"
 
 
-def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, num_classes: int,
+def run_recipe(config: TrainConfig, num_classes: int) -> Recipe:
+    """The recipe ``config`` trains with, its ``--teacher`` loaded (once: every plan of the run shares it)."""
+    return config.make_recipe(load_teacher(config.teacher, config, num_classes) if config.teacher else None)
+
+
+def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, recipe: Recipe,
                 **kwargs) -> SplitModule:
-    """``model`` converted as ``config`` says (blocks, recipe and its teacher, cut width, the cuts a
-    pipeline placed): the one place single-process and distributed training turn a config into a
-    plan, so both split a model the same way."""
-    teacher = load_teacher(config.teacher, config, num_classes) if config.teacher else None
-    options = dict(recipe=config.make_recipe(teacher), max_cut_tensors=config.max_cut_tensors, **kwargs)
+    """``model`` converted as ``config`` says with ``recipe`` (:func:`run_recipe`; blocks, cut width,
+    the cuts a pipeline placed): the one place single-process and distributed training turn a config
+    into a plan, so both split a model the same way."""
+    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, **kwargs)
     if config.cuts is None:
         return convert(model, example, config.blocks, **options)
     return convert(model, example, plan=plan_at(model, (example,), config.blocks, options, config.cuts))
@@ -114,7 +135,16 @@ def record_epoch(result: TrainResult, log: Callable[[str], None], epoch: EpochRe
     """Add ``epoch`` to the run's history and log its line."""
     result.history.append(epoch)
     log(f"epoch {epoch.epoch}/{result.config.epochs}: train loss {epoch.train_loss:.4f}, {result.monitored} "
-        f"accuracy {100 * epoch.accuracy:.2f} %, {epoch.seconds:.1f} s")
+        f"{epoch.scored()}, {epoch.seconds:.1f} s")
+
+
+def score(sm: SplitModule, dataset, config: TrainConfig, target: tuple[float, float] | None
+          ) -> tuple[float | None, Errors | None]:
+    """What a run is judged by on ``dataset``: top-1 accuracy, or for regression data (``target``: the
+    target's mean and standard deviation) RMSE and MAE in the target's units."""
+    if target is None:
+        return evaluate(sm, dataset, config.batch, config.device), None
+    return None, regression.errors(sm, dataset, config.batch, config.device, target[1])
 
 
 def open_resume(resume: str | Checkpoint, config: TrainConfig, where: str = "the checkpoint") -> Checkpoint:
@@ -164,7 +194,9 @@ def train(
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
-    sm = convert_for(config, begin.model, begin.example, num_classes).to(config.device)
+    sm = convert_for(config, begin.model, begin.example, run_recipe(config, num_classes)).to(config.device)
+    if begin.splits.target is not None and sm.recipe.traits.infers:  # ffr: its heads' target range
+        sm.recipe.fit_targets(sm.heads, batch(train_set, torch.arange(len(train_set)))[1].to(config.device))
     run = make_optimizer(config, list(sm.parameters()))
     opt, sched, scaler, amp = run.optimizer, run.scheduler, run.scaler, amp_dtype(config)
     e2e = e2e_saved_bytes(sm.model, begin.example.to(config.device), begin.labels, sm.loss_fn, amp)
@@ -175,8 +207,9 @@ def train(
         result.history = [EpochResult(**h) for h in state.history]
         start_epoch = state.epoch + 1
 
+    what = f"samples of {config.input_size} features" if begin.splits.target else f"images of {config.input_size}²"
     log(f"{config.model}: {sm.num_blocks} gradient-isolated blocks, recipe {config.recipe!r}, "
-        f"{len(train_set)} train / {len(monitored)} {monitor} images of {config.input_size}², on {config.device}")
+        f"{len(train_set)} train / {len(monitored)} {monitor} {what}, on {config.device}")
     exclude = state_keys([sm])
     for epoch in range(start_epoch, config.epochs):
         sm.train()
@@ -193,12 +226,12 @@ def train(
                 sums += torch.tensor(losses)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
-        accuracy = evaluate(sm, monitored, config.batch, config.device)
+        accuracy, errors = score(sm, monitored, config, begin.splits.target)
         block_losses = (sums / len(batches)).tolist()
-        record_epoch(result, log, epoch_result(
+        record_epoch(result, log, regression.with_errors(epoch_result(
             epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began, meter.peak,
             torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None,
-        ))
+        ), errors))
         if out is not None:
             _save(result, sm, opt, sched, scaler, out, num_classes)
     log(result.summary())
@@ -237,15 +270,17 @@ def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
 
 
 def load_teacher(path: str, config: TrainConfig, num_classes: int) -> nn.Module:
-    """The teacher ``--teacher`` names: a ``splitfx train`` checkpoint's model, or ``config.model``'s
-    architecture (not spiking) with a timm checkpoint's weights (``timm.create_model(checkpoint_path=)``)."""
+    """The teacher ``--teacher`` names: a ``splitfx train`` checkpoint's model, or ``config.model``
+    built as a run builds it (not spiking) with a timm checkpoint's weights (``load_checkpoint``)."""
     try:
         return load_checkpoint_model(path)[0]
     except CheckpointError as err:
         if "not a splitfx train checkpoint" not in str(err):
             raise
     try:
-        return timm.create_model(config.model, num_classes=num_classes, checkpoint_path=path).eval()
+        teacher = build_model(config.model, num_classes, config.input_size)
+        timm.models.load_checkpoint(teacher, path)
+        return teacher.eval()
     except (RuntimeError, KeyError, OSError) as err:
         raise CheckpointError(f"--teacher {path}: neither a splitfx checkpoint nor a timm checkpoint of "
                               f"{config.model!r} ({first_line(err, 160)})") from err

@@ -153,7 +153,10 @@ class RecipeTraits:
     ``hand_over`` and the ``h`` argument of :meth:`Recipe.losses`), so a pipeline may split it
     between ranks. ``merge``: how its heads read a cut's several tensors. ``predicts``: its heads
     predict the task's output (False for a teacher's activations), so the planner offers only the cuts
-    the task's heads can read (:func:`~.predict.unreadable`)."""
+    the task's heads can read (:func:`~.predict.unreadable`). ``infers``: its heads take part in
+    inference: it defines ``infer(parts, inputs)``, which ``SplitModule.forward`` and the ONNX export
+    return instead of the model's own output (FFR's prediction and uncertainty), and
+    ``fit_targets(heads, targets)``, called with a training set's targets before training."""
 
     split: bool = True
     cascade: bool = False
@@ -163,6 +166,7 @@ class RecipeTraits:
     pipelined: bool = True
     merge: MergeKind = MergeKind.MAP
     predicts: bool = True
+    infers: bool = False
 
 
 class Follows(nn.Module):

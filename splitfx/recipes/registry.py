@@ -56,6 +56,12 @@ def list_recipes() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def recipe_class(name: str) -> type[Recipe]:
+    """The class registered as ``name`` (its ``traits`` read without making an instance)."""
+    _load_entry_points()
+    return _REGISTRY[name]
+
+
 def describe_options(recipe: str | type[Recipe]) -> str:
     """``lambda1 (default (5.0, 0.0)), ...`` for messages; "no options" when it takes none."""
     cls = recipe if isinstance(recipe, type) else _REGISTRY[recipe]

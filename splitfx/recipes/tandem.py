@@ -23,9 +23,11 @@ after its block's loss.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,11 +38,13 @@ from .teacher import Teacher, normalised
 
 class Rate(nn.Module):
     """Tandem's head: the block's activity, averaged over the ``steps`` time steps its batch folds
-    (1: the activity itself). ``teacher_nodes`` are the teacher nodes its cut's tensors match."""
+    (1: the activity itself). ``teacher_nodes`` are the nodes of ``teacher`` its cut's tensors match;
+    the teacher is held as a plain attribute (not a submodule: never trained, never in a state dict)."""
 
-    def __init__(self, steps: int, teacher_nodes: tuple[str, ...]):
+    def __init__(self, steps: int, teacher_nodes: tuple[str, ...], teacher: Teacher):
         super().__init__()
         self.steps, self.teacher_nodes = steps, teacher_nodes
+        object.__setattr__(self, "teacher", teacher)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.steps == 1 else x.unflatten(0, (self.steps, -1)).mean(0)
@@ -65,20 +69,23 @@ class Tandem(Recipe):
             raise ValueError(f"percentile must be in (0, 100] or None, got {percentile!r}")
         self.teacher, self.teacher_inputs, self.rename = teacher, bool(teacher_inputs), rename
         self.percentile = None if percentile is None else float(percentile)
-        self._made: tuple[nn.Module, Teacher] | None = None  # (what it copies, the teacher)
+        # Forced, a stage's first block would read the teacher's value at a cut whose head is on the
+        # rank before: not pipelined.
+        self.traits = dataclasses.replace(Tandem.traits, pipelined=not self.teacher_inputs)
+        self._made: tuple[nn.Module, fx.GraphModule, Teacher] | None = None  # (copied, student graph, teacher)
 
     def __repr__(self) -> str:
         shown = {**self.options(), "teacher": None if self.teacher is None else type(self.teacher).__name__}
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def _teacher(self, graph: GraphInfo) -> Teacher:
-        """The teacher for a student planned as ``graph``, traced on its inputs (once per student:
-        with ``teacher=None`` a recipe converting another model copies that one)."""
+        """The teacher for a student planned as ``graph``, traced on its example inputs (once per plan:
+        another plan, of another model or batch, gets its own; each head keeps the one it was made with)."""
         source = graph.model if self.teacher is None else self.teacher
-        if self._made is None or self._made[0] is not source:
-            self._made = (source, Teacher(source, self.rename))
-            self._made[1].trace(graph.inputs)
-        return self._made[1]
+        if self._made is None or self._made[0] is not source or self._made[1] is not graph.traced:
+            self._made = (source, graph.traced, Teacher(source, self.rename))
+            self._made[2].trace(graph.inputs)
+        return self._made[2]
 
     def _match(self, boundary: Boundary, graph: GraphInfo) -> tuple[tuple[str, ...], int] | str:
         if graph.traced is None:
@@ -95,7 +102,7 @@ class Tandem(Recipe):
             raise ValueError(f"tandem: {found}; pass a teacher of the student's topology, or rename= to map its "
                              "module names")
         nodes, steps = found
-        return Rate(steps, nodes)
+        return Rate(steps, nodes, self._teacher(graph))
 
     def local_loss(self, head: nn.Module, features: torch.Tensor, target: torch.Tensor, inputs: tuple) -> torch.Tensor:
         """What the planner costs: the same loss on a stand-in teacher value of the right size."""
@@ -106,8 +113,9 @@ class Tandem(Recipe):
                h: tuple | None = None) -> Iterator[torch.Tensor]:
         heads = parts.heads[:len(parts.blocks) - (1 if parts.ends else 0)]
         last_use = {n: k for k, head in enumerate(heads) for n in head.teacher_nodes}
-        teacher = self._made[1]
-        targets = {n: normalised(a, self.percentile) for n, a in teacher.run(sorted(last_use), inputs).items()}
+        # A pipeline stage holding only the last block reads no teacher value (and gets no inputs).
+        values = heads[0].teacher.run(sorted(last_use), inputs) if heads else {}
+        targets = {n: normalised(a, self.percentile) for n, a in values.items()}
         h, held = (inputs if h is None else h), []
         for k, block in enumerate(parts.blocks):
             if self.teacher_inputs and k > 0:

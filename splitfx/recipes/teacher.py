@@ -117,7 +117,8 @@ class Teacher:
         """The values of ``names`` on ``inputs`` (the teacher moved to their device first), no grad."""
         device = inputs[0].device
         if self.device != device:
-            self.model.to(device)
+            self._traced.to(device)  # the model, and any constant the trace holds
+            self._graphs.clear()  # they hold the buffers they read as they were
         with torch.no_grad():
             return dict(zip(names, self.graph(names)(*inputs), strict=True))
 

@@ -1,9 +1,10 @@
 """``SplitModule``: the trainable result of ``convert``.
 
 ``forward`` is the original model (the full traced graph over the user's own modules) and is the
-inference path. ``local_losses`` runs block by block: block k on the detached output of block k-1,
-its aux loss, ``yield`` so the caller can run ``backward`` (which frees block k's saved tensors),
-then block k+1. Only one block's activations are alive at a time.
+inference path, except for a recipe whose heads predict (``RecipeTraits.infers``): its ``infer``.
+``local_losses`` runs block by block: block k on the detached output of block k-1, its aux loss,
+``yield`` so the caller can run ``backward`` (which frees block k's saved tensors), then block k+1.
+Only one block's activations are alive at a time.
 """
 from __future__ import annotations
 
@@ -69,7 +70,10 @@ class SplitModule(nn.Module):
         return len(self.blocks)
 
     def forward(self, *inputs: torch.Tensor):
-        """The original model's outputs (bit-identical to it in eval mode)."""
+        """The original model's outputs (bit-identical to it in eval mode); for a recipe whose heads
+        take part in inference (``traits.infers``: FFR), what its ``infer`` returns instead."""
+        if self.recipe.traits.infers:
+            return self.recipe.infer(self.parts(), inputs)
         return self.traced(*inputs)
 
     def block_parameters(self, k: int) -> list[nn.Parameter]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..base.errors import SplitFXError
+from ..base.errors import NoGradientError
 
 
 def run_step(
@@ -41,10 +41,10 @@ def run_step(
             loss = next(losses, None)
         if loss is None:
             break
-        if not loss.requires_grad:
-            raise SplitFXError(f"loss {len(done)} reaches no trainable parameter: its block's parameters (and its aux "
-                               "head's, if any) were frozen after convert. Unfreeze them, or freeze before convert "
-                               "so that the plan places the blocks around what is frozen")
+        if not loss.requires_grad and torch.is_grad_enabled():
+            raise NoGradientError(f"loss {len(done)} reaches no trainable parameter: its block's parameters (and "
+                                  "its aux head's, if any) were frozen after convert. Unfreeze them, or freeze before "
+                                  "convert so that the plan places the blocks around what is frozen")
         (scaler.scale(loss) if scaler is not None else loss).backward()
         done.append(loss.detach())
         del loss
