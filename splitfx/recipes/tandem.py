@@ -31,6 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.errors import PlanError
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits, SplitParts, handed
 from .registry import register_recipe
 from .teacher import Teacher, normalised
@@ -99,7 +100,7 @@ class Tandem(Recipe):
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         found = self._match(boundary, graph)
         if isinstance(found, str):
-            raise ValueError(f"tandem: {found}; pass a teacher of the student's topology, or rename= to map its "
+            raise PlanError(f"tandem: {found}; pass a teacher of the student's topology, or rename= to map its "
                              "module names")
         nodes, steps = found
         return Rate(steps, nodes, self._teacher(graph))
