@@ -32,6 +32,16 @@ THRESHOLD, DECAY, WINDOW = 0.6, math.exp(-1 / 10), 0.2
 SPIKING = (nn.ReLU, nn.ReLU6)
 
 
+def over_time(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``x`` fed at every one of ``steps`` time steps, folded into the batch time-major (T·B)."""
+    return torch.cat([x] * steps)
+
+
+def time_average(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The mean over the ``steps`` time steps a T·B batch folds (B long again)."""
+    return x.unflatten(0, (steps, -1)).mean(0)
+
+
 def _rectangular(shifted: torch.Tensor, grad: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
     """LTL's surrogate: the spike's gradient is 1 within ``WINDOW`` of the threshold, 0 elsewhere."""
     return grad * (shifted.abs() < WINDOW).to(grad.dtype)
@@ -102,5 +112,4 @@ class _TimeLoop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps = self.spiking_steps
-        out = super().forward(torch.cat([x] * steps))
-        return out.unflatten(0, (steps, -1)).mean(0)
+        return time_average(super().forward(over_time(x, steps)), steps)

@@ -15,7 +15,7 @@ from torch import nn
 from ..api.planning import MAX_CUT_TENSORS
 from ..base.errors import ArgumentError, SplitFXError
 from ..recipes import Recipe, create_recipe, list_recipes
-from ..recipes.registry import describe_options
+from ..recipes.registry import describe_options, recipe_class
 
 # May differ between a checkpoint and the run resuming it: --epochs is the new total, and where
 # and how fast it runs does not change what is trained.
@@ -66,7 +66,7 @@ class TrainConfig:
         the model ``--teacher`` names, loaded)."""
         if teacher is None:
             return create_recipe(self.recipe, **self.recipe_options)
-        if "teacher" not in create_recipe(self.recipe).option_defaults():
+        if "teacher" not in recipe_class(self.recipe).option_defaults():
             raise ArgumentError(f"--teacher: recipe {self.recipe!r} learns from no teacher; use --recipe tandem")
         return create_recipe(self.recipe, **{**self.recipe_options, "teacher": teacher})
 

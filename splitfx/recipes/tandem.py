@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base.errors import PlanError
+from ..passes.snn import over_time, time_average
 from .base import Boundary, GraphInfo, Recipe, RecipeTraits, SplitParts, handed
 from .registry import register_recipe
 from .teacher import Teacher, normalised
@@ -48,11 +49,11 @@ class Rate(nn.Module):
         object.__setattr__(self, "teacher", teacher)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.steps == 1 else x.unflatten(0, (self.steps, -1)).mean(0)
+        return x if self.steps == 1 else time_average(x, self.steps)
 
     def over_time(self, t: torch.Tensor) -> torch.Tensor:
         """A teacher's value as a block's input: repeated over the time steps (direct encoding)."""
-        return t if self.steps == 1 else torch.cat([t] * self.steps)
+        return t if self.steps == 1 else over_time(t, self.steps)
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, teacher={', '.join(self.teacher_nodes)}"
