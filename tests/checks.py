@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import splitfx
 from splitfx.base.meter import SavedTensorMeter, state_keys
+from splitfx.runtime.isolation import expected_reach
 
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -16,10 +17,7 @@ def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def assert_eval_equal(sm: splitfx.SplitModule, model: torch.nn.Module, x: torch.Tensor) -> None:
     sm.eval()
     with torch.no_grad():
-        ref, out = model(x), sm(x)
-        staged = x
-        for block in sm.blocks:
-            staged = block(*staged) if isinstance(staged, tuple) else block(staged)
+        ref, out, staged = model(x), sm(x), sm.chained(x)
     if not sm.recipe.traits.infers:  # an infers recipe's forward is its heads' prediction (tests/test_ffr.py)
         assert torch.equal(out, ref)
     assert torch.equal(staged, ref), "running the blocks one after another must equal the model"
@@ -68,9 +66,7 @@ def assert_isolated(sm: splitfx.SplitModule, x: torch.Tensor, y: torch.Tensor) -
             if i == k:
                 loss.backward()
         got = {n for n, p in sm.named_parameters() if p.grad is not None}
-        blocks = sm.recipe.reaches(k, sm.num_blocks)
-        expected = {names[id(p)] for b in blocks for p in sm.block_parameters(b) if p.requires_grad}
-        expected |= {names[id(p)] for m in sm.recipe.aux_reaches(k, sm.heads) for p in m.parameters()}
+        expected = expected_reach(sm, k)
         unexpected, missing = sorted(got - expected)[:5], sorted(expected - got)[:5]
         assert got == expected, f"block {k}: unexpected {unexpected}, missing {missing}"
         reached.append(got)

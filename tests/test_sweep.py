@@ -241,7 +241,11 @@ def test_parameter_counts_are_cached_so_a_restarted_sweep_does_not_count_again(t
 def test_stages_bring_the_stages_they_need():
     assert with_prerequisites(["plan"]) == ("create", "trace", "plan")
     assert with_prerequisites(["timm_fx"]) == ("create", "timm_fx")
-    assert with_prerequisites(["onnx", "timm_fx"]) == STAGES
+    assert with_prerequisites(["onnx", "timm_fx"]) == ("create", "timm_fx", "trace", "plan", "convert", "step", "onnx")
+    assert with_prerequisites(["chain"]) == ("create", "trace", "plan", "convert", "chain")
+    assert with_prerequisites(["isolation", "saves"]) == ("create", "trace", "plan", "saves", "convert", "step",
+                                                          "isolation")
+    assert with_prerequisites(["onnx", "timm_fx", "saves", "isolation", "chain"]) == STAGES
     with pytest.raises(ValueError, match="unknown stage"):
         with_prerequisites(["compile"])
 
@@ -364,3 +368,60 @@ def test_step_leaves_batchnorm_statistics_those_of_a_batch_of_8_that_starts_with
     for name, m in norms.items():
         torch.testing.assert_close(m.running_mean, seen[name].mean(1), rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(m.running_var, seen[name].var(1), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_report_merges_each_stage_from_the_latest_line_that_ran_it(tmp_path):
+    """A rerun of the stages whose meaning changed replaces those and keeps the rest: lines from before
+    ``saves``/``isolation``/``chain`` existed count as partial until a rerun supplies them."""
+    here = sweep.versions()
+    old = {s: {"status": "pass", "seconds": 1.0} for s in ("create", "timm_fx", "trace", "plan", "convert", "step",
+                                                           "parity", "onnx")}
+    new = ["create", "trace", "plan", "saves", "convert", "step", "isolation", "chain"]
+    ran = {s: {"status": "pass", "seconds": 1.0} for s in new}
+    leak = {**ran, "isolation": {"status": "fail", "reason": "AssertionError: loss 1 reached 2 parameter(s)"}}
+    lines = [_line(m, here, requested=list(old), stages=old)
+             for m in ("resnet18", "vit_tiny_patch16_224", "levit_128s")]
+    lines += [_line("resnet18", here, requested=new, stages=ran),
+              _line("vit_tiny_patch16_224", here, requested=new, stages=leak, status="fail", stage="isolation",
+                    reason=leak["isolation"]["reason"]),
+              _line("vit_tiny_patch16_224", here, requested=["create", "trace", "plan", "saves"],
+                    stages={s: ran[s] for s in ("create", "trace", "plan", "saves")})]
+    results, out = tmp_path / "r.jsonl", tmp_path / "coverage.md"
+    for line in lines:
+        append_record(results, line)
+    assert main(["coverage", "--report", str(results), "--out", str(out)]) == 0
+    first = out.read_text().splitlines()[0]
+    assert "1 / " in first and "1 fail" in first and "1 passed only the stages" in first, first
+    failures = out.read_text().split("## Failures")[1]
+    row = r"^\| vit_tiny_patch16_224 \| \S+ \| isolation \| fail \| AssertionError: loss 1"
+    assert re.search(row, failures, re.M), "a later line that did not rerun isolation keeps the failure"
+
+
+def test_saves_fails_a_plan_that_keeps_most_activations(monkeypatch):
+    from splitfx.programs import coverage
+
+    c = SimpleNamespace(blocks=(4,), plan=SimpleNamespace(num_blocks=4, local_peak_bytes=96, e2e_saved_bytes=100))
+    with pytest.raises(AssertionError, match=r"keeps 0\.96× of E2E's saved activations \(a pass keeps at most 0\.75×"):
+        coverage.RUN["saves"](c)
+    monkeypatch.setattr(coverage, "SAVES", 0.97)
+    coverage.RUN["saves"](c)
+
+
+def test_chain_and_isolation_stages_fail_on_what_they_observe(monkeypatch):
+    """Each check compares something: a chain that differs from the model, or a loss reaching
+    parameters its recipe does not say it trains, fails its stage, and the stages it does not
+    need still run."""
+    import splitfx.runtime.split_module as split_module
+    from splitfx.recipes.base import Recipe
+
+    outcome = check("test_resnet", ["chain", "isolation"])
+    assert {s: r["status"] for s, r in outcome.stages.items()} == dict.fromkeys(outcome.stages, "pass"), outcome
+    assert {"step", "isolation", "chain"} <= set(outcome.stages)
+
+    monkeypatch.setattr(split_module.SplitModule, "chained", lambda self, x: self.traced(x) + 1e-6)
+    monkeypatch.setattr(Recipe, "reaches", lambda self, k, num_blocks=None: (0,))
+    outcome = check("test_resnet", ["chain", "isolation"])
+    assert outcome.stages["chain"]["reason"].startswith("AssertionError: the blocks run one after another differ")
+    assert re.match(r"AssertionError: loss 1 reached \d+ parameter\(s\) outside its blocks \['model\.",
+                    outcome.stages["isolation"]["reason"]), outcome.stages["isolation"]
+    assert outcome.stages["step"]["status"] == "pass"

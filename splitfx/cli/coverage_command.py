@@ -104,12 +104,15 @@ def coverage(args: argparse.Namespace) -> int:
 
     Each timm model matching --filter (and --params, of --shard) runs in its own process under
     --timeout: create, timm's own fx trace, splitfx trace, plan at K=4 and K=8 (fewer when the model
-    allows fewer), convert, one local training step, eval parity with the original, ONNX export
-    parity; --stages picks some. One JSON line per model is appended to --results as it finishes, so
-    a killed sweep loses only the models in flight and --resume goes on where it stopped. --report
-    FILE runs nothing and prints (or writes to --out) the markdown report from FILE alone: every
-    model of timm.list_models() counted, per stage, per family, how evenly each family splits, every
-    failure with its stage and reason. A sweep exits with status 1 if any model it ran did not pass.
+    allows fewer), whether K=4 saves at least a quarter of E2E's saved activations, convert, one local
+    training step, whether each loss reached exactly its blocks' parameters in that step, eval
+    parity of the blocks run one after another with the original, ONNX export parity; --stages
+    picks some (with the stages they need), and the report merges each stage's latest result. One
+    JSON line per model is appended to --results as it finishes, so a killed sweep loses only the
+    models in flight and --resume goes on where it stopped. --report FILE runs nothing and prints
+    (or writes to --out) the markdown report from FILE alone: every model of timm.list_models()
+    counted, per stage, per family, how evenly each family splits, every failure with its stage and
+    reason. A sweep exits with status 1 if any model it ran did not pass.
     A worker has one thread and 14 GiB of address space unless the environment sets OMP_NUM_THREADS
     or SPLITFX_WORKER_MEMORY (bytes, 0 for no limit; giants run alone with 0, since onnxruntime maps
     their weights file into the address space); the recorded command shows what it set.

@@ -2,7 +2,10 @@
 
 Every model of ``timm.list_models()`` is in the denominator: a model with no line in the file counts
 as "not run", never as left out, and a model timm's own fx tracer cannot trace is a failure at
-``timm_fx``. Per model, the last line written for the installed timm version counts.
+``timm_fx``. Per model and stage, the last line for the installed timm version that ran the stage
+counts (:func:`merged`): a rerun of some stages (``--stages chain``, after the chain check changed)
+replaces those stages' results and keeps the others'. A model passes when every stage of
+:data:`~.coverage.STAGES` passed.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 from ..base.errors import plain
 from ..base.jsonl import Record, read_records
-from .coverage import BLOCKS, CHAIN, STAGES, family
+from .coverage import BLOCKS, SAVES, SPLITFX_STAGES, STAGES, family
 from .coverage_causes import CAUSES, Cause, cause_of
 
 OUTCOMES = ("pass", "fail", "timeout", "crash", "partial", "not run")
@@ -32,6 +35,24 @@ def outcome(record: Record | None) -> str:
     return record.get("status", "fail")
 
 
+def merged(earlier: Record | None, later: Record) -> Record:
+    """One model's record over two runs: each stage's result from the later run that ran it, the
+    stages asked for by either, the plans of the later run that planned, and the outcome recomputed
+    from the merged stages (a later run that timed out or crashed keeps that status)."""
+    if earlier is None:
+        return later
+    stages = {**earlier.get("stages", {}), **later.get("stages", {})}
+    record = {**later, "stages": stages, "plans": later.get("plans") or earlier.get("plans", {}),
+              "requested": [s for s in STAGES if s in {*earlier.get("requested", ()), *later.get("requested", ())}],
+              "seconds": (earlier.get("seconds") or 0.0) + (later.get("seconds") or 0.0)}
+    if later.get("status") in ("pass", "fail"):
+        bad = next((s for s in STAGES if stages.get(s, {}).get("status", "pass") != "pass"), None)
+        status = "pass" if bad is None else stages[bad]["status"]
+        record.update(status=status if status in TROUBLE else "fail" if bad else "pass", stage=bad,
+                      reason=stages[bad].get("reason", "") if bad else "")
+    return record
+
+
 def _passes(record: Record | None, stages: Iterable[str]) -> bool:
     return record is not None and all(record.get("stages", {}).get(s, {}).get("status") == "pass" for s in stages)
 
@@ -44,10 +65,6 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     header = list(header)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-
-
-def _models(n: int) -> str:
-    return f"{n:,} model" + ("" if n == 1 else "s")
 
 
 def _median(values: list[float]) -> str:
@@ -97,15 +114,17 @@ def markdown(records: Iterable[Record], zoo: Iterable[str], timm_version: str, *
     zoo = sorted(set(zoo))
     families = families or {name: family(name) for name in zoo}
     chosen: dict[str, Record] = {}
+    counted: list[Record] = []
     other = 0
     for record in records:
         if record.get("versions", {}).get("timm") == timm_version and record["model"] in families:
-            chosen[record["model"]] = record
+            chosen[record["model"]] = merged(chosen.get(record["model"]), record)
+            counted.append(record)
         else:
             other += 1
     count = Counter(outcome(chosen.get(name)) for name in zoo)
     total = len(zoo)
-    splitfx_ok = [name for name in zoo if _passes(chosen.get(name), CHAIN)]
+    splitfx_ok = [name for name in zoo if _passes(chosen.get(name), SPLITFX_STAGES)]
     timm_fx_failed = sum(not _passes(chosen.get(name), ["timm_fx"]) for name in splitfx_ok)
     parts = ", ".join(f"{count[o]:,} {label}" for o, label in LABELS.items())
     lines = [f"# timm zoo coverage: {count['pass']:,} / {total:,} models pass every stage "
@@ -115,7 +134,12 @@ def markdown(records: Iterable[Record], zoo: Iterable[str], timm_version: str, *
               "fails at `timm_fx` with timm's reason, and splitfx's own stages still run on it: "
               f"**{len(splitfx_ok):,} / {total:,} pass every stage but `timm_fx`**, {timm_fx_failed:,} of them "
               "although `timm_fx` fails.", ""]
-    lines += _provenance(list(chosen.values()), other, source, command)
+    lines += [f"A pass means every stage passed: the K=4 plan keeps at most {SAVES:.2f}× of end-to-end training's "
+              "saved activations (`saves`), one local step reached exactly the parameters each loss should train, "
+              "observed by gradient hooks (`isolation`), the blocks run one after another equal the model in eval "
+              "mode (`chain`), and the ONNX export matches onnxruntime (`onnx`). A model whose lines predate a "
+              "stage has not passed it: it counts under *passed only the stages they were run with*.", ""]
+    lines += _provenance(counted, other, source, command)
     lines += ["", "## Stages", ""]
     stage_counts = {s: Counter(r.get("stages", {}).get(s, {}).get("status") for r in chosen.values()) for s in STAGES}
     lines += _table(["stage", "pass", "fail", "timeout", "crash", "not reached"],
@@ -154,12 +178,15 @@ def _provenance(chosen: list[Record], other: int, source: str, command: str) -> 
     lines = [f"Generated by `{command}`." if command else f"Generated from `{source}`."] if command or source else []
     commands = Counter(r.get("command") or "(not recorded)" for r in chosen)
     if commands:
-        lines += ["", "Results from " + "; ".join(f"`{c}` ({_models(n)})" for c, n in commands.most_common(20))
+        lines += ["", "Results from " + "; ".join(f"`{c}` ({n:,} lines)" for c, n in commands.most_common(20))
                   + (f"; and {len(commands) - 20} more commands" if len(commands) > 20 else "") + "."]
-        seen = Counter(f"torch {r['versions'].get('torch')}, splitfx {r['versions'].get('splitfx')}" for r in chosen)
+        seen = Counter(f"torch {r['versions'].get('torch')}, splitfx {r['versions'].get('splitfx')}, commit "
+                       f"{r.get('commit') or '(not recorded)'}" for r in chosen)
+        machines = Counter(r.get("machine") or "(not recorded)" for r in chosen)
         seconds = [r.get("seconds") or 0.0 for r in chosen]
-        lines += ["", "Versions: " + "; ".join(f"{v} ({_models(n)})" for v, n in seen.most_common()) + ". "
-                  f"{sum(seconds) / 3600:.1f} model-hours, median {statistics.median(seconds):.0f} s per model."]
+        lines += ["", "Versions: " + "; ".join(f"{v} ({n:,} lines)" for v, n in seen.most_common()) + ". "
+                  "Machines: " + "; ".join(f"{m} ({n:,} lines)" for m, n in machines.most_common()) + ". "
+                  f"{sum(seconds) / 3600:.1f} model-hours, median {statistics.median(seconds):.0f} s per line."]
     if other:
         lines += ["", f"Not counted: {other:,} line(s) of the file for another timm version or a model it does not "
                   "list."]

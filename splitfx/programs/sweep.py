@@ -1,6 +1,7 @@
 """The coverage sweep: many models, each in its own process, one JSON line per model as it finishes.
 
-A results line holds the model, its family, the timm/torch/splitfx versions, the stages asked for,
+A results line holds the model, its family, the timm/torch/splitfx versions, the commit and the
+machine (:mod:`~splitfx.base.provenance`), the stages asked for,
 the outcome (``pass``, ``fail``, ``timeout`` or ``crash``, the first failing stage and a one-line
 reason), wall seconds, each stage's status and seconds, and the plan's memory figures at K=4 and
 K=8 (:func:`.coverage.plan_figures`). A line is appended with one ``write`` on an ``O_APPEND``
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..base.files import write_text
 from ..base.jsonl import Record, append_record, read_records
+from ..base.provenance import commit, machine
 from ..base.version import __version__
 from . import coverage, coverage_worker
 
@@ -213,7 +215,8 @@ def run(names: Iterable[str], results: str | os.PathLike, stages: Iterable[str] 
 
     On Ctrl-C or SIGTERM the workers in flight are killed and nothing is written for them."""
     stages = coverage.with_prerequisites(stages)
-    meta = {"versions": versions(), "requested": list(stages), "command": command}
+    meta = {"versions": versions(), "requested": list(stages), "command": command, "commit": commit(),
+            "machine": machine()}
     lock, live, stopping = threading.Lock(), set(), threading.Event()
 
     def one(name: str) -> Record | None:

@@ -8,7 +8,7 @@ Only one block's activations are alive at a time.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -17,7 +17,7 @@ from torch import nn
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple
 from ..passes.replay import one_draw_per_step
-from ..recipes.base import LossFn, Recipe, SplitParts
+from ..recipes.base import LossFn, Recipe, SplitParts, handed
 from ..recipes.split import Split
 from .step import run_step
 
@@ -76,6 +76,15 @@ class SplitModule(nn.Module):
             return self.recipe.infer(self.parts(), inputs)
         return self.traced(*inputs)
 
+    def chained(self, *inputs: torch.Tensor):
+        """The blocks run one after another, each on what the one before it hands over, as training
+        runs them: in eval mode this equals the model's own outputs bit for bit."""
+        h = inputs
+        for k, block in enumerate(self.blocks):
+            out = block(*h)
+            h = out if k == self.num_blocks - 1 else handed(out)
+        return h
+
     def block_parameters(self, k: int) -> list[nn.Parameter]:
         """Backbone parameters (RepL coefficients included) trained by block ``k``'s loss; its aux
         head's are in ``heads[k]``."""
@@ -101,6 +110,7 @@ class SplitModule(nn.Module):
         scaler: torch.amp.GradScaler | None = None,
         autocast_dtype: torch.dtype | None = None,
         step_each_block: bool = False,
+        after_loss: Callable[[int], None] | None = None,
     ) -> list[float]:
         """One optimiser step over all blocks; returns the per-block losses.
 
@@ -111,22 +121,23 @@ class SplitModule(nn.Module):
         block k−1) and frees them, so one block's gradients exist at a time instead of the whole
         model's. The weights come out the same, for an optimizer that skips parameters without a
         gradient (every ``torch.optim`` one does). Not with a ``scaler``, whose inf check and scale
-        update cover one whole step."""
+        update cover one whole step. ``after_loss(k)`` is called after loss k's backward (and its
+        per-block step): a per-block log, or :class:`~.isolation.GradientReach` observing isolation."""
         if step_each_block and scaler is not None:
             raise ValueError("train_step: step_each_block steps once per block, and a GradScaler's inf check and "
                              "update cover one whole step; pass one or the other")
         inputs = as_tuple(inputs)
-        after_loss = None
-        if step_each_block:
-            final = self._final_after()
+        final = self._final_after() if step_each_block else [False] * self.num_blocks
 
-            def after_loss(k: int) -> None:
-                if final[k]:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+        def each(k: int) -> None:
+            if final[k]:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if after_loss is not None:
+                after_loss(k)
 
         losses = run_step(self.local_losses(inputs, target), optimizer, inputs[0].device, scaler=scaler,
-                          autocast_dtype=autocast_dtype, after_loss=after_loss, step=not step_each_block)
+                          autocast_dtype=autocast_dtype, after_loss=each, step=not step_each_block)
         self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
 
