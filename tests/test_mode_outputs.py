@@ -1,0 +1,70 @@
+"""A model whose output differs by mode, as torchvision's Inception3 and GoogLeNet: in training it
+also returns auxiliary logits from a branch only training computes, in eval the logits alone. One
+graph serves both (``passes/modes.by_mode``): eval outputs equal the model's, the training output
+carries the auxiliary logits into the loss, isolation holds and ONNX exports the eval output."""
+from collections import namedtuple
+
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import splitfx
+
+from checks import assert_eval_equal, assert_isolated
+
+Outputs = namedtuple("Outputs", ["logits", "aux_logits"])
+
+
+class AuxNet(nn.Module):
+    """Four conv layers; after the second, an auxiliary classifier that only training runs."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1) for i in range(4))
+        self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        aux = None
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i == 1 and self.training:
+                aux = self.aux(x)
+        logits = self.fc(x.mean((2, 3)))
+        return Outputs(logits, aux) if self.training else logits
+
+
+def _loss(out, y):
+    return F.cross_entropy(out.logits, y) + 0.4 * F.cross_entropy(out.aux_logits, y)
+
+
+def _converted():
+    torch.manual_seed(0)
+    model, x, y = AuxNet(), torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    return model, x, y, splitfx.convert(model, x, 3, loss_fn=_loss)
+
+
+def test_each_mode_returns_what_the_model_returns_and_the_loss_reads_the_auxiliary_logits():
+    model, x, y, sm = _converted()
+    assert_eval_equal(sm, model, x)
+    sm.train()
+    torch.manual_seed(1)
+    out, reference = sm(x), model(x)
+    assert type(out) is Outputs and all(torch.equal(a, b) for a, b in zip(out, reference, strict=True))
+    *_, last = (loss.detach() for loss in sm.local_losses(x, y))
+    assert torch.equal(last, _loss(reference, y)), "the last block's loss reads the auxiliary logits too"
+    reached = assert_isolated(sm, x, y)
+    assert any(n.startswith("model.aux.") for k in reached for n in k), "some loss trains the auxiliary classifier"
+    losses = sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.1))
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_onnx_exports_the_eval_output(tmp_path):
+    model, x, _, sm = _converted()
+    sm.eval()
+    splitfx.export_onnx(sm, tmp_path / "m.onnx", x)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    [got] = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), rtol=1e-5, atol=1e-5)
