@@ -71,6 +71,25 @@ def test_normalisation_is_ltls_percentile_clamp():
     assert normalised(a, None) is a
 
 
+@pytest.mark.parametrize("steps", [None, 4])
+def test_by_default_a_spiking_student_learns_normalised_values_and_an_ordinary_one_raw_values(steps):
+    """``percentile="auto"``: LTL's 99.9 clamp for spike rates, which live in [0, 1]; the teacher's
+    own values for an ordinary student. Each block's loss is recomputed from the teacher's output."""
+    torch.manual_seed(0)
+    teacher = Net()
+    _, x, y, sm = _tiny(teacher, steps)
+    losses = [loss.detach() for loss in sm.local_losses(x, y)]
+    hooked = _module_outputs(teacher, x)
+    rates = [head(out) for head, out in zip(sm.heads, _block_outputs(sm, x), strict=False)]
+    for k, point in enumerate(POINTS):
+        wanted = hooked[point.replace(".", "_")]
+        wanted = wanted if steps is None else normalised(wanted, 99.9)
+        torch.testing.assert_close(losses[k], F.mse_loss(rates[k], wanted), rtol=0, atol=0)
+    assert sm.recipe.options()["percentile"] == "auto"
+    with pytest.raises(ValueError, match="percentile must be in"):
+        splitfx.recipe("tandem", percentile="high")
+
+
 class Net(nn.Module):
     """Three conv → ReLU layers and a linear readout: a tiny student or teacher."""
 

@@ -12,8 +12,11 @@ the time steps folded into the batch by :func:`splitfx.spiking`, or the activity
 ordinary student); the teacher's node at each cut is found by :class:`~.teacher.Teacher` (cuts it
 has no counterpart for are not offered). Departures: the percentile scale is taken of the magnitude
 and the clamp is to [-1, 1], which is LTL's for the non-negative activations its teachers have and
-keeps the sign of a signed one (a transformer's tokens); ``percentile=None`` compares raw
-activations (plain block-wise feature distillation). ``teacher_inputs=True`` (teacher forcing, not
+keeps the sign of a signed one (a transformer's tokens). ``percentile="auto"`` (the default)
+normalises for a spiking student, whose rates live in [0, 1] (LTL's 99.9), and compares raw
+activations for an ordinary one (block-wise feature distillation): an ordinary student taught
+normalised values ends 2 points below its teacher on the embedded digits, taught raw ones level with
+it (docs/ltl.md); ``percentile=None`` always compares raw values. ``teacher_inputs=True`` (teacher forcing, not
 in the paper's code) feeds block k the teacher's normalised activation at cut k−1 (repeated over
 the time steps for a spiking student) instead of the student's, so no block depends on another.
 ``teacher=None`` uses a frozen copy of the model as converted: it anchors each block to what the
@@ -59,18 +62,22 @@ class Rate(nn.Module):
         return f"steps={self.steps}, teacher={', '.join(self.teacher_nodes)}"
 
 
+SPIKING_PERCENTILE = 99.9  # LTL's, for targets a spike rate in [0, 1] can reach
+
+
 @register_recipe("tandem")
 class Tandem(Recipe):
     paper = "Yang et al., NeurIPS 2022 (LTL)"
     # Heads reproduce the teacher, not the task's output; every pipeline stage runs the teacher on the inputs.
     traits = RecipeTraits(uses_inputs=True, predicts=False)
 
-    def __init__(self, teacher: nn.Module | None = None, percentile: float | None = 99.9,
+    def __init__(self, teacher: nn.Module | None = None, percentile: float | str | None = "auto",
                  teacher_inputs: bool = False, rename: Mapping[str, str] | None = None):
-        if percentile is not None and not 0 < float(percentile) <= 100:
-            raise ValueError(f"percentile must be in (0, 100] or None, got {percentile!r}")
+        if percentile != "auto" and percentile is not None and (
+                isinstance(percentile, (str, bool)) or not 0 < float(percentile) <= 100):
+            raise ValueError(f"percentile must be in (0, 100], None or 'auto', got {percentile!r}")
         self.teacher, self.teacher_inputs, self.rename = teacher, bool(teacher_inputs), rename
-        self.percentile = None if percentile is None else float(percentile)
+        self.percentile = percentile if percentile in (None, "auto") else float(percentile)
         # Forced, a stage's first block would read the teacher's value at a cut whose head is on the
         # rank before: not pipelined.
         self.traits = dataclasses.replace(Tandem.traits, pipelined=not self.teacher_inputs)
@@ -111,13 +118,20 @@ class Tandem(Recipe):
         activity = head(features)
         return F.mse_loss(activity, torch.zeros_like(activity))
 
+    def _percentile(self, heads: list[nn.Module]) -> float | None:
+        """The percentile the targets are scaled by: ``"auto"`` is LTL's for a spiking student (rates
+        in [0, 1]) and none for an ordinary one."""
+        if self.percentile != "auto":
+            return self.percentile
+        return SPIKING_PERCENTILE if any(head.steps > 1 for head in heads) else None
+
     def losses(self, parts: SplitParts, inputs: tuple, target: torch.Tensor,
                h: tuple | None = None) -> Iterator[torch.Tensor]:
         heads = parts.heads[:len(parts.blocks) - (1 if parts.ends else 0)]
         last_use = {n: k for k, head in enumerate(heads) for n in head.teacher_nodes}
         # A pipeline stage holding only the last block reads no teacher value (and gets no inputs).
         values = heads[0].teacher.run(sorted(last_use), inputs) if heads else {}
-        targets = {n: normalised(a, self.percentile) for n, a in values.items()}
+        targets = {n: normalised(a, self._percentile(heads)) for n, a in values.items()}
         h, held = (inputs if h is None else h), []
         for k, block in enumerate(parts.blocks):
             if self.teacher_inputs and k > 0:
