@@ -16,16 +16,29 @@ import torch.fx as fx
 from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
 from ..base.errors import NoGradientError, PlanError
+from ..passes.modes import by_mode
 
 
 def early_outputs(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]) -> list[tuple[str, int]]:
     """(output path, block) for every output tensor computed before the last block."""
     last = set(nodes[-1])
     found = []
-    for path, leaf in tree_flatten_with_path(gm.graph.output_node().args[0])[0]:
+    for path, leaf in tree_flatten_with_path(_training_output(gm.graph.output_node().args[0]))[0]:
         if isinstance(leaf, fx.Node) and leaf not in last and leaf.op != "placeholder":
             found.append((keystr(path) or "the output", next(k for k, block in enumerate(nodes) if leaf in block)))
     return found
+
+
+def _training_output(output: Any) -> Any:
+    """The output structure the loss reads: training's where the output is picked by mode, and a
+    named tuple built in the graph (torchvision's ``InceptionOutputs``) as the tuple of its fields."""
+    if isinstance(output, fx.Node) and output.target is by_mode:
+        output = output.args[1]
+    target = output.target if isinstance(output, fx.Node) and output.op == "call_function" else None
+    if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
+        return dict(zip(target._fields, (*output.args, *(output.kwargs[f] for f in target._fields[len(output.args):])),
+                        strict=True))
+    return output
 
 
 def _where(early: list[tuple[str, int]]) -> str:
