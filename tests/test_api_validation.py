@@ -115,6 +115,29 @@ def test_an_example_in_another_floating_dtype_than_the_model_is_refused_by_name(
     assert splitfx.plan(Tiny().double(), X.double(), 2).num_blocks == 2
 
 
+
+def test_an_example_in_another_floating_dtype_is_refused_by_convert_and_export_too(tmp_path):
+    words = r"^example_inputs is torch.float64 and Tiny's parameters are torch.float32: pass x.to\(torch.float32\) "
+    with pytest.raises(splitfx.ArgumentError, match=words + r"\(or convert the model with model.to\(torch.float64\)\)"):
+        splitfx.convert(Tiny(), X.double(), 2)
+    with pytest.raises(splitfx.ArgumentError, match=words):
+        splitfx.export_onnx(Tiny(), tmp_path / "m.onnx", X.double())
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_train_step_on_inputs_in_another_floating_dtype_is_refused_by_name_before_any_work():
+    sm = splitfx.convert(Tiny(), X, 2)
+    optimizer = torch.optim.SGD(sm.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in sm.state_dict().items()}
+    words = r"^inputs is torch.float64 and Tiny's parameters are torch.float32: pass x.to\(torch.float32\) "
+    with pytest.raises(splitfx.ArgumentError, match=words + r".*SplitModule.to\(torch.float64\)"):
+        sm.train_step(X.double(), Y, optimizer)
+    assert all(torch.equal(before[k], v) for k, v in sm.state_dict().items()), "not even BatchNorm's statistics moved"
+    with pytest.raises(splitfx.ArgumentError, match=r"inputs is torch\.float64"):  # autocast never casts float64
+        sm.train_step(X.double(), Y, optimizer, autocast_dtype=torch.bfloat16)
+    losses = sm.train_step(X.bfloat16(), Y, optimizer, autocast_dtype=torch.bfloat16)  # autocast casts the rest
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
 def test_convert_refuses_what_would_fail_at_the_first_step():
     model = Tiny()
     with pytest.raises(splitfx.ArgumentTypeError, match="loss_fn must be a callable"):

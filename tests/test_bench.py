@@ -9,6 +9,8 @@ from splitfx.api.conversion import segments
 from splitfx.cli import main
 from splitfx.programs import bench
 
+from tinynets import Stack
+
 
 def test_checkpoint_segments_give_exact_e2e_gradients():
     model = timm.create_model("resnet18", num_classes=10)
@@ -54,3 +56,16 @@ def test_cli_bench_with_repl_reports_parameters_and_optimizer_state(capsys, tmp_
     assert local["predicted_step_peak_bytes"] > 0
     assert repl["trainable_params"] < local["trainable_params"]
     assert repl["optimizer_state_bytes"] < local["optimizer_state_bytes"]
+
+
+def test_bench_counts_as_trainable_only_what_a_loss_trains():
+    def with_spare() -> torch.nn.Module:
+        model = Stack()
+        model.spare = torch.nn.Linear(100, 100)  # never used by forward
+        return model
+
+    spare, plain = (bench.run(f, "stack", 2, input_size=(6,), batch=4, steps=1, warmup=0, replace=2)
+                    for f in (with_spare, Stack))
+    counted = [(m.mode, m.trainable_params, m.optimizer_state_bytes) for m in spare.modes]
+    assert counted == [(m.mode, m.trainable_params, m.optimizer_state_bytes) for m in plain.modes]
+    assert [n for _, n, _ in counted if n is not None], "local and local+RepL report their counts"

@@ -6,7 +6,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import sysconfig
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +88,8 @@ BAD = [
     (["accuracy", "--out", "folder"], "is a folder"),
     (["coverage", "--report", "noise.bin"], "noise.bin is not a results file"),
     (["accuracy", "--report", "--results", "noise.bin"], "noise.bin is not a results file"),
+    (["tasks", "--results", "noise.bin"], "noise.bin is not a results file"),
+    (["coverage", "--report", "half.bin"], "half.bin is not a results file"),
     (["bench", "resnet18", "--steps", "0"], "positive integer"),
     (["bench", "resnet18", "--warmup", "-1"], "integer ≥ 0"),
     (["bench", "resnet18", "--json", "folder"], "is a folder"),
@@ -103,6 +107,7 @@ def user_files(tmp_path_factory):
     (root / "folder" / "kept.txt").write_text("also mine\n")
     (root / "empty.pt").write_bytes(b"")
     (root / "noise.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "half.bin").write_bytes(b'\xff\xfe{"model": "resnet18"}\n')  # JSON behind bytes that are no UTF-8
     (root / "empty_images" / "train").mkdir(parents=True)
     (root / "empty_images" / "val").mkdir()
     torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
@@ -182,3 +187,38 @@ def test_a_factory_beside_you_is_found_and_a_lazy_one_refused_in_one_line(tmp_pa
     assert err.count("\n") == 1 and "lazy parameters not initialised yet (2.weight, 2.bias)" in err
     assert main(["plan", "beside:ready", "--blocks", "2", "--input-size", "3", "16", "16"]) == 0
     assert str(tmp_path) not in sys.path
+
+
+MINE = '''from torch import nn
+
+
+def net(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def fixed():
+    return net()
+'''
+
+
+def test_the_console_script_finds_a_module_beside_you_as_python_m_does(tmp_path):
+    script = Path(sysconfig.get_path("scripts")) / "splitfx"
+    if not script.exists():
+        pytest.skip("splitfx is not installed with its console script")
+    (tmp_path / "mymodule.py").write_text(MINE)
+    run = subprocess.run([str(script), "plan", "mymodule:net", "--blocks", "2", "--input-size", "3", "16", "16"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("Sequential: 2 blocks")
+
+
+def test_a_factory_without_num_classes_is_refused_in_one_line_that_says_what_to_add(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mymodule_fixed.py").write_text(MINE)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "mymodule_fixed:fixed", "--blocks", "2", "--input-size", "8", "--max-batches", "1"]
+    assert main([*argv, "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected keyword argument 'num_classes'" in err
+    assert "its factory must take num_classes" in err and not (tmp_path / "run").exists()

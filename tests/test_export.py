@@ -1,6 +1,8 @@
 """ONNX export: parity with onnxruntime, the user's model untouched, checkpoints export directly,
 large weights in PATH.data, files written whole or not at all."""
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -417,3 +419,56 @@ def test_every_output_of_a_dict_model_is_verified_and_a_wrong_file_is_rejected(t
     other = _TwoHeads().eval()  # same structure, other weights: the file does not compute it
     with pytest.raises(splitfx.SplitFXError, match="ONNX verification failed"):
         verify_export(other, str(tmp_path / "m.onnx"), (x,), True, 1e-4, "m.onnx")
+
+
+def _dynamo_interrupted(monkeypatch, how: str) -> list[str]:
+    """Make the dynamo exporter meet a Ctrl-C: turned into an error of its own (the interrupt its
+    ``__cause__``), or dropped by it before it fails or writes the file. Returns the fallbacks tried."""
+    tried: list[str] = []
+    dynamo, torchscript = onnx_export._dynamo, onnx_export._torchscript
+
+    def interrupted(*args, **kwargs):
+        if how == "error":
+            raise RuntimeError("export failed") from KeyboardInterrupt()
+        with contextlib.suppress(KeyboardInterrupt):  # what a library that catches BaseException does
+            signal.raise_signal(signal.SIGINT)
+        if how == "dropped, then failed":
+            raise RuntimeError("export failed")
+        return dynamo(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "_dynamo", interrupted)
+    monkeypatch.setattr(onnx_export, "_torchscript", lambda *a: tried.append("torchscript") or torchscript(*a))
+    return tried
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, as a program run from a terminal has it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("how", ["error", "dropped, then failed", "dropped, then written"])
+def test_a_ctrl_c_during_the_dynamo_export_stops_the_export_and_writes_nothing(tmp_path, monkeypatch,
+                                                                              default_sigint, how):
+    tried = _dynamo_interrupted(monkeypatch, how)
+    with pytest.raises(KeyboardInterrupt):
+        splitfx.export_onnx(_small(), tmp_path / "m.onnx", torch.randn(2, 3, 8, 8))
+    assert os.listdir(tmp_path) == [] and tried == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_during_train_s_final_export_exits_130_with_no_model_onnx(tmp_path, monkeypatch, capsys):
+    (tmp_path / "interruptible_net.py").write_text(
+        "from torch import nn\n\n"
+        "def net(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    tried = _dynamo_interrupted(monkeypatch, "error")
+    assert main(["train", "interruptible_net:net", "--blocks", "2", "--batch", "8", "--input-size", "8",
+                 "--epochs", "1", "--max-batches", "1", "--out", "run"]) == 130
+    assert capsys.readouterr().err.startswith("splitfx: interrupted")
+    assert tried == [] and "model.onnx" not in os.listdir(tmp_path / "run")
+    assert "checkpoint.pt" in os.listdir(tmp_path / "run")

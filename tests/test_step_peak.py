@@ -10,6 +10,8 @@ from splitfx.base.optimizers import optimizer_spec
 from splitfx.programs.measure import allocator_peak
 from splitfx.runtime.step import run_step
 
+from tinynets import Stack
+
 
 def _tracked(modules, optimizer, step, batch) -> int:
     step()  # the optimizer's state exists from the first step on
@@ -59,3 +61,30 @@ def test_a_budget_counts_the_whole_step():
     plan = splitfx.plan(model, x, 2)
     assert plan.step_peak_bytes > plan.local_peak_bytes + plan.param_bytes
     assert splitfx.plan(model, x, memory_budget=plan.step_peak_bytes).training_peak_bytes() <= plan.step_peak_bytes
+
+
+def _stack(spare: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = Stack()
+    if spare:
+        model.spare = torch.nn.Linear(100, 100)  # never used by forward: 10,100 parameters, 40,400 bytes
+    return model
+
+
+@pytest.mark.parametrize("replace", [None, 2], ids=["plain", "RepL"])
+def test_parameters_the_forward_never_uses_are_held_but_neither_trained_nor_given_optimizer_state(replace):
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    spare, plain = (splitfx.convert(_stack(s), x, 2, replace=replace) for s in (True, False))
+    weights = 100 * 100 * 4 + 100 * 4
+    with_, without = spare.plan, plain.plan
+    assert (with_.trainable_params, with_.trainable_params_before) == (without.trainable_params,
+                                                                       without.trainable_params_before)
+    assert with_.trainable_bytes == without.trainable_bytes and with_.param_bytes == without.param_bytes + weights
+    for optimizer in ("adamw", "sgd"):  # simulated, and the formula
+        assert with_.training_peak_bytes(optimizer) == without.training_peak_bytes(optimizer) + weights
+    assert with_.e2e_step_peak_bytes == without.e2e_step_peak_bytes + weights
+    repl = [[line for line in p.table().splitlines() if "trainable parameters" in line] for p in (with_, without)]
+    assert repl[0] == repl[1] and len(repl[0]) == (replace is not None)  # what `splitfx plan` prints
+    opt = torch.optim.AdamW(spare.parameters())  # as a user makes it: every parameter, the spare ones too
+    assert with_.step_peak_bytes == _tracked([spare], opt, lambda: spare.train_step(x, y, opt), (x, y))
+    assert not [p for p in spare.model.spare.parameters() if opt.state[p]]

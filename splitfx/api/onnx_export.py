@@ -38,6 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..base.errors import ArgumentError, SplitFXError, first_line
 from ..base.files import atomic_files
+from ..base.interrupts import kept_interrupts
 from ..base.memory import weight_bytes
 from ..base.tensors import Inputs, as_tuple
 from ..passes.trace import training_mode
@@ -169,13 +170,17 @@ def _export(model: nn.Module, inputs: tuple, given: tuple, path: str, dynamic_ba
     #136543), so BEiT and MaxViT fell back to TorchScript, which holds ~5.5× the weights while exporting.
     The ONNX graph is the same under either kernel (SDPA becomes MatMul and Softmax).
 
-    ``path`` is in a folder of its own: whatever a failed attempt left there is removed."""
+    ``path`` is in a folder of its own: whatever a failed attempt left there is removed. A Ctrl-C
+    during an attempt stops the export (:func:`~splitfx.base.interrupts.kept_interrupts`), even where
+    the exporter turned it into an error of its own or dropped it: it is no reason to try another way."""
     try:
-        return _dynamo(model, inputs, path, dynamic_batch, external), None
+        with kept_interrupts():
+            return _dynamo(model, inputs, path, dynamic_batch, external), None
     except Exception as dynamo_err:
         _empty(os.path.dirname(path))
         try:
-            _torchscript(model, inputs, path, dynamic_batch, external)
+            with kept_interrupts():
+                _torchscript(model, inputs, path, dynamic_batch, external)
             return "torchscript", None
         except Exception as err:
             failures = f"dynamo: {first_line(dynamo_err)}; torchscript: {first_line(err)}"
@@ -183,7 +188,8 @@ def _export(model: nn.Module, inputs: tuple, given: tuple, path: str, dynamic_ba
                 raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}") from err
         _empty(os.path.dirname(path))
         try:
-            return _dynamo(model, given, path, False, external), failures
+            with kept_interrupts():
+                return _dynamo(model, given, path, False, external), failures
         except Exception as fixed_err:
             raise SplitFXError(f"torch.onnx.export failed for {type(model).__name__}: {failures}; dynamo at a "
                                f"fixed batch: {first_line(fixed_err)}") from fixed_err

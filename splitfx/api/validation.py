@@ -20,6 +20,7 @@ from ..base.optimizers import OPTIMIZERS
 from ..base.report import SplitPlan
 from ..base.sizes import parse_bytes
 from ..base.stage_plan import StageBalance
+from ..base.tensors import check_dtypes
 from ..passes.sharing import Tied
 from ..planner.balance import Method
 from ..recipes import Recipe, list_recipes
@@ -111,19 +112,9 @@ def check_inputs(example_inputs: Any, model: nn.Module) -> tuple[torch.Tensor, .
             raise ArgumentTypeError(f"{where} is {_kind(x)}; every example input must be a torch.Tensor{hint}")
         if x.dim() == 0 or x.shape[0] == 0:
             raise ArgumentError(f"{where} has shape {tuple(x.shape)}: it needs a batch of at least one sample in dim 0")
-    _check_dtypes(inputs, model)
+    check_dtypes(inputs, model, "example_inputs")
     _check_arity(inputs, model)
     return inputs
-
-
-def _check_dtypes(inputs: tuple, model: nn.Module) -> None:
-    """Floating inputs in the dtype of the model's floating parameters (torch's own error names neither)."""
-    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
-    for i, x in enumerate(inputs):
-        if ref is not None and x.is_floating_point() and x.dtype != ref.dtype:
-            where = "example_inputs" if len(inputs) == 1 else f"example_inputs[{i}]"
-            raise ArgumentError(f"{where} is {x.dtype} and {type(model).__name__}'s parameters are {ref.dtype}: pass "
-                                f"x.to({ref.dtype}) (or convert the model with model.to({x.dtype}))")
 
 
 def _check_arity(inputs: tuple, model: nn.Module) -> None:

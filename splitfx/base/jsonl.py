@@ -29,8 +29,8 @@ def read_records(path: str | os.PathLike, key: str = "model") -> Iterator[Record
             if isinstance(record, dict) and key in record:
                 yield record
     if torn and not read:
-        raise SplitFXError(f"{path} is not a results file (no line of it is JSON); give the JSON-lines file a "
-                           "sweep or an accuracy run wrote")
+        raise SplitFXError(f"{path} is not a results file (no line of it is JSON); give the JSON-lines file that "
+                           "splitfx coverage, accuracy or tasks wrote")
 
 
 def append_record(path: str | os.PathLike, record: Record) -> None:

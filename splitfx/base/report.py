@@ -61,7 +61,7 @@ class SplitPlan:
     positions: int
     replaced: list[str]  # RepL: blocks whose weights are synthesised from their neighbours
     replace_skipped: dict[str, str]  # RepL candidates not replaced, and why
-    trainable_params_before: int  # before RepL
+    trainable_params_before: int  # before RepL; like the next, only those the forward uses
     trainable_params: int  # after RepL (fusion coefficients included)
     shared_parameters: list[str] = field(default_factory=list)  # used on both sides of a would-be cut
     auto_leaves: dict[str, str] = field(default_factory=dict)  # modules fx could not trace → why

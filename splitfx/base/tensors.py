@@ -1,5 +1,5 @@
-"""Tensor helpers every layer uses: a tensor's shape and dtype, example inputs as a tuple, class
-scores, a module's tensor slots and the tensors an fx node reads."""
+"""Tensor helpers every layer uses: a tensor's shape and dtype, example inputs as a tuple and in the
+model's dtype, class scores, a module's tensor slots and the tensors an fx node reads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch import nn
+
+from .errors import ArgumentError
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Slot = tuple[dict[str, torch.Tensor | None], str, torch.Tensor]
@@ -32,6 +34,23 @@ class TensorSpec:
 def as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
     """``x`` → ``(x,)``; a sequence of tensors → a tuple of them."""
     return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+
+
+def check_dtypes(inputs: Sequence[torch.Tensor], model: nn.Module, name: str,
+                 convert: str = "convert the model with model.to") -> None:
+    """Floating ``inputs`` in the dtype of ``model``'s floating parameters, else an ArgumentError
+    naming argument ``name``, both dtypes and what to do (torch's own error names neither; ``convert``
+    says how to convert the model). Under autocast, which casts every floating input but a float64
+    one, only float64 is refused."""
+    ref = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    for i, x in enumerate(inputs):
+        if ref is None or not x.is_floating_point() or x.dtype == ref:
+            continue
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64:
+            continue
+        where = name if len(inputs) == 1 else f"{name}[{i}]"
+        raise ArgumentError(f"{where} is {x.dtype} and {type(model).__name__}'s parameters are {ref}: pass "
+                            f"x.to({ref}) (or {convert}({x.dtype}))")
 
 
 def class_scores(output: object) -> bool:

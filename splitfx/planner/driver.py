@@ -17,6 +17,7 @@ from torch import nn
 from ..base.errors import PlanError
 from ..base.memory import weight_bytes
 from ..base.report import SplitPlan
+from ..base.tensors import node_parameters
 from ..passes import cost as cost_pass
 from ..passes.aux_cost import AuxCost, AuxProbe
 from ..passes.cuts import Cut, Schedule, schedule
@@ -56,8 +57,11 @@ class _LocalLoss(nn.Module):
 
 def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], replace, replace_mode: str,
             max_cut_tensors: int | None, auto_leaf: bool):
-    """The bound graph, its cost probe and schedule, with RepL fused in when asked for."""
+    """The bound graph, its cost probe and schedule, with RepL fused in when asked for, and the
+    trainable parameters the forward reads before RepL (one it never uses is trained by no loss)."""
     gm = trace(model, inputs, leaf_modules, auto_leaf)
+    read = {id(p): p for n in gm.graph.nodes for p in node_parameters(gm, n)}
+    trainable = sum(p.numel() for p in read.values() if p.requires_grad)  # before fuse freezes what RepL replaces
     probe = cost_pass.probe(gm, inputs)
     sched = schedule(probe.graph, max_cut_tensors)
     replacement = Replacement()
@@ -68,7 +72,7 @@ def _traced(model: nn.Module, inputs: tuple, leaf_modules: Sequence[LeafSpec], r
             fuse(gm, model, probe, sched, replacement, units, replace_mode)
             probe = cost_pass.probe(gm, inputs)
             sched = schedule(probe.graph, max_cut_tensors)
-    return gm, probe, sched, replacement
+    return gm, probe, sched, replacement, trainable
 
 
 def _check_blocks(num_blocks: int, planner: Planner) -> None:
@@ -121,9 +125,8 @@ class Planner:
         self.optimizer = optimizer
         self._e2e_peak: int | None = None
         self.name = type(model).__name__
-        self.trainable_before = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        gm, probe, sched, self.replacement = _traced(model, inputs, leaf_modules, replace, replace_mode,
-                                                      max_cut_tensors, auto_leaf)
+        gm, probe, sched, self.replacement, self.trainable_before = _traced(
+            model, inputs, leaf_modules, replace, replace_mode, max_cut_tensors, auto_leaf)
         self.gm, self.probe, G = gm, probe, probe.graph
         self.task = infer_task(probe.outputs, example_target, tuple(inputs[0].shape), loss_fn, num_classes)
         # A cut's several tensors are pooled together only where the heads predict vectors.
@@ -238,10 +241,14 @@ class Planner:
         estimate = [self.recipe.step_bytes(with_aux, backbone, k) for k in range(num_blocks)]
         repl = getattr(gm, "repl", nn.Module())
         saved, unsimulated = step_peaks(self.aux, parts, self.recipe, repl, estimate)
+        everything = (*model.parameters(), *repl.parameters())
+        # A parameter the forward never uses gets no gradient and no optimizer state: not trainable here.
+        used = {id(p) for block in params for p in block}
+        unused = [p for p in everything if id(p) not in used]
         if self._e2e_peak is None:
-            self._e2e_peak = e2e_peak(self.aux, gm, parts.loss_fn, self.optimizer) or 0
+            self._e2e_peak = e2e_peak(self.aux, gm, parts.loss_fn, self.optimizer, unused) or 0
         try:
-            step = local_peak(self.aux, parts, self.recipe, repl, self.optimizer) or []
+            step = local_peak(self.aux, parts, self.recipe, repl, self.optimizer, unused) or []
         except RuntimeError as err:
             clearer = loss_without_gradient(gm, nodes, err, self.name)
             if clearer is None:
@@ -255,9 +262,6 @@ class Planner:
             for k, (start, end) in enumerate(pairwise(ends))
         ]
         heads = sum(a.params for a in chosen_aux)
-        everything = (*model.parameters(), *repl.parameters())
-        # A parameter the forward never uses gets no gradient and no optimizer state: not trainable here.
-        used = {id(p) for block in params for p in block}
         trainable = [p for p in everything if p.requires_grad and id(p) in used]
         itemsize = next((p.element_size() for p in trainable), 4)
         return SplitPlan(

@@ -241,7 +241,9 @@ def run(
         mode.predicted_saved_bytes = sm.plan.local_peak_bytes
         mode.predicted_step_peak_bytes = sm.plan.step_peak_bytes or None
         if replace is not None:
-            mode.trainable_params = sum(p.numel() for p in sm.parameters() if p.requires_grad)
+            # the plan's count leaves out what the forward never uses: no loss trains it
+            mode.trainable_params = sm.plan.trainable_params + sum(p.numel() for p in sm.heads.parameters()
+                                                                   if p.requires_grad)
             mode.optimizer_state_bytes = optimizer_state_bytes(opt)
         result.modes.append(mode)
     return result

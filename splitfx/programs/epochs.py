@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..base.errors import SplitFXError
+from ..base.errors import SplitFXError, first_line
 from ..passes.snn import spiking
 from . import data as datasets
 from .config import TrainConfig
@@ -75,12 +75,14 @@ def build_model(name: str, num_classes: int, size: int) -> nn.Module:
     patches of size/4 (4×4 tokens, small enough to train on a CPU); convolutional models take any
     size as they are; a factory taking ``features`` (a regressor of a table: ``splitfx.models:mlp8``)
     gets ``size`` features."""
+    refused: TypeError | None = None
     for extra in ({"img_size": size, "patch_size": max(1, size // 4)}, {"img_size": size}, {"features": size}, {}):
         try:
             return create_model(name, num_classes=num_classes, **extra)
-        except TypeError:
-            continue
-    raise SplitFXError(f"cannot build {name!r} for {num_classes} classes")
+        except TypeError as err:
+            refused = err
+    raise SplitFXError(f"cannot build {name!r} for {num_classes} classes ({first_line(refused)}): its factory "
+                       "must take num_classes, the number of outputs (def factory(num_classes=10): ...)") from refused
 
 
 def student_model(config: TrainConfig, num_classes: int) -> nn.Module:

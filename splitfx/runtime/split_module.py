@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..base.report import SplitPlan
-from ..base.tensors import Inputs, as_tuple
+from ..base.tensors import Inputs, as_tuple, check_dtypes
 from ..passes.replay import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts, handed
 from ..recipes.split import Split
@@ -98,9 +98,12 @@ class SplitModule(nn.Module):
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
         to keep only one block's activations alive; summing them and calling ``backward`` once gives
         the same gradients. A train-only random call (sapiens2's rotary augmentation) draws once for
-        all blocks, as in the model."""
+        all blocks, as in the model. Floating ``inputs`` in another dtype than the model's are refused
+        by name (:func:`~splitfx.base.tensors.check_dtypes`)."""
+        inputs = as_tuple(inputs)
+        check_dtypes(inputs, self.model, "inputs", convert="convert the model and its heads with SplitModule.to")
         with one_draw_per_step():
-            yield from self.recipe.losses(self.parts(), as_tuple(inputs), target)
+            yield from self.recipe.losses(self.parts(), inputs, target)
 
     def train_step(
         self,
