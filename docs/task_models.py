@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
 import splitfx
 from splitfx.base.files import write_text
 from splitfx.base.provenance import provenance
+from splitfx.base.tensors import equal_outputs
 from splitfx.models import EDSR, MLPRegressor
 from splitfx.runtime.isolation import GradientReach
 
@@ -143,18 +143,13 @@ CASES = [
 ]
 
 
-def _same(a, b) -> bool:
-    (xs, spec_a), (ys, spec_b) = tree_flatten(a), tree_flatten(b)
-    return spec_a == spec_b and all(torch.equal(u, v) for u, v in zip(xs, ys, strict=True))
-
-
 def check(model: nn.Module, x, y, keywords: dict) -> dict:
     torch.manual_seed(0)
     sm = splitfx.convert(model, x, 4, example_target=y, **keywords)
     sm.eval()
     with torch.no_grad():
         reference = model(x)
-        equal = _same(sm.chained(x), reference) and _same(sm(x), reference)
+        equal = equal_outputs(sm.chained(x), reference) and equal_outputs(sm(x), reference)
     sm.train()
     with GradientReach(sm) as reach:
         losses = sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.01), after_loss=reach.after_loss)

@@ -425,3 +425,16 @@ def test_chain_and_isolation_stages_fail_on_what_they_observe(monkeypatch):
     assert re.match(r"AssertionError: loss 1 reached \d+ parameter\(s\) outside its blocks \['model\.",
                     outcome.stages["isolation"]["reason"]), outcome.stages["isolation"]
     assert outcome.stages["step"]["status"] == "pass"
+
+
+def test_outputs_compare_leaf_by_leaf_at_the_same_paths():
+    from collections import OrderedDict
+
+    from splitfx.base.tensors import equal_outputs
+
+    t = torch.arange(4.0)
+    assert equal_outputs({"out": t, "aux": None}, OrderedDict(out=t.clone(), aux=None)), "a traced dict is the model's"
+    assert not equal_outputs({"out": t}, {"logits": t}), "another key"
+    assert not equal_outputs({"out": t, "aux": t}, {"aux": t, "out": t + 1}), "another order, another value"
+    assert not equal_outputs((t, t), (t,)), "a missing leaf"
+    assert not equal_outputs(t, t + 1e-7)

@@ -84,3 +84,16 @@ def node_tensors(root: nn.Module, node: fx.Node) -> list[torch.Tensor]:
 def node_parameters(root: nn.Module, node: fx.Node) -> list[nn.Parameter]:
     """The parameters among :func:`node_tensors`: what a node trains."""
     return [t for t in node_tensors(root, node) if isinstance(t, nn.Parameter)]
+
+
+def equal_outputs(a: object, b: object) -> bool:
+    """Whether two model outputs hold the same tensors (``torch.equal``) at the same places: every leaf
+    of every structure, found by its path (``['out']``, ``[0]``), so a dict and an OrderedDict with the
+    same keys in the same order count as the same structure, as a user's ``out["out"]`` reads them."""
+    from torch.utils._pytree import keystr, tree_flatten_with_path
+
+    xs, ys = tree_flatten_with_path(a)[0], tree_flatten_with_path(b)[0]
+    return [keystr(p) for p, _ in xs] == [keystr(p) for p, _ in ys] and all(
+        torch.equal(u, v) if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) else u == v
+        for (_, u), (_, v) in zip(xs, ys, strict=True))
+

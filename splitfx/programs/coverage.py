@@ -220,18 +220,15 @@ def settling_batch(x: Any, samples: int = SETTLE_SAMPLES) -> Any:
 
 def _chain(c: SimpleNamespace) -> None:
     import torch
-    from torch.utils._pytree import tree_flatten
 
-    def same(a: Any, b: Any) -> bool:
-        (xs, spec_a), (ys, spec_b) = tree_flatten(a), tree_flatten(b)
-        return spec_a == spec_b and all(torch.equal(x, y) for x, y in zip(xs, ys, strict=True))
+    from ..base.tensors import equal_outputs
 
     c.sm.eval()
     with torch.no_grad():
         reference = c.model(c.x)
-        if not same(c.sm.chained(c.x), reference):
+        if not equal_outputs(c.sm.chained(c.x), reference):
             raise AssertionError("the blocks run one after another differ from the original model in eval mode")
-        if not same(c.sm(c.x), reference):
+        if not equal_outputs(c.sm(c.x), reference):
             raise AssertionError("the converted module's eval outputs differ from the original model")
 
 
