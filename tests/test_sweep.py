@@ -27,6 +27,7 @@ from splitfx.cli.options import UsageError
 from splitfx.cli.parser import build_parser
 from splitfx.programs import sweep
 from splitfx.programs.coverage import STAGES, check, with_prerequisites
+from splitfx.programs.coverage_causes import cause_of
 
 FAKE = "fake_check:check"
 VITS = ["test_vit", "test_vit2", "test_vit3", "test_vit4", "test_vit_relpos"]  # --filter 'test_vit*', sorted
@@ -405,6 +406,12 @@ def test_saves_fails_a_plan_that_keeps_most_activations(monkeypatch):
         coverage.RUN["saves"](c)
     monkeypatch.setattr(coverage, "SAVES", 0.97)
     coverage.RUN["saves"](c)
+    monkeypatch.setattr(coverage, "SAVES", 0.75)
+    c.plan.shared_parameters = ["rope.freqs"]
+    with pytest.raises(AssertionError) as caught:
+        coverage.RUN["saves"](c)
+    assert str(caught.value).endswith("; kept in one block, used by several: rope.freqs")
+    assert cause_of("saves", "fail", f"AssertionError: {caught.value}").label == "a parameter every block reads"
 
 
 def test_chain_and_isolation_stages_fail_on_what_they_observe(monkeypatch):

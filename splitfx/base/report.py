@@ -141,7 +141,8 @@ class SplitPlan:
         lines += [f"kept whole (fx cannot trace inside it): {name}: {why}" for name, why in self.auto_leaves.items()]
         if self.shared_parameters:
             lines.append(f"kept in one block (used in several places, no cut between uses): "
-                         f"{', '.join(self.shared_parameters)}")
+                         f"{', '.join(self.shared_parameters)}; tied='detach' (--tied detach) lets the first block "
+                         "that uses each train it and the later ones read it detached")
         lines += self._replacement_lines()
         if self.stages is not None:
             lines.append(self.stages.table())

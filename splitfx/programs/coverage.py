@@ -142,8 +142,10 @@ def _plan(c: SimpleNamespace) -> None:
 def _saves(c: SimpleNamespace) -> None:
     figures = plan_figures(c.plan, c.blocks[0])
     if figures["local_over_e2e"] > SAVES:
+        shared = getattr(c.plan, "shared_parameters", None)
+        why = f"; kept in one block, used by several: {', '.join(shared)}" if shared else ""
         raise AssertionError(f"the K={figures['k']} plan keeps {figures['local_over_e2e']:.2f}× of E2E's saved "
-                             f"activations (a pass keeps at most {SAVES:.2f}×)")
+                             f"activations (a pass keeps at most {SAVES:.2f}×){why}")
 
 
 def feature_loss(output: Any, target: Any) -> Any:
