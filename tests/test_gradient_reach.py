@@ -27,6 +27,18 @@ def test_one_step_observes_what_k_separate_backwards_observe(recipe, step_each_b
         assert any(len(sm.recipe.reaches(k, 4)) == 2 for k in range(4)), "a cascade: some loss trains two blocks"
 
 
+def test_a_parameter_the_forward_never_reads_is_no_violation():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    model = Stack()
+    model.spare = torch.nn.Linear(3, 3)  # held, never called: E2E does not train it either
+    sm = splitfx.convert(model, x, 3)
+    with GradientReach(sm) as reach:
+        sm.train_step(x, y, torch.optim.SGD(sm.parameters(), lr=0.1), after_loss=reach.after_loss)
+    assert reach.violations() == []
+    assert not any(n.startswith("model.spare.") for got in reach.per_loss for n in got)
+
+
 def test_a_loss_reaching_beyond_its_blocks_is_reported(monkeypatch):
     torch.manual_seed(0)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))

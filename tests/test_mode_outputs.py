@@ -62,6 +62,44 @@ def test_each_mode_returns_what_the_model_returns_and_the_loss_reads_the_auxilia
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
+def test_a_model_planned_in_eval_mode_reads_its_eval_output():
+    """In eval mode the loss reads the eval output (the logits, computed in the last block): no early
+    output to refuse, although training's auxiliary logits are computed earlier."""
+    torch.manual_seed(0)
+    plan = splitfx.plan(AuxNet().eval(), torch.randn(4, 3, 8, 8), 3)
+    assert plan.num_blocks == 3 and not any("aux_logits" in note for note in plan.notes)
+
+
+@torch.fx.wrap
+def record(x):
+    """A train-only call nothing reads (a statistic, a log)."""
+    return x.mean()
+
+
+class Recording(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1) for i in range(3))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.relu(conv(x))
+            if self.training:
+                record(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_train_only_call_nothing_reads_is_gated_not_refused():
+    torch.manual_seed(0)
+    model, x, y = Recording(), torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    sm = splitfx.convert(model, x, 3)
+    gated = [n for b in sm.blocks for n in b.graph.nodes if "train_only_record" in str(n.target)]
+    assert len(gated) == 3
+    assert_eval_equal(sm, model, x)
+    assert_isolated(sm, x, y)
+
+
 def test_onnx_exports_the_eval_output(tmp_path):
     model, x, _, sm = _converted()
     sm.eval()

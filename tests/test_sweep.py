@@ -387,12 +387,17 @@ def test_report_merges_each_stage_from_the_latest_line_that_ran_it(tmp_path):
                     reason=leak["isolation"]["reason"]),
               _line("vit_tiny_patch16_224", here, requested=["create", "trace", "plan", "saves"],
                     stages={s: ran[s] for s in ("create", "trace", "plan", "saves")})]
+    # A model that failed at convert, then passed a rerun of chain alone, never ran step, isolation or onnx.
+    failed = {**{s: ran[s] for s in ("create", "trace", "plan")}, "convert": {"status": "fail", "reason": "E: x"}}
+    lines += [_line("convnext_atto", here, stages=failed, status="fail", stage="convert", reason="E: x"),
+              _line("convnext_atto", here, requested=["create", "trace", "plan", "convert", "chain"],
+                    stages={s: ran[s] for s in ("create", "trace", "plan", "convert", "chain")})]
     results, out = tmp_path / "r.jsonl", tmp_path / "coverage.md"
     for line in lines:
         append_record(results, line)
     assert main(["coverage", "--report", str(results), "--out", str(out)]) == 0
     first = out.read_text().splitlines()[0]
-    assert "1 / " in first and "1 fail" in first and "1 passed only the stages" in first, first
+    assert "1 / " in first and "1 fail" in first and "2 passed only the stages" in first, first
     failures = out.read_text().split("## Failures")[1]
     row = r"^\| vit_tiny_patch16_224 \| \S+ \| isolation \| fail \| AssertionError: loss 1"
     assert re.search(row, failures, re.M), "a later line that did not rerun isolation keeps the failure"

@@ -89,11 +89,17 @@ def node_parameters(root: nn.Module, node: fx.Node) -> list[nn.Parameter]:
 def equal_outputs(a: object, b: object) -> bool:
     """Whether two model outputs hold the same tensors (``torch.equal``) at the same places: every leaf
     of every structure, found by its path (``['out']``, ``[0]``), so a dict and an OrderedDict with the
-    same keys in the same order count as the same structure, as a user's ``out["out"]`` reads them."""
+    same keys in the same order count as the same structure, as a user's ``out["out"]`` reads them;
+    tensors must have the same dtype too."""
     from torch.utils._pytree import keystr, tree_flatten_with_path
 
     xs, ys = tree_flatten_with_path(a)[0], tree_flatten_with_path(b)[0]
+    def same(u: object, v: object) -> bool:
+        if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+            return isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dtype == v.dtype and \
+                torch.equal(u, v)
+        return u == v
+
     return [keystr(p) for p, _ in xs] == [keystr(p) for p, _ in ys] and all(
-        torch.equal(u, v) if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) else u == v
-        for (_, u), (_, v) in zip(xs, ys, strict=True))
+        same(u, v) for (_, u), (_, v) in zip(xs, ys, strict=True))
 

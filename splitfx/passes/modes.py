@@ -130,6 +130,9 @@ def _align(a: list[fx.Node], b: list[fx.Node]) -> tuple[list[tuple[fx.Node, fx.N
     differs = tree_flatten(seen) != tree_flatten(eval_output)
     if not differs:
         tree_map(lambda v: in_eval(v) if isinstance(v, fx.Node) else v, a_out.args[0])
+    for node in extra:  # a train-only call nothing reads (a check, a log): gated, with what it reads
+        if not node.users:
+            in_eval(node)
     branch = skipped - set(gated)  # computed in training for the output alone
     if any(u not in branch and u is not a_out for n in branch for u in n.users) or (branch and not differs):
         return None

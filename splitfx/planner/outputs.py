@@ -23,17 +23,19 @@ def early_outputs(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]]) -> lis
     """(output path, block) for every output tensor computed before the last block."""
     last = set(nodes[-1])
     found = []
-    for path, leaf in tree_flatten_with_path(_training_output(gm.graph.output_node().args[0]))[0]:
+    training = getattr(gm, "model", gm).training
+    for path, leaf in tree_flatten_with_path(_loss_output(gm.graph.output_node().args[0], training))[0]:
         if isinstance(leaf, fx.Node) and leaf not in last and leaf.op != "placeholder":
             found.append((keystr(path) or "the output", next(k for k, block in enumerate(nodes) if leaf in block)))
     return found
 
 
-def _training_output(output: Any) -> Any:
-    """The output structure the loss reads: training's where the output is picked by mode, and a
-    named tuple built in the graph (torchvision's ``InceptionOutputs``) as the tuple of its fields."""
+def _loss_output(output: Any, training: bool) -> Any:
+    """The output structure the loss reads: that of the model's mode where the output is picked by
+    mode, and a named tuple built in the graph (torchvision's ``InceptionOutputs``) as the tuple of
+    its fields."""
     if isinstance(output, fx.Node) and output.target is by_mode:
-        output = output.args[1]
+        output = output.args[1 if training else 2]
     target = output.target if isinstance(output, fx.Node) and output.op == "call_function" else None
     if isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
         return dict(zip(target._fields, (*output.args, *(output.kwargs[f] for f in target._fields[len(output.args):])),

@@ -37,13 +37,15 @@ def outcome(record: Record | None) -> str:
 
 def merged(earlier: Record | None, later: Record) -> Record:
     """One model's record over two runs: each stage's result from the later run that ran it, the
-    stages asked for by either, the plans of the later run that planned, and the outcome recomputed
-    from the merged stages (a later run that timed out or crashed keeps that status)."""
+    plans of the later run that planned, and the outcome recomputed from the merged stages (a later
+    run that timed out or crashed keeps that status). ``requested`` becomes the stages with a result:
+    a stage neither run reached (skipped after a failure, or past a crash) has not passed, so a model
+    missing one counts as partial, never as passing."""
     if earlier is None:
         return later
     stages = {**earlier.get("stages", {}), **later.get("stages", {})}
     record = {**later, "stages": stages, "plans": later.get("plans") or earlier.get("plans", {}),
-              "requested": [s for s in STAGES if s in {*earlier.get("requested", ()), *later.get("requested", ())}],
+              "requested": [s for s in STAGES if s in stages],
               "seconds": (earlier.get("seconds") or 0.0) + (later.get("seconds") or 0.0)}
     if later.get("status") in ("pass", "fail"):
         bad = next((s for s in STAGES if stages.get(s, {}).get("status", "pass") != "pass"), None)

@@ -16,9 +16,10 @@ keeps the sign of a signed one (a transformer's tokens). ``percentile="auto"`` (
 normalises for a spiking student, whose rates live in [0, 1] (LTL's 99.9), and compares raw
 activations for an ordinary one (block-wise feature distillation): an ordinary student taught
 normalised values ends 2 points below its teacher on the embedded digits, taught raw ones level with
-it (docs/ltl.md); ``percentile=None`` always compares raw values. ``teacher_inputs=True`` (teacher forcing, not
-in the paper's code) feeds block k the teacher's normalised activation at cut k−1 (repeated over
-the time steps for a spiking student) instead of the student's, so no block depends on another.
+it (docs/ltl.md); ``percentile=None`` always compares raw values. ``teacher_inputs=True`` (teacher
+forcing, not in the paper's code) feeds block k the teacher's activation at cut k−1, scaled as the
+targets are (repeated over the time steps for a spiking student), instead of the student's, so no
+block depends on another.
 ``teacher=None`` uses a frozen copy of the model as converted: it anchors each block to what the
 model computed before training (retraining a pretrained model block by block after pruning or
 quantising it). The teacher's values at every cut are computed once per step and each is freed

@@ -60,7 +60,9 @@ class GradientReach:
 
     def violations(self) -> list[str]:
         """One line per loss that reached a parameter it should not have, or missed one it should
-        have; then one for trainable parameters no loss reached. Empty when isolation held."""
+        have; then one for parameters of a block or head that no loss reached (a parameter the forward
+        never reads belongs to no block and is trained by nothing, as in E2E). Empty when isolation
+        held."""
         sm, lines = self.sm, []
         if len(self.per_loss) != sm.num_blocks:
             return [f"{len(self.per_loss)} losses were observed for {sm.num_blocks} blocks"]
@@ -70,8 +72,9 @@ class GradientReach:
             if unexpected or missing:
                 lines.append(f"loss {k} reached {len(unexpected)} parameter(s) outside its blocks "
                              f"{unexpected[:3]} and missed {len(missing)} {missing[:3]}")
-        trainable = {n for n, p in sm.named_parameters() if p.requires_grad}
-        unreached = sorted(trainable - set().union(*self.per_loss))
+        # Parameters some block or head owns: one the forward never reads is trained by nothing, E2E included.
+        owned = set().union(*(expected_reach(sm, k) for k in range(sm.num_blocks)))
+        unreached = sorted(owned - set().union(*self.per_loss))
         if unreached:
             lines.append(f"no loss trains {len(unreached)} parameter(s) {unreached[:3]}")
         return lines
