@@ -9,6 +9,7 @@ Only one block's activations are alive at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -76,7 +77,7 @@ class SplitModule(nn.Module):
             return self.recipe.infer(self.parts(), inputs)
         return self.traced(*inputs)
 
-    def chained(self, *inputs: torch.Tensor):
+    def chained(self, *inputs: torch.Tensor) -> Any:
         """The blocks run one after another, each on what the one before it hands over, as training
         runs them: in eval mode this equals the model's own outputs bit for bit."""
         h = inputs
