@@ -55,9 +55,10 @@ CAUSES = (
     Cause("a parameter every block reads", "model",
           "a parameter used in several places keeps its uses in one block unless told otherwise (the gradient "
           "from every use is E2E's), so the block between its first and last use holds nearly the whole model: "
-          "vit_*_rope_mixed*'s learnable `rope.freqs`; `tied='detach'` (`--tied detach`) lets the first block "
-          "train it and the later ones read it detached (vit_small_patch16_rope_mixed_224 at K=4: 0.95× → "
-          "0.29×, `splitfx plan vit_small_patch16_rope_mixed_224 --blocks 4 --batch 2 --tied detach`)",
+          "vit_*_rope_mixed*'s learnable `rope.freqs`, vit_srelpos_*'s `shared_rel_pos` MLP; `tied='detach'` "
+          "(`--tied detach`) lets the first block train it and the later ones read it detached "
+          "(vit_small_patch16_rope_mixed_224 at K=4: 0.95× → 0.29×, vit_srelpos_small_patch16_224: 0.95× → 0.27×; "
+          "`splitfx plan MODEL --blocks 4 --batch 2 --tied detach`)",
           r"kept in one block, used by several", ("saves",)),
     Cause("ill-conditioned at random init", "model",
           "random-init weights in eval mode make PyTorch's own float32 logits differ from its float64 ones by "
