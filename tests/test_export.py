@@ -472,3 +472,13 @@ def test_a_ctrl_c_during_train_s_final_export_exits_130_with_no_model_onnx(tmp_p
     assert capsys.readouterr().err.startswith("splitfx: interrupted")
     assert tried == [] and "model.onnx" not in os.listdir(tmp_path / "run")
     assert "checkpoint.pt" in os.listdir(tmp_path / "run")
+
+
+def test_the_exporter_prints_nothing_to_stdout(tmp_path, capsys):
+    """A user's output (``splitfx train``'s summary) is not interleaved with the exporter's progress lines."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(4, 6)
+    sm = splitfx.convert(model, x, 2)
+    capsys.readouterr()
+    splitfx.export_onnx(sm, tmp_path / "m.onnx", x)
+    assert "[torch.onnx]" not in capsys.readouterr().out

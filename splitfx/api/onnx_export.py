@@ -207,8 +207,9 @@ def _dynamo(model: nn.Module, inputs: tuple, path: str, dynamic_batch: bool, ext
 
     def write(optimize: bool) -> None:
         with sdpa_kernel(SDPBackend.MATH):
+            # verbose=False: the exporter's progress lines would otherwise go to the user's stdout
             torch.onnx.export(model, inputs, path, dynamo=True, dynamic_shapes=dynamic, external_data=external,
-                              custom_translation_table=TRANSLATIONS, optimize=optimize)
+                              custom_translation_table=TRANSLATIONS, optimize=optimize, verbose=False)
 
     write(True)
     try:
