@@ -2,7 +2,7 @@
 converted module's forward, equal the model), isolation observed in the first step, a finite first
 step and the memory ratio, printed and written to docs/task-models.md with commit, command and machine.
 
-    python docs/task_models.py            # about four minutes on 2 cores
+    python docs/task_models.py            # a few minutes on 2 cores
 """
 from __future__ import annotations
 
