@@ -1,5 +1,6 @@
 """What the partition balances and which blocks it may choose: the losses' real peaks (cascades hold
-two blocks), at least one whole layer per block, and no K at which a loss holds the whole network."""
+two blocks), at least one whole layer per block, no aux head heavier than its block, and no K at
+which a loss holds the whole network."""
 import itertools
 
 import numpy as np
@@ -14,7 +15,7 @@ from splitfx.api.planning import split_of
 from splitfx.passes.chain_partition import chain_partition
 from splitfx.passes.units import Unit
 from splitfx.planner.balance import chain_steps
-from splitfx.planner.legality import holds_unit
+from splitfx.planner.legality import heads_within_blocks, holds_unit, max_blocks
 
 
 def _path_cost(steps, path):
@@ -75,7 +76,45 @@ def test_every_chosen_block_holds_a_whole_residual_block(recipe):
     assert {type(model.get_submodule(u.name)).__name__ for u in units} == {"BasicBlock"} and len(units) == 8
     for b in plan.blocks:
         assert any(b.start <= u.start and u.end <= b.end for u in units), (b.index, b.modules)
-    assert not plan.notes
+    assert not any("whole layer" in n for n in plan.notes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 4), st.lists(st.integers(1, 30), min_size=7, max_size=7),
+       st.lists(st.integers(0, 60), min_size=7, max_size=7))
+def test_a_head_heavier_than_its_block_is_refused_where_k_blocks_still_fit(k, sizes, heads):
+    """Brute force over every split of a small chain: where some split keeps every head within its
+    block, the partition sees exactly those blocks (the last block's "head" is the final loss, never
+    refused); where none does, the costs are left as they were and the note names the K that fits."""
+    m = len(sizes)
+    prefix = np.concatenate([[0.0], np.cumsum(sizes[:-1])])
+    backbone = np.where(np.triu(np.ones((m, m), bool), 1), prefix[None, :] - prefix[:, None], np.inf)
+    cost = backbone + np.asarray(heads, dtype=float)[None, :]
+    masked, note = heads_within_blocks(cost, backbone, k, "man", "Net")
+    fits = lambda i, j: j == m - 1 or heads[j] <= backbone[i, j]  # noqa: E731
+    splits = [[0, *c, m - 1] for c in itertools.combinations(range(1, m - 1), k - 1)]
+    feasible = [p for p in splits if all(fits(i, j) for i, j in itertools.pairwise(p))]
+    if feasible:
+        assert note is None
+        for i, j in itertools.combinations(range(m), 2):
+            assert np.isfinite(masked[i, j]) == fits(i, j), (i, j)
+    else:
+        most = max_blocks(np.isfinite(cost) & np.array([[fits(i, j) for j in range(m)] for i in range(m)]))
+        assert (masked == cost).all() and f"at most {most} blocks keep every head within its block" in note
+        assert most < k
+
+
+def test_resnet18_man_heads_stay_within_their_blocks_or_the_plan_says_which_k_does():
+    """resnet18 at 32² with MAN: the heads (a copy of the next residual block, InfoPro's classifier
+    and decoder) outweigh any block at K=4; the plan says so and names K=3, where none does."""
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
+    four = splitfx.plan(model, x, 4, recipe="man")
+    assert any("at most 3 blocks keep every head within its block" in n for n in four.notes), four.notes
+    three = splitfx.plan(model, x, 3, recipe="man")
+    assert not three.notes
+    assert all(b.aux_saved_bytes <= b.own_saved_bytes for b in three.blocks), [
+        (b.aux_saved_bytes, b.own_saved_bytes) for b in three.blocks]
+    assert all(b.aux_saved_bytes > 0 for b in three.blocks[:-1]) and three.blocks[-1].aux_saved_bytes == 0
 
 
 def test_more_blocks_than_layers_fall_back_and_say_so():

@@ -21,6 +21,34 @@ def test_local_peak_and_prediction(name):
     assert blocks == [b.saved_bytes for b in sm.plan.blocks]
 
 
+@pytest.mark.parametrize("recipe", ["man", "mlaan", "hpff"])
+def test_heads_recomputed_in_backward_are_predicted_exactly(recipe):
+    """A recomputed head keeps its inputs out of autograd's sight (torch.utils.checkpoint); splitfx
+    saves them visibly (recipes/recompute.py), so the measured saved bytes of each loss are the plan's."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    sm = splitfx.convert(model, x, num_blocks=3, recipe=recipe)
+    _, blocks = measure(sm, x, y)
+    assert blocks == [b.saved_bytes for b in sm.plan.blocks]
+
+
+def test_a_recompute_keeps_its_input_in_sight():
+    """The input a recomputed module needs until backward is counted by the meter once, as any saved
+    tensor: a fresh tensor is, one the graph saves already is not counted twice."""
+    from splitfx.recipes.recompute import recomputed
+
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh())
+    w = torch.randn(32, 64, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        h = w * 2.0  # a fresh tensor: no op saves it but the recompute
+        out = recomputed(layer, h).sum()
+        assert meter.live == h.numel() * 4
+        out.backward()
+        assert meter.live == 0
+    torch.testing.assert_close(w.grad, torch.autograd.grad(layer(w * 2.0).sum(), w)[0])
+
+
 def test_meter_counts_views_once_and_releases_after_backward():
     w = torch.randn(64, 64, requires_grad=True)
     x = torch.randn(32, 64)

@@ -220,24 +220,29 @@ def test_man_copies_and_averages_the_next_block_with_its_own_lambdas(name):
         splitfx.recipe("man", momentum=1.0)
 
 
-def test_man_recompute_keeps_the_gradients_and_drops_the_copies_activations():
-    """recompute=True (the default) runs LB and EMA under torch.utils.checkpoint: the gradients of
-    recompute=False (as published), a lighter head in the plan."""
-    grads, aux = [], []
+@pytest.mark.parametrize("recipe", ["man", "mlaan", "hpff"])
+def test_recompute_keeps_the_gradients_and_statistics_and_lightens_the_heads(recipe):
+    """recompute=True (the default) recomputes MAN's copies, MLAAN's leap copies and HPFF's quadrant
+    decoders in backward: the gradients and BatchNorm running statistics of recompute=False (as
+    published; the statistics move once, not again in the recompute), a lighter head in the plan."""
+    grads, stats, aux = [], [], []
     for recompute in (True, False):
         torch.manual_seed(0)
-        _, x, y, sm, _ = _convert("resnet18", splitfx.recipe("man", recompute=recompute))
+        _, x, y, sm, _ = _convert("resnet18", splitfx.recipe(recipe, recompute=recompute))
         sm.train()
         for loss in sm.local_losses(x, y):
             loss.backward()
         grads.append({n: p.grad for n, p in sm.named_parameters() if p.grad is not None})
+        stats.append({n: b.clone() for n, b in sm.named_buffers()})
         aux.append([b.aux_saved_bytes for b in sm.plan.blocks[:-1]])
-    assert grads[0].keys() == grads[1].keys()
+    assert grads[0].keys() == grads[1].keys() and stats[0].keys() == stats[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
-    assert all(a < b for a, b in zip(*aux, strict=True)), aux
+    for name in stats[0]:
+        torch.testing.assert_close(stats[0][name], stats[1][name], msg=name)
+    assert all(a <= b for a, b in zip(*aux, strict=True)) and sum(aux[0]) < sum(aux[1]), aux
     with pytest.raises(splitfx.ArgumentError, match="recompute must be True or False"):
-        splitfx.recipe("man", recompute="yes")
+        splitfx.recipe(recipe, recompute="yes")
 
 
 # ---- HPFF ----------------------------------------------------------------------------------------
@@ -378,7 +383,8 @@ def test_a_bad_option_names_the_recipe_and_what_it_accepts():
         splitfx.recipe("auglocal", d=0)
     with pytest.raises(splitfx.ArgumentError, match=r"no option 'n'; it accepts: no options"):
         splitfx.recipe("linear", n=1)
-    assert splitfx.recipe("mlaan", leap=3).options() == {"wx": 0.001, "wy": 0.999, "momentum": 0.999, "leap": 3}
+    assert splitfx.recipe("mlaan", leap=3).options() == {"wx": 0.001, "wy": 0.999, "momentum": 0.999, "leap": 3,
+                                                        "recompute": True}
 
 
 def test_cli_recipe_options(capsys):

@@ -20,8 +20,11 @@ def _tracked(modules, optimizer, step, batch) -> int:
     return tracker.peak
 
 
-@pytest.mark.parametrize("recipe,optimizer", [("linear", "sgd_momentum"), ("dgl", "adamw"), ("hpff", "sgd")])
+@pytest.mark.parametrize("recipe,optimizer", [("linear", "sgd_momentum"), ("dgl", "adamw"), ("hpff", "sgd"),
+                                              ("man", "adamw"), ("mlaan", "sgd")])
 def test_predicted_step_peaks_equal_the_tracked_real_steps(recipe, optimizer):
+    """Recipes whose heads recompute in backward (man, mlaan, hpff's decoders) included: the
+    recomputation is a transient of the real step, and the plan runs the same step."""
     torch.manual_seed(0)
     model, x = timm.create_model("resnet18", num_classes=10), torch.randn(4, 3, 32, 32)
     y = torch.randint(0, 10, (4,))

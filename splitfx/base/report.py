@@ -24,8 +24,9 @@ class BlockPlan:
     index: int
     modules: list[str]
     params: int
-    saved_bytes: int  # block + its aux head
-    aux_saved_bytes: int
+    saved_bytes: int  # what the block's loss keeps: the block, its aux head (a cascade: the previous block too)
+    aux_saved_bytes: int  # the aux head's saved bytes beyond what the block saves itself
+
     flops: int
     aux_flops: int
     aux_params: int
@@ -36,6 +37,7 @@ class BlockPlan:
     # The whole training step's peak while this block's loss is alive (weights, gradients so far,
     # optimizer state, activations, transients, batch; the optimizer's step counts with the last).
     step_peak_bytes: int = 0
+    own_saved_bytes: int = 0  # the block alone on its detached input (the tensors handed to it included)
 
     @property
     def span(self) -> str:

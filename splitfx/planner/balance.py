@@ -22,7 +22,7 @@ from ..passes.cuts import Schedule
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost, min_max_partition, storage_cost
 from ..recipes.base import Held, Recipe
-from .legality import mask_untrainable
+from .legality import heads_within_blocks, mask_untrainable
 
 
 class Method(Choice):
@@ -79,10 +79,12 @@ def choose_path(
     tolerance: float,
     model_name: str,
     fixed: Sequence[int] = (),
-) -> list[int]:
-    """Boundary indices ``[0, ..., M-1]`` of the chosen split (see :mod:`splitfx.passes.partition`).
-    Boundaries ``fixed`` (pipeline stage boundaries placed by time) are kept, and the blocks are
-    balanced within each range between them, ``num_blocks`` shared out evenly (earlier ranges first)."""
+) -> tuple[list[int], str | None]:
+    """Boundary indices ``[0, ..., M-1]`` of the chosen split (see :mod:`splitfx.passes.partition`),
+    and a note when no split keeps every aux head within its block (balancing by memory, a head
+    heavier than its block is refused: :func:`~.legality.heads_within_blocks`). Boundaries ``fixed``
+    (pipeline stage boundaries placed by time) are kept, and the blocks are balanced within each range
+    between them, ``num_blocks`` shared out evenly (earlier ranges first)."""
     G: nx.DiGraph = probe.graph
     order = sched.order
     bounds = [0, *(c.position for c in sched.cuts), len(order)]
@@ -103,13 +105,15 @@ def choose_path(
     weights = [0, *(sum(node_cost(G, v).out_bytes for v in c.nodes) for c in sched.cuts), 0]
     handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
     masked = mask_untrainable(cost(), ok, num_blocks, model_name)
+    note = None
     if method is Method.MEMORY:
         backbone = storage_cost(saves, G.graph["storages"], bounds, None, held_tensors(probe, sched))
+        masked, note = heads_within_blocks(masked, backbone, num_blocks, recipe.name, model_name)
         steps = chain_steps(recipe, num_blocks, masked, backbone, np.isfinite(masked))
         if steps is not None:
             if fixed:
                 raise ValueError(f"recipe {recipe.name!r} holds two blocks per loss and cannot be split between stages")
-            return [0, *chain_partition(steps, weights, handover)[0], len(bounds) - 1]
+            return [0, *chain_partition(steps, weights, handover)[0], len(bounds) - 1], note
     edges = [0, *fixed, len(bounds) - 1]
     ranges = len(edges) - 1
     path = [0]
@@ -117,4 +121,4 @@ def choose_path(
         k = num_blocks // ranges + (s < num_blocks % ranges)
         inner = min_max_partition(masked[a:b + 1, a:b + 1], k, weights[a:b + 1], handover[a:b + 1], tolerance)
         path += [a + i for i in inner] + [b]
-    return path
+    return path, note

@@ -14,8 +14,9 @@ from ..passes.node_cost import node_cost
 
 
 def block_row(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params: int, saved: int, flops: int,
-              aux: AuxCost | None, cut: Cut | None, step_peak: int = 0) -> BlockPlan:
-    """Block ``k`` of the report: its modules, parameters, saved bytes and FLOPs, and its aux head."""
+              aux: AuxCost | None, cut: Cut | None, step_peak: int = 0, own: int = 0, head: int = 0) -> BlockPlan:
+    """Block ``k`` of the report: its modules, parameters, saved bytes (``own``: the block alone,
+    ``head``: its aux head beyond that) and FLOPs, and its aux head."""
     return BlockPlan(
         index=k,
         modules=list(dict.fromkeys(
@@ -23,7 +24,7 @@ def block_row(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params:
         )),
         params=params,
         saved_bytes=saved,
-        aux_saved_bytes=int(sum(aux.saves.values())) if aux else 0,
+        aux_saved_bytes=head if aux else 0,
         flops=flops,
         aux_flops=aux.flops if aux else 0,
         aux_params=aux.params if aux else 0,
@@ -32,6 +33,7 @@ def block_row(k: int, nodes: Sequence[fx.Node], G, start: int, end: int, params:
         start=start,
         end=end,
         step_peak_bytes=step_peak,
+        own_saved_bytes=own,
     )
 
 

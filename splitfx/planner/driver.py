@@ -32,7 +32,7 @@ from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.merge import MergeKind, merge_for
 from ..recipes.split import Split, make_heads
 from ..recipes.task import LossFn, carry_criterion, infer_task
-from .balance import Method, choose_path
+from .balance import Method, choose_path, held_tensors
 from .block_rows import block_row, model_name
 from .boundaries import boundary, readable
 from .closed_cuts import why_closed
@@ -149,7 +149,7 @@ class Planner:
         self.trainable = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
         self.whole = holds_unit(self.graph.repeated(), self.bounds)
         self._aux_costs: list[AuxCost] | None = None
-        self._note: str | None = None
+        self._notes: list[str] = []  # the last plan's notes on its blocks (a whole layer each, heads within them)
 
     def _boundaries(self, num_blocks: int) -> list[Boundary]:
         G = self.probe.graph
@@ -190,7 +190,8 @@ class Planner:
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)
         boundaries = self._boundaries(num_blocks)
-        ok, self._note = whole_layers(self.trainable, self.whole, num_blocks, name)
+        ok, layers_note = whole_layers(self.trainable, self.whole, num_blocks, name)
+        heads_note = None
         if num_blocks == 1:
             path = [0, len(self.bounds) - 1]
         elif chosen is not None:
@@ -199,9 +200,10 @@ class Planner:
         else:
             if self._aux_costs is None and self.method in (Method.MEMORY, Method.FLOPS):
                 self._aux_costs = [self._aux_cost(j, b) for j, b in enumerate(self._probed(boundaries))]
-            path = choose_path(self.method, self.recipe, num_blocks, self.probe, sched, self._aux_costs or [],
-                               self.final_loss, ok, self.tolerance, name,
-                               [self.bounds.index(p) for p in stage_cuts])
+            path, heads_note = choose_path(self.method, self.recipe, num_blocks, self.probe, sched,
+                                           self._aux_costs or [], self.final_loss, ok, self.tolerance, name,
+                                           [self.bounds.index(p) for p in stage_cuts])
+        self._notes = [n for n in (layers_note, heads_note) if n]
         return self._split(path, boundaries, "split_points" if chosen is not None else self.method)
 
     def _split(self, path: list[int], boundaries: list[Boundary], method: str) -> Split:
@@ -235,8 +237,9 @@ class Planner:
         costs = [node_cost(G, v) for v in sched.order]
         saves = [c.saved for c in costs]
         storages = G.graph["storages"]
-        with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss])
-        backbone = storage_cost(saves, storages, ends)
+        handed = [held_tensors(self.probe, sched)[self.bounds.index(e)] for e in ends]
+        with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss], handed)
+        backbone = storage_cost(saves, storages, ends, None, handed)
         flops = additive_cost([c.flops for c in costs], ends)
         estimate = [self.recipe.step_bytes(with_aux, backbone, k) for k in range(num_blocks)]
         repl = getattr(gm, "repl", nn.Module())
@@ -258,7 +261,8 @@ class Planner:
         blocks = [
             block_row(k, nodes[k], G, start, end, sum(p.numel() for p in params[k]), int(saved[k]),
                       int(flops[k, k + 1]), chosen_aux[k] if k < len(cuts) else None,
-                      cuts[k] if k < len(cuts) else None, step[k])
+                      cuts[k] if k < len(cuts) else None, step[k], int(backbone[k, k + 1]),
+                      int(with_aux[k, k + 1] - backbone[k, k + 1]))
             for k, (start, end) in enumerate(pairwise(ends))
         ]
         heads = sum(a.params for a in chosen_aux)
@@ -291,6 +295,6 @@ class Planner:
             optimizer=self.optimizer,
             step_peak_bytes=max(step),
             e2e_step_peak_bytes=self._e2e_peak,
-            notes=[*([self._note] if self._note and method != "split_points" else []), *detached_notes(gm, nodes),
+            notes=[*(self._notes if method != "split_points" else []), *detached_notes(gm, nodes),
                    *output_notes(gm, nodes, self.probe.outputs, self.name)],
         )

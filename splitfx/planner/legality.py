@@ -143,6 +143,27 @@ def whole_layers(trainable: np.ndarray, whole: np.ndarray, num_blocks: int, mode
                        f"kind; with {num_blocks}, some blocks hold less than a layer (ask for {most} or fewer)")
 
 
+def heads_within_blocks(cost: np.ndarray, backbone: np.ndarray, num_blocks: int, recipe: str, model_name: str
+                        ) -> tuple[np.ndarray, str | None]:
+    """``cost`` with every block whose aux head keeps more saved bytes than the block itself made
+    infeasible, where ``num_blocks`` such blocks still fit; else ``cost`` as it is and the note the
+    plan shows. ``cost[i, j]`` is block i..j with its head (the last boundary's: the final loss, not
+    a head), ``backbone[i, j]`` the block alone, both with the tensors handed to it.
+
+    A head heavier than its block makes the cut pay for itself twice: the loss keeps more for the
+    head than for what it trains, and the min-max answers with tiny blocks behind big heads."""
+    with np.errstate(invalid="ignore"):  # inf − inf where a block may not go at all
+        fits = ~(cost - backbone > backbone)
+    fits[:, -1] = True
+    within = np.isfinite(cost) & fits
+    most = max_blocks(within)
+    if num_blocks <= most:
+        return np.where(fits, cost, np.inf), None
+    return cost, (f"the aux heads of recipe {recipe!r} keep more saved activations than the blocks they train "
+                  f"wherever {model_name} is cut into {num_blocks} blocks; at most {most} blocks keep every head "
+                  f"within its block (ask for {most} or fewer, or place the cuts with split_points)")
+
+
 def check_saves(recipe: Recipe, num_blocks: int) -> None:
     """Refuse a K at which one of ``recipe``'s losses holds every block (:meth:`Recipe.held`): the
     whole network, E2E's memory with none of its accuracy. Names the smallest K that saves memory."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from .heads import conv_bn_relu
 from .layout import MapSpec
+from .recompute import recomputed
 
 REDUCED = 128  # channels after the 1×1 conv when three or more ×2 stages follow (InfoPro's ImageNet decoder)
 
@@ -106,10 +107,17 @@ def quadrants(x: torch.Tensor) -> list[torch.Tensor]:
 class PatchDecoder(_FromMap):
     """HPFF's patch feature fusion as its public code implements it: four decoders, each
     reconstructing one image quadrant from the same quadrant of the feature map; the four
-    reconstruction losses are summed."""
+    reconstruction losses are summed.
 
-    def __init__(self, spec: MapSpec, shape: Sequence[int], image_shape: Sequence[int]):
+    With ``recompute`` (default), each quadrant's decoder is recomputed in backward on its own
+    (:mod:`.recompute`), so the head keeps the four reconstructions and no decoder activations, and
+    backward holds one quadrant's at a time: the memory the paper claims for patch fusion. Run whole
+    (``recompute=False``, as the public code), the four quadrants keep as much as one decoder of the
+    whole map, which is why the authors' fusion on and off agree in memory (METHODS.md)."""
+
+    def __init__(self, spec: MapSpec, shape: Sequence[int], image_shape: Sequence[int], recompute: bool = True):
         super().__init__(spec, shape)
+        self.recompute = recompute
         c, h, w = self.map_shape
         maps = quadrants(torch.empty(1, c, h, w, device="meta"))
         images = quadrants(torch.empty(image_shape[-3:], device="meta"))
@@ -124,4 +132,5 @@ class PatchDecoder(_FromMap):
 
     def loss(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         parts = zip(self.decoders, quadrants(self.spec(features)), quadrants(image), strict=True)
-        return torch.stack([reconstruction(decoder(m), i) for decoder, m, i in parts]).sum()
+        run = recomputed if self.recompute else (lambda decoder, m: decoder(m))
+        return torch.stack([reconstruction(run(decoder, m), i) for decoder, m, i in parts]).sum()

@@ -77,34 +77,51 @@ class Classifier(nn.Module):
     (stride 2 and 2× width on narrow maps, C < 64) → BN → ReLU [→ conv3×3 → BN → ReLU] → GAP →
     Linear(→hidden) → ReLU → Linear(→out).
 
-    With ``imagenet`` and a map of at least 512 channels, the head their ImageNet code uses instead
-    (InfoPro, HPFF and MAN alike, for either path): conv1×1 to r = max(128, C/4) → conv3×3 stride 2 to
-    max(256, r) → conv3×3 stride 2 to twice that → conv1×1 to min(2048, 4× that), each with BN and
-    ReLU → GAP → Linear(→out). Keeping C channels, the CIFAR head at a 1024-channel ImageNet cut holds
-    9.4 M parameters per convolution. On 256-channel stage-1 maps the CIFAR head keeps fewer bytes
-    than the expansion to 2048 channels (resnet50 K=4: InfoPro 0.42× E2E against 0.45×), so it stays."""
+    With ``imagenet``, the head their ImageNet code uses instead (InfoPro, HPFF and MAN alike, for
+    either path) wherever it keeps fewer bytes (:func:`imagenet_lighter`): conv1×1 to r = max(128,
+    C/4) → conv3×3 stride 2 to max(256, r) → conv3×3 stride 2 to twice that → conv1×1 to min(2048, 4×
+    that), each with BN and ReLU → GAP → Linear(→out). Their ImageNet cuts all have 512 channels or
+    more, where it is the lighter one; on resnet50's 256-channel stage-1 maps it is lighter than
+    2c2f (704 against 1,024 channels of saves per position) and heavier than 1c2f (512)."""
 
     def __init__(self, spec: MapSpec, shape: Sequence[int], out_features: int, convs: int = 1, hidden: int = 128,
                  imagenet: bool = False):
         super().__init__()
         self.spec = spec
         c, h, w = spec.map_shape(shape)
-        if imagenet and c >= 512:
-            r = max(128, c // 4)
-            mid = max(256, r)
+        if imagenet and imagenet_lighter(c, convs):
+            r, mid = _imagenet_widths(c)
             self.conv = nn.Sequential(conv_bn_relu(c, r, 1), conv_bn_relu(r, mid, 3, 2),
                                       conv_bn_relu(mid, 2 * mid, 3, 2), conv_bn_relu(2 * mid, min(2048, 8 * mid), 1))
             self.fc = nn.Linear(min(2048, 8 * mid), out_features)
             return
-        narrow = c < 64
-        width = 2 * c if narrow else c
-        stride = 2 if narrow and min(h, w) >= 4 else 1
+        width, stride = _cifar_width(c, h, w)
         self.conv = nn.Sequential(conv_bn_relu(c, width, 3, stride),
                                   *[conv_bn_relu(width, width) for _ in range(convs - 1)])
         self.fc = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(self.spec(x)).mean((2, 3)))
+
+
+def _imagenet_widths(c: int) -> tuple[int, int]:
+    r = max(128, c // 4)
+    return r, max(256, r)
+
+
+def _cifar_width(c: int, h: int, w: int) -> tuple[int, int]:
+    narrow = c < 64
+    return (2 * c if narrow else c), (2 if narrow and min(h, w) >= 4 else 1)
+
+
+def imagenet_lighter(c: int, convs: int) -> bool:
+    """Whether the ImageNet head saves fewer bytes than the CIFAR one on a C-channel map, counted in
+    channels per input position: each conv → BN → ReLU keeps two tensors of its output (BN's input,
+    ReLU's output), each stride-2 conv a quarter of the positions after it."""
+    r, mid = _imagenet_widths(c)
+    imagenet = 2 * r + 2 * mid / 4 + 2 * (2 * mid) / 16 + 2 * min(2048, 8 * mid) / 16
+    width, stride = _cifar_width(c, 1, 1)
+    return imagenet < 2 * convs * width / stride**2
 
 
 class Scored(nn.Module):

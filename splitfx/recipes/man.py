@@ -20,18 +20,17 @@ Departures, and why:
 - Token boundaries (NLC) take the MAN++ ViT head whatever the model (class token when the model has
   prefix tokens, else the mean token), with cross-entropy alone: METHODS lists no reconstruction for it.
 - The public code's ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
-- ``recompute=True`` (default): LB and EMA run under ``torch.utils.checkpoint`` and ``y`` is formed as
+- ``recompute=True`` (default): LB and EMA are recomputed in backward (:mod:`.recompute`) and ``y`` is formed as
   ``2·EMA + s·(LB − EMA)``: the same function and gradients (tested against ``recompute=False``, the
   published form), but a head keeps its InfoPro part and one feature map instead of two copies of
   a residual block's activations, which at a stage-1 cut of an ImageNet ResNet cost more than the
-  block it trains. The copies run forward twice (again in backward), and LB's BatchNorm statistics
-  move twice per step (EMA's are copied from the backbone after each step).
+  block it trains. The copies run forward twice (again in backward; :mod:`.recompute`), their
+  BatchNorm statistics moving once per step as published.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .base import Boundary, Follows, GraphInfo, RecipeTraits
 from .copies import EMA, bridge, chain, weight_copy
@@ -39,6 +38,7 @@ from .heads import Scored
 from .infopro import InfoPro
 from .layout import Layout, follow, prefix_tokens
 from .predict import predict
+from .recompute import recomputed
 from .registry import register_recipe
 from .values import flag
 from .values import momentum as check_momentum
@@ -60,7 +60,7 @@ class TokenClassifier(nn.Module):
 class MomentumHead(Follows):
     """``y = s·LB(bridge(x)) + (2−s)·EMA(bridge(x))``, then ``head`` (InfoPro's or MAN++'s token head).
 
-    With ``recompute``, LB and EMA run under ``torch.utils.checkpoint`` (the same outputs and
+    With ``recompute``, LB and EMA are :func:`~.recompute.recomputed` (the same outputs and
     gradients, their inner activations recomputed in backward instead of kept), and ``y`` is computed
     as ``2·EMA + s·(LB − EMA)``, which keeps one tensor for the gradient of ``s`` instead of the two
     copies' outputs. Without it, as published: the copies' outputs are kept by their own last op
@@ -81,7 +81,7 @@ class MomentumHead(Follows):
         x = self.bridge(x)
         if not self.recompute:
             return self.scale * self.lb(x) + (2 - self.scale) * self.ema(x)
-        lb, ema = (checkpoint(copy, x, use_reentrant=False) for copy in (self.lb, self.ema))
+        lb, ema = recomputed(self.lb, x), recomputed(self.ema, x)
         return 2 * ema + self.scale * (lb - ema)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ transitions, always ending at the network's last layer (ResNet-32, K = 8, first 
 ``[[2,0],[3,0],[3,2],[3,4]]``), initialised from the backbone's weights, the first leap layer summed
 with its EMA copy, then GAP → Linear. Block 0 has no loss of its own; the last block keeps only the
 cascade loss (weight 1). EMA momentum 0.999 (the network's default). Options: ``wx``, ``wy``,
-``momentum``, ``leap`` (most leap layers, default 4).
+``momentum``, ``leap`` (most leap layers, default 4), ``recompute``.
 
 Departures, and why:
 - Leap layers are chosen from the model's repeated units after the cut (:func:`leap_units`), not by
@@ -17,6 +17,11 @@ Departures, and why:
   loss. K = 2, where the published method is one cascade loss through both blocks (E2E), is refused
   by the planner; with ``split_points`` giving two blocks, loss 1 keeps the independent path
   (``wx``) so each block has a loss.
+- ``recompute=True`` (default): each leap copy (and the EMA copy) is recomputed in backward on its
+  own (:mod:`.recompute`), as MAN's copies are: the same outputs and gradients, but the head keeps
+  the copies' outputs instead of their activations, which at a stage-1 cut of an ImageNet ResNet
+  (copies of every later stage transition at the cut's resolution) weigh more than the two blocks
+  the loss trains. Backward holds one copy's activations at a time.
 - Every EMA copy is updated after every step (the public code updates only the last one on CIFAR),
   and its ``--momentum`` default of 1.0 (an EMA that never moves) is refused.
 - A leap layer expecting another shape than the features reaching it gets an adapter
@@ -36,8 +41,9 @@ from .copies import EMA, bridge, chain, weight_copy
 from .heads import NoHead, Scored, pool_linear
 from .layout import follow
 from .predict import predict
+from .recompute import recomputed
 from .registry import register_recipe
-from .values import count
+from .values import count, flag
 from .values import momentum as check_momentum
 
 
@@ -64,10 +70,10 @@ def leap_units(after: Sequence[Unit], leap: int = 4) -> list[Unit]:
 
 class Leap(Follows):
     """LAM: ``bridge`` → (learnable copy + EMA copy of the first leap layer) → copies of the rest →
-    GAP → Linear."""
+    GAP → Linear. With ``recompute``, each copy is :func:`~.recompute.recomputed` on its own."""
 
-    def __init__(self, source: str, first: nn.Module, momentum: float, bridge: nn.Module, rest: nn.Module,
-                 classifier: nn.Module):
+    def __init__(self, source: str, first: nn.Module, momentum: float, bridge: nn.Module, rest: nn.Sequential,
+                 classifier: nn.Module, recompute: bool = True):
         super().__init__()
         self.source = source
         self.bridge = bridge
@@ -75,10 +81,15 @@ class Leap(Follows):
         self.ema = EMA(first, momentum)
         self.rest = rest
         self.classifier = classifier
+        self.recompute = recompute
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        run = recomputed if self.recompute else (lambda layer, x: layer(x))
         z = self.bridge(z)
-        return self.classifier(self.rest(self.first(z) + self.ema(z)))
+        z = run(self.first, z) + run(self.ema, z)
+        for layer in self.rest:
+            z = run(layer, z)
+        return self.classifier(z)
 
 
 @register_recipe("mlaan")
@@ -87,9 +98,11 @@ class MLAAN(Cascade):
     traits = RecipeTraits(cascade=True, uses_inputs=True, copies_layers=True, ema=True, pipelined=False)
     last_independent = False
 
-    def __init__(self, wx: float = 0.001, wy: float = 0.999, momentum: float = 0.999, leap: int = 4):
+    def __init__(self, wx: float = 0.001, wy: float = 0.999, momentum: float = 0.999, leap: int = 4,
+                 recompute: bool = True):
         super().__init__(wx, wy)
         self.momentum, self.leap = check_momentum(momentum), count("leap", leap)
+        self.recompute = flag("recompute", recompute)
 
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         if boundary.index == 0:
@@ -110,7 +123,7 @@ class MLAAN(Cascade):
         layers, out, out_layout = chain(units[1:], graph, graph.spec(first.out_shape, layout, shape), first.out_shape,
                                         shape, weight_copy)
         return Leap(first.name, graph.model.get_submodule(first.name), self.momentum, link, nn.Sequential(*layers),
-                    self.pooled(boundary, graph, out, out_layout))
+                    self.pooled(boundary, graph, out, out_layout), self.recompute)
 
     @staticmethod
     def pooled(boundary: Boundary, graph: GraphInfo, shape, layout) -> nn.Module:
