@@ -222,3 +222,37 @@ def test_a_factory_without_num_classes_is_refused_in_one_line_that_says_what_to_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unexpected keyword argument 'num_classes'" in err
     assert "its factory must take num_classes" in err and not (tmp_path / "run").exists()
+
+
+def test_the_reliability_sweep_ends_every_case_in_one_line_and_touches_nothing(user_files, tmp_path, monkeypatch,
+                                                                              capsys):
+    """#37's sweep, run in one go: every bad invocation above, and every random, text or truncated
+    file the checkpoint loader refuses given to ``export`` and to ``train --resume``. Each ends in
+    exit 2 with one line and no traceback, and no file or run folder the user had changes."""
+    import random
+
+    from test_checkpoint_errors import fuzzed
+
+    from splitfx.base.errors import CheckpointError
+
+    folder = tmp_path / "fuzz"
+    folder.mkdir()
+    argvs = [argv for argv, _ in BAD]
+    for i, content in enumerate(fuzzed((user_files / "run" / "checkpoint.pt").read_bytes(), random.Random(1))):
+        path = folder / f"{i}.pt"
+        path.write_bytes(content)
+        try:
+            Checkpoint.load(str(path))
+        except CheckpointError:
+            argvs += [["export", str(path), "--out", str(tmp_path / "m.onnx")], ["train", "--resume", str(path)]]
+        else:
+            path.unlink()  # bytes changed inside a tensor: still a checkpoint, which a run would use
+    assert len(argvs) >= 160
+    monkeypatch.chdir(user_files)
+    before, fuzz = snapshot(user_files), snapshot(folder)
+    for argv in argvs:
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert snapshot(user_files) == before and snapshot(folder) == fuzz
+    assert not (tmp_path / "m.onnx").exists()
