@@ -125,7 +125,7 @@ def fusion(rows: list[dict]) -> list[str]:
 def main() -> None:
     torch.set_num_threads(1)
     cases = SAVINGS + HEADS + FUSION
-    done = {repr(r["case"]) for r in read_records(RESULTS)}
+    done = {repr(r["case"]) for r in read_records(RESULTS, key="case")}
     if "--report" not in sys.argv:
         for case in cases:
             if repr(key(case)) not in done:
@@ -133,7 +133,7 @@ def main() -> None:
                 append_record(RESULTS, row)
                 done.add(repr(row["case"]))
                 print(*row["case"][:5], row.get("saved", "refused"), flush=True)
-    rows = {repr(r["case"]): r for r in read_records(RESULTS)}
+    rows = {repr(r["case"]): r for r in read_records(RESULTS, key="case")}
 
     def pick(group: list[tuple]) -> list[dict]:
         return [rows[repr(key(c))] for c in group if repr(key(c)) in rows]
