@@ -90,7 +90,7 @@ def test_a_head_heavier_than_its_block_is_refused_where_k_blocks_still_fit(k, si
     prefix = np.concatenate([[0.0], np.cumsum(sizes[:-1])])
     backbone = np.where(np.triu(np.ones((m, m), bool), 1), prefix[None, :] - prefix[:, None], np.inf)
     cost = backbone + np.asarray(heads, dtype=float)[None, :]
-    masked, note = heads_within_blocks(cost, backbone, k, "man", "Net")
+    masked, note = heads_within_blocks(cost, backbone, [(0, m - 1, k)], "man", "Net")
     fits = lambda i, j: j == m - 1 or heads[j] <= backbone[i, j]  # noqa: E731
     splits = [[0, *c, m - 1] for c in itertools.combinations(range(1, m - 1), k - 1)]
     feasible = [p for p in splits if all(fits(i, j) for i, j in itertools.pairwise(p))]
@@ -100,7 +100,7 @@ def test_a_head_heavier_than_its_block_is_refused_where_k_blocks_still_fit(k, si
             assert np.isfinite(masked[i, j]) == fits(i, j), (i, j)
     else:
         most = max_blocks(np.isfinite(cost) & np.array([[fits(i, j) for j in range(m)] for i in range(m)]))
-        assert (masked == cost).all() and f"at most {most} blocks keep every head within its block" in note
+        assert (masked == cost).all() and f"with at most {most} blocks every head stays within its block" in note
         assert most < k
 
 
@@ -109,7 +109,7 @@ def test_resnet18_man_heads_stay_within_their_blocks_or_the_plan_says_which_k_do
     and decoder) outweigh any block at K=4; the plan says so and names K=3, where none does."""
     model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
     four = splitfx.plan(model, x, 4, recipe="man")
-    assert any("at most 3 blocks keep every head within its block" in n for n in four.notes), four.notes
+    assert any("with at most 3 blocks every head stays within its block" in n for n in four.notes), four.notes
     three = splitfx.plan(model, x, 3, recipe="man")
     assert not three.notes
     assert all(b.aux_saved_bytes <= b.own_saved_bytes for b in three.blocks), [
@@ -131,3 +131,16 @@ def test_a_cascade_whose_loss_holds_every_block_is_refused(recipe):
     with pytest.raises(splitfx.PlanError, match=r"loss 0 runs blocks 0 to 1 together.*at least 3 blocks"):
         splitfx.plan(model, x, 2, recipe=recipe)
     assert splitfx.plan(model, x, 3, recipe=recipe).num_blocks == 3
+
+
+def test_cuts_fixed_in_advance_are_kept_even_behind_a_head_heavier_than_its_block():
+    """``train --cuts`` and resuming pin every cut (as fixed stage boundaries): a head heavier than its
+    pinned block is noted, never a refusal of cuts that a split_points plan made."""
+    from splitfx.api.staging import cut_positions, plan_at
+
+    model, x = timm.create_model("resnet18", num_classes=10), torch.randn(2, 3, 32, 32)
+    pinned = splitfx.plan(model, x, split_points=["layer1.0", "layer3.0"], recipe="man")
+    assert any(b.aux_saved_bytes > b.own_saved_bytes for b in pinned.blocks)
+    again = plan_at(model, (x,), 3, {"recipe": "man"}, cut_positions(pinned))
+    assert [b.modules for b in again.blocks] == [b.modules for b in pinned.blocks]
+    assert any("between the cuts placed first" in n for n in again.notes), again.notes

@@ -211,16 +211,20 @@ def test_the_reproduction_resumes_from_its_file_and_tabulates_it(tmp_path):
     from splitfx.programs import ffr_results
 
     table = ffr_results.protocol(quick=True)
-    pre = ffr_results.config("friedman", "ffr_pre", 1e-3, 0, table)
+    errors = table["errors"]
+    pre = ffr_results.config("friedman", "ffr_pre", 1e-3, 0, errors)
     assert (pre.recipe, pre.blocks, len(pre.cuts)) == ("ffr", 8, 7) and ffr_results.config(
-        "diabetes", "e2e", 1e-3, 0, table).blocks == 1
+        "diabetes", "e2e", 1e-3, 0, errors).blocks == 1
     results = tmp_path / "ffr.jsonl"
     for recipe, rmse in (("e2e", 1.0), ("ffr", 1.1), ("ffr_pre", 0.9)):
-        for lr in table["lrs"]:
-            append_record(results, ffr_results._line("search", table, data="friedman", recipe=recipe, lr=lr,
+        for lr in errors["lrs"]:
+            append_record(results, ffr_results._line("search", errors, data="friedman", recipe=recipe, lr=lr,
                                                      val_rmse=rmse + lr))
-        append_record(results, ffr_results._line("test", table, data="friedman", recipe=recipe, lr=1e-3, seed=0,
+        append_record(results, ffr_results._line("test", errors, data="friedman", recipe=recipe, lr=1e-3, seed=0,
                                                  rmse=rmse, mae=rmse / 2, val_rmse=rmse))
+    # a line of another protocol (the whole table, as lines were written before the parts) is ignored
+    append_record(results, ffr_results._line("test", table, data="friedman", recipe="ffr", lr=1e-3, seed=0,
+                                             rmse=5.0, mae=1.0, val_rmse=5.0))
     text = ffr_results.report(table, str(results))
     assert "| friedman | cuts after each ReLU | 1 ± 0 | 1.1 ± 0 | 1.100 |" in text
     assert "| friedman | cuts before each ReLU | 1 ± 0 | 0.9 ± 0 | 0.900 |" in text and "Recorded at commit" in text

@@ -24,7 +24,7 @@ class BlockPlan:
     index: int
     modules: list[str]
     params: int
-    saved_bytes: int  # what the block's loss keeps: the block, its aux head (a cascade: the previous block too)
+    saved_bytes: int  # what loss k keeps: block k with its head; a cascade's: the two blocks and heads it runs
     aux_saved_bytes: int  # the aux head's saved bytes beyond what the block saves itself
 
     flops: int
@@ -203,7 +203,7 @@ def _plot(plan: SplitPlan, path: str) -> None:
     top.legend(loc="upper left", fontsize=8)
 
     idx = np.arange(plan.num_blocks)
-    body = np.array([b.saved_bytes - b.aux_saved_bytes for b in plan.blocks]) / mib
+    body = np.array([b.own_saved_bytes for b in plan.blocks]) / mib
     aux = np.array([b.aux_saved_bytes for b in plan.blocks]) / mib
     bottom.bar(idx, body, label="block")
     bottom.bar(idx, aux, bottom=body, label="aux head")

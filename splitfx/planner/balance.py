@@ -105,20 +105,20 @@ def choose_path(
     weights = [0, *(sum(node_cost(G, v).out_bytes for v in c.nodes) for c in sched.cuts), 0]
     handover = [1, *(len(c.nodes) for c in sched.cuts), 1]
     masked = mask_untrainable(cost(), ok, num_blocks, model_name)
+    edges = [0, *fixed, len(bounds) - 1]
+    n = len(edges) - 1
+    ranges = [(a, b, num_blocks // n + (s < num_blocks % n)) for s, (a, b) in enumerate(pairwise(edges))]
     note = None
     if method is Method.MEMORY:
         backbone = storage_cost(saves, G.graph["storages"], bounds, None, held_tensors(probe, sched))
-        masked, note = heads_within_blocks(masked, backbone, num_blocks, recipe.name, model_name)
+        masked, note = heads_within_blocks(masked, backbone, ranges, recipe.name, model_name)
         steps = chain_steps(recipe, num_blocks, masked, backbone, np.isfinite(masked))
         if steps is not None:
             if fixed:
                 raise ValueError(f"recipe {recipe.name!r} holds two blocks per loss and cannot be split between stages")
             return [0, *chain_partition(steps, weights, handover)[0], len(bounds) - 1], note
-    edges = [0, *fixed, len(bounds) - 1]
-    ranges = len(edges) - 1
     path = [0]
-    for s, (a, b) in enumerate(pairwise(edges)):
-        k = num_blocks // ranges + (s < num_blocks % ranges)
+    for a, b, k in ranges:
         inner = min_max_partition(masked[a:b + 1, a:b + 1], k, weights[a:b + 1], handover[a:b + 1], tolerance)
         path += [a + i for i in inner] + [b]
     return path, note

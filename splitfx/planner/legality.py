@@ -143,12 +143,14 @@ def whole_layers(trainable: np.ndarray, whole: np.ndarray, num_blocks: int, mode
                        f"kind; with {num_blocks}, some blocks hold less than a layer (ask for {most} or fewer)")
 
 
-def heads_within_blocks(cost: np.ndarray, backbone: np.ndarray, num_blocks: int, recipe: str, model_name: str
-                        ) -> tuple[np.ndarray, str | None]:
+def heads_within_blocks(cost: np.ndarray, backbone: np.ndarray, ranges: Sequence[tuple[int, int, int]],
+                        recipe: str, model_name: str) -> tuple[np.ndarray, str | None]:
     """``cost`` with every block whose aux head keeps more saved bytes than the block itself made
-    infeasible, where ``num_blocks`` such blocks still fit; else ``cost`` as it is and the note the
-    plan shows. ``cost[i, j]`` is block i..j with its head (the last boundary's: the final loss, not
-    a head), ``backbone[i, j]`` the block alone, both with the tensors handed to it.
+    infeasible, where the blocks still fit: ``ranges`` lists (first boundary, last boundary, blocks)
+    of each range the partition splits on its own (the whole model, or the spans between fixed
+    cuts). Else ``cost`` as it is and the note the plan shows. ``cost[i, j]`` is block i..j with its
+    head (the last boundary's: the final loss, not a head), ``backbone[i, j]`` the block alone, both
+    with the tensors handed to it.
 
     A head heavier than its block makes the cut pay for itself twice: the loss keeps more for the
     head than for what it trains, and the min-max answers with tiny blocks behind big heads."""
@@ -156,12 +158,15 @@ def heads_within_blocks(cost: np.ndarray, backbone: np.ndarray, num_blocks: int,
         fits = ~(cost - backbone > backbone)
     fits[:, -1] = True
     within = np.isfinite(cost) & fits
-    most = max_blocks(within)
-    if num_blocks <= most:
+    # max_blocks answers at least 1 even where no block fits: one block fits where it is within itself
+    if all(within[a, b] if k == 1 else k <= max_blocks(within[a:b + 1, a:b + 1]) for a, b, k in ranges):
         return np.where(fits, cost, np.inf), None
+    num_blocks = sum(k for _, _, k in ranges)
+    most = max_blocks(within)
+    where = "" if len(ranges) == 1 else " between the cuts placed first"
     return cost, (f"the aux heads of recipe {recipe!r} keep more saved activations than the blocks they train "
-                  f"wherever {model_name} is cut into {num_blocks} blocks; at most {most} blocks keep every head "
-                  f"within its block (ask for {most} or fewer, or place the cuts with split_points)")
+                  f"wherever {model_name} is cut into {num_blocks} blocks{where}; with at most {most} blocks "
+                  "every head stays within its block (or place the cuts with split_points)")
 
 
 def check_saves(recipe: Recipe, num_blocks: int) -> None:

@@ -26,7 +26,7 @@ Departures, and why:
   activations and backward holds one quadrant's. The public code runs the four decoders whole, and
   there fusion on and off keep the same bytes (METHODS.md); ``recompute=False`` does that. On
   ImageNet-sized inputs both paths' classifiers are the authors' ImageNet head where it keeps fewer
-  bytes than 2c2f (:class:`~.heads.Classifier`: every cut of 256 channels or more).
+  bytes than 2c2f (:func:`~.heads.imagenet_lighter`: maps of 177 channels or more).
 - A map with no 2×2 quadrants, a token sequence with no grid or a non-image input has no patch
   decoder (the cascade keeps its classifier); token grids drop the model's prefix tokens.
 """

@@ -11,7 +11,9 @@ running statistics a second time in the recompute, which the recompute here does
 The inputs a recompute needs stay alive until its backward. ``torch.utils.checkpoint`` holds them
 out of autograd's sight, so each input is passed through an identity that saves it for backward
 (:class:`_Kept`): the same storage, no copy, but a :class:`~splitfx.base.meter.SavedTensorMeter`
-counts it, and the plan's saved bytes stay what the step keeps.
+counts it, and the plan's saved bytes stay what the step keeps. A recomputed part must not modify
+its input in place (the recompute would read the modified tensor): autograd refuses that, as the
+identity returns a view.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 @contextlib.contextmanager
 def _statistics_held(module: nn.Module) -> Iterator[None]:
-    """Every BatchNorm in ``module`` normalises with the batch as usual but leaves its running
+    """Every BatchNorm or InstanceNorm tracking running statistics in ``module`` normalises with the batch as usual but leaves its running
     statistics (and its batch count) as they are."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
              and m.training and m.track_running_stats]
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
              for m in norms]
