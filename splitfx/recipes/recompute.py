@@ -27,8 +27,8 @@ from torch.utils.checkpoint import checkpoint
 
 @contextlib.contextmanager
 def _statistics_held(module: nn.Module) -> Iterator[None]:
-    """Every BatchNorm or InstanceNorm tracking running statistics in ``module`` normalises with the batch as usual but leaves its running
-    statistics (and its batch count) as they are."""
+    """Every BatchNorm or InstanceNorm in ``module`` that tracks running statistics normalises with
+    the batch as usual but leaves its running statistics (and its batch count) as they are."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
              and m.training and m.track_running_stats]
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
