@@ -25,7 +25,8 @@ from splitfx.models import resnet110
 HERE = Path(__file__).parent
 RESULTS, TABLE = HERE / "memory-tables.jsonl", HERE / "memory-tables.md"
 OPTIMIZER = "sgd_momentum"
-CIFAR = [("resnet110", r, k, 1024, 32) for r in splitfx.list_recipes() if r not in ("e2e", "ffr") for k in (2, 4, 8, 16)]
+CIFAR = [("resnet110", r, k, 1024, 32) for r in splitfx.list_recipes() if r not in ("e2e", "ffr")
+         for k in (2, 4, 8, 16)]
 IMAGENET = [("resnet101", "infopro", k, 64, 224) for k in (2, 3, 4)]
 IMAGENET += [("resnet101", "man", 2, 64, 224), ("resnet152", "man", 2, 64, 224)]
 # What the papers publish (total GPU memory, as a ratio to their E2E), where they publish it.
