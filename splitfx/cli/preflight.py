@@ -65,7 +65,8 @@ def with_task(config: TrainConfig, task: str | None, size_given: bool) -> TrainC
 
     kind = "regression" if config.data in FEATURES else "classification"
     if task is not None and task != kind:
-        data = f"one of {', '.join(FEATURES)}" if kind == "classification" else "digits, cifar10:DIR or imagefolder:DIR"
+        data = (f"one of {', '.join(FEATURES)}" if kind == "classification"
+                else "digits, cluttered, cifar10:DIR or imagefolder:DIR")
         raise UsageError(f"--task {task}: --data {config.data} is {kind} data; for {task} give --data {data}")
     config = replace(config, task=kind)
     return replace(config, input_size=FEATURES[config.data]) if kind == "regression" and not size_given else config

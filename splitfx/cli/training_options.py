@@ -29,7 +29,9 @@ def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"epochs; with --resume the total (default {c.epochs})")
     add_batch(p, None)
     p.add_argument("--data", type=data_spec,
-                   help="digits (embedded scikit-learn digits, no download), cifar10:DIR (CIFAR-10 python "
+                   help="digits (embedded scikit-learn digits, no download), cluttered (the same digits at random "
+                        "places and scales among fragments of others on 64² canvases, generated offline; 20,000 "
+                        "training and 10,000 test images), cifar10:DIR (CIFAR-10 python "
                         "batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); for regression "
                         f"diabetes, friedman or friedman2 (embedded); default {c.data}")
     p.add_argument("--task", choices=("classification", "regression"),

@@ -1,5 +1,7 @@
-"""Datasets for ``splitfx train``: ``digits`` (embedded), ``cifar10:DIR``, ``imagefolder:DIR``; for
-``--task regression`` the embedded ``diabetes``, ``friedman`` (#1) and ``friedman2`` (:mod:`.task_data`).
+"""Datasets for ``splitfx train``: ``digits`` and ``cluttered`` (embedded), ``cifar10:DIR``,
+``imagefolder:DIR``; for ``--task regression`` the embedded ``diabetes``, ``friedman`` (#1) and
+``friedman2`` (:mod:`.task_data`). ``cluttered`` (:mod:`.cluttered`) is the harder benchmark: the
+same digits at random places and scales on 64² canvases among fragments of other digits.
 
 ``digits`` is scikit-learn's handwritten digits (1,797 real 8×8 images, 10 classes), shipped inside
 scikit-learn, so training needs no download. Images are standardised, upsampled bilinearly to the
@@ -29,6 +31,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..base.errors import SplitFXError, first_line
 from . import task_data
+from .cluttered import cluttered
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_SEED = 0  # every run carves the same validation images, whatever its own --seed
@@ -66,6 +69,9 @@ def digits(size: int, channels: int = 3) -> tuple[Dataset, Dataset, int]:
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx]), 10
 
 
+EMBEDDED = {"digits": digits, "cluttered": cluttered}
+
+
 def _torchvision(size: int, train: bool):
     from torchvision import transforms as T
 
@@ -78,10 +84,11 @@ def check(spec: str) -> None:
     """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
     (no image is read: cheap enough to run before any work starts)."""
     kind, _, root = spec.partition(":")
-    if (kind == "digits" or kind in REGRESSION) and not root:
+    if (kind in EMBEDDED or kind in REGRESSION) and not root:
         return
     if kind not in ("cifar10", "imagefolder") or not root:
-        raise SplitFXError(f"--data {spec!r}: use digits, cifar10:DIR or imagefolder:DIR (classification), or "
+        raise SplitFXError(f"--data {spec!r}: use digits, cluttered, cifar10:DIR or imagefolder:DIR "
+                           "(classification), or "
                            f"{', '.join(REGRESSION)} (regression)")
     if not os.path.isdir(root):
         raise SplitFXError(f"--data {spec!r}: {root} is not a folder")
@@ -144,8 +151,8 @@ def load(spec: str, size: int, validation: float = 0.0) -> Splits:
 def _load(spec: str, size: int) -> tuple[Dataset, Dataset, int, Dataset | None]:
     """(train, test, classes, the training images under the test transform where it differs)."""
     kind, _, root = spec.partition(":")
-    if kind == "digits":
-        return (*digits(size), None)
+    if kind in EMBEDDED:
+        return (*EMBEDDED[kind](size), None)
     from torchvision import datasets
 
     if kind == "cifar10":
