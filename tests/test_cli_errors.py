@@ -66,7 +66,7 @@ BAD = [
     (["train", "--device", "meta"], "real device"),
     (["train", "--data", "imagefolder:empty_images"], "no class folders"),
     (["train", "--data", "imagefolder:missing_folder"], "is not a folder"),
-    (["train", "--data", "nope"], "use digits, cifar10:DIR or imagefolder:DIR"),
+    (["train", "--data", "nope"], "use digits, cluttered, cifar10:DIR or imagefolder:DIR"),
     (["train", "--input-size", "3", "32", "16"], "square with 3 channels"),
     (["train", "--blocks", "99", "--max-batches", "1"], "at most"),
     (["export", "resnet18", "--out", "folder"], "is a folder"),
