@@ -118,8 +118,9 @@ def _table(rows: dict[str, dict], command: str) -> str:
         steps = f", T={got[0]['spiking']}, rate {got[0].get('lr')}" if got[0]["spiking"] else ""
         lines.append(f"| {label}{steps} | {got[0]['epochs']} | {len(got)} | {', '.join(f'{a:.2f}' for a in accs)} | "
                      f"{mean:.2f} | {mean - 100 * teacher:+.2f} |")
-    p = rows["teacher"]
-    where = f"`{command}` at commit {p['commit']} on {p['machine']}."
+    commits = sorted({r["commit"] for r in rows.values()})
+    machines = sorted({r["machine"] for r in rows.values()})
+    where = f"`{command}` at commit {', '.join(commits)} on {'; '.join(machines)}."
     search = sorted((r["lr"], 100 * r["accuracy"]) for name, r in rows.items() if name.startswith("spiking_search/"))
     caveat = ("The ordinary students train at `splitfx train`'s default rate. The first spiking row's rate was "
               "chosen from 2e-3 … 4e-2 by exploratory runs of seed 0 scored on these test images (no validation "
