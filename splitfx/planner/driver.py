@@ -190,8 +190,7 @@ class Planner:
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)
         boundaries = self._boundaries(num_blocks)
-        ok, layers_note = whole_layers(self.trainable, self.whole, num_blocks, name)
-        heads_note = None
+        (ok, layers_note), heads_note = whole_layers(self.trainable, self.whole, num_blocks, name), None
         if num_blocks == 1:
             path = [0, len(self.bounds) - 1]
         elif chosen is not None:
@@ -237,7 +236,8 @@ class Planner:
         costs = [node_cost(G, v) for v in sched.order]
         saves = [c.saved for c in costs]
         storages = G.graph["storages"]
-        handed = [held_tensors(self.probe, sched)[self.bounds.index(e)] for e in ends]
+        held = held_tensors(self.probe, sched)
+        handed = [held[self.bounds.index(e)] for e in ends]
         with_aux = storage_cost(saves, storages, ends, [{}, *(a.saves for a in chosen_aux), self.final_loss], handed)
         backbone = storage_cost(saves, storages, ends, None, handed)
         flops = additive_cost([c.flops for c in costs], ends)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .heads import conv_bn_relu
 from .layout import MapSpec
-from .recompute import recomputed
+from .recompute import runner
 
 REDUCED = 128  # channels after the 1×1 conv when three or more ×2 stages follow (InfoPro's ImageNet decoder)
 
@@ -132,5 +132,5 @@ class PatchDecoder(_FromMap):
 
     def loss(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         parts = zip(self.decoders, quadrants(self.spec(features)), quadrants(image), strict=True)
-        run = recomputed if self.recompute else (lambda decoder, m: decoder(m))
+        run = runner(self.recompute)
         return torch.stack([reconstruction(run(decoder, m), i) for decoder, m, i in parts]).sum()

@@ -41,7 +41,7 @@ from .copies import EMA, bridge, chain, weight_copy
 from .heads import NoHead, Scored, pool_linear
 from .layout import follow
 from .predict import predict
-from .recompute import recomputed
+from .recompute import runner
 from .registry import register_recipe
 from .values import count, flag
 from .values import momentum as check_momentum
@@ -84,7 +84,7 @@ class Leap(Follows):
         self.recompute = recompute
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        run = recomputed if self.recompute else (lambda layer, x: layer(x))
+        run = runner(self.recompute)
         z = self.bridge(z)
         z = run(self.first, z) + run(self.ema, z)
         for layer in self.rest:

@@ -62,3 +62,8 @@ def recomputed(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
     args = tuple(_Kept.apply(a) if a.requires_grad else a for a in args)
     return checkpoint(module, *args, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _statistics_held(module)))
+
+
+def runner(recompute: bool):
+    """How a head calls its parts: :func:`recomputed` when ``recompute``, else plainly."""
+    return recomputed if recompute else (lambda module, *args: module(*args))
