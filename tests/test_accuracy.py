@@ -9,9 +9,9 @@ from torch.utils.data import TensorDataset
 
 import splitfx.programs.accuracy as accuracy
 import splitfx.programs.data as data
+import splitfx.programs.epochs as epochs
 from splitfx.base.jsonl import append_record, read_records
 from splitfx.cli import main
-from splitfx.programs.accuracy_report import markdown, summarise
 from splitfx.programs.config import TrainConfig
 
 BASE = TrainConfig(model="resnet18", batch=128, input_size=16, epochs=2, max_batches=2, validation=0.15)
@@ -55,7 +55,7 @@ def watched(monkeypatch):
 
 def _run(path, recipes=("linear",), seeds=2):
     return accuracy.run(["resnet18"], list(recipes), [2], BASE, lrs=LRS, seeds=seeds, results=str(path),
-                        log=lambda _: None)
+                        widen=0, log=lambda _: None)
 
 
 def test_choose_lr_reads_final_validation_then_mean_then_smaller_rate():
@@ -111,20 +111,6 @@ def test_a_recorded_cell_is_recognised_when_its_options_hold_tuples(tmp_path):
     assert accuracy._key(cell) != accuracy._key(other)
 
 
-def test_table_marks_only_differences_beyond_the_spread():
-    def line(recipe, k, test, seed):
-        return {"model": "m", "recipe": recipe, "trained_blocks": k, "test": test, "lr": 1e-3, "seed": seed,
-                "val": [0.5, test], "peak_saved_mib": 1.0, "wall_seconds": 60.0,
-                "protocol": accuracy.protocol(BASE, LRS, 2)}
-    rows = [line("e2e", 1, 0.90, 0), line("e2e", 1, 0.92, 1), line("a", 2, 0.80, 0), line("a", 2, 0.82, 1),
-            line("b", 2, 0.91, 0), line("b", 2, 0.95, 1)]
-    stats = summarise(rows)
-    assert stats[("m", "a", 2)]["mean"] == pytest.approx(0.81)
-    assert stats[("m", "a", 2)]["std"] == pytest.approx(0.01 * 2**0.5)
-    table = markdown(rows, [2])
-    assert "| a | 81.00 ± 1.41 ▼" in table and "| b | 93.00 ± 2.83 (" in table
-
-
 def test_cli_refuses_to_mix_tables_and_reports_from_the_file(tmp_path, capsys):
     results = tmp_path / "acc.jsonl"
     args = ["accuracy", "resnet18", "--recipes", "e2e", "--blocks", "2", "--epochs", "1", "--max-batches", "1",
@@ -135,7 +121,120 @@ def test_cli_refuses_to_mix_tables_and_reports_from_the_file(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--report", "--figures", str(tmp_path / "fig")]) == 0
     assert "| e2e |" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["resnet18-accuracy-memory.png",
-                                                                    "resnet18-validation.png"]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["resnet18-accuracy-memory.png"]
     assert main([*args[:7], "2", *args[8:], "--report"]) == 2
     assert '"epochs": 1' in capsys.readouterr().err
+
+
+def test_the_same_seed_gives_every_cell_the_same_weights_and_data_order():
+    """Differences to E2E are paired by seed: same initial backbone, same batches, whatever the recipe."""
+    def begin(recipe, k, seed):
+        config = replace(BASE, recipe=recipe, blocks=k, seed=seed)
+        return epochs.start(config).model.state_dict(), [b.tolist() for b in epochs.epoch_order(config, 1, 300)]
+
+    (w_linear, order_linear), (w_dgl, order_dgl) = begin("linear", 2, 3), begin("dgl", 4, 3)
+    assert order_linear == order_dgl
+    assert all(torch.equal(w_linear[k], w_dgl[k]) for k in w_linear)
+    w_other, order_other = begin("linear", 2, 4)
+    assert order_other != order_linear and not torch.equal(w_other["conv1.weight"], w_linear["conv1.weight"])
+
+
+def test_two_runs_with_the_same_seed_and_commit_write_identical_lines(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _run(first, seeds=1)
+    _run(second, seeds=1)
+    a, b = list(read_records(first)), list(read_records(second))
+    assert len(a) == len(LRS) + 1
+    for line in a:
+        assert line["provenance"]["code"] and line["provenance"]["commit"] and line["step_peak_mib"] > 0
+    timeless = [[{k: v for k, v in r.items() if k != "wall_seconds"} for r in lines] for lines in (a, b)]
+    assert timeless[0] == timeless[1]
+
+
+def test_widened_steps_beyond_the_edge_the_best_rate_is_at():
+    assert accuracy.widened([1e-3, 2e-3, 4e-3], 4e-3, 5) == 8e-3
+    assert accuracy.widened([1e-3, 2e-3, 4e-3], 1e-3, 5) == 5e-4
+    assert accuracy.widened([1e-3, 2e-3, 4e-3], 2e-3, 5) is None
+    assert accuracy.widened([1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2], 1.6e-2, 5) is None  # the limit
+
+
+class _Stub:
+    """A trained run without training: validation accuracy peaks at ``best`` (log-distance)."""
+
+    def __init__(self, best, refuse=()):
+        self.best, self.trained, self.refuse = best, [], refuse
+
+    def __call__(self, config):
+        import math
+
+        from splitfx.base.errors import PlanError
+        from splitfx.programs.train import EpochResult, TrainResult
+
+        if (config.recipe, config.blocks) in self.refuse:
+            raise PlanError(f"recipe {config.recipe!r} with {config.blocks} blocks: its loss 0 runs the whole network")
+        self.trained.append((config.lr, config.seed, config.detach, config.method))
+        val = 0.9 - 0.1 * abs(math.log2(config.lr / self.best)) + 0.001 * config.seed
+        epoch = EpochResult(1, 1.0, [1.0], None, 1.0, 2**20, val_accuracy=val, step_peak_bytes=2**21)
+        return TrainResult(config, config.blocks, 2**22, [epoch])
+
+
+def test_the_grid_widens_until_the_best_rate_is_interior_and_controls_are_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "test_accuracy", lambda result: result.history[-1].val_accuracy)
+    stub = _Stub(best=8e-3)
+    path = tmp_path / "r.jsonl"
+    reported = accuracy.run(["resnet18"], ["linear"], [2], BASE, lrs=[1e-3, 2e-3, 4e-3], seeds=2, results=str(path),
+                            controls=["linear"], log=lambda _: None, trainer=stub)
+    cells = {(r["detach"], r["method"]) for r in reported}
+    assert cells == {(True, "memory"), (False, "memory"), (True, "uniform")}
+    assert {r["lr"] for r in reported} == {8e-3}
+    assert all(r["grid"] == [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2] for r in reported)
+    # Each cell searched five rates at seed 0, then reported seed 1 anew (seed 0's model was kept).
+    assert len(stub.trained) == 3 * (5 + 1)
+    assert sorted(r["seed"] for r in reported) == [0, 0, 0, 1, 1, 1]
+
+    # Two shards train disjoint cells whose union is the whole table.
+    halves = []
+    for i in range(2):
+        stub = _Stub(best=2e-3)
+        accuracy.run(["resnet18"], ["e2e", "linear"], [2, 4], BASE, lrs=LRS, seeds=1,
+                     results=str(tmp_path / f"{i}.jsonl"), shard=(i, 2), log=lambda _: None, trainer=stub)
+        halves.append({(r["recipe"], r["blocks"]) for r in read_records(tmp_path / f"{i}.jsonl")})
+    assert halves[0] | halves[1] == {("e2e", 1), ("linear", 2), ("linear", 4)} and not halves[0] & halves[1]
+
+
+def test_lr_at_searches_each_recipe_once_and_trains_the_rest_at_its_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "test_accuracy", lambda result: result.history[-1].val_accuracy)
+    stub = _Stub(best=2e-3)
+    path = tmp_path / "r.jsonl"
+    reported = accuracy.run(["resnet18"], ["e2e", "linear"], [2, 4], BASE, lrs=[1e-3, 2e-3, 4e-3], seeds=2,
+                            results=str(path), controls=["linear"], lr_at=4, log=lambda _: None, trainer=stub)
+    searches = [r for r in read_records(path) if r["phase"] == "search"]
+    assert sorted((r["recipe"], r["blocks"]) for r in searches) == [("e2e", 1)] * 3 + [("linear", 4)] * 3
+    assert {r["lr"] for r in reported} == {2e-3} and len(reported) == 2 * (1 + 2 + 2 * 2)
+    assert all(r["grid"] == [1e-3, 2e-3, 4e-3] and r["protocol"]["lr_at"] == 4 for r in reported)
+    # Resumed, nothing trains again.
+    stub.trained.clear()
+    again = accuracy.run(["resnet18"], ["e2e", "linear"], [2, 4], BASE, lrs=[1e-3, 2e-3, 4e-3], seeds=2,
+                         results=str(path), controls=["linear"], lr_at=4, log=lambda _: None, trainer=stub)
+    assert stub.trained == [] and len(again) == len(reported)
+
+
+def test_a_cell_the_planner_refuses_is_recorded_with_its_reason_and_the_rest_goes_on(tmp_path, monkeypatch):
+    from splitfx.programs.accuracy_report import markdown
+
+    monkeypatch.setattr(accuracy, "test_accuracy", lambda result: result.history[-1].val_accuracy)
+    stub = _Stub(best=2e-3, refuse={("hpff", 2)})
+    path = tmp_path / "r.jsonl"
+
+    def table():
+        return accuracy.run(["resnet18"], ["e2e", "hpff"], [2, 4], BASE, lrs=LRS, seeds=2, results=str(path),
+                            widen=0, log=lambda _: None, trainer=stub)
+
+    reported = table()
+    assert sorted({(r["recipe"], r["blocks"]) for r in reported}) == [("e2e", 1), ("hpff", 4)]
+    refused = [r for r in read_records(path) if r["phase"] == "refused"]
+    assert [(r["recipe"], r["blocks"]) for r in refused] == [("hpff", 2)] and "whole network" in refused[0]["reason"]
+    stub.trained.clear()
+    assert json.dumps(table()) == json.dumps(reported) and stub.trained == [], "a refused cell is not tried again"
+    text = markdown(reported, [2, 4], list(read_records(path)))
+    assert "- hpff K=2 on resnet18: recipe 'hpff' with 2 blocks: its loss 0 runs the whole network" in text

@@ -1,6 +1,7 @@
 """Where a figure came from: the commit, the command and the machine, recorded beside it."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -40,6 +41,25 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def code_digest() -> str:
+    """SHA-256 of the package's Python sources (paths and contents): two results lines with the same
+    digest were made by the same code, whatever commits they name (a docs-only commit changes none)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return digest.hexdigest()
+
+
 def provenance() -> dict[str, str]:
-    """The fields every results line carries: commit, command and machine."""
-    return {"commit": commit(), "command": " ".join(sys.argv), "machine": machine()}
+    """The fields every results line carries: commit, command, machine, the code's digest and the
+    versions of torch and timm."""
+    import timm
+
+    return {"commit": commit(), "command": " ".join(sys.argv), "machine": machine(), "code": code_digest(),
+            "torch": torch.__version__, "timm": timm.__version__}

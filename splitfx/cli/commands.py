@@ -176,6 +176,9 @@ def train(args: argparse.Namespace) -> int:
     (it resumes on any number of ranks); see docs/distributed.md.
     """
     if args.stages is not None:
+        if args.detach is False:
+            raise UsageError("--no-detach runs one backward through every block, so there are no blocks to place "
+                             "on pipeline ranks; drop --stages")
         from .launch import train as train_stages
         return train_stages(args)
     from ..programs.run_folder import finish, reserved
@@ -199,15 +202,19 @@ def train(args: argparse.Namespace) -> int:
 
 
 def accuracy(args: argparse.Namespace) -> int:
-    """Table of test accuracy: E2E vs recipes at several K, over seeds, rates picked on validation.
+    """Table of test accuracy: E2E vs recipes at several K, over paired seeds, rates picked on validation.
 
     Every (MODEL, recipe, K) cell, and E2E once per model, gets the same budget: one run per
-    learning rate of --lrs (seed 0) evaluated on a validation split carved from the training images;
-    the rate with the best final validation accuracy is kept, and its runs for --seeds seeds are
-    evaluated once on the test images. The table gives mean ± std per cell and marks differences
-    from E2E larger than the two spreads together. Each run is appended to --results as it finishes:
-    --resume continues a killed table, --report remakes the table (and --figures the pictures) from
-    the file alone. Every model, recipe and K is checked before the first run trains.
+    learning rate of --lrs (seed 0) evaluated on a validation split carved from the training images,
+    the grid widened while the best rate is at its edge; the rate with the best final validation
+    accuracy is kept, and its runs for --seeds seeds are evaluated once on the test images. Seed s
+    gives every cell the same initial weights and data order, so the table gives each cell's 95 %
+    interval and its paired difference to E2E with a 95 % interval; --controls adds deep supervision
+    and uniform cuts for the recipes named. Each run is appended to --results as it finishes, with
+    its commit, command, machine and code digest: --resume continues a killed table, --shard I/N
+    splits it between processes, --report remakes the table (and --figures the pictures) from the
+    file alone, refusing lines made by different code. Every model, recipe and K is checked before
+    the first run trains.
     """
     from ..base.jsonl import read_records
     from ..programs import accuracy as programs_accuracy
@@ -219,7 +226,7 @@ def accuracy(args: argparse.Namespace) -> int:
     if not config.validation:
         raise UsageError("accuracy: --validation 0 leaves nothing to choose the learning rate on; give a "
                          "fraction such as 0.15")
-    table = programs_accuracy.protocol(config, args.lrs, args.seeds)
+    table = programs_accuracy.protocol(config, args.lrs, args.seeds, args.widen, args.lr_at)
     mine = [r for r in read_records(args.results) if r.get("protocol") == table]
     if args.report:
         reported = [r for r in mine if r["phase"] == "test"]
@@ -232,9 +239,10 @@ def accuracy(args: argparse.Namespace) -> int:
         if mine and not args.resume:
             raise UsageError(f"--results {args.results} already has {len(mine)} run(s) of this protocol: give "
                              "--resume to continue that table, or another --results file")
-        preflight.accuracy(args.models, args.recipes, args.blocks_list, config)
+        preflight.accuracy(args.models, args.recipes, args.blocks_list, config, args.controls, args.lr_at)
         reported = programs_accuracy.run(args.models, args.recipes, args.blocks_list, config, lrs=args.lrs,
-                                         seeds=args.seeds, results=args.results)
+                                         seeds=args.seeds, results=args.results, controls=args.controls,
+                                         widen=args.widen, lr_at=args.lr_at, shard=args.shard)
         mine = [r for r in read_records(args.results) if r.get("protocol") == table]
     text = accuracy_report.markdown(reported, args.blocks_list, mine)
     print(text)

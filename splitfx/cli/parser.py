@@ -13,6 +13,7 @@ from . import commands, coverage_command
 from .launch import add_stages
 from .options import (
     EPILOG,
+    METHODS,
     Parser,
     add_batch,
     add_blocks,
@@ -72,6 +73,12 @@ def _train(sub) -> None:
     add_blocks(p, None)
     add_recipe(p, "linear", resumable=True)
     add_max_cut_tensors(p, None)
+    p.add_argument("--method", choices=METHODS, help="what the planner balances the blocks by: memory (what each "
+                   "loss keeps alive), flops, params, or uniform (the same number of ops per block: the control "
+                   "for splitfx's balanced cuts); default memory")
+    p.add_argument("--no-detach", dest="detach", action="store_false", default=None,
+                   help="control: no detach between blocks (deep supervision): the recipe's heads at the same cuts, "
+                        "their losses and the model's summed into one backward, with E2E's memory")
     add_training(p)
     p.add_argument("--out", metavar="DIR", type=output_dir,
                    help="run folder: checkpoint.pt, metrics.jsonl, plan.png, model.onnx (default: "
@@ -162,6 +169,15 @@ def _coverage(sub) -> None:
                    "the report from --results)")
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``I/N``: the I-th (0-based) of N shares of a table's cells."""
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, such as 0/2 and 1/2 for two processes")
+    return int(i), int(n)
+
+
+
 def _accuracy(sub) -> None:
     p = _command(sub, "accuracy", commands.accuracy, recipe=None)
     add_model(p, default="resnet18", many=True)
@@ -172,10 +188,26 @@ def _accuracy(sub) -> None:
                         f"{', '.join(classifying)})")
     add_blocks(p, [2, 4, 8], "values of K", nargs="+", dest="blocks_list")
     add_training(p)
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per cell (default %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=5,
+                   help="seeds per cell; seed s gives every cell the same initial weights and data order, so "
+                        "differences to E2E are paired (default %(default)s)")
     p.add_argument("--lrs", type=positive_float, nargs="+", default=[1e-3, 2e-3, 4e-3], metavar="LR",
                    help="learning-rate grid searched per recipe and K on the validation split (default "
-                        "%(default)s); --validation defaults to 0.15 here")
+                        "%(default)s); --validation defaults to "
+                        "0.15 here")
+    p.add_argument("--widen", type=count, default=2, metavar="N",
+                   help="most rates added beyond --lrs, one step past the edge at a time, while the best is at an "
+                        "edge (default %(default)s; 0: the grid as given)")
+    p.add_argument("--lr-at", type=positive_int, metavar="K",
+                   help="search each recipe's rate at this K only (one of --blocks) and train its other K and its "
+                        "controls at that rate, as the methods' papers keep one setting across K (default: every "
+                        "cell searches its own)")
+    p.add_argument("--controls", nargs="*", default=[], metavar="RECIPE",
+                   help="recipes of the table that also get, at every K, deep supervision (the same heads, no "
+                        "detach) and uniform cuts instead of memory-balanced ones")
+    p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N",
+                   help="train only every N-th recipe (per model, E2E first) starting at the I-th (0-based), so N "
+                        "processes share a table (default 0/1: all)")
     add_results(p, "accuracy.jsonl", "each run",
                 "reuse the runs of --results made with the same protocol (epochs, grid, data, ...)")
     p.add_argument("--report", action="store_true", help="train nothing: make the table from --results alone")

@@ -16,7 +16,7 @@ from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking")
+         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking", "method", "detach")
 
 
 def recipe_from(args: argparse.Namespace):
@@ -84,6 +84,10 @@ def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None,
             raise SplitFXError(f"--recipe {config.recipe} learns from a trained teacher: give --teacher CKPT (a "
                                "splitfx train checkpoint, or a timm checkpoint of MODEL); without one its blocks "
                                "would learn the features of MODEL as randomly initialised")
+        if not config.detach:
+            from ..recipes.deep_supervision import check_supervisable
+
+            check_supervisable(config.make_recipe())
         return config, None, args.out
     state = Checkpoint.load(args.resume)
     known = {k: v for k, v in state.config.items() if k in TrainConfig.__dataclass_fields__}
@@ -114,15 +118,26 @@ def _size_option(size: tuple[int, ...]) -> str:
     return f"{h}" if c == 3 and h == w else f"{c} {h} {w}"
 
 
-def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig) -> None:
-    """Refuse, before the first run trains, a recipe option no recipe takes and a K that a model cannot
-    be split into."""
+def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig,
+             controls: list[str] = (), lr_at: int | None = None) -> None:
+    """Refuse, before the first run trains, a recipe option no recipe takes, a control for a recipe
+    not in the table or without a deep-supervised twin, and a K that a model cannot be split into."""
     import torch
 
     from ..api.planning import plan
     from ..programs.epochs import build_model
+    from ..recipes import create_recipe
+    from ..recipes.deep_supervision import check_supervisable
 
     check_options_used(recipes, config.recipe_options)
+    if lr_at is not None and lr_at not in blocks:
+        raise UsageError(f"--lr-at {lr_at}: the rate is searched at one of the table's K "
+                         f"({' '.join(map(str, blocks))})")
+    for name in controls:
+        if name not in recipes or name == "e2e":
+            raise UsageError(f"--controls {name}: controls are run for recipes of the table other than e2e "
+                             f"({', '.join(r for r in recipes if r != 'e2e')})")
+        check_supervisable(create_recipe(name))
     regressing = [r for r in recipes if recipe_class(r).traits.infers]
     if regressing or config.task == "regression":
         raise UsageError(f"accuracy tables compare classification accuracy, and {regressing or '--task regression'} "

@@ -13,6 +13,7 @@ read detached by the later ones.
 """
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -249,3 +250,15 @@ def emit_blocks(gm: fx.GraphModule, nodes: Sequence[Sequence[fx.Node]], cuts: Se
     detached = read_detached(gm, nodes)
     return tuple(emit_block(gm, list(n), ends[k], ends[k + 1], k, detach_input, baked, detached[k])
                  for k, n in enumerate(nodes))
+
+
+def without_input_detach(block: fx.GraphModule) -> fx.GraphModule:
+    """``block`` letting gradient through to the block that hands it its inputs: the same graph less
+    the ``detach`` each input starts with, over the same modules (so a copy of a converted model
+    makes its own from its own blocks)."""
+    graph = copy.deepcopy(block.graph)
+    for node in list(graph.nodes):
+        if node.op == "call_method" and node.target == "detach" and node.args[0].op == "placeholder":
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    return fx.GraphModule(block, graph, class_name=f"Attached{type(block).__name__}")

@@ -1,124 +1,241 @@
-"""The accuracy table and its pictures, made from the results file of ``splitfx accuracy`` alone.
+"""The table and pictures of ``splitfx accuracy``, made from its JSON-lines results file alone.
 
-A cell is mean ± sample standard deviation of test accuracy over seeds at the validation-picked rate.
-A recipe's cell is marked when its mean differs from E2E's by more than the two spreads together
-(▲ above, ▼ below); unmarked differences are within the seeds' noise.
+A table mixes lines only when one version of the splitfx sources trained them all: the lines'
+``provenance.code`` digest (decided per line, so lines of different commits whose code is identical
+mix). The numbers are :mod:`.accuracy_stats`'.
 """
 from __future__ import annotations
 
 import os
-import statistics
-from collections.abc import Iterable, Sequence
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..base.figures import pyplot, save
 from ..base.jsonl import Record
+from .accuracy_stats import (
+    E2E,
+    Cell,
+    Interval,
+    ordered_variants,
+    paired_difference,
+    saved_ratio,
+    step_ratio,
+    summarise,
+    training_seconds,
+    variant,
+)
 
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], dict]:
-    """Per (model, recipe, K): test mean/std (fractions), seeds, chosen rate, peak saved MiB, mean
-    validation curve, training hours."""
-    groups: dict[tuple[str, str, int], list[Record]] = {}
-    for r in reported:
-        groups.setdefault((r["model"], r["recipe"], r["trained_blocks"]), []).append(r)
-    out = {}
-    for key, rows in groups.items():
-        mean, std = _mean_std([r["test"] for r in rows])
-        epochs = len(rows[0]["val"])
-        out[key] = {
-            "mean": mean, "std": std, "seeds": len(rows), "lr": rows[0]["lr"],
-            "peak_saved_mib": statistics.fmean(r["peak_saved_mib"] for r in rows),
-            "val": [statistics.fmean(r["val"][e] for r in rows) for e in range(epochs)],
-        }
-    return out
-
-
-def _mark(cell: dict, e2e: dict | None) -> str:
-    if e2e is None or cell is e2e or abs(cell["mean"] - e2e["mean"]) <= cell["std"] + e2e["std"]:
-        return ""
-    return " ▲" if cell["mean"] > e2e["mean"] else " ▼"
+UNRECORDED = "unrecorded"
+MARKERS = "osD^v<>ph*"
 
 
 def markdown(reported: list[Record], blocks: Sequence[int], records: Iterable[Record] = ()) -> str:
-    """The caption (protocol, grid, budget, time taken) and one table per model; ``records`` (every
-    line, searches included) only adds up the time."""
+    """The caption (protocol, provenance, training time) and, per model, three tables: test accuracy,
+    the paired difference to E2E with the chosen rate, and memory ×E2E. ``reported`` are the test lines
+    of one protocol; ``records`` (its every line, searches included) only adds up the training time,
+    which the reported lines give without it. Raises ValueError when different code trained the lines."""
     if not reported:
         return "No reported runs yet."
-    table = reported[0]["protocol"]
-    seconds = sum(r["wall_seconds"] for r in records or reported)
-    took = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-    stats = summarise(reported)
-    out = [f"{table['seeds']} seeds per cell (mean ± standard deviation of test accuracy); learning rate picked "
-           f"per recipe and K on a validation split of {table['validation']:.0%} of the training images from the "
-           f"grid {', '.join(f'{lr:g}' for lr in table['lrs'])} (AdamW, weight decay {table['weight_decay']}, "
-           f"×{table['lr_decay']} per epoch; seed 0 at each rate, best final validation accuracy), then test "
-           f"accuracy read once per seed at that rate. {table['epochs']} epochs, batch {table['batch']}, data "
-           f"{table['data']} at {table['input_size']}², the same grid and budget for E2E and every recipe. "
-           f"▲/▼: mean above/below E2E's by more than the two standard deviations together. Training time "
-           f"of the runs in this file: {took} (one thread each). Brackets: chosen rate, measured peak "
-           "saved activations."]
+    code = _one_code(reported)
+    cells = summarise(reported)
+    records = list(records) or reported
+    out = [_caption(reported, code, records)]
     for model in dict.fromkeys(r["model"] for r in reported):
-        e2e = stats.get((model, "e2e", 1))
-        out += [f"\n### {model}\n", "| recipe | " + " | ".join(f"K={k}" for k in blocks) + " |",
-                "|---|" + "---|" * len(blocks)]
-        for recipe in dict.fromkeys(r["recipe"] for r in reported if r["model"] == model):
-            cells = []
-            for k in blocks:
-                cell = e2e if recipe == "e2e" else stats.get((model, recipe, k))
-                cells.append("–" if cell is None else
-                             f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}{_mark(cell, e2e)} "
-                             f"({cell['lr']:g}, {cell['peak_saved_mib']:.1f} MiB)")
-            out.append(f"| {recipe} | " + " | ".join(cells) + " |")
-        if e2e is not None:
-            out.append(f"\nE2E (K=1, repeated in each column) saves {e2e['peak_saved_mib']:.1f} MiB of activations "
-                       "per step.")
+        out += _tables(model, cells, blocks, reported[0]["protocol"]["seeds"])
+    refused = {f"{variant(r)} K={r['blocks']} on {r['model']}": r["reason"] for r in records
+               if r.get("phase") == "refused"}
+    if refused:
+        out += ["", "Cells the planner refused (nothing trained; they show –):", "",
+                *(f"- {cell}: {reason}" for cell, reason in refused.items())]
     return "\n".join(out)
 
 
-def figures(reported: list[Record], folder: str, curves_at: int = 4) -> list[str]:
-    """Per model: ``MODEL-accuracy-memory.png`` (test accuracy vs measured peak saved activations, one
-    point per recipe and K with its spread, E2E as the reference) and ``MODEL-validation.png`` (mean
-    validation accuracy per epoch of every recipe at K=``curves_at`` and of E2E). Returns the paths."""
-    plt = pyplot()
-    stats = summarise(reported)
-    paths = []
-    os.makedirs(folder, exist_ok=True)
-    for model in dict.fromkeys(r["model"] for r in reported):
-        mine = {k: v for k, v in stats.items() if k[0] == model}
-        recipes = list(dict.fromkeys(k[1] for k in mine))
-        colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(recipes)}
-        markers = dict(zip(sorted({k[2] for k in mine}), "osD^v<>p*h", strict=False))
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        for (_, recipe, k), cell in sorted(mine.items()):
-            ax.errorbar(cell["peak_saved_mib"], 100 * cell["mean"], yerr=100 * cell["std"], fmt=markers[k],
-                        color=colours[recipe], capsize=3, label=f"{recipe} K={k}")
-        e2e = mine.get((model, "e2e", 1))
-        if e2e is not None:
-            ax.axhline(100 * e2e["mean"], color="black", ls="--", lw=0.8, label="E2E mean")
-            ax.axhspan(100 * (e2e["mean"] - e2e["std"]), 100 * (e2e["mean"] + e2e["std"]), color="grey", alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_xlabel("measured peak saved activations per step (MiB, log scale)")
-        ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-        ax.set_title(f"{model}: accuracy against activation memory")
-        ax.legend(fontsize=7, ncol=3, loc="lower right")
-        fig.tight_layout()
-        paths.append(os.path.join(folder, f"{model}-accuracy-memory.png"))
-        save(fig, paths[-1])
+def _one_code(reported: list[Record]) -> str:
+    """The code digest all reported lines share; ValueError naming each digest with its commits and
+    line counts when they hold several."""
+    commits: dict[str, Counter[str]] = {}
+    for r in reported:
+        p = r.get("provenance") or {}
+        commits.setdefault(p.get("code") or UNRECORDED, Counter())[p.get("commit") or UNRECORDED] += 1
+    if len(commits) > 1:
+        found = "; ".join(f"code {code}: {sum(c.values())} line(s), commit(s) "
+                          + ", ".join(f"{commit} ({n})" for commit, n in c.items()) for code, c in commits.items())
+        raise ValueError(f"the reported lines were trained by {len(commits)} versions of the splitfx sources "
+                         f"({found}); a table mixes lines of one version only: regenerate the stale cells or "
+                         "split the file")
+    return next(iter(commits))
 
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for (_, recipe, k), cell in mine.items():
-            if k == curves_at or recipe == "e2e":
-                epochs = range(1, len(cell["val"]) + 1)
-                ax.plot(epochs, [100 * v for v in cell["val"]], color=colours[recipe], marker=".",
-                        label=f"{recipe} (K={k}, lr {cell['lr']:g})", lw=2 if recipe == "e2e" else 1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy (%), mean over seeds")
-        ax.set_title(f"{model}: validation accuracy per epoch, K={curves_at} and E2E")
-        ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        paths.append(os.path.join(folder, f"{model}-validation.png"))
-        save(fig, paths[-1])
+
+def _caption(reported: list[Record], code: str, records: list[Record]) -> str:
+    p = reported[0]["protocol"]
+
+    def distinct(field: str) -> list[str]:
+        return list(dict.fromkeys((r.get("provenance") or {}).get(field) or UNRECORDED for r in reported))
+
+    where = (f"per recipe at K={p['lr_at']} (E2E on its own), then used at every K and for the controls"
+             if p.get("lr_at") else "per cell")
+    widen = p.get("widen", 0)
+    return (f"Test accuracy of {p['seeds']} seeds per cell at the learning rate chosen {where} on a validation "
+            f"split of {100 * p['validation']:g} % of the training images: seed 0 at each rate of the grid "
+            f"{', '.join(f'{lr:g}' for lr in p['lrs'])}"
+            + (f", extended by up to {widen} rate(s) past an edge while the best rate lies there" if widen else "")
+            + f", the best final validation accuracy wins. Data {p['data']} at {p['input_size']}², "
+            f"{p['epochs']} epochs, "
+            f"batch {p['batch']}, AdamW with weight decay {p['weight_decay']:g}, learning rate ×{p['lr_decay']:g} "
+            "per epoch; the same protocol for E2E and every recipe. Intervals are 95 % t-intervals over seeds; "
+            "differences to E2E are paired by seed (a seed gives every recipe the same initial weights and data "
+            f"order).\n\nCode {code[:12]} (digest of the splitfx sources), commit(s) {', '.join(distinct('commit'))}; "
+            f"machine(s): {'; '.join(distinct('machine'))}; command(s): "
+            f"{'; '.join(f'`{c}`' for c in distinct('command'))}. Training time of the runs in this file: "
+            f"{training_seconds(records) / 3600:.2f} CPU-hours (one thread per run).")
+
+
+def _tables(model: str, cells: dict[tuple[str, str, int], Cell], blocks: Sequence[int], seeds: int) -> list[str]:
+    """The model's three tables, with columns for the K asked and any other K a recipe trained."""
+    mine = [c for c in cells.values() if c.model == model]
+    e2e = cells.get((model, E2E, 1))
+    ks = sorted(set(blocks) | {c.k for c in mine if c.recipe != E2E})
+    rows = ordered_variants(mine)
+
+    def table(cell_text: Callable[[Cell], str]) -> list[str]:
+        lines = ["", "| variant | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for v in rows:
+            found = [e2e if v == E2E else cells.get((model, v, k)) for k in ks]
+            lines.append(f"| {v} | " + " | ".join("–" if c is None else cell_text(c) for c in found) + " |")
+        return [*lines, ""]
+
+    def difference(c: Cell) -> str:
+        lr = f"lr {c.lr:g}{'†' if c.at_edge else ''}"
+        if c is e2e:
+            return f"reference, {lr}"
+        d = paired_difference(c, e2e) if e2e else None
+        return f"{_difference(d, seeds)}, {lr}" if d else f"no seed shared with E2E, {lr}"
+
+    def memory(c: Cell) -> str:
+        total = step_ratio(c, e2e)
+        return f"{saved_ratio(c, e2e):.2f}× / " + ("–" if total is None else f"{total:.2f}×")
+
+    return [f"\n### {model}\n", "Test accuracy (%):", *table(lambda c: _accuracy(c.accuracy, seeds)),
+            f"Mean ± half-width of the 95 % t-interval over seeds; (n seeds): a cell with other than {seeds} "
+            "seeds (one seed gives no interval). E2E trains one block: its cell is repeated under every K. "
+            "–: not run.", "", "Difference to E2E (points) and chosen learning rate:", *table(difference),
+            "Mean of the per-seed differences [95 % t-interval] over the seeds both ran; ▲/▼: the interval lies "
+            "above/below 0. †: the chosen rate is at the edge of the cell's searched grid, so the best rate may "
+            "lie outside it.", "", "Memory, ×E2E (saved activations / total step peak):", *table(memory),
+            "Measured peak saved activations ÷ E2E's (÷ one E2E step of the same model when the table has no "
+            "E2E cell) / measured bytes alive at the step's peak (parameters, gradients, optimizer state, "
+            "activations, transients) ÷ E2E's; –: not run, or total not measured."]
+
+
+def _signed(x: float) -> str:
+    text = f"{x:+.2f}"
+    return "0.00" if float(text) == 0 else text.replace("-", "−")
+
+
+def _seeds(n: int, seeds: int) -> str:
+    return f" ({n} seed{'s' * (n != 1)})" if n != seeds or n == 1 else ""
+
+
+def _accuracy(a: Interval, seeds: int) -> str:
+    return f"{100 * a.mean:.2f}" + ("" if a.half is None else f" ± {100 * a.half:.2f}") + _seeds(a.n, seeds)
+
+
+def _difference(d: Interval, seeds: int) -> str:
+    text = _signed(100 * d.mean)
+    if d.half is not None:
+        text += f" [{_signed(100 * (d.mean - d.half))}, {_signed(100 * (d.mean + d.half))}]"
+        text += (" ▲" if d.mean > 0 else " ▼") if d.excludes_zero else ""
+    return text + _seeds(d.n, seeds)
+
+
+def figures(reported: list[Record], folder: str) -> list[str]:
+    """Per model, ``MODEL-accuracy-memory.png`` (test accuracy against measured peak saved activations
+    ×E2E) and, when the model has an E2E cell, ``MODEL-gap.png`` (the paired difference to E2E against
+    K); MODEL with every character outside ``[A-Za-z0-9._-]`` replaced by ``_``. Returns the paths
+    written. Raises ValueError when different code trained the lines, as :func:`markdown` does."""
+    if not reported:
+        return []
+    _one_code(reported)
+    plt, cells, p = pyplot(), summarise(reported), reported[0]["protocol"]
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for model in dict.fromkeys(r["model"] for r in reported):
+        mine = [c for c in cells.values() if c.model == model and c.recipe != E2E]
+        e2e = cells.get((model, E2E, 1))
+        colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(dict.fromkeys(c.recipe for c in mine))}
+        title = f"{p['data']}, {model}, {p['seeds']} seeds"
+        stem = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", model))
+        drawn = [("accuracy-memory", _accuracy_memory(plt, mine, e2e, colours, title))]
+        if e2e is not None and mine:
+            drawn.append(("gap", _gap(plt, mine, e2e, colours, title)))
+        for name, fig in drawn:
+            paths.append(f"{stem}-{name}.png")
+            save(fig, paths[-1])
     return paths
+
+
+def _accuracy_memory(plt: Any, mine: list[Cell], e2e: Cell | None, colours: dict[str, Any], title: str) -> Any:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
+    ks = sorted({c.k for c in mine})
+    markers = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(ks)}
+    for c in mine:
+        a, colour = c.accuracy, colours[c.recipe]
+        ax.errorbar(saved_ratio(c, e2e), 100 * a.mean, yerr=None if a.half is None else 100 * a.half,
+                    fmt=markers[c.k], ms=7, color=colour, mfc="none" if c.control else colour, capsize=3)
+    recipes = [Line2D([], [], color=colour, marker="o", ls="", label=r) for r, colour in colours.items()]
+    if any(c.control for c in mine):
+        recipes.append(Line2D([], [], color="grey", marker="o", mfc="none", ls="",
+                              label="hollow: control\n(no detach / uniform cuts)"))
+    if e2e is not None:
+        a = e2e.accuracy
+        ax.axhline(100 * a.mean, color="black", lw=1)
+        if a.half is not None:
+            ax.axhspan(100 * (a.mean - a.half), 100 * (a.mean + a.half), color="grey", alpha=0.2, lw=0)
+        recipes.append(Line2D([], [], color="black", label="E2E (band: 95 % interval)"))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+    ax.minorticks_off()
+    ax.set_xlabel("measured peak saved activations, ×E2E (log scale)")
+    ax.set_ylabel("test accuracy (%), mean and 95 % interval over seeds")
+    ax.set_title(f"{title}\nx: measured peak saved activations, ×E2E")
+    fig.legend(handles=recipes, title="recipe (colour)", loc="outside right upper", fontsize=8)
+    if ks:
+        fig.legend(handles=[Line2D([], [], color="grey", marker=markers[k], ls="", label=f"K={k}") for k in ks],
+                   title="blocks (marker)", loc="outside right lower", fontsize=8)
+    return fig
+
+
+def _gap(plt: Any, mine: list[Cell], e2e: Cell, colours: dict[str, Any], title: str) -> Any:
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
+    ax.axhline(0, color="black", lw=1)
+    variants = ordered_variants(mine)
+    for i, v in enumerate(variants):
+        line = sorted((c for c in mine if c.variant == v), key=lambda c: c.k)
+        points = [(c.k, d) for c in line if (d := paired_difference(c, e2e)) is not None]
+        if not points:
+            continue
+        dodge = 2 ** (0.03 * (i - (len(variants) - 1) / 2))  # side by side, so the interval bars stay apart
+        ax.errorbar([k * dodge for k, _ in points], [100 * d.mean for _, d in points],
+                    yerr=[0 if d.half is None else 100 * d.half for _, d in points], color=colours[line[0].recipe],
+                    marker="o", mfc="none" if line[0].control else None, ls=_dashes(line[0]), capsize=3, label=v)
+    ks = sorted({c.k for c in mine})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("blocks K (log₂ scale)")
+    ax.set_ylabel("test accuracy − E2E (points), mean and\n95 % interval of the per-seed differences")
+    ax.set_title(f"{title}\npaired difference to E2E by seed (dashed: controls)")
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(title="variant", loc="outside right upper", fontsize=8)
+    return fig
+
+
+def _dashes(cell: Cell) -> str:
+    """Solid for a recipe; its controls dashed, each its own way so two of them stay apart."""
+    return {(True, False): "-", (False, False): "--", (True, True): "-.", (False, True): ":"}[cell.detach, cell.uniform]

@@ -48,6 +48,12 @@ class TrainConfig:
     # Most tensors one cut may hand over (``plan``'s default); 1 keeps cuts where one tensor is live,
     # between residual units, at the price of a less even memory balance.
     max_cut_tensors: int = MAX_CUT_TENSORS
+    # What the planner balances the blocks by (``--method``, as for ``plan``): "memory", what each
+    # loss keeps alive (splitfx's plans); "uniform", the same number of ops per block (a control).
+    method: str = "memory"
+    # False (``--no-detach``): the control called deep supervision: the recipe's heads at the same cuts,
+    # their losses and the model's summed into one backward, gradient flowing across the cuts.
+    detach: bool = True
     # The recipe's options (``splitfx.recipe(recipe, **recipe_options)``). ``splitfx train`` records
     # every one, defaults included (:func:`with_all_options`), so a resumed run trains the same recipe.
     recipe_options: dict[str, Any] = field(default_factory=dict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
 import timm
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from ..api.conversion import convert
 from ..api.staging import plan_at
 from ..base.errors import CheckpointError, SplitFXError, first_line
+from ..base.live_bytes import LiveBytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..recipes import Recipe
 from ..runtime.split_module import SplitModule
@@ -47,6 +49,9 @@ class EpochResult:
     # Regression (no accuracy): the errors on what was evaluated (val or test), in the target's units.
     rmse: float | None = None
     mae: float | None = None
+    # Measured on one step of the first epoch: every tensor alive at the step's peak (parameters,
+    # gradients, optimizer state, activations, transients; LiveBytes). None on later epochs.
+    step_peak_bytes: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -61,10 +66,12 @@ class EpochResult:
 
 
 def epoch_result(epoch: int, block_losses: list[float], monitor: str, accuracy: float, seconds: float,
-                 peak_saved_bytes: int, peak_cuda_bytes: int | None = None) -> EpochResult:
+                 peak_saved_bytes: int, peak_cuda_bytes: int | None = None,
+                 step_peak: int | None = None) -> EpochResult:
     """One epoch's record, ``accuracy`` filed under what it was measured on (``val`` or ``test``)."""
     return EpochResult(epoch, block_losses[-1], block_losses, accuracy if monitor == "test" else None, seconds,
-                       peak_saved_bytes, peak_cuda_bytes, accuracy if monitor == "val" else None)
+                       peak_saved_bytes, peak_cuda_bytes, accuracy if monitor == "val" else None,
+                       step_peak_bytes=step_peak)
 
 
 @dataclass
@@ -114,7 +121,7 @@ def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, re
     """``model`` converted as ``config`` says with ``recipe`` (:func:`run_recipe`; blocks, cut width,
     the cuts a pipeline placed): the one place single-process and distributed training turn a config
     into a plan, so both split a model the same way."""
-    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, **kwargs)
+    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, method=config.method, **kwargs)
     if config.cuts is None:
         return convert(model, example, config.blocks, **options)
     return convert(model, example, plan=plan_at(model, (example,), config.blocks, options, config.cuts))
@@ -208,21 +215,28 @@ def train(
         start_epoch = state.epoch + 1
 
     what = f"samples of {config.input_size} features" if begin.splits.target else f"images of {config.input_size}²"
-    log(f"{config.model}: {sm.num_blocks} gradient-isolated blocks, recipe {config.recipe!r}, "
+    blocks = "gradient-isolated blocks" if config.detach else "blocks, not detached (deep supervision)"
+    log(f"{config.model}: {sm.num_blocks} {blocks}, recipe {config.recipe!r}, "
         f"{len(train_set)} train / {len(monitored)} {monitor} {what}, on {config.device}")
     exclude = state_keys([sm])
     for epoch in range(start_epoch, config.epochs):
         sm.train()
         batches = epoch_order(config, epoch, len(train_set))
-        sums = torch.zeros(sm.num_blocks)
+        sums = torch.zeros(sm.num_blocks if config.detach else 1)  # --no-detach: one summed loss
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         began = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True, leave=False)
+        step_peak = None
         with SavedTensorMeter(exclude) as meter:
-            for idx in bar:
+            for i, idx in enumerate(bar):
                 x, y = (t.to(config.device) for t in batch(train_set, idx))
-                losses = sm.train_step(x, y, opt, scaler, amp)
+                # The whole step's bytes, once, on a warm step (the optimizer's state exists): saved
+                # activations are what local learning shrinks, this is what the device must hold.
+                counted = epoch == 0 and i == min(1, len(batches) - 1)
+                with LiveBytes(sm, opt, x, y) if counted else nullcontext() as live:
+                    losses = sm.train_step(x, y, opt, scaler, amp, detach=config.detach)
+                step_peak = live.peak if counted else step_peak
                 sums += torch.tensor(losses)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
@@ -230,7 +244,7 @@ def train(
         block_losses = (sums / len(batches)).tolist()
         record_epoch(result, log, regression.with_errors(epoch_result(
             epoch + 1, block_losses, monitor, accuracy, time.perf_counter() - began, meter.peak,
-            torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None,
+            torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None, step_peak=step_peak,
         ), errors))
         if out is not None:
             _save(result, sm, opt, sched, scaler, out, num_classes)

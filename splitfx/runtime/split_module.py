@@ -17,8 +17,10 @@ from torch import nn
 
 from ..base.report import SplitPlan
 from ..base.tensors import Inputs, as_tuple, check_dtypes
+from ..passes.emit import without_input_detach
 from ..passes.replay import one_draw_per_step
 from ..recipes.base import LossFn, Recipe, SplitParts, handed
+from ..recipes.deep_supervision import supervised_losses
 from ..recipes.split import Split
 from .step import run_step
 
@@ -106,6 +108,13 @@ class SplitModule(nn.Module):
         with one_draw_per_step():
             yield from self.recipe.losses(self.parts(), inputs, target)
 
+    def _supervised(self, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
+        check_dtypes(inputs, self.model, "inputs", convert="convert the model and its heads with SplitModule.to")
+        if not self.attached_blocks:  # made once, from the blocks themselves (a copy makes its own)
+            object.__setattr__(self, "attached_blocks", tuple(without_input_detach(b) for b in self.blocks))
+        with one_draw_per_step():
+            yield from supervised_losses(self.recipe, self.parts(), inputs, target)
+
     def train_step(
         self,
         inputs: Inputs,
@@ -115,6 +124,7 @@ class SplitModule(nn.Module):
         autocast_dtype: torch.dtype | None = None,
         step_each_block: bool = False,
         after_loss: Callable[[int], None] | None = None,
+        detach: bool = True,
     ) -> list[float]:
         """One optimiser step over all blocks; returns the per-block losses.
 
@@ -126,10 +136,16 @@ class SplitModule(nn.Module):
         model's. The weights come out the same, for an optimizer that skips parameters without a
         gradient (every ``torch.optim`` one does). Not with a ``scaler``, whose inf check and scale
         update cover one whole step. ``after_loss(k)`` is called after loss k's backward (and its
-        per-block step): a per-block log, or :class:`~.isolation.GradientReach` observing isolation."""
+        per-block step): a per-block log, or :class:`~.isolation.GradientReach` observing isolation.
+        ``detach=False`` trains the deep-supervision control instead (:mod:`~splitfx.recipes.deep_supervision`): the
+        same heads, their losses summed with the model's into one backward through every block; it
+        returns that one loss."""
         if step_each_block and scaler is not None:
             raise ValueError("train_step: step_each_block steps once per block, and a GradScaler's inf check and "
                              "update cover one whole step; pass one or the other")
+        if step_each_block and not detach:
+            raise ValueError("train_step: detach=False sums every loss into one backward, so there is no block whose "
+                             "gradients are final early; drop step_each_block")
         inputs = as_tuple(inputs)
         final = self._final_after() if step_each_block else [False] * self.num_blocks
 
@@ -140,7 +156,8 @@ class SplitModule(nn.Module):
             if after_loss is not None:
                 after_loss(k)
 
-        losses = run_step(self.local_losses(inputs, target), optimizer, inputs[0].device, scaler=scaler,
+        losses = run_step(self.local_losses(inputs, target) if detach else self._supervised(inputs, target), optimizer,
+                          inputs[0].device, scaler=scaler,
                           autocast_dtype=autocast_dtype, after_loss=each, step=not step_each_block)
         self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
