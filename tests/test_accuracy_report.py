@@ -129,15 +129,16 @@ def test_mixed_code_digests_are_refused_naming_each():
 def test_mixed_commits_of_one_code_are_one_table_and_the_caption_says_where_they_came_from():
     later = {"commit": "fed987", "command": "splitfx accuracy m --resume", "machine": "Xeon, 2 cores", "code": CODE}
     lines = [*e2e(), *recipe([0.01] * 5, provenance=later)]
-    searches = [{**r, "phase": "search"} for r in lines]
+    searches = [{**r, "phase": "search"} for r in lines]  # the same runs, searched then reported: counted once
     table = markdown(lines, [2], [*lines, *searches, lines[0]])  # a line written twice counts once
     assert ("commit(s) abc123def456, fed987; machine(s): Xeon, 2 cores; command(s): `splitfx accuracy m`; "
-            "`splitfx accuracy m --resume`. Training time of the runs in this file: 5.00 CPU-hours (one thread per "
+            "`splitfx accuracy m --resume`. Training time of the runs in this file: 2.50 CPU-hours (one thread per "
             "run).") in table
     assert f"Code {CODE[:12]} (digest of the splitfx sources)" in table
-    assert ("learning rate chosen per recipe at K=4 (E2E on its own), then used at every K and for the controls on a "
-            "validation split of 10 % of the training images: seed 0 at each rate of the grid 0.001, 0.002, 0.004, "
-            "extended by up to 2 rate(s) past an edge while the best rate lies there") in table
+    assert ("learning rate chosen per recipe at K=4 (E2E on its own), then used at every K and for the controls (a "
+            "recipe the planner refuses at that K searches at each K) on a validation split of 10 % of the training "
+            "images: seed 0 at each rate of the grid 0.001, 0.002, 0.004, extended by up to 2 rate(s) past an edge "
+            "while the best rate lies there") in table
     assert ("Data cluttered at 32², 12 epochs, batch 64, AdamW with weight decay 0.05, learning rate ×0.8 per "
             "epoch") in table
     assert "Test accuracy of 5 seeds per cell" in table

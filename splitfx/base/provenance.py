@@ -1,6 +1,7 @@
 """Where a figure came from: the commit, the command and the machine, recorded beside it."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -12,6 +13,7 @@ import torch
 from .version import __version__
 
 
+@functools.cache
 def commit() -> str:
     """The checkout's commit (``+dirty`` when the package's own code has uncommitted changes; a
     results file being written beside it does not count), or the package version when splitfx does
@@ -41,13 +43,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+@functools.cache
 def code_digest() -> str:
     """SHA-256 of the package's Python sources (paths and contents): two results lines with the same
-    digest were made by the same code, whatever commits they name (a docs-only commit changes none)."""
+    digest were made by the same code, whatever commits they name (a docs-only commit changes none).
+    Read once per process, like :func:`commit`: a file edited while a long job runs does not relabel
+    its later lines as another version's."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     digest = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
+    for folder, _, files in sorted(os.walk(root)):
         for name in sorted(f for f in files if f.endswith(".py")):
             path = os.path.join(folder, name)
             digest.update(os.path.relpath(path, root).encode() + b"\0")

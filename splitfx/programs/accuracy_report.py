@@ -74,8 +74,8 @@ def _caption(reported: list[Record], code: str, records: list[Record]) -> str:
     def distinct(field: str) -> list[str]:
         return list(dict.fromkeys((r.get("provenance") or {}).get(field) or UNRECORDED for r in reported))
 
-    where = (f"per recipe at K={p['lr_at']} (E2E on its own), then used at every K and for the controls"
-             if p.get("lr_at") else "per cell")
+    where = (f"per recipe at K={p['lr_at']} (E2E on its own), then used at every K and for the controls (a "
+             "recipe the planner refuses at that K searches at each K)" if p.get("lr_at") else "per cell")
     widen = p.get("widen", 0)
     return (f"Test accuracy of {p['seeds']} seeds per cell at the learning rate chosen {where} on a validation "
             f"split of {100 * p['validation']:g} % of the training images: seed 0 at each rate of the grid "

@@ -100,6 +100,8 @@ def option(name: str) -> str:
     """How the command line spells a config field: ``model`` is the positional, the rest ``--flags``."""
     if name == "recipe_options":
         return "--recipe-option"
+    if name == "detach":
+        return "--no-detach"
     return "MODEL" if name == "model" else "--" + name.replace("_", "-")
 
 
