@@ -1,4 +1,4 @@
-"""The CIFAR ResNets splitfx ships for the papers' memory tables."""
+"""The networks splitfx ships: the CIFAR ResNets of the papers' memory tables, the benchmark's hybrid ViT."""
 import torch
 from torch import nn
 
@@ -20,3 +20,16 @@ def test_resnet110_is_the_six_n_plus_two_network():
 def test_the_command_line_finds_it_and_its_input_size():
     model = create_model("splitfx.models:resnet110")
     assert default_input_size(model) == (3, 32, 32) and model.pretrained_cfg["architecture"] == "resnet110"
+
+
+def test_the_hybrid_vit_splits_into_sixteen_blocks_that_chain_to_it_exactly():
+    import splitfx
+    from splitfx.models import hybrid_vit8
+
+    torch.manual_seed(0)
+    model = hybrid_vit8().eval()
+    assert 0.30e6 < sum(p.numel() for p in model.parameters()) < 0.32e6
+    x = torch.randn(2, 3, 32, 32)
+    sm = splitfx.convert(model, x, num_blocks=16).eval()
+    assert sm.num_blocks == 16
+    assert torch.equal(sm.chained(x), model(x))

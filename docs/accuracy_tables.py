@@ -1,0 +1,60 @@
+"""The cluttered benchmark (#38): its sweeps, and its tables and pictures in docs/benchmarks.md.
+
+One table per model, each from its own results file made by one pinned commit (the report refuses
+lines of another code digest): ResNet-32 (5 epochs) and the hybrid ViT (6: it learns slower), every
+classifying recipe at K = 2, 4, 8, 16, E2E, and the controls of ``linear`` (deep supervision, uniform
+cuts), 5 paired seeds, the rate searched per recipe at K=4 on a validation split and widened past an
+edge. The options below are the tables' protocol: ``--report`` must repeat them, so they live here once.
+
+    python docs/accuracy_tables.py                  # tables into benchmarks.md, pictures into docs/accuracy/
+    python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
+
+Run the sweeps from a clean checkout of the commit that made the table's first lines (``git worktree
+add --detach /tmp/wt COMMIT``, ``PYTHONPATH=/tmp/wt``, ``OMP_NUM_THREADS=1``), then copy the results
+file here.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RECIPES = ["e2e", "linear", "dgl", "infopro", "auglocal", "man", "hpff", "mlaan", "glcan", "infopro_supcon"]
+PROTOCOL = ["--recipes", *RECIPES, "--blocks", "2", "4", "8", "16", "--data", "cluttered", "--seeds", "5",
+            "--lrs", "1e-3", "2e-3", "4e-3", "--lr-at", "4", "--controls", "linear", "--validation", "0.1"]
+TABLES = {
+    "resnet32": ["splitfx.models:resnet32", *PROTOCOL, "--epochs", "5"],
+    "hybrid_vit8": ["splitfx.models:hybrid_vit8", *PROTOCOL, "--epochs", "6"],
+}
+
+
+def command(name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "splitfx", "accuracy", *TABLES[name], "--results",
+            str(HERE / f"accuracy-cluttered-{name}.jsonl"), *extra]
+
+
+def splice(text: str, name: str) -> None:
+    """Put ``text`` between the ``<!-- accuracy-cluttered:NAME -->`` markers of benchmarks.md."""
+    path = HERE / "benchmarks.md"
+    page = path.read_text()
+    begin, end = f"<!-- accuracy-cluttered:{name} -->", f"<!-- /accuracy-cluttered:{name} -->"
+    if begin not in page or end not in page:
+        raise SystemExit(f"{path}: no {begin} … {end} markers to put the table between")
+    head, rest = page.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--run"]:
+        name, shard = argv[1], argv[2]
+        return subprocess.call(command(name, "--resume", "--shard", shard))
+    for name in TABLES:
+        if not (HERE / f"accuracy-cluttered-{name}.jsonl").exists():
+            continue
+        table = subprocess.run(command(name, "--report", "--figures", str(HERE / "accuracy")), check=True,
+                               capture_output=True, text=True).stdout
+        splice(table.split("\nwrote ")[0], name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
