@@ -238,3 +238,26 @@ def test_a_cell_the_planner_refuses_is_recorded_with_its_reason_and_the_rest_goe
     assert json.dumps(table()) == json.dumps(reported) and stub.trained == [], "a refused cell is not tried again"
     text = markdown(reported, [2, 4], list(read_records(path)))
     assert "- hpff K=2 on resnet18: recipe 'hpff' with 2 blocks: its loss 0 runs the whole network" in text
+
+
+def test_repl_twins_are_cells_of_their_own_and_take_their_recipes_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "test_accuracy", lambda result: result.history[-1].val_accuracy)
+    stub = _Stub(best=2e-3)
+    path = tmp_path / "r.jsonl"
+    reported = accuracy.run(["resnet18"], ["e2e", "linear"], [2, 4], BASE, lrs=LRS, seeds=1, results=str(path),
+                            repl=2, repl_recipes=["e2e", "linear"], lr_at=4, widen=0, log=lambda _: None, trainer=stub)
+    cells = {(r["recipe"], r["blocks"], r["replace"]) for r in reported}
+    assert cells == {("e2e", 1, None), ("e2e", 1, 2), ("linear", 2, None), ("linear", 2, 2), ("linear", 4, None),
+                     ("linear", 4, 2)}
+    searched = {(r["recipe"], r["blocks"], r["replace"]) for r in read_records(path) if r["phase"] == "search"}
+    assert searched == {("e2e", 1, None), ("e2e", 1, 2), ("linear", 4, None)}, "RepL E2E is its own baseline"
+
+
+def test_cli_refuses_repl_that_would_replace_nothing(tmp_path, capsys):
+    args = ["accuracy", "resnet18", "--recipes", "e2e", "--epochs", "1", "--max-batches", "1", "--seeds", "1",
+            "--lrs", "1e-3", "--results", str(tmp_path / "r.jsonl")]
+    assert main([*args, "--repl", "2"]) == 2
+    assert "--repl N and --repl-recipes R" in capsys.readouterr().err
+    assert main([*args, "--repl", "2", "--repl-recipes", "e2e"]) == 2
+    assert "replace=2 replaces no unit" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()

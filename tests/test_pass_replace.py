@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from splitfx.base.errors import ArgumentError
 from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.passes.cost import probe
 from splitfx.passes.cuts import schedule
@@ -199,3 +200,11 @@ def test_surrogate_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         Surrogate(("a", "b", "c"), blocks, "layer")
     assert isinstance(Surrogate(("a", "b", "c"), blocks, "tensor"), nn.Module)
+
+
+def test_asking_for_repl_where_no_unit_can_be_replaced_says_why():
+    with pytest.raises(ArgumentError, match=r"replace=2 replaces no unit.*runs are: none\. Name units"):
+        choose([], 2)
+    with pytest.raises(ArgumentError, match=r"runs are: b0 … b2 \(3\) \(b0: first or last block of its run; head: not "
+                                            r"inside a run of ≥ 3 identical blocks\)"):
+        choose([run_of("b0", "b1", "b2")], ["b0", "head"])

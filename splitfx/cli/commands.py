@@ -239,10 +239,12 @@ def accuracy(args: argparse.Namespace) -> int:
         if mine and not args.resume:
             raise UsageError(f"--results {args.results} already has {len(mine)} run(s) of this protocol: give "
                              "--resume to continue that table, or another --results file")
-        preflight.accuracy(args.models, args.recipes, args.blocks_list, config, args.controls, args.lr_at)
+        preflight.accuracy(args.models, args.recipes, args.blocks_list, config, args.controls, args.lr_at, args.repl,
+                           args.repl_recipes)
         reported = programs_accuracy.run(args.models, args.recipes, args.blocks_list, config, lrs=args.lrs,
                                          seeds=args.seeds, results=args.results, controls=args.controls,
-                                         widen=args.widen, lr_at=args.lr_at, shard=args.shard)
+                                         repl=args.repl, repl_recipes=args.repl_recipes, widen=args.widen,
+                                         lr_at=args.lr_at, shard=args.shard)
         mine = [r for r in read_records(args.results) if r.get("protocol") == table]
     text = accuracy_report.markdown(reported, args.blocks_list, mine)
     print(text)

@@ -244,7 +244,7 @@ class _Replace(argparse.Action):
         if len(values) == 1 and values[0].lstrip("+-").isdigit():
             values = int(values[0])
             if values < 2:
-                parser.error(f"argument --replace: N takes every N-th block and must be at least 2, got {values}")
+                parser.error(f"argument {option_string}: N takes every N-th block and must be at least 2, got {values}")
         setattr(namespace, self.dest, values)
 
 
@@ -256,8 +256,8 @@ def add_results(p: argparse.ArgumentParser, default: str, each: str, resume: str
     p.add_argument("--resume", action="store_true", help=resume)
 
 
-def add_replace(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--replace", nargs="+", metavar="N|MODULE", action=_Replace, help=help)
+def add_replace(p: argparse.ArgumentParser, help: str, flag: str = "--replace") -> None:
+    p.add_argument(flag, nargs="+", metavar="N|MODULE", action=_Replace, help=help)
 
 
 def add_blocks(p: argparse.ArgumentParser, default: int | None, help: str = "number of gradient-isolated blocks",

@@ -76,6 +76,8 @@ def _train(sub) -> None:
     p.add_argument("--method", choices=METHODS, help="what the planner balances the blocks by: memory (what each "
                    "loss keeps alive), flops, params, or uniform (the same number of ops per block: the control "
                    "for splitfx's balanced cuts); default memory")
+    add_replace(p, "RepL fusion: synthesise every N-th interior unit of each run of identical units (N ≥ 2), or the "
+                   "units named, from its neighbours' weights instead of training it")
     p.add_argument("--no-detach", dest="detach", action="store_false", default=None,
                    help="control: no detach between blocks (deep supervision): the recipe's heads at the same cuts, "
                         "their losses and the model's summed into one backward, with E2E's memory")
@@ -205,6 +207,11 @@ def _accuracy(sub) -> None:
     p.add_argument("--controls", nargs="*", default=[], metavar="RECIPE",
                    help="recipes of the table that also get, at every K, deep supervision (the same heads, no "
                         "detach) and uniform cuts instead of memory-balanced ones")
+    add_replace(p, "RepL fusion for the recipes of --repl-recipes: every N-th interior unit of each run of "
+                   "identical units (N ≥ 2), or the units named, as train's --replace", "--repl")
+    p.add_argument("--repl-recipes", nargs="+", default=[], metavar="RECIPE",
+                   help="recipes of the table (e2e included) that also run with --repl at every K, each against "
+                        "its plain cell")
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N",
                    help="train only every N-th recipe (per model, E2E first) starting at the I-th (0-based), so N "
                         "processes share a table (default 0/1: all)")

@@ -16,7 +16,8 @@ from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
 GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking", "method", "detach")
+         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking", "method", "detach",
+         "replace")
 
 
 def recipe_from(args: argparse.Namespace):
@@ -119,9 +120,11 @@ def _size_option(size: tuple[int, ...]) -> str:
 
 
 def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: TrainConfig,
-             controls: list[str] = (), lr_at: int | None = None) -> None:
+             controls: list[str] = (), lr_at: int | None = None, repl: int | list[str] | None = None,
+             repl_recipes: list[str] = ()) -> None:
     """Refuse, before the first run trains, a recipe option no recipe takes, a control for a recipe
-    not in the table or without a deep-supervised twin, and a K that a model cannot be split into."""
+    not in the table or without a deep-supervised twin, RepL without its recipes (or the other way
+    round) or with nothing to replace, and a K that a model cannot be split into."""
     import torch
 
     from ..api.planning import plan
@@ -133,6 +136,9 @@ def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: T
     if lr_at is not None and lr_at not in blocks:
         raise UsageError(f"--lr-at {lr_at}: the rate is searched at one of the table's K "
                          f"({' '.join(map(str, blocks))})")
+    if (repl is None) != (not repl_recipes) or not set(repl_recipes) <= set(recipes):
+        raise UsageError("--repl N and --repl-recipes R ... go together, R among --recipes "
+                         f"({' '.join(recipes)}): the recipes whose cells also run with RepL")
     for name in controls:
         if name not in recipes or name == "e2e":
             raise UsageError(f"--controls {name}: controls are run for recipes of the table other than e2e "
@@ -142,11 +148,13 @@ def accuracy(models: list[str], recipes: list[str], blocks: list[int], config: T
     if regressing or config.task == "regression":
         raise UsageError(f"accuracy tables compare classification accuracy, and {regressing or '--task regression'} "
                          "regresses; for FFR against backprop run python -m splitfx.programs.ffr_results")
-    if not any(r != "e2e" for r in recipes):
-        return
     k = max(blocks)
     for name in models:
         model = build_model(name, 10, config.input_size)
+        if repl is not None:  # refuses a model RepL would replace nothing in, naming its runs
+            plan(model, torch.randn(2, 3, config.input_size, config.input_size), 1, replace=repl)
+        if not any(r != "e2e" for r in recipes):
+            continue
         try:
             plan(model, torch.randn(2, 3, config.input_size, config.input_size), k)
         except PlanError as err:

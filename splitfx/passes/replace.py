@@ -24,6 +24,7 @@ import torch.fx as fx
 from torch import nn
 from torch.func import functional_call
 
+from ..base.errors import ArgumentError
 from .cost import Probe
 from .cuts import Schedule
 from .names import unprefix
@@ -162,6 +163,12 @@ def choose(runs: list[list[Unit]], replace: int | Sequence[str]) -> Replacement:
     for name in interior:
         if name not in taken and name not in result.skipped:
             result.skipped[name] = "not selected"
+    if not result.replaced:  # asked for RepL and none would happen: say why rather than train without it
+        found = ", ".join(f"{run[0].name} … {run[-1].name} ({len(run)})" for run in runs) or "none"
+        why = "; ".join(f"{n}: {r}" for n, r in result.skipped.items() if r != "not selected")
+        raise ArgumentError(f"replace={replace!r} replaces no unit: RepL takes interior units of runs of ≥ 3 "
+                            f"consecutive identical units, and this model's runs are: {found}"
+                            + (f" ({why})" if why else "") + ". Name units inside a run, or drop replace")
     return result
 
 

@@ -57,10 +57,12 @@ def protocol(base: TrainConfig, lrs: Sequence[float], seeds: int, widen: int = W
 
 
 def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], base: TrainConfig,
-          controls: Iterable[str] = ()) -> list[TrainConfig]:
+          controls: Iterable[str] = (), repl: int | list[str] | None = None,
+          repl_recipes: Iterable[str] = ()) -> list[TrainConfig]:
     """One config per (model, recipe, K), E2E once per model; each recipe gets the options it takes.
     Each recipe in ``controls`` also gets, at every K, its two controls: deep supervision (the same
-    heads, no detach) and uniform cuts (``method="uniform"``) instead of the memory-balanced ones."""
+    heads, no detach) and uniform cuts (``method="uniform"``) instead of the memory-balanced ones; each
+    in ``repl_recipes`` a twin with RepL fusion (``replace=repl``)."""
     out = []
     for model in models:
         for recipe in recipes:
@@ -70,16 +72,26 @@ def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], 
                 out.append(cell)
                 if recipe in controls and k > 1:
                     out += [replace(cell, detach=False), replace(cell, method="uniform")]
+                if recipe in repl_recipes:
+                    out.append(replace(cell, replace=repl))
     return out
+
+
+def variant(config: TrainConfig) -> str:
+    """The recipe, with what sets a cell apart from its plain one: a control, RepL."""
+    return config.recipe + ("" if config.detach else " (no detach)") + \
+        ("" if config.method == "memory" else f" ({config.method} cuts)") + \
+        ("" if config.replace is None else " (RepL)")
 
 
 def _key(config: TrainConfig | Record) -> tuple:
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
     # As JSON: a record read back holds lists where the config holds tuples (InfoPro's lambda1=(5, 0)).
-    # Lines written before the controls existed are the default cell: detached, memory-balanced.
-    detach, method = (config.get("detach", True), config.get("method", "memory")) if isinstance(config, dict) \
-        else (config.detach, config.method)
-    return get("model"), get("recipe"), get("blocks"), json.dumps(get("recipe_options"), sort_keys=True), detach, method
+    # Lines written before the controls existed are the default cell: detached, memory-balanced, no RepL.
+    detach, method, repl = (config.get("detach", True), config.get("method", "memory"), config.get("replace")) \
+        if isinstance(config, dict) else (config.detach, config.method, config.replace)
+    return (get("model"), get("recipe"), get("blocks"), json.dumps(get("recipe_options"), sort_keys=True), detach,
+            method, json.dumps(repl))
 
 
 def _unique(records: Iterable[Record]) -> list[Record]:
@@ -104,7 +116,8 @@ def widened(grid: Sequence[float], chosen: float, limit: int) -> float | None:
 def _identity(config: TrainConfig) -> Record:
     """The fields that name a cell (:func:`_key` reads them back)."""
     return {"model": config.model, "recipe": config.recipe, "blocks": config.blocks,
-            "recipe_options": config.recipe_options, "detach": config.detach, "method": config.method}
+            "recipe_options": config.recipe_options, "detach": config.detach, "method": config.method,
+            "replace": config.replace}
 
 
 def _record(config: TrainConfig, result: TrainResult, phase: str, wall: float, table: dict,
@@ -133,6 +146,8 @@ def run(
     seeds: int,
     results: str,
     controls: Sequence[str] = (),
+    repl: int | list[str] | None = None,
+    repl_recipes: Sequence[str] = (),
     widen: int = WIDEN,
     lr_at: int | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -156,7 +171,7 @@ def run(
     trainer = trainer or (lambda config: train(config, log=lambda _: None, progress=False))
     table = protocol(base, lrs, seeds, widen, lr_at)
     mine = _unique(r for r in read_records(results) if r.get("protocol") == table)
-    todo = cells(models, recipes, blocks, base, controls)
+    todo = cells(models, recipes, blocks, base, controls, repl, repl_recipes)
     groups = list(dict.fromkeys((c.model, c.recipe) for c in todo))
     for g, group in enumerate(groups):
         if g % count != index:
@@ -181,22 +196,21 @@ def run(
                         "provenance": provenance()}
                 append_record(results, line)
                 mine.append(line)
-                log(f"{where} {cell.model} {cell.recipe} K={cell.blocks}: refused by the planner: {err}")
+                log(f"{where} {cell.model} {variant(cell)} K={cell.blocks}: refused by the planner: {err}")
             if cell in searched:
                 source = [r for r in mine if _key(r) == _key(cell) and r["phase"] == "test"]
     return [r for r in mine if r["phase"] == "test"]
 
 
 def _searches(cell: TrainConfig, lr_at: int) -> bool:
-    """Whether ``cell`` searches its own rate under ``lr_at``: E2E, and each recipe's plain cell at that K."""
-    return cell.recipe == "e2e" or (cell.blocks == lr_at and cell.detach and cell.method == "memory")
+    """Whether ``cell`` searches its own rate under ``lr_at``: E2E (with RepL or not), and each recipe's
+    plain cell at that K."""
+    return cell.recipe == "e2e" or (cell.blocks == lr_at and variant(cell) == cell.recipe)
 
 
 def _log(log: Callable[[str], None], where: str, cell: TrainConfig, line: Record) -> None:
     what = f"test {100 * line['test']:.2f} %" if line["phase"] == "test" else f"val {100 * line['val'][-1]:.2f} %"
-    control = "" if cell.detach and cell.method == "memory" else \
-        (" (no detach)" if not cell.detach else f" ({cell.method} cuts)")
-    log(f"{where} {cell.model} {cell.recipe}{control} K={line['trained_blocks']} lr={line['lr']:g} seed "
+    log(f"{where} {cell.model} {variant(cell)} K={line['trained_blocks']} lr={line['lr']:g} seed "
         f"{line['seed']} ({line['phase']}): {what}, {line['wall_seconds']:.0f} s")
 
 

@@ -190,7 +190,7 @@ def _accuracy_memory(plt: Any, mine: list[Cell], e2e: Cell | None, colours: dict
     recipes = [Line2D([], [], color=colour, marker="o", ls="", label=r) for r, colour in colours.items()]
     if any(c.control for c in mine):
         recipes.append(Line2D([], [], color="grey", marker="o", mfc="none", ls="",
-                              label="hollow: control\n(no detach / uniform cuts)"))
+                              label="hollow: control (no detach /\nuniform cuts) or RepL twin"))
     if e2e is not None:
         a = e2e.accuracy
         ax.axhline(100 * a.mean, color="black", lw=1)
@@ -230,12 +230,14 @@ def _gap(plt: Any, mine: list[Cell], e2e: Cell, colours: dict[str, Any], title: 
     ax.minorticks_off()
     ax.set_xlabel("blocks K (log₂ scale)")
     ax.set_ylabel("test accuracy − E2E (points), mean and\n95 % interval of the per-seed differences")
-    ax.set_title(f"{title}\npaired difference to E2E by seed (dashed: controls)")
+    ax.set_title(f"{title}\npaired difference to E2E by seed (dashed: controls, RepL)")
     if ax.get_legend_handles_labels()[0]:
         fig.legend(title="variant", loc="outside right upper", fontsize=8)
     return fig
 
 
-def _dashes(cell: Cell) -> str:
-    """Solid for a recipe; its controls dashed, each its own way so two of them stay apart."""
+def _dashes(cell: Cell) -> str | tuple:
+    """Solid for a recipe; its controls and its RepL twin dashed, each its own way so they stay apart."""
+    if cell.repl:
+        return (0, (6, 2, 1, 2, 1, 2))
     return {(True, False): "-", (False, False): "--", (True, True): "-.", (False, True): ":"}[cell.detach, cell.uniform]

@@ -51,9 +51,10 @@ class Cell:
 
     model: str
     recipe: str
-    variant: str  # the recipe, or one of its controls: no detach, uniform cuts, or both
+    variant: str  # the recipe, or one of its controls (no detach, uniform cuts), or its RepL twin
     detach: bool
     uniform: bool
+    repl: bool
     k: int
     tests: dict[int, float]
     lr: float
@@ -73,7 +74,8 @@ class Cell:
 
     @property
     def control(self) -> bool:
-        return not self.detach or self.uniform
+        """A control or a RepL twin: drawn hollow beside the plain recipe's filled points."""
+        return not self.detach or self.uniform or self.repl
 
 
 def _controls(record: Record) -> tuple[bool, bool]:
@@ -82,9 +84,11 @@ def _controls(record: Record) -> tuple[bool, bool]:
 
 
 def variant(record: Record) -> str:
-    """The recipe, with its controls named: deep supervision (``detach`` false) and uniform cuts."""
+    """The recipe, with its controls named: deep supervision (``detach`` false) and uniform cuts; and
+    RepL fusion (``replace`` given)."""
     detach, uniform = _controls(record)
-    return record["recipe"] + ("" if detach else " (no detach)") + (" (uniform cuts)" if uniform else "")
+    return record["recipe"] + ("" if detach else " (no detach)") + (" (uniform cuts)" if uniform else "") + \
+        ("" if record.get("replace") is None else " (RepL)")
 
 
 def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
@@ -104,7 +108,8 @@ def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
         steps = [r.get("step_peak_mib") for r in rows]
         detach, uniform = _controls(rows[0])
         cells[model, name, k] = Cell(
-            model=model, recipe=rows[0]["recipe"], variant=name, detach=detach, uniform=uniform, k=k,
+            model=model, recipe=rows[0]["recipe"], variant=name, detach=detach, uniform=uniform,
+            repl=rows[0].get("replace") is not None, k=k,
             tests={r["seed"]: r["test"] for r in rows}, lr=lrs[0],
             grid=tuple(sorted({lr for r in rows for lr in r.get("grid") or r["protocol"]["lrs"]})),
             saved_mib=statistics.fmean(r["peak_saved_mib"] for r in rows),
@@ -148,6 +153,6 @@ def training_seconds(records: Iterable[Record]) -> float:
         if "wall_seconds" not in r:  # a cell the planner refused: nothing trained
             continue
         key = (r["model"], r["recipe"], r["blocks"], json.dumps(r.get("recipe_options"), sort_keys=True),
-               *_controls(r), r["lr"], r["seed"])
+               *_controls(r), json.dumps(r.get("replace")), r["lr"], r["seed"])
         first.setdefault(key, r["wall_seconds"])
     return sum(first.values())

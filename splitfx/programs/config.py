@@ -51,6 +51,9 @@ class TrainConfig:
     # What the planner balances the blocks by (``--method``, as for ``plan``): "memory", what each
     # loss keeps alive (splitfx's plans); "uniform", the same number of ops per block (a control).
     method: str = "memory"
+    # RepL fusion (``--replace``): every N-th interior unit of each run of identical units, or the
+    # units named, synthesised from its neighbours' weights instead of trained (``plan``'s ``replace``).
+    replace: int | list[str] | None = None
     # False (``--no-detach``): the control called deep supervision: the recipe's heads at the same cuts,
     # their losses and the model's summed into one backward, gradient flowing across the cuts.
     detach: bool = True

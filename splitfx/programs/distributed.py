@@ -146,10 +146,13 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
     config = replace(with_cuts_of(config, state.config) if state else config, device=resolve_device(config.device))
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
-    if not config.detach or config.method != "memory":
-        raise DistributedError(f"{'--no-detach' if not config.detach else f'--method {config.method}'} (here or in the "
-                               "resumed checkpoint): a pipeline trains detached blocks whose cuts it places by time; "
-                               "train this run in one process, without --stages")
+    one_process = {"--no-detach": not config.detach, f"--method {config.method}": config.method != "memory",
+                   "--replace": config.replace is not None}
+    single = [flag for flag, given in one_process.items() if given]
+    if single:
+        raise DistributedError(f"{', '.join(single)} (here or in the resumed checkpoint): a pipeline trains detached "
+                               "blocks whose cuts it places by time on the plain model; train this run in one process, "
+                               "without --stages")
     if stages > config.blocks:
         raise DistributedError(f"--stages {stages} is more than --blocks {config.blocks}: every stage trains at "
                                "least one block")

@@ -116,12 +116,12 @@ def run_recipe(config: TrainConfig, num_classes: int) -> Recipe:
     return config.make_recipe(load_teacher(config.teacher, config, num_classes) if config.teacher else None)
 
 
-def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, recipe: Recipe,
-                **kwargs) -> SplitModule:
+def convert_for(config: TrainConfig, model: nn.Module, example: torch.Tensor, recipe: Recipe, **kwargs) -> SplitModule:
     """``model`` converted as ``config`` says with ``recipe`` (:func:`run_recipe`; blocks, cut width,
-    the cuts a pipeline placed): the one place single-process and distributed training turn a config
+    balance, RepL, the cuts a pipeline placed): the one place single-process and distributed training turn a config
     into a plan, so both split a model the same way."""
-    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, method=config.method, **kwargs)
+    options = dict(recipe=recipe, max_cut_tensors=config.max_cut_tensors, method=config.method,
+                   replace=config.replace, **kwargs)
     if config.cuts is None:
         return convert(model, example, config.blocks, **options)
     return convert(model, example, plan=plan_at(model, (example,), config.blocks, options, config.cuts))
