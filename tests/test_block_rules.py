@@ -13,9 +13,14 @@ from hypothesis import strategies as st
 import splitfx
 from splitfx.api.planning import split_of
 from splitfx.passes.chain_partition import chain_partition
-from splitfx.passes.units import Unit
+from splitfx.passes.cost import probe
+from splitfx.passes.cuts import schedule
+from splitfx.passes.trace import trace
+from splitfx.passes.units import Unit, find_layers
 from splitfx.planner.balance import chain_steps
 from splitfx.planner.legality import heads_within_blocks, holds_unit, max_blocks
+
+from checks import assert_eval_equal, assert_isolated
 
 
 def _path_cost(steps, path):
@@ -115,6 +120,32 @@ def test_resnet18_man_heads_stay_within_their_blocks_or_the_plan_says_which_k_do
     assert all(b.aux_saved_bytes <= b.own_saved_bytes for b in three.blocks), [
         (b.aux_saved_bytes, b.own_saved_bytes) for b in three.blocks]
     assert all(b.aux_saved_bytes > 0 for b in three.blocks[:-1]) and three.blocks[-1].aux_saved_bytes == 0
+
+
+def test_layers_between_multi_tensor_cuts_count_as_whole_layers():
+    """HRNet in miniature: past its first stage every cut hands over both resolutions, so only the
+    four residual blocks of ``layer1`` start and end at one-tensor cuts. With only those as layers
+    K=4 cut inside ``layer1`` and left 209,052 of 264,348 saved bytes (0.79× E2E) to the last block;
+    the branches' residual blocks, between two-tensor cuts, are whole layers too, while the units
+    that recipes copy stay one-tensor."""
+    from tinynets import TwoResolutions
+
+    torch.manual_seed(0)
+    model, x, y = TwoResolutions(), torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    G = probe(trace(model, (x,)), (x,)).graph
+    layers = find_layers(model, G, schedule(G, 16))
+    branches = [f"stages.{s}.branches.{b}.{k}" for s in range(3) for b in range(2) for k in range(2)]
+    assert [u.name for u in layers] == [*(f"layer1.{i}" for i in range(4)), *branches]
+    plan = splitfx.plan(model, x, 4)
+    assert [u.name for u in split_of(plan).graph.units] == [f"layer1.{i}" for i in range(4)]
+    assert plan.local_peak_bytes < 0.3 * plan.e2e_saved_bytes, plan.table()  # 71,772 bytes: 0.27×
+    assert [b.modules[0].startswith("stages.") for b in plan.blocks] == [False, False, True, True], plan.table()
+    for b in plan.blocks:
+        assert any(b.start <= u.start and u.end <= b.end for u in layers), (b.index, b.modules)
+    assert not plan.notes
+    sm = splitfx.convert(model, x, plan=plan)
+    assert_isolated(sm, x, y)
+    assert_eval_equal(sm, model, x)
 
 
 def test_more_blocks_than_layers_fall_back_and_say_so():

@@ -320,3 +320,77 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
     """Two conv → ReLU layers and a linear readout: what ``splitfx train tests.tinynets:small_cnn`` builds."""
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+class Exchange(nn.Module):
+    """One HRNet module in miniature: two residual blocks on each resolution, then each branch adds
+    the other's map resized to its own."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Sequential(Residual(c), Residual(c)),
+                                       nn.Sequential(Residual(2 * c), Residual(2 * c))])
+        self.up = nn.Conv2d(2 * c, c, 1)
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+
+    def forward(self, high, low):
+        high, low = self.branches[0](high), self.branches[1](low)
+        return high + F.interpolate(self.up(low), scale_factor=2.0), low + self.down(high)
+
+
+class TwoResolutions(nn.Module):
+    """HRNet in miniature: a single-resolution stage of four residual blocks, then two resolutions run
+    side by side through ``depth`` exchange modules, so that every cut after the split hands over both
+    (and the residual blocks there start and end at two-tensor cuts)."""
+
+    def __init__(self, depth: int = 3, c: int = 4, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.layer1 = nn.Sequential(*[Residual(c) for _ in range(4)])
+        self.to_high, self.to_low = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.stages = nn.Sequential(*[Exchange(c) for _ in range(depth)])
+        self.fc = nn.Linear(3 * c, classes)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.stem(x)))
+        high, low = torch.relu(self.to_high(x)), torch.relu(self.to_low(x))
+        for stage in self.stages:
+            high, low = stage(high, low)
+        return self.fc(torch.cat([high.mean((2, 3)), low.mean((2, 3))], 1))
+
+
+class PixelBlock(nn.Module):
+    """One TNT block in miniature: the pixel tokens (the batch folded ``patches``× in dim 0) pass an MLP,
+    are projected into their patch's token, and the patch tokens pass their own MLP."""
+
+    def __init__(self, c: int = 8, d: int = 16, pixels: int = 16):
+        super().__init__()
+        self.inner = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Linear(c, c))
+        self.proj = nn.Linear(pixels * c, d)
+        self.outer = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, pixel, patch):
+        pixel = pixel + self.inner(pixel)
+        patch = patch + self.proj(pixel.reshape(patch.shape[0], patch.shape[1], -1))
+        return pixel, patch + self.outer(patch)
+
+
+class PixelTokens(nn.Module):
+    """TNT in miniature on 16×16 images: 4×4 patches of 16 pixel tokens each; every block reads and
+    hands on both the pixel tokens, shaped (16·B, 16, c), and the patch tokens, (B, 16, d)."""
+
+    def __init__(self, depth: int = 4, c: int = 8, d: int = 16, classes: int = 5):
+        super().__init__()
+        self.pixel_embed = nn.Linear(3, c)
+        self.patch_embed = nn.Linear(16 * c, d)
+        self.blocks = nn.ModuleList(PixelBlock(c, d) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, x):
+        b = x.shape[0]
+        pixels = x.reshape(b, 3, 4, 4, 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(-1, 16, 3)
+        pixel = self.pixel_embed(pixels)
+        patch = self.patch_embed(pixel.reshape(b, 16, -1))
+        for block in self.blocks:
+            pixel, patch = block(pixel, patch)
+        return self.head(self.norm(patch).mean(1))

@@ -33,7 +33,7 @@ def readable(sched: Schedule, layouts: dict, G: nx.DiGraph, task: Task, inputs: 
     (:meth:`~splitfx.recipes.base.Recipe.unreadable`)."""
     kept, unread = [], {}
     for c in sched.cuts:
-        why = _folded(c, inputs, recipe) if recipe.traits.predicts else None
+        why = _folded(c, layouts[c.position], inputs, recipe) if recipe.traits.predicts else None
         if why is None:
             b = boundary(c, layouts[c.position], G, 2, task, inputs, merge)
             why = recipe.unreadable(b, graph)
@@ -46,10 +46,12 @@ def readable(sched: Schedule, layouts: dict, G: nx.DiGraph, task: Task, inputs: 
     return dataclasses.replace(sched, cuts=kept), unread
 
 
-def _folded(cut: Cut, inputs: tuple, recipe: Recipe) -> str | None:
-    """Why heads predicting the task cannot read ``cut``: it hands over a batch folded k× (None: it does not)."""
+def _folded(cut: Cut, layouts: tuple[Layout, ...], inputs: tuple, recipe: Recipe) -> str | None:
+    """Why heads predicting the task cannot read ``cut``: the tensors they read (not those handed over
+    unread, such as TNT's pixel tokens beside its patch tokens) fold the batch k× (None: they do not)."""
     batch = inputs[0].shape[0] if inputs and inputs[0].dim() else None
-    folded = next((shape for shape in cut.shapes if batch and shape and shape[0] != batch), None)
+    read = [shape for shape, layout in zip(cut.shapes, layouts, strict=True) if layout != Layout.UNREAD]
+    folded = next((shape for shape in read if batch and shape and shape[0] != batch), None)
     if folded is None:
         return None
     return (f"the cut hands over {tuple(folded)}, the batch of {batch} folded {folded[0] // batch}× (windows, "

@@ -31,7 +31,7 @@ from ..passes.names import inside, unprefix
 from ..passes.node_cost import node_cost
 from ..passes.sharing import aliases, called, shared_spans
 from ..recipes.layout import Layout, infer_layout
-from .legality import CUT_RULES, CutFacts, _floating, _repl_together, _shared_together
+from .legality import CUT_RULES, CutFacts, _repl_together, _shared_together, read_tensors
 from .scopes import span
 
 Blame = tuple[str, ...]  # (kind, subject[, rule]): one reason that closes a place
@@ -55,8 +55,9 @@ class _Graph:
 
     def facts(self, position: int, tensors: Sequence[str]) -> CutFacts:
         """The rules' view of a cut handing over ``tensors`` at ``position``."""
-        layouts = tuple(infer_layout(node_cost(self.G, v).shape, self.input_hw) if _floating(self.G, v)
-                        else Layout.UNREAD for v in tensors)
+        read = read_tensors(self.G, tensors)
+        layouts = tuple(infer_layout(node_cost(self.G, v).shape, self.input_hw) if v in read else Layout.UNREAD
+                        for v in tensors)
         return CutFacts(self.G, {position: layouts}, list(self.repl), self.shared)
 
 

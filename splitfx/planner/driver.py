@@ -27,7 +27,7 @@ from ..passes.partition import additive_cost, first_saves, storage_cost
 from ..passes.replace import Replacement, choose, fuse, identical_runs
 from ..passes.sharing import Tied, detached_notes, parameter_uses, planned_uses, shared_spans, trainable_per_position
 from ..passes.trace import LeafSpec, trace
-from ..passes.units import find_units
+from ..passes.units import find_layers, find_units
 from ..recipes.base import Boundary, GraphInfo, Recipe, SplitParts
 from ..recipes.merge import MergeKind, merge_for
 from ..recipes.split import Split, make_heads
@@ -136,6 +136,7 @@ class Planner:
                                                       tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None,
                                                       gm)
         self.graph = GraphInfo(model, find_units(model, probe, sched), traced=gm, inputs=inputs)
+        layers = find_layers(model, G, sched)  # between any offered cuts, multi-tensor ones too
         sched, self.unread = readable(sched, self.layouts, G, self.task, inputs, recipe, self.merge, self.graph)
         self.sched = sched
         if recipe.traits.copies_layers:  # only recipes copying the model's layers read its task head
@@ -144,10 +145,9 @@ class Planner:
         self.last_loss = last_loss(self.task, probe.outputs)
         self.final_loss = self.aux.output_loss(self.last_loss) if self.last_loss is not None else {}
         self.bounds = [0, *(c.position for c in sched.cuts), len(sched.order)]
-        # Blocks that train something (split_points may make any such block); the partition's own
-        # blocks also hold a whole repeated layer each (planner/legality.py).
+        # Blocks that train something (split_points may make any); the partition's hold a whole layer too.
         self.trainable = trainable_blocks(trainable_per_position(self.uses, gm, len(sched.order)), self.bounds)
-        self.whole = holds_unit(self.graph.repeated(), self.bounds)
+        self.whole = holds_unit(layers, self.bounds)
         self._aux_costs: list[AuxCost] | None = None
         self._notes: list[str] = []  # the last plan's notes on its blocks (a whole layer each, heads within them)
 

@@ -2,16 +2,18 @@
 
 A cut is offered when an aux head can read its tensors (known layouts, the channels placed as the
 graph's convolutions, norms and linears say; the batch in dim 0; an integer tensor, such as patch
-positions, is handed over unread, but not only such tensors), it does not separate a RepL block from
-the neighbours it is synthesised from, and it does not separate two uses of one trainable parameter:
-a parameter used on both sides would get gradient from two losses, so the span between its first and
-last use stays in one block (the model's math is unchanged and the memory prediction stays exact;
-docs/design.md says why; ``tied="detach"`` drops the rule, later blocks reading the parameter
-detached). A block must use at least one trainable parameter, or its loss would have nothing to
-train, and the partition's blocks each hold at least one whole layer of the model's repeated kind
-(a residual block, a transformer block: :meth:`~splitfx.recipes.base.GraphInfo.repeated`) wherever
-K such blocks fit, so that no plan trains a stem convolution or a norm alone behind an aux head
-larger than it; where they do not fit the plan says so (``split_points`` may cut anywhere).
+positions, is handed over unread, but not only such tensors; so is a tensor folding the batch k×,
+such as TNT's pixel tokens, where the cut also hands over one that carries the batch itself), it does
+not separate a RepL block from the neighbours it is synthesised from, and it does not separate two
+uses of one trainable parameter: a parameter used on both sides would get gradient from two losses,
+so the span between its first and last use stays in one block (the model's math is unchanged and the
+memory prediction stays exact; docs/design.md says why; ``tied="detach"`` drops the rule, later
+blocks reading the parameter detached). A block must use at least one trainable parameter, or its
+loss would have nothing to train, and the partition's blocks each hold at least one whole layer of
+the model's repeated kind (a residual block, a transformer block, an HRNet branch block between
+multi-tensor cuts: :func:`~splitfx.passes.units.find_layers`) wherever K such blocks fit, so that
+no plan trains a stem convolution or a norm alone behind an aux head larger than it; where they do
+not fit the plan says so (``split_points`` may cut anywhere).
 
 Each rule is a function registered in :data:`CUT_RULES` with :func:`cut_rule`; adding one is writing
 ``@cut_rule("why") def rule(cut, facts) -> bool`` (docs/design.md, "Extending splitfx").
@@ -34,7 +36,7 @@ from ..passes.names import unprefix
 from ..passes.node_cost import node_cost
 from ..passes.partition import additive_cost
 from ..passes.replace import Replacement
-from ..passes.units import Unit
+from ..passes.units import Layer
 from ..recipes.base import Recipe
 from ..recipes.layout import Layout, infer_layout
 from .scopes import span
@@ -69,8 +71,11 @@ def _readable(cut: Cut, facts: CutFacts) -> bool:
 
 @cut_rule("every tensor carries the batch in dim 0")
 def _batch_first(cut: Cut, facts: CutFacts) -> bool:
-    costs = [node_cost(facts.G, v) for v in cut.nodes]  # all of one batch, or all folding T steps in it
-    return all(c.batch_dim0 for c in costs) and len({c.batch_fold for c in costs}) == 1
+    """All of one batch, or all folding T steps in it; or some carry the batch itself, the heads
+    reading those alone (TNT's pixel tokens, folded 196×, go along with its patch tokens unread)."""
+    costs = [node_cost(facts.G, v) for v in cut.nodes]
+    folds = {c.batch_fold for c in costs}
+    return all(c.batch_dim0 for c in costs) and (len(folds) == 1 or 1 in folds)
 
 
 @cut_rule("a RepL block stays with its neighbours")
@@ -93,9 +98,9 @@ def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared:
     Returns a copy of ``sched`` holding only the offered cuts, the layouts of each offered cut's
     tensors (by cut position) and the shared parameters that cost at least one cut (one every other
     rule allows)."""
-    tensors = {v for c in sched.cuts for v in c.nodes if _floating(G, v)}
-    last = channels_last_in(gm, G, tensors) if gm is not None else {}
-    layouts = {c.position: tuple(infer_layout(shape, input_hw, last.get(v)) if v in tensors else Layout.UNREAD
+    read = {c.position: read_tensors(G, c.nodes) for c in sched.cuts}
+    last = channels_last_in(gm, G, set().union(*read.values())) if gm is not None else {}
+    layouts = {c.position: tuple(infer_layout(shape, input_hw, last.get(v)) if v in read[c.position] else Layout.UNREAD
                                  for v, shape in zip(c.nodes, c.shapes, strict=True)) for c in sched.cuts}
     facts = CutFacts(G, layouts, [span(sched, G, triple) for triple in replacement.triples], shared)
     others = [rule for rule in CUT_RULES.values() if rule is not _shared_together]
@@ -104,6 +109,15 @@ def offer_cuts(sched: Schedule, G: nx.DiGraph, replacement: Replacement, shared:
     offered = [c for c in allowed if _shared_together(c, facts)]
     return (replace(sched, cuts=offered), {c.position: layouts[c.position] for c in offered},
             sorted(unprefix(name) for name in costly))
+
+
+def read_tensors(G: nx.DiGraph, nodes: Sequence[str]) -> set[str]:
+    """Which of a cut's tensors ``nodes`` an aux head reads: the floating ones, and of those only the
+    ones carrying the batch itself where any does (a tensor folding it k× is handed over unread)."""
+    costs = {v: node_cost(G, v) for v in nodes if _floating(G, v)}
+    if any(c.batch_dim0 and c.batch_fold == 1 for c in costs.values()):
+        return {v for v, c in costs.items() if c.batch_fold == 1}
+    return set(costs)
 
 
 def _floating(G: nx.DiGraph, name: str) -> bool:
@@ -116,7 +130,7 @@ def trainable_blocks(trainable: list[int], bounds: list[int]) -> np.ndarray:
     return additive_cost(trainable, bounds) > 0
 
 
-def holds_unit(units: Sequence[Unit], bounds: Sequence[int]) -> np.ndarray:
+def holds_unit(units: Sequence[Layer], bounds: Sequence[int]) -> np.ndarray:
     """``whole[i, j]``: the block from boundary i to boundary j holds one of ``units`` whole (every
     block does when there are none)."""
     b = np.asarray(bounds)
