@@ -33,7 +33,7 @@ SPLITFX_STAGES = tuple(s for s in STAGES if s != "timm_fx")  # every stage but t
 # A pass keeps at most this fraction of E2E's saved activations at K=4: it saves at least a quarter. Not a
 # balance target (that is 0.25): a CNN's stem, which no cut may split from its first residual block, holds
 # most of a 224² image's activations (resnet18 at batch 2: 0.57×), while the models this stage is for keep
-# 0.95-0.98× (a tensor alive across every cut).
+# 0.95-0.98× (a parameter every block reads, such as a shared rotary table, holds them in one block).
 SAVES = 0.75
 BLOCKS = (4, 8)
 SETTLE_SAMPLES = 8  # BatchNorm statistics are re-estimated on this many samples after the step
