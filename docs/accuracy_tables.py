@@ -50,9 +50,16 @@ def main(argv: list[str]) -> int:
     for name in TABLES:
         if not (HERE / f"accuracy-cluttered-{name}.jsonl").exists():
             continue
-        table = subprocess.run(command(name, "--report", "--figures", str(HERE / "accuracy")), check=True,
-                               capture_output=True, text=True).stdout
-        splice(table.split("\nwrote ")[0], name)
+        made = subprocess.run(command(name, "--report", "--figures", str(HERE / "accuracy")), capture_output=True,
+                              text=True)
+        if made.returncode and "has no reported run" in made.stderr:  # only searches so far
+            splice("No reported runs yet.", name)
+        elif made.returncode:
+            raise SystemExit(f"{name}: {made.stderr.strip()}")
+        else:
+            table, *wrote = made.stdout.split("\nwrote ")
+            pictures = [Path(line.strip()).relative_to(HERE) for line in wrote]
+            splice("\n".join([table, "", *(f"![{p.stem}]({p.as_posix()})" for p in pictures)]), name)
     return 0
 
 
