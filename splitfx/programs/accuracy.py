@@ -21,7 +21,6 @@ Lines of another protocol (epochs, grid, data, ... differ) are ignored on resume
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -32,6 +31,7 @@ from ..base.jsonl import Record, append_record, read_records
 from ..base.provenance import provenance
 from ..base.version import __version__
 from ..recipes import create_recipe
+from .accuracy_stats import cell_key, variant
 from .config import TrainConfig, options_for, with_all_options
 from .train import TrainResult, test_accuracy, train
 
@@ -77,21 +77,9 @@ def cells(models: Iterable[str], recipes: Iterable[str], blocks: Sequence[int], 
     return out
 
 
-def variant(config: TrainConfig) -> str:
-    """The recipe, with what sets a cell apart from its plain one: a control, RepL."""
-    return config.recipe + ("" if config.detach else " (no detach)") + \
-        ("" if config.method == "memory" else f" ({config.method} cuts)") + \
-        ("" if config.replace is None else " (RepL)")
-
-
 def _key(config: TrainConfig | Record) -> tuple:
-    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
-    # As JSON: a record read back holds lists where the config holds tuples (InfoPro's lambda1=(5, 0)).
-    # Lines written before the controls existed are the default cell: detached, memory-balanced, no RepL.
-    detach, method, repl = (config.get("detach", True), config.get("method", "memory"), config.get("replace")) \
-        if isinstance(config, dict) else (config.detach, config.method, config.replace)
-    return (get("model"), get("recipe"), get("blocks"), json.dumps(get("recipe_options"), sort_keys=True), detach,
-            method, json.dumps(repl))
+    """The cell a config or a results line belongs to (:func:`~.accuracy_stats.cell_key`)."""
+    return cell_key(config if isinstance(config, dict) else _identity(config))
 
 
 def _unique(records: Iterable[Record]) -> list[Record]:
@@ -196,7 +184,7 @@ def run(
                         "provenance": provenance()}
                 append_record(results, line)
                 mine.append(line)
-                log(f"{where} {cell.model} {variant(cell)} K={cell.blocks}: refused by the planner: {err}")
+                log(f"{where} {cell.model} {variant(_identity(cell))} K={cell.blocks}: refused by the planner: {err}")
             if cell in searched:
                 source = [r for r in mine if _key(r) == _key(cell) and r["phase"] == "test"]
     return [r for r in mine if r["phase"] == "test"]
@@ -205,12 +193,12 @@ def run(
 def _searches(cell: TrainConfig, lr_at: int) -> bool:
     """Whether ``cell`` searches its own rate under ``lr_at``: E2E (with RepL or not), and each recipe's
     plain cell at that K."""
-    return cell.recipe == "e2e" or (cell.blocks == lr_at and variant(cell) == cell.recipe)
+    return cell.recipe == "e2e" or (cell.blocks == lr_at and variant(_identity(cell)) == cell.recipe)
 
 
 def _log(log: Callable[[str], None], where: str, cell: TrainConfig, line: Record) -> None:
     what = f"test {100 * line['test']:.2f} %" if line["phase"] == "test" else f"val {100 * line['val'][-1]:.2f} %"
-    log(f"{where} {cell.model} {variant(cell)} K={line['trained_blocks']} lr={line['lr']:g} seed "
+    log(f"{where} {cell.model} {variant(_identity(cell))} K={line['trained_blocks']} lr={line['lr']:g} seed "
         f"{line['seed']} ({line['phase']}): {what}, {line['wall_seconds']:.0f} s")
 
 

@@ -84,11 +84,19 @@ def _controls(record: Record) -> tuple[bool, bool]:
 
 
 def variant(record: Record) -> str:
-    """The recipe, with its controls named: deep supervision (``detach`` false) and uniform cuts; and
-    RepL fusion (``replace`` given)."""
-    detach, uniform = _controls(record)
-    return record["recipe"] + ("" if detach else " (no detach)") + (" (uniform cuts)" if uniform else "") + \
-        ("" if record.get("replace") is None else " (RepL)")
+    """The recipe, with what sets its cell apart from the plain one named: deep supervision (``detach``
+    false), cuts balanced by another ``method`` than memory, RepL fusion (``replace`` given)."""
+    method = record.get("method", "memory")
+    return record["recipe"] + ("" if record.get("detach") is not False else " (no detach)") + \
+        ("" if method == "memory" else f" ({method} cuts)") + ("" if record.get("replace") is None else " (RepL)")
+
+
+def cell_key(record: Record) -> tuple:
+    """What names a cell: model, recipe, requested K, options, and what sets it apart (:func:`variant`).
+    Options as JSON, since a line read back holds lists where the config held tuples (InfoPro's
+    lambda1=(5, 0)); lines written before the controls and RepL existed are the plain cell."""
+    return (record["model"], record["recipe"], record["blocks"], json.dumps(record.get("recipe_options"),
+                                                                             sort_keys=True), variant(record))
 
 
 def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
@@ -152,7 +160,5 @@ def training_seconds(records: Iterable[Record]) -> float:
     for r in records:
         if "wall_seconds" not in r:  # a cell the planner refused: nothing trained
             continue
-        key = (r["model"], r["recipe"], r["blocks"], json.dumps(r.get("recipe_options"), sort_keys=True),
-               *_controls(r), json.dumps(r.get("replace")), r["lr"], r["seed"])
-        first.setdefault(key, r["wall_seconds"])
+        first.setdefault((cell_key(r), r["lr"], r["seed"]), r["wall_seconds"])
     return sum(first.values())
