@@ -135,9 +135,10 @@ def _bench_convert(sub) -> None:
 
 
 def _shard(text: str) -> tuple[int, int]:
+    """``I/N``: the I-th (0-based) of N shares of the work, for N processes."""
     i, _, n = text.partition("/")
     if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
-        raise argparse.ArgumentTypeError(f"takes I/N with 0 ≤ I < N, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes I/N with 0 ≤ I < N (0/2 and 1/2 for two processes), got {text!r}")
     return int(i), int(n)
 
 
@@ -169,15 +170,6 @@ def _coverage(sub) -> None:
                    help="run nothing: make the report from this results file (with --out, into that file)")
     p.add_argument("--out", metavar="FILE.md", help="write the report to this markdown file (after a sweep: "
                    "the report from --results)")
-
-
-def shard(text: str) -> tuple[int, int]:
-    """``I/N``: the I-th (0-based) of N shares of a table's cells."""
-    i, sep, n = text.partition("/")
-    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N, such as 0/2 and 1/2 for two processes")
-    return int(i), int(n)
-
 
 
 def _accuracy(sub) -> None:
@@ -212,7 +204,7 @@ def _accuracy(sub) -> None:
     p.add_argument("--repl-recipes", nargs="+", default=[], metavar="RECIPE",
                    help="recipes of the table (e2e included) that also run with --repl at every K, each against "
                         "its plain cell")
-    p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N",
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="train only every N-th recipe (per model, E2E first) starting at the I-th (0-based), so N "
                         "processes share a table (default 0/1: all)")
     add_results(p, "accuracy.jsonl", "each run",
