@@ -145,3 +145,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
+
+
+def file_stem(text: str) -> str:
+    """``text`` as a file name: every run of characters outside ``[A-Za-z0-9_.-]`` becomes one ``_``
+    (a model named ``package.module:factory``), leading and trailing dots and underscores dropped."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")

@@ -7,12 +7,12 @@ mix). The numbers are :mod:`.accuracy_stats`'.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..base.figures import pyplot, save
+from ..base.files import file_stem
 from ..base.jsonl import Record
 from .accuracy_stats import (
     E2E,
@@ -153,7 +153,7 @@ def _difference(d: Interval, seeds: int) -> str:
 def figures(reported: list[Record], folder: str) -> list[str]:
     """Per model, ``MODEL-accuracy-memory.png`` (test accuracy against measured peak saved activations
     ×E2E) and, when the model has an E2E cell, ``MODEL-gap.png`` (the paired difference to E2E against
-    K); MODEL with every character outside ``[A-Za-z0-9._-]`` replaced by ``_``. Returns the paths
+    K); MODEL made a file name (:func:`~splitfx.base.files.file_stem`). Returns the paths
     written. Raises ValueError when different code trained the lines, as :func:`markdown` does."""
     if not reported:
         return []
@@ -166,7 +166,7 @@ def figures(reported: list[Record], folder: str) -> list[str]:
         e2e = cells.get((model, E2E, 1))
         colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(dict.fromkeys(c.recipe for c in mine))}
         title = f"{p['data']}, {model}, {p['seeds']} seeds"
-        stem = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", model))
+        stem = os.path.join(folder, file_stem(model))
         drawn = [("accuracy-memory", _accuracy_memory(plt, mine, e2e, colours, title))]
         if e2e is not None and mine:
             drawn.append(("gap", _gap(plt, mine, e2e, colours, title)))

@@ -10,14 +10,13 @@ import importlib.util
 import json
 import numbers
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from ..api.onnx_export import export_onnx
 from ..base.errors import SplitFXError
-from ..base.files import running, write_text
+from ..base.files import file_stem, running, write_text
 from ..runtime.split_module import SplitModule
 from .config import TrainConfig
 
@@ -29,7 +28,7 @@ RUNS = "runs"  # where run folders go by default
 def default_dir(config: TrainConfig, root: str = RUNS) -> str:
     """``runs/resnet18-linear-k4``, or ``…-2``, ``…-3`` when that folder is already there: created
     here, exclusively, so that two runs started at once never get the same folder."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{config.recipe}-k{config.blocks}").strip("._")
+    name = file_stem(f"{config.model}-{config.recipe}-k{config.blocks}")
     os.makedirs(root, exist_ok=True)
     path, n = os.path.join(root, name), 1
     while True:
