@@ -23,7 +23,8 @@ def check_supervisable(recipe: Recipe) -> None:
     if recipe.traits.cascade or recipe.traits.infers or not recipe.traits.predicts:
         raise ArgumentError(f"deep supervision (--no-detach, accuracy's --controls): recipe {recipe.name!r} runs "
                             "its own step (cascade, predicting heads or a teacher), so it has no deep-supervised "
-                            "twin; use linear, dgl, infopro, auglocal or man")
+                            "twin; use one whose heads each read one block's output (linear, dgl, infopro, "
+                            "auglocal, man, glcan)")
 
 
 def supervised_losses(recipe: Recipe, parts: SplitParts, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
