@@ -97,23 +97,22 @@ class SplitModule(nn.Module):
         """The view of this module a recipe's loop runs on."""
         return SplitParts(self.blocks, self.heads, self.loss_fn, self.model, self.merges, self.attached_blocks)
 
-    def local_losses(self, inputs: Inputs, target: torch.Tensor) -> Iterator[torch.Tensor]:
+    def local_losses(self, inputs: Inputs, target: torch.Tensor, detach: bool = True) -> Iterator[torch.Tensor]:
         """Yield one loss per block, in order. Call ``backward`` on each before asking for the next
         to keep only one block's activations alive; summing them and calling ``backward`` once gives
         the same gradients. A train-only random call (sapiens2's rotary augmentation) draws once for
         all blocks, as in the model. Floating ``inputs`` in another dtype than the model's are refused
-        by name (:func:`~splitfx.base.tensors.check_dtypes`)."""
+        by name (:func:`~splitfx.base.tensors.check_dtypes`). ``detach=False`` yields the one loss of
+        the deep-supervision control instead (:mod:`~splitfx.recipes.deep_supervision`)."""
         inputs = as_tuple(inputs)
         check_dtypes(inputs, self.model, "inputs", convert="convert the model and its heads with SplitModule.to")
-        with one_draw_per_step():
-            yield from self.recipe.losses(self.parts(), inputs, target)
-
-    def _supervised(self, inputs: tuple, target: torch.Tensor) -> Iterator[torch.Tensor]:
-        check_dtypes(inputs, self.model, "inputs", convert="convert the model and its heads with SplitModule.to")
-        if not self.attached_blocks:  # made once, from the blocks themselves (a copy makes its own)
+        if not detach and not self.attached_blocks:  # made once, from the blocks (a copy makes its own)
             object.__setattr__(self, "attached_blocks", tuple(without_input_detach(b) for b in self.blocks))
         with one_draw_per_step():
-            yield from supervised_losses(self.recipe, self.parts(), inputs, target)
+            if detach:
+                yield from self.recipe.losses(self.parts(), inputs, target)
+            else:
+                yield from supervised_losses(self.recipe, self.parts(), inputs, target)
 
     def train_step(
         self,
@@ -156,8 +155,7 @@ class SplitModule(nn.Module):
             if after_loss is not None:
                 after_loss(k)
 
-        losses = run_step(self.local_losses(inputs, target) if detach else self._supervised(inputs, target), optimizer,
-                          inputs[0].device, scaler=scaler,
+        losses = run_step(self.local_losses(inputs, target, detach), optimizer, inputs[0].device, scaler=scaler,
                           autocast_dtype=autocast_dtype, after_loss=each, step=not step_each_block)
         self.recipe.after_step(self.parts())
         return torch.stack(losses).tolist()
