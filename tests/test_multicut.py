@@ -12,6 +12,7 @@ from torch import nn
 import splitfx
 from splitfx.base.live_bytes import LiveBytes
 from splitfx.base.meter import SavedTensorMeter, state_keys
+from splitfx.base.workspace import onednn_scratch
 from splitfx.passes.partition import additive_cost, min_max_partition
 
 from checks import assert_eval_equal, assert_interleaved_equals_summed, assert_isolated
@@ -206,12 +207,13 @@ def test_max_batch_fits_and_one_more_does_not_and_the_meter_agrees():
     assert plan.training_peak_bytes() <= budget and plan.training_peak_bytes() == plan.step_peak_bytes
     assert splitfx.plan(model, torch.randn(batch + 1, 3, 32, 32), 3, optimizer="sgd").training_peak_bytes() > budget
     # What the prediction counts, measured on the real step by the same tracker: every tensor alive
-    # (weights, gradients, activations, transients) and the batch; saved activations by the meter.
+    # (weights, gradients, activations, transients), the batch and oneDNN's modelled scratch; saved
+    # activations by the meter.
     xb, yb = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     sm = splitfx.convert(model, xb, plan=splitfx.plan(model, xb, 3, optimizer="sgd"))
     opt = torch.optim.SGD(sm.parameters(), lr=0.01)
     sm.train_step(xb, yb, opt)
-    with LiveBytes(sm, opt, xb, yb) as live:
+    with LiveBytes(sm, opt, xb, yb, workspace=onednn_scratch) as live:
         sm.train_step(xb, yb, opt)
     with SavedTensorMeter(state_keys([sm])) as meter:  # apart: its packed aliases would count the batch
         sm.train_step(xb, yb, opt)

@@ -7,11 +7,14 @@ is counted once however many tensors view it. It works on real and on fake tenso
 instrument both predicts a step (fake) and measures it (real). Unlike torch's ``MemTracker`` it
 does not follow modules, so a module may run several times in one step (cascade recipes do).
 Allocations outside torch's tensors (a backend's scratch buffers) are not seen: the allocator's own
-peak (``programs/measure.allocator_peak``) includes them.
+peak (``programs/measure.allocator_peak``) includes them. ``workspace=`` adds a model of them
+(:func:`~splitfx.base.workspace.onednn_scratch`): each op's modelled bytes count on top of what is
+alive once it has returned, for the peak only.
 """
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,9 +27,11 @@ from torch.utils.weak import WeakIdKeyDictionary
 class LiveBytes(TorchDispatchMode):
     """Tracks the bytes of live tensor storages; ``peak`` and ``live`` in bytes."""
 
-    def __init__(self, *owners: nn.Module | torch.optim.Optimizer | torch.Tensor):
+    def __init__(self, *owners: nn.Module | torch.optim.Optimizer | torch.Tensor,
+                 workspace: Callable[[Any, tuple, Any], int] | None = None):
         super().__init__()
         self.live = self.peak = 0
+        self._workspace = workspace
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         for owner in owners:
             for t in _tensors(owner):
@@ -55,6 +60,8 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._add(t)
+        if self._workspace is not None:
+            self.peak = max(self.peak, self.live + self._workspace(func, args, out))
         return out
 
 

@@ -7,11 +7,13 @@ Local learning shrinks only the activations. The prediction runs the training st
 runtime's one loop (:func:`~splitfx.runtime.step.run_step`) under the probe's fake mode — no real
 compute — inside a :class:`~splitfx.base.live_bytes.LiveBytes` tracker, which follows every
 tensor's storage as it is created and freed (the same tracker measures a real step, and the two
-agree exactly: tests/test_step_peak.py). The optimizer's state is created first, as a warm step
-would, by one step on zero gradients (of the parameters a loss reaches: one the forward never uses
-gets neither a gradient nor state). E2E is the traced model, its loss, one backward and one step.
-The example batch and target count as alive from the start: a real step holds them. ``splitfx bench`` measures the same
-quantity with the allocator (the profiler's memory timeline on CPU, ``max_memory_allocated`` on CUDA).
+agree exactly: tests/test_step_peak.py), plus the scratch oneDNN's convolutions allocate for
+themselves on CPU (:mod:`~splitfx.base.workspace`), which only the allocator sees. The optimizer's
+state is created first, as a warm step would, by one step on zero gradients (of the parameters a
+loss reaches: one the forward never uses gets neither a gradient nor state). E2E is the traced
+model, its loss, one backward and one step. The example batch and target count as alive from the
+start: a real step holds them. ``splitfx bench`` measures the same quantity with the allocator (the
+profiler's memory timeline on CPU, ``max_memory_allocated`` on CUDA).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from ..base.live_bytes import LiveBytes
 from ..base.optimizers import optimizer_spec
+from ..base.workspace import onednn_scratch
 from ..passes.aux_cost import AuxProbe
 from ..passes.cost import FAKE_LIMITS
 from ..recipes.base import LossFn, Recipe, SplitParts
@@ -52,7 +55,10 @@ def local_peak(aux: AuxProbe, parts: SplitParts, recipe: Recipe, extra: nn.Modul
 def e2e_peak(aux: AuxProbe, whole: nn.Module, loss_fn: LossFn, optimizer: str,
              unused: Collection[nn.Parameter] = ()) -> int | None:
     """Peak bytes of one end-to-end training step of ``whole`` (the traced model) under ``loss_fn``."""
-    peaks = _step_peak(aux, (whole,), optimizer, lambda: iter([loss_fn(whole(*aux.inputs), aux.target)]), unused)
+    def loss() -> Iterator[torch.Tensor]:  # lazily: run_step frees the last step's gradients before the forward
+        yield loss_fn(whole(*aux.inputs), aux.target)
+
+    peaks = _step_peak(aux, (whole,), optimizer, loss, unused)
     return None if peaks is None else max(peaks)
 
 
@@ -93,7 +99,7 @@ def _tracked(root: nn.Module, optimizer: str, losses: Losses, batch: tuple[torch
     opt.step()
     opt.zero_grad(set_to_none=True)
     peaks: list[int] = []
-    with LiveBytes(root, opt, *batch) as tracker:
+    with LiveBytes(root, opt, *batch, workspace=onednn_scratch) as tracker:
         run_step(losses(), opt, params[0].device if params else torch.device("cpu"),
                  after_loss=lambda k: peaks.append(tracker.restart_peak()))
     peaks[-1] = max(peaks[-1], tracker.peak)
