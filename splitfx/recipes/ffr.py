@@ -101,7 +101,8 @@ class FFR(Recipe):
     def make_head(self, boundary: Boundary, graph: GraphInfo) -> nn.Module:
         task = boundary.task
         if task is None or task.kind != TaskKind.REGRESSION or task.outputs != 1:
-            what = "class scores" if task is None or task.kind == TaskKind.CLASSES else f"a {task.kind} output"
+            kind = None if task is None or task.kind == TaskKind.CLASSES else str(task.kind)
+            what = "class scores" if kind is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} output"
             raise PlanError(f"ffr predicts one value per sample (a [B] or [B, 1] output with a float target), and "
                             f"this model gives {what}; pass example_target= with float targets of the output's "
                             "shape, or use another recipe")

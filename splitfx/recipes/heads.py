@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import FIRST, LAST, Layout, MapSpec, as_row, channels, channels_last, pool
-from .task import scoring
+from .task import carry_criterion, scoring
 
 
 def as_map(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -127,11 +127,12 @@ def imagenet_lighter(c: int, convs: int) -> bool:
 
 class Scored(nn.Module):
     """A classifier with ``loss(features, target, image)``: its prediction scored with the task's loss
-    (cross-entropy on class logits by default)."""
+    (cross-entropy on class logits by default), found on the classifier or on the task's head inside
+    it (a cascade's leap network ends in one)."""
 
     def __init__(self, classifier: nn.Module):
         super().__init__()
-        self.classifier = classifier
+        self.classifier = carry_criterion(classifier)
         self.weights = {"task": 1.0}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
