@@ -261,12 +261,12 @@ def tasks(args: argparse.Namespace) -> int:
 
     Trains a segmentation net on generated shapes (mIoU), an EDSR-style net on 2× super-resolution
     of scikit-learn's digits (PSNR), an MLP on Friedman #1 regression (RMSE) and a character-level
-    causal transformer on Python's own help text (perplexity), each end to end and at --blocks
-    blocks with --recipe, for --seeds seeds; the aux heads are those each task's output calls for.
-    Prints, per task, the metric's mean ± std for both, their paired ratio and the predicted peak
-    saved activations as a fraction of E2E's. Every run is appended to --results as it finishes
-    (with commit, command and machine) and skipped when it is already there, so a stopped sweep
-    resumes. Nothing is downloaded.
+    causal transformer on Python's own help text (perplexity), each end to end and at every --blocks
+    K with every --recipes recipe, for --seeds seeds; the aux heads are those each task's output calls
+    for. Prints, per task, recipe and K, the metric's mean with its 95 % t-interval, the ratio to E2E
+    paired by seed with its interval, and the predicted peak saved activations as a fraction of E2E's.
+    Every run is appended to --results as it finishes (with commit, command and machine) and skipped
+    when it is already there, so a stopped sweep resumes. Nothing is downloaded.
     """
     import torch
 
@@ -277,7 +277,7 @@ def tasks(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in programs_tasks.TASKS]
     if unknown:
         raise UsageError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(programs_tasks.TASKS)}")
-    results = programs_tasks.sweep(names, args.blocks, args.recipe, args.seeds, args.epochs, args.results,
+    results = programs_tasks.sweep(names, args.blocks_list, args.recipes, args.seeds, args.epochs, args.results,
                                    progress=lambda line: print(line, flush=True))
     table = programs_tasks.table(results)
     print(table, end="")

@@ -221,10 +221,12 @@ def _tasks(sub) -> None:
     p = _command(sub, "tasks", commands.tasks)
     p.add_argument("names", nargs="*", metavar="TASK",
                    help=f"tasks to run (default: all of {', '.join(TASKS)})")
-    add_blocks(p, 4, "K of the local runs")
-    p.add_argument("--recipe", default="linear", choices=list_recipes(), help="recipe of the local runs, with its "
-                   "default options (default %(default)s)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method (default %(default)s)")
+    add_blocks(p, [4], "values of K of the local runs", nargs="+", dest="blocks_list")
+    p.add_argument("--recipes", "--recipe", nargs="+", default=["linear"], choices=list_recipes(), metavar="RECIPE",
+                   help="recipes of the local runs, each with its default options; every one at every K, E2E once "
+                        "per seed (default %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method; a seed gives every method "
+                   "the same initial weights and batch order (default %(default)s)")
     p.add_argument("--epochs", type=positive_int, help="epochs of every run (default: each task's own)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default %(default)s)")
     p.add_argument("--results", default="tasks.jsonl", metavar="FILE", type=output_file,

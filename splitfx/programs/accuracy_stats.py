@@ -32,7 +32,11 @@ class Interval:
 
     @property
     def excludes_zero(self) -> bool:
-        return self.half is not None and abs(self.mean) > self.half
+        return self.excludes(0.0)
+
+    def excludes(self, value: float) -> bool:
+        """Whether ``value`` lies outside the interval (never, for a single value)."""
+        return self.half is not None and abs(self.mean - value) > self.half
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:

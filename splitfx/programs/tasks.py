@@ -10,9 +10,8 @@ in it are skipped, so a sweep can be stopped and resumed.
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from ..base.provenance import provenance
 from ..models.tasks import EDSR, CharGPT, MLPRegressor, SegNet
 from ..runtime.split_module import SplitModule
 from . import task_data
+from .accuracy_stats import Interval, t_interval
 from .task_data import TaskData
 
 
@@ -105,22 +105,24 @@ def done(path: str | None) -> dict[tuple, dict]:
     return {_key(r): r for r in read_records(path, key="task")} if path else {}
 
 
-def sweep(names: list[str], blocks: int, recipe: str, seeds: int, epochs: int | None, out: str | None,
-          progress: Callable[[str], None] = print) -> list[dict]:
-    """E2E and ``blocks``-block runs of every task over ``seeds`` seeds, skipping those in ``out``;
-    every new line appended to ``out`` as soon as it is measured."""
+def sweep(names: list[str], blocks: Sequence[int], recipes: Sequence[str], seeds: int, epochs: int | None,
+          out: str | None, progress: Callable[[str], None] = print) -> list[dict]:
+    """E2E and every recipe at every K of every task over ``seeds`` seeds (seed-major, so the first
+    seeds of every method finish first), skipping the runs in ``out``; every new line appended to
+    ``out`` as soon as it is measured."""
     recorded, results = done(out), []
+    methods = [(1, "e2e"), *((k, r) for r in recipes for k in blocks)]
     for name in names:
         spec, data = TASKS[name], None
         for seed in range(seeds):
-            for k in (1, blocks):
-                key = (name, k, "e2e" if k == 1 else recipe, seed, epochs or spec.epochs)
+            for k, recipe in methods:
+                key = (name, k, recipe, seed, epochs or spec.epochs)
                 if key in recorded:
                     results.append(recorded[key])
                     continue
                 data = data or spec.data()
                 line = {**run(name, k, recipe, seed, epochs, data), **provenance()}
-                progress(f"{name} K={k} seed {seed}: {spec.metric} {line['value']:.3f}, saved activations "
+                progress(f"{name} {recipe} K={k} seed {seed}: {spec.metric} {line['value']:.3f}, saved activations "
                          f"{line['saved_ratio']:.2f}× E2E, {line['seconds']:.0f} s")
                 if out:
                     append_record(out, line)
@@ -129,9 +131,10 @@ def sweep(names: list[str], blocks: int, recipe: str, seeds: int, epochs: int | 
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: per task and method, the metric's mean ± standard deviation over seeds, the paired
-    ratio to E2E (same seed) and the saved-activation ratio."""
-    rows = ["| task | metric | E2E | local K, recipe | local | local ÷ E2E (paired, mean) | saved activations ÷ E2E | "
+    """Markdown: per task, recipe and K, the metric's mean with its 95 % t-interval over seeds, the
+    ratio to E2E paired by seed (each seed's local metric over its E2E metric) with its interval, ▲/▼
+    where that interval lies wholly on the better/worse side of 1, and the saved-activation ratio."""
+    rows = ["| task | metric | E2E | local K, recipe | local | local ÷ E2E (paired) | saved activations ÷ E2E | "
             "seeds |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[int, dict]] = {}
     for r in results:
@@ -144,12 +147,13 @@ def table(results: list[dict]) -> str:
         if not seeds:
             continue
         a, b = [e2e[s]["value"] for s in seeds], [runs[s]["value"] for s in seeds]
-        ratio = statistics.mean(v / u for u, v in zip(a, b, strict=True))
-        rows.append(f"| {task} | {runs[seeds[0]]['metric']} | {_mean_sd(a)} | K={k}, {recipe} | {_mean_sd(b)} | "
-                    f"{ratio:.3f} | {runs[seeds[0]]['saved_ratio']:.2f} | {len(seeds)} |")
+        ratio = t_interval([v / u for u, v in zip(a, b, strict=True)])
+        mark = "" if not ratio.excludes(1.0) else (" ▲" if (ratio.mean > 1) == TASKS[task].higher else " ▼")
+        rows.append(f"| {task} | {runs[seeds[0]]['metric']} | {_shown(t_interval(a))} | K={k}, {recipe} | "
+                    f"{_shown(t_interval(b))} | {_shown(ratio)}{mark} | {runs[seeds[0]]['saved_ratio']:.2f} | "
+                    f"{len(seeds)} |")
     return "\n".join(rows) + "\n"
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+def _shown(interval: Interval) -> str:
+    return f"{interval.mean:.3f}" if interval.half is None else f"{interval.mean:.3f} ± {interval.half:.3f}"
