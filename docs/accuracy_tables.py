@@ -50,6 +50,9 @@ def splice(text: str, name: str) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--run"]:
+        if len(argv) < 3 or argv[1] not in TABLES:
+            raise SystemExit(f"usage: python docs/accuracy_tables.py --run {{{','.join(TABLES)}}} I/N "
+                             "[more splitfx accuracy options, such as --recipes R ... --blocks K ...]")
         name, shard, *narrower = argv[1:]
         return subprocess.call(command(name, "--resume", "--shard", shard, *narrower))
     for name in TABLES:

@@ -7,7 +7,7 @@ import torch
 import splitfx
 from splitfx.base.live_bytes import LiveBytes
 from splitfx.base.optimizers import optimizer_spec
-from splitfx.base.workspace import onednn_scratch
+from splitfx.base.workspace import fitted_here, onednn_scratch
 from splitfx.programs.measure import allocator_peak
 from splitfx.runtime.step import run_step
 
@@ -64,6 +64,7 @@ def test_the_allocator_agrees_where_every_buffer_is_a_tensor():
     assert abs(measured - predicted) <= 0.02 * predicted, (measured, predicted)
 
 
+@pytest.mark.skipif(not fitted_here(), reason="oneDNN's scratch is modelled on AVX-512 x86 CPUs only")
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100"])
 def test_the_allocator_agrees_on_convolutions_once_their_scratch_is_modelled(name):
     """oneDNN's convolutions allocate buffers of their own on CPU (base/workspace): with them modelled,

@@ -277,6 +277,8 @@ def tasks(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in programs_tasks.TASKS]
     if unknown:
         raise UsageError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(programs_tasks.TASKS)}")
+    if min(args.blocks_list) < 2:
+        raise UsageError(f"tasks: --blocks {min(args.blocks_list)}: give K of 2 or more (E2E, K=1, runs anyway)")
     results = programs_tasks.sweep(names, args.blocks_list, args.recipes, args.seeds, args.epochs, args.results,
                                    progress=lambda line: print(line, flush=True))
     table = programs_tasks.table(results)

@@ -221,10 +221,11 @@ def _tasks(sub) -> None:
     p = _command(sub, "tasks", commands.tasks)
     p.add_argument("names", nargs="*", metavar="TASK",
                    help=f"tasks to run (default: all of {', '.join(TASKS)})")
-    add_blocks(p, [4], "values of K of the local runs", nargs="+", dest="blocks_list")
-    p.add_argument("--recipes", "--recipe", nargs="+", default=["linear"], choices=list_recipes(), metavar="RECIPE",
-                   help="recipes of the local runs, each with its default options; every one at every K, E2E once "
-                        "per seed (default %(default)s)")
+    p.add_argument("--blocks", "-k", type=positive_int, nargs="+", default=[4], dest="blocks_list", metavar="K",
+                   help="values of K (at least 2) of the local runs (default 4); name the tasks before this option")
+    p.add_argument("--recipes", nargs="+", default=["linear"], choices=[r for r in list_recipes() if r != "e2e"],
+                   metavar="RECIPE", help="recipes of the local runs, each with its default options, every one at "
+                   "every K; E2E runs once per seed anyway (default linear)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method; a seed gives every method "
                    "the same initial weights and batch order (default %(default)s)")
     p.add_argument("--epochs", type=positive_int, help="epochs of every run (default: each task's own)")

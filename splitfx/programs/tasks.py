@@ -111,7 +111,7 @@ def sweep(names: list[str], blocks: Sequence[int], recipes: Sequence[str], seeds
     seeds of every method finish first), skipping the runs in ``out``; every new line appended to
     ``out`` as soon as it is measured."""
     recorded, results = done(out), []
-    methods = [(1, "e2e"), *((k, r) for r in recipes for k in blocks)]
+    methods = list(dict.fromkeys([(1, "e2e"), *((k, r) for r in recipes for k in blocks)]))
     for name in names:
         spec, data = TASKS[name], None
         for seed in range(seeds):
@@ -126,6 +126,7 @@ def sweep(names: list[str], blocks: Sequence[int], recipes: Sequence[str], seeds
                          f"{line['saved_ratio']:.2f}× E2E, {line['seconds']:.0f} s")
                 if out:
                     append_record(out, line)
+                recorded[key] = line
                 results.append(line)
     return results
 
@@ -143,8 +144,11 @@ def table(results: list[dict]) -> str:
         if k == 1:
             continue
         e2e = groups.get((task, epochs, 1, "e2e"), {})
-        seeds = sorted(set(runs) & set(e2e))
-        if not seeds:
+        seeds = sorted(s for s in set(runs) & set(e2e) if e2e[s]["value"])
+        if not seeds:  # nothing to pair with: the row says so rather than vanish
+            rows.append(f"| {task} | {runs[min(runs)]['metric']} | – | K={k}, {recipe} | "
+                        f"{_shown(t_interval([r['value'] for r in runs.values()]))} | no E2E run of the same seed | "
+                        f"{runs[min(runs)]['saved_ratio']:.2f} | 0 |")
             continue
         a, b = [e2e[s]["value"] for s in seeds], [runs[s]["value"] for s in seeds]
         ratio = t_interval([v / u for u, v in zip(a, b, strict=True)])
