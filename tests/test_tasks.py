@@ -388,15 +388,17 @@ def test_the_tasks_sweep_pairs_every_recipe_and_k_with_e2e_by_seed_and_resumes(t
     from splitfx.programs import tasks as programs_tasks
 
     out = str(tmp_path / "tasks.jsonl")
-    lines = programs_tasks.sweep(["friedman"], [2, 4], ["linear", "dgl"], 2, 1, out, progress=lambda _: None)
+    lines = programs_tasks.sweep(["friedman"], [4, 4], ["linear", "dgl"], 2, 1, out, progress=lambda _: None)
     assert sorted((r["recipe"], r["blocks"], r["seed"]) for r in lines) == sorted(
-        [("e2e", 1, s) for s in (0, 1)] + [(r, k, s) for r in ("linear", "dgl") for k in (2, 4) for s in (0, 1)])
+        [("e2e", 1, s) for s in (0, 1)] + [(r, 4, s) for r in ("linear", "dgl") for s in (0, 1)]), "one run each"
     monkeypatch.setattr(programs_tasks, "run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
-    again = programs_tasks.sweep(["friedman"], [2, 4], ["linear", "dgl"], 2, 1, out, progress=lambda _: None)
+    again = programs_tasks.sweep(["friedman"], [4], ["linear", "dgl"], 2, 1, out, progress=lambda _: None)
     assert [r["value"] for r in again] == [r["value"] for r in lines]
     table = programs_tasks.table(again)
     value = {(r["recipe"], r["blocks"], r["seed"]): r["value"] for r in lines}
     ratio = (value["dgl", 4, 0] / value["e2e", 1, 0] + value["dgl", 4, 1] / value["e2e", 1, 1]) / 2
     row = next(line for line in table.splitlines() if "K=4, dgl" in line)
     assert f"| {ratio:.3f} ± " in row and row.endswith("| 2 |"), row
-    assert len([line for line in table.splitlines() if line.startswith("| friedman")]) == 4
+    assert len([line for line in table.splitlines() if line.startswith("| friedman")]) == 2
+    alone = programs_tasks.table([r for r in again if r["recipe"] == "dgl"])
+    assert "no E2E run of the same seed" in next(line for line in alone.splitlines() if "K=4, dgl" in line)
