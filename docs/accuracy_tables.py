@@ -1,4 +1,4 @@
-"""The cluttered benchmark (#38): its sweeps, and its tables and pictures in docs/benchmarks.md.
+"""The accuracy evidence of #38: its sweeps, and its tables and pictures in docs/benchmarks.md.
 
 One table per model, each from its own results file made by one pinned commit (the report refuses
 lines of another code digest): ResNet-32 (5 epochs) and the hybrid ViT (6: it learns slower), every
@@ -14,6 +14,10 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
 
 A slice is the same table (the same protocol, the same results file): the full run later skips its cells.
 
+The non-image benchmark is the character model of ``splitfx tasks`` (perplexity on Python's own help
+text): every recipe that trains tokens at K = 4 and 8, E2E, 5 paired seeds at the task's own AdamW
+rate (``python docs/accuracy_tables.py --run chars``; its table between the ``tasks-chars`` markers).
+
 Run the sweeps from a clean checkout of the commit that made the table's first lines (``git worktree
 add --detach /tmp/wt COMMIT``, ``PYTHONPATH=/tmp/wt``, ``OMP_NUM_THREADS=1``), then copy the results
 file here.
@@ -26,6 +30,8 @@ HERE = Path(__file__).parent
 RECIPES = ["e2e", "linear", "dgl", "infopro", "auglocal", "man", "hpff", "mlaan", "glcan", "infopro_supcon"]
 PROTOCOL = ["--recipes", *RECIPES, "--blocks", "2", "4", "8", "16", "--data", "cluttered", "--seeds", "5",
             "--lr-at", "4", "--lr-decay", "0.5", "--controls", "linear", "--validation", "0.1"]
+CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "infopro_supcon")), "--blocks", "4", "8",
+         "--seeds", "5", "--results", str(HERE / "tasks-chars.jsonl")]  # SupCon contrasts classes: no tokens
 TABLES = {
     "resnet32": ["splitfx.models:resnet32", *PROTOCOL, "--epochs", "5", "--lrs", "1e-3", "2e-3", "4e-3"],
     "hybrid_vit8": ["splitfx.models:hybrid_vit8", *PROTOCOL, "--epochs", "6", "--lrs", "5e-4", "1e-3", "2e-3"],
@@ -37,11 +43,11 @@ def command(name: str, *extra: str) -> list[str]:
             str(HERE / f"accuracy-cluttered-{name}.jsonl"), *extra]
 
 
-def splice(text: str, name: str) -> None:
-    """Put ``text`` between the ``<!-- accuracy-cluttered:NAME -->`` markers of benchmarks.md."""
+def splice(text: str, marker: str) -> None:
+    """Put ``text`` between the ``<!-- MARKER -->`` and ``<!-- /MARKER -->`` lines of benchmarks.md."""
     path = HERE / "benchmarks.md"
     page = path.read_text()
-    begin, end = f"<!-- accuracy-cluttered:{name} -->", f"<!-- /accuracy-cluttered:{name} -->"
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if begin not in page or end not in page:
         raise SystemExit(f"{path}: no {begin} … {end} markers to put the table between")
     head, rest = page.split(begin, 1)
@@ -49,10 +55,12 @@ def splice(text: str, name: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:2] == ["--run", "chars"]:
+        return subprocess.call([sys.executable, "-m", "splitfx", "tasks", *CHARS])
     if argv[:1] == ["--run"]:
         if len(argv) < 3 or argv[1] not in TABLES:
-            raise SystemExit(f"usage: python docs/accuracy_tables.py --run {{{','.join(TABLES)}}} I/N "
-                             "[more splitfx accuracy options, such as --recipes R ... --blocks K ...]")
+            raise SystemExit(f"usage: python docs/accuracy_tables.py --run {{{','.join([*TABLES, 'chars'])}}} I/N "
+                             "[more splitfx accuracy options, such as --recipes R ... --blocks K ...] (chars: no I/N)")
         name, shard, *narrower = argv[1:]
         return subprocess.call(command(name, "--resume", "--shard", shard, *narrower))
     for name in TABLES:
@@ -61,13 +69,18 @@ def main(argv: list[str]) -> int:
         made = subprocess.run(command(name, "--report", "--figures", str(HERE / "accuracy")), capture_output=True,
                               text=True)
         if made.returncode and "has no reported run" in made.stderr:  # only searches so far
-            splice("No reported runs yet.", name)
+            splice("No reported runs yet.", f"accuracy-cluttered:{name}")
         elif made.returncode:
             raise SystemExit(f"{name}: {made.stderr.strip()}")
         else:
             table, *wrote = made.stdout.split("\nwrote ")
             pictures = [Path(line.strip()).relative_to(HERE) for line in wrote]
-            splice("\n".join([table, "", *(f"![{p.stem}]({p.as_posix()})" for p in pictures)]), name)
+            splice("\n".join([table, "", *(f"![{p.stem}]({p.as_posix()})" for p in pictures)]),
+                   f"accuracy-cluttered:{name}")
+    if (HERE / "tasks-chars.jsonl").exists():
+        made = subprocess.run([sys.executable, "-m", "splitfx", "tasks", *CHARS, "--report"], capture_output=True,
+                              text=True, check=True)
+        splice(made.stdout, "tasks-chars")
     return 0
 
 

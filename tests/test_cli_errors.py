@@ -90,6 +90,7 @@ BAD = [
     (["accuracy", "--report", "--results", "noise.bin"], "noise.bin is not a results file"),
     (["tasks", "--results", "noise.bin"], "noise.bin is not a results file"),
     (["tasks", "friedman", "--blocks", "1"], "give K of 2 or more"),
+    (["tasks", "chars", "--report", "--results", "none.jsonl"], "holds no run of chars"),
     (["coverage", "--report", "half.bin"], "half.bin is not a results file"),
     (["bench", "resnet18", "--steps", "0"], "positive integer"),
     (["bench", "resnet18", "--warmup", "-1"], "integer ≥ 0"),

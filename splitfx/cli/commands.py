@@ -266,7 +266,8 @@ def tasks(args: argparse.Namespace) -> int:
     for. Prints, per task, recipe and K, the metric's mean with its 95 % t-interval, the ratio to E2E
     paired by seed with its interval, and the predicted peak saved activations as a fraction of E2E's.
     Every run is appended to --results as it finishes (with commit, command and machine) and skipped
-    when it is already there, so a stopped sweep resumes. Nothing is downloaded.
+    when it is already there, so a stopped sweep resumes; --report trains nothing and tabulates the
+    runs the file holds. Nothing is downloaded.
     """
     import torch
 
@@ -279,8 +280,13 @@ def tasks(args: argparse.Namespace) -> int:
         raise UsageError(f"tasks: unknown task {unknown[0]!r}; choose from {', '.join(programs_tasks.TASKS)}")
     if min(args.blocks_list) < 2:
         raise UsageError(f"tasks: --blocks {min(args.blocks_list)}: give K of 2 or more (E2E, K=1, runs anyway)")
-    results = programs_tasks.sweep(names, args.blocks_list, args.recipes, args.seeds, args.epochs, args.results,
-                                   progress=lambda line: print(line, flush=True))
+    if args.report:
+        results = [r for r in programs_tasks.done(args.results).values() if r["task"] in names]
+        if not results:
+            raise UsageError(f"tasks --report: {args.results} holds no run of {', '.join(names)}")
+    else:
+        results = programs_tasks.sweep(names, args.blocks_list, args.recipes, args.seeds, args.epochs, args.results,
+                                       progress=lambda line: print(line, flush=True))
     table = programs_tasks.table(results)
     print(table, end="")
     if args.out:

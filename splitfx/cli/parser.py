@@ -233,6 +233,8 @@ def _tasks(sub) -> None:
     p.add_argument("--results", default="tasks.jsonl", metavar="FILE", type=output_file,
                    help="JSON-lines file each run is appended to as it finishes; runs it already holds (same "
                         "task, K, recipe, seed and epochs) are not run again (default %(default)s)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: the table of the runs --results holds for these tasks")
     p.add_argument("--out", type=output_file, help="also write the table to this markdown file")
 
 
