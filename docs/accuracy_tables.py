@@ -19,9 +19,9 @@ The non-image benchmark is the character model of ``splitfx tasks`` (perplexity 
 text): every recipe that trains tokens at K = 4 and 8, E2E, 5 paired seeds at the task's own AdamW
 rate (``python docs/accuracy_tables.py --run chars``; its table between the ``tasks-chars`` markers).
 
-Run the sweeps from a clean checkout of the commit that made the table's first lines (``git worktree
-add --detach /tmp/wt COMMIT``, ``PYTHONPATH=/tmp/wt``, ``OMP_NUM_THREADS=1``), then copy the results
-file here.
+Run the sweeps with the package of the commit that made the table's first lines on the path (``git
+worktree add --detach /tmp/wt COMMIT``, ``PYTHONPATH=/tmp/wt``, ``OMP_NUM_THREADS=1``): this script
+and the results files are the ones here, and each line records the package's commit and digest.
 """
 import subprocess
 import sys
