@@ -40,9 +40,11 @@ TABLES = {
 
 
 # The order the tables are trained in: first the slice that answers the seeds' claims (does MAN, HPFF
-# or MLAAN close the gap DGL and InfoPro leave at K >= 4), on both models, then the rest.
+# or MLAAN close the gap DGL and InfoPro leave at K >= 4), on both models; then RepL on ResNet-32 (every
+# 2nd unit of each stage fused, E2E and DGL each against its plain cell); then the rest.
 SLICE = ["--recipes", "e2e", "linear", "dgl", "infopro", "man", "hpff", "mlaan", "--blocks", "4", "8"]
-QUEUE = [("resnet32", SLICE), ("hybrid_vit8", SLICE), ("resnet32", []), ("hybrid_vit8", [])]
+REPL = ["--recipes", "e2e", "dgl", "--blocks", "4", "8", "--repl", "2", "--repl-recipes", "e2e", "dgl"]
+QUEUE = [("resnet32", SLICE), ("hybrid_vit8", SLICE), ("resnet32", REPL), ("resnet32", []), ("hybrid_vit8", [])]
 
 
 def command(name: str, *extra: str) -> list[str]:
