@@ -228,3 +228,27 @@ def test_the_reproduction_resumes_from_its_file_and_tabulates_it(tmp_path):
     text = ffr_results.report(table, str(results))
     assert "| friedman | cuts after each ReLU | 1 ± 0 | 1.1 ± 0 | 1.100 |" in text
     assert "| friedman | cuts before each ReLU | 1 ± 0 | 0.9 ± 0 | 0.900 |" in text and "Recorded at commit" in text
+    # the random train/test splits of diabetes: the ratio paired by split, with its t-interval
+    part = table["splits"]
+    for split, (e2e, ffr) in enumerate([(50.0, 52.0), (60.0, 60.0)]):
+        for recipe, rmse in (("e2e", e2e), ("ffr", ffr)):
+            append_record(results, ffr_results._line("split", part, data="diabetes", recipe=recipe, lr=1e-3,
+                                                     split=split, rmse=rmse, mae=rmse / 2))
+    ratio = ffr_results.t_interval([52 / 50, 1.0])
+    text = ffr_results.report(table, str(results))
+    assert f"| diabetes | cuts after each ReLU | 2 | 55.00 ± 63.53 | 56.00 ± 50.82 | {ratio.shown()} |" in text, text
+    assert "cuts before each ReLU | 2 |" not in text, "ffr_pre has no split run"
+    assert ffr_results.config("diabetes", "ffr", 1e-3, 3, errors, split=3).data == "diabetes@3"
+
+
+def test_diabetes_has_other_random_train_test_splits_and_nothing_else_does():
+    from splitfx.base.errors import SplitFXError
+    from splitfx.programs.data import load
+
+    first, same, other = load("diabetes", 10), load("diabetes@0", 10), load("diabetes@3", 10)
+    assert all(torch.equal(a, b) for a, b in zip(first.test.tensors, same.test.tensors, strict=True))
+    assert (len(other.train), len(other.test)) == (len(first.train), len(first.test)) == (354, 88)
+    assert not torch.equal(first.test.tensors[1], other.test.tensors[1])
+    for bad, says in (("friedman@1", "only diabetes has other train/test splits"), ("diabetes@x", "diabetes@S")):
+        with pytest.raises(SplitFXError, match=says):
+            load(bad, 10)

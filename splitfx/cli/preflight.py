@@ -62,15 +62,16 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
 def with_task(config: TrainConfig, task: str | None, size_given: bool) -> TrainConfig:
     """``config`` with the task of its data (``task``, the ``--task`` given, must be it) and, for
     regression data, its number of features as the input size unless ``--input-size`` was given."""
-    from ..programs.data import FEATURES
+    from ..programs.data import FEATURES, regression
 
-    kind = "regression" if config.data in FEATURES else "classification"
+    table = regression(config.data)
+    kind = "regression" if table is not None else "classification"
     if task is not None and task != kind:
         data = (f"one of {', '.join(FEATURES)}" if kind == "classification"
                 else "digits, cluttered, cifar10:DIR or imagefolder:DIR")
         raise UsageError(f"--task {task}: --data {config.data} is {kind} data; for {task} give --data {data}")
     config = replace(config, task=kind)
-    return replace(config, input_size=FEATURES[config.data]) if kind == "regression" and not size_given else config
+    return replace(config, input_size=FEATURES[table[0]]) if table is not None and not size_given else config
 
 
 def train_run(args: argparse.Namespace) -> tuple[TrainConfig, Checkpoint | None, str | None]:

@@ -34,6 +34,10 @@ class Interval:
     def excludes_zero(self) -> bool:
         return self.excludes(0.0)
 
+    def shown(self, places: int = 3) -> str:
+        """``mean ± half``, or the mean alone where there is no interval."""
+        return f"{self.mean:.{places}f}" + ("" if self.half is None else f" ± {self.half:.{places}f}")
+
     def excludes(self, value: float) -> bool:
         """Whether ``value`` lies outside the interval (never, for a single value)."""
         return self.half is not None and abs(self.mean - value) > self.half

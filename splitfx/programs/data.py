@@ -9,7 +9,8 @@ model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is 
 
 Regression data are tables: features and targets standardised on the training set (errors are
 reported in the target's own units: :attr:`Splits.target`), 20 % held out for test (generated data:
-1,000 of 6,000 samples).
+1,000 of 6,000 samples). ``diabetes@S`` is the diabetes data's S-th random train/test split
+(``diabetes`` is ``diabetes@0``): with 88 test patients one split decides little.
 
 ``validation`` > 0 carves that fraction of the *training* images (stratified by class for
 classification, a fixed seed, the same for every run) into a validation set, so that learning rates
@@ -37,6 +38,20 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_SEED = 0  # every run carves the same validation images, whatever its own --seed
 REGRESSION = {"diabetes": task_data.diabetes, "friedman": task_data.friedman, "friedman2": task_data.friedman2}
 FEATURES = {"diabetes": 10, "friedman": 10, "friedman2": 4}  # what a regressor of each takes (no data loaded)
+SPLITS = ("diabetes",)  # the regression data with other train/test splits: NAME@S
+
+
+def regression(spec: str) -> tuple[str, int] | None:
+    """(data, split) of a regression ``--data`` spec (``friedman``; ``diabetes@3``: its 4th random
+    train/test split), None for classification data."""
+    name, at, split = spec.partition("@")
+    if name not in REGRESSION:
+        return None
+    if at and (name not in SPLITS or not split.isdigit()):
+        raise SplitFXError(f"--data {spec!r}: {name}@S takes a split number S >= 0 (such as {name}@1)"
+                           if name in SPLITS else f"--data {spec!r}: only {', '.join(SPLITS)} has other "
+                           f"train/test splits; give {name}")
+    return name, int(split) if at else 0
 
 
 @dataclass(frozen=True)
@@ -84,12 +99,12 @@ def check(spec: str) -> None:
     """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
     (no image is read: cheap enough to run before any work starts)."""
     kind, _, root = spec.partition(":")
-    if (kind in EMBEDDED or kind in REGRESSION) and not root:
+    if (kind in EMBEDDED and not root) or regression(spec) is not None:
         return
     if kind not in ("cifar10", "imagefolder") or not root:
         raise SplitFXError(f"--data {spec!r}: use digits, cluttered, cifar10:DIR or imagefolder:DIR "
                            "(classification), or "
-                           f"{', '.join(REGRESSION)} (regression)")
+                           f"{', '.join(REGRESSION)} (regression; diabetes@S: its S-th train/test split)")
     if not os.path.isdir(root):
         raise SplitFXError(f"--data {spec!r}: {root} is not a folder")
     if kind == "imagefolder":
@@ -136,8 +151,9 @@ def load(spec: str, size: int, validation: float = 0.0) -> Splits:
     check(spec)
     if not 0 <= validation < 1:
         raise SplitFXError(f"--validation {validation}: give a fraction of the training images in [0, 1)")
-    if spec in REGRESSION:
-        data = REGRESSION[spec]()
+    if (table := regression(spec)) is not None:
+        name, split = table
+        data = REGRESSION[name](split) if split else REGRESSION[name]()
         target = (data.meta["target_mean"], data.meta["target_std"])
         if not validation:
             return Splits(data.train, None, data.test, 1, target)
@@ -226,7 +242,7 @@ def num_classes(spec: str) -> int:
     folders): cheap enough to compare with a checkpoint before any work."""
     check(spec)
     kind, _, root = spec.partition(":")
-    if kind in REGRESSION:
+    if regression(spec) is not None:
         return 1
     if kind != "imagefolder":
         return 10

@@ -24,7 +24,7 @@ from ..base.provenance import provenance
 from ..models.tasks import EDSR, CharGPT, MLPRegressor, SegNet
 from ..runtime.split_module import SplitModule
 from . import task_data
-from .accuracy_stats import Interval, t_interval
+from .accuracy_stats import t_interval
 from .task_data import TaskData
 
 
@@ -147,17 +147,13 @@ def table(results: list[dict]) -> str:
         seeds = sorted(s for s in set(runs) & set(e2e) if e2e[s]["value"])
         if not seeds:  # nothing to pair with: the row says so rather than vanish
             rows.append(f"| {task} | {runs[min(runs)]['metric']} | – | K={k}, {recipe} | "
-                        f"{_shown(t_interval([r['value'] for r in runs.values()]))} | no E2E run of the same seed | "
+                        f"{t_interval([r['value'] for r in runs.values()]).shown()} | no E2E run of the same seed | "
                         f"{runs[min(runs)]['saved_ratio']:.2f} | 0 |")
             continue
         a, b = [e2e[s]["value"] for s in seeds], [runs[s]["value"] for s in seeds]
         ratio = t_interval([v / u for u, v in zip(a, b, strict=True)])
         mark = "" if not ratio.excludes(1.0) else (" ▲" if (ratio.mean > 1) == TASKS[task].higher else " ▼")
-        rows.append(f"| {task} | {runs[seeds[0]]['metric']} | {_shown(t_interval(a))} | K={k}, {recipe} | "
-                    f"{_shown(t_interval(b))} | {_shown(ratio)}{mark} | {runs[seeds[0]]['saved_ratio']:.2f} | "
+        rows.append(f"| {task} | {runs[seeds[0]]['metric']} | {t_interval(a).shown()} | K={k}, {recipe} | "
+                    f"{t_interval(b).shown()} | {ratio.shown()}{mark} | {runs[seeds[0]]['saved_ratio']:.2f} | "
                     f"{len(seeds)} |")
     return "\n".join(rows) + "\n"
-
-
-def _shown(interval: Interval) -> str:
-    return f"{interval.mean:.3f}" if interval.half is None else f"{interval.mean:.3f} ± {interval.half:.3f}"
