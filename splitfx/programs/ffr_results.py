@@ -212,7 +212,7 @@ def report(table: dict, results: str) -> str:
         out.append(f"| {r['depth']} | {r['width']} × {r['batch']} | {r['blocks']} | "
                    f"{r['e2e_saved_bytes'] / 2**20:.2f} → {r['ffr_saved_bytes'] / 2**20:.2f} MiB | "
                    f"{r['saved_ratio']:.3f} | {r['e2e_ms']:.1f} → {r['ffr_ms']:.1f} ms | {r['time_ratio']:.2f} |")
-    where = {(r["commit"], r["machine"]) for r in lines}
+    where = {(r["commit"], r["machine"]) for r in (*lines, *split_runs)}
     out += ["", "Recorded at " + "; ".join(f"commit {c} on {m}" for c, m in sorted(where)) + "."]
     return "\n".join(out) + "\n"
 
