@@ -48,6 +48,9 @@ QUEUE = [("resnet32", SLICE), ("hybrid_vit8", SLICE), ("resnet32", REPL), ("resn
 
 
 def command(name: str, *extra: str) -> list[str]:
+    """``splitfx accuracy`` for table ``name``. Every command runs in docs/ (``cwd=HERE``): ``python -m``
+    puts its working directory first on the path, and a repository root there would shadow the
+    pinned package on ``PYTHONPATH``."""
     return [sys.executable, "-m", "splitfx", "accuracy", *TABLES[name], "--results",
             str(HERE / f"accuracy-cluttered-{name}.jsonl"), *extra]
 
@@ -66,24 +69,25 @@ def splice(text: str, marker: str) -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--queue"]:  # one process per shard and stage, one stage after the other
         for name, narrower in QUEUE:
-            shards = [subprocess.Popen(command(name, "--resume", "--shard", f"{i}/2", *narrower)) for i in range(2)]
+            shards = [subprocess.Popen(command(name, "--resume", "--shard", f"{i}/2", *narrower), cwd=HERE)
+                      for i in range(2)]
             codes = [shard.wait() for shard in shards]  # both, even when one fails
             if any(codes):
                 return 1
         return 0
     if argv[:2] == ["--run", "chars"]:
-        return subprocess.call([sys.executable, "-m", "splitfx", "tasks", *CHARS])
+        return subprocess.call([sys.executable, "-m", "splitfx", "tasks", *CHARS], cwd=HERE)
     if argv[:1] == ["--run"]:
         if len(argv) < 3 or argv[1] not in TABLES:
             raise SystemExit(f"usage: python docs/accuracy_tables.py --run {{{','.join([*TABLES, 'chars'])}}} I/N "
                              "[more splitfx accuracy options, such as --recipes R ... --blocks K ...] (chars: no I/N)")
         name, shard, *narrower = argv[1:]
-        return subprocess.call(command(name, "--resume", "--shard", shard, *narrower))
+        return subprocess.call(command(name, "--resume", "--shard", shard, *narrower), cwd=HERE)
     for name in TABLES:
         if not (HERE / f"accuracy-cluttered-{name}.jsonl").exists():
             continue
         made = subprocess.run(command(name, "--report", "--figures", str(HERE / "accuracy")), capture_output=True,
-                              text=True)
+                              text=True, cwd=HERE)
         if made.returncode and "has no reported run" in made.stderr:  # only searches so far
             splice("No reported runs yet.", f"accuracy-cluttered:{name}")
         elif made.returncode:
@@ -95,7 +99,7 @@ def main(argv: list[str]) -> int:
                    f"accuracy-cluttered:{name}")
     if (HERE / "tasks-chars.jsonl").exists():
         made = subprocess.run([sys.executable, "-m", "splitfx", "tasks", *CHARS, "--report"], capture_output=True,
-                              text=True, check=True)
+                              text=True, check=True, cwd=HERE)
         splice(made.stdout, "tasks-chars")
     return 0
 
