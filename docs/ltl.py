@@ -10,7 +10,10 @@ steps). Each run is one ``splitfx train`` configuration; rows go to docs/ltl.jso
 The spiking students are also run under the accuracy tables' protocol (``splitfx accuracy``): one
 run per rate of ``--spiking-lrs`` at seed 0 on 15 % of the training images held out, the rate with
 the best final validation accuracy kept, and seeds 0 … N−1 at that rate (trained on the other 85 %)
-scored once on the test images.
+scored once on the test images. And on ``--splits`` random train/test splits of the digits
+(``--data digits@S``, split S from seed S) a teacher and a spiking student each, so the gap is
+paired by split and given with its 95 % t-interval: 360 test images of one split judge 3 points
+poorly.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 
 from splitfx.base.files import write_text
 from splitfx.base.provenance import provenance
+from splitfx.programs.accuracy_stats import t_interval
 from splitfx.programs.config import TrainConfig
 from splitfx.programs.train import test_accuracy, train
 
@@ -81,6 +85,26 @@ def _picked(args: argparse.Namespace, teacher: str, rows: dict[str, dict]) -> No
         rows[run] = _record(run, config(best, seed), test_accuracy(result), sum(h.seconds for h in result.history))
 
 
+def _splits(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    """``teacher_split/S`` and ``spiking_split/S``: a teacher and a spiking student (at ``--spiking-lr``)
+    trained on the S-th random train/test split of the digits, from seed S."""
+    for split in range(args.splits):
+        runs, data = (f"teacher_split/{split}", f"spiking_split/{split}"), f"digits@{split}"
+        if all(run in rows for run in runs):
+            continue
+        folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
+        teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                              input_size=args.input_size, data=data, seed=split)
+        result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
+        if runs[0] not in rows:
+            rows[runs[0]] = _record(runs[0], teacher, result.final_accuracy, sum(h.seconds for h in result.history))
+        student = TrainConfig(model="resnet18", blocks=args.blocks, recipe="tandem", input_size=args.input_size,
+                              teacher=str(folder / "checkpoint.pt"), epochs=args.spiking_epochs, seed=split,
+                              spiking=args.steps, lr=args.spiking_lr, data=data)
+        result = train(student, log=lambda _: None, progress=False)
+        rows[runs[1]] = _record(runs[1], student, result.final_accuracy, sum(h.seconds for h in result.history))
+
+
 def _done() -> dict[str, dict]:
     if not ROWS.exists():
         return {}
@@ -88,7 +112,8 @@ def _done() -> dict[str, dict]:
 
 
 def _record(run: str, config: TrainConfig, accuracy: float, seconds: float, scored: str = "test") -> dict:
-    row = {"run": run, "accuracy": accuracy, "scored_on": scored, "epochs": config.epochs, "spiking": config.spiking,
+    row = {"run": run, "data": config.data, "accuracy": accuracy, "scored_on": scored, "epochs": config.epochs,
+           "spiking": config.spiking,
            "lr": config.lr, "input_size": config.input_size, "validation": config.validation,
            "options": config.recipe_options, "seconds": round(seconds, 1), **provenance()}
     with ROWS.open("a") as f:
@@ -132,6 +157,17 @@ def _table(rows: dict[str, dict], command: str) -> str:
               "split). The second row's rate was chosen on validation images alone (seed 0's final validation "
               "accuracy: " + ", ".join(f"{lr:g}: {acc:.2f} %" for lr, acc in search) + ")." + refit
               + " 360 test images: one image is 0.28 points.")
+    splits = [s for s in range(len(rows)) if f"spiking_split/{s}" in rows and f"teacher_split/{s}" in rows]
+    paired = [(rows[f"teacher_split/{s}"]["accuracy"], rows[f"spiking_split/{s}"]["accuracy"]) for s in splits]
+    if paired:
+        gap = t_interval([100 * (b - a) for a, b in paired])
+        teachers = t_interval([100 * a for a, _ in paired])
+        first = rows[f"spiking_split/{splits[0]}"]
+        lines += ["", f"Over {len(paired)} random train/test splits of the digits (`--data digits@S`, a teacher "
+                  f"and a spiking student, T={first['spiking']}, rate {first['lr']}, {first['epochs']} epochs, "
+                  "trained on each split from seed S): teacher "
+                  f"{teachers.shown(2)} %, spiking student's gap to its teacher **{gap.shown(2)} points** (mean "
+                  "and 95 % t-interval, paired by split)."]
     return "\n".join(["# Local Tandem Learning on digits", "", where, "", *lines, "", caveat, ""])
 
 
@@ -149,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spiking-lrs", type=float, nargs="+", default=SPIKING_LRS,
                         help="the rates the validation-picked spiking students are chosen from")
     parser.add_argument("--input-size", type=int, default=16, help="digits upsampled to this size (default 16)")
+    parser.add_argument("--splits", type=int, default=5, help="random train/test splits, each with a teacher and a "
+                        "spiking student (default 5)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = _done()
@@ -163,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             result = train(config, log=lambda _: None, progress=False)
             rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
     _picked(args, str(folder / "checkpoint.pt"), rows)
+    _splits(args, rows)
     command = "python docs/ltl.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = _table(rows, command.strip())
     write_text(TABLE, text)

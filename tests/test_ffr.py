@@ -241,7 +241,7 @@ def test_the_reproduction_resumes_from_its_file_and_tabulates_it(tmp_path):
     assert ffr_results.config("diabetes", "ffr", 1e-3, 3, errors, split=3).data == "diabetes@3"
 
 
-def test_diabetes_has_other_random_train_test_splits_and_nothing_else_does():
+def test_diabetes_and_digits_have_other_random_train_test_splits_and_nothing_else_does():
     from splitfx.base.errors import SplitFXError
     from splitfx.programs.data import load
 
@@ -249,6 +249,11 @@ def test_diabetes_has_other_random_train_test_splits_and_nothing_else_does():
     assert all(torch.equal(a, b) for a, b in zip(first.test.tensors, same.test.tensors, strict=True))
     assert (len(other.train), len(other.test)) == (len(first.train), len(first.test)) == (354, 88)
     assert not torch.equal(first.test.tensors[1], other.test.tensors[1])
-    for bad, says in (("friedman@1", "only diabetes has other train/test splits"), ("diabetes@x", "diabetes@S")):
+    first, other = load("digits", 8), load("digits@2", 8)
+    assert (len(other.train), len(other.test)) == (len(first.train), len(first.test)) == (1437, 360)
+    assert torch.equal(first.test.tensors[1].bincount(), other.test.tensors[1].bincount()), "stratified alike"
+    assert not torch.equal(first.test.tensors[0], other.test.tensors[0])
+    for bad, says in (("friedman@1", "only diabetes and digits have other train/test splits"),
+                      ("diabetes@x", "diabetes@S")):
         with pytest.raises(SplitFXError, match=says):
             load(bad, 10)

@@ -33,8 +33,8 @@ def add_training(p: argparse.ArgumentParser) -> None:
                         "places and scales among fragments of others on 64² canvases, generated offline; 20,000 "
                         "training and 10,000 test images), cifar10:DIR (CIFAR-10 python "
                         "batches already in DIR) or imagefolder:DIR (DIR/train and DIR/val); for regression "
-                        f"diabetes (diabetes@S: its S-th random train/test split), friedman or friedman2 (embedded); "
-                        f"default {c.data}")
+                        "diabetes, friedman or friedman2 (embedded); digits@S and diabetes@S: their S-th random "
+                        f"train/test split; default {c.data}")
     p.add_argument("--task", choices=("classification", "regression"),
                    help="what the targets are: class indices, or one value per sample (--data diabetes, friedman or "
                         "friedman2, embedded; RMSE and MAE reported in the target's units); default: the data's")

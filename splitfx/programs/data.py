@@ -9,8 +9,9 @@ model's input size and repeated to 3 channels; 20 % (stratified, fixed seed) is 
 
 Regression data are tables: features and targets standardised on the training set (errors are
 reported in the target's own units: :attr:`Splits.target`), 20 % held out for test (generated data:
-1,000 of 6,000 samples). ``diabetes@S`` is the diabetes data's S-th random train/test split
-(``diabetes`` is ``diabetes@0``): with 88 test patients one split decides little.
+1,000 of 6,000 samples). ``diabetes@S`` and ``digits@S`` are those data's S-th random train/test
+split (``diabetes`` is ``diabetes@0``): with 88 test patients, or 360 test images, one split decides
+little.
 
 ``validation`` > 0 carves that fraction of the *training* images (stratified by class for
 classification, a fixed seed, the same for every run) into a validation set, so that learning rates
@@ -38,20 +39,27 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_SEED = 0  # every run carves the same validation images, whatever its own --seed
 REGRESSION = {"diabetes": task_data.diabetes, "friedman": task_data.friedman, "friedman2": task_data.friedman2}
 FEATURES = {"diabetes": 10, "friedman": 10, "friedman2": 4}  # what a regressor of each takes (no data loaded)
-SPLITS = ("diabetes",)  # the regression data with other train/test splits: NAME@S
+SPLITS = ("diabetes", "digits")  # the data with other random train/test splits: NAME@S
+
+
+def split_of(spec: str) -> tuple[str, int]:
+    """(data, split) of a ``--data`` spec: ``diabetes@3`` is the diabetes data's 4th random train/test
+    split; a spec without ``@`` is split 0, the one every run uses by default."""
+    name, at, split = spec.partition("@")
+    if not at:
+        return spec, 0
+    if name not in SPLITS:
+        raise SplitFXError(f"--data {spec!r}: only {' and '.join(SPLITS)} have other train/test splits; give {name}")
+    if not split.isdigit():
+        raise SplitFXError(f"--data {spec!r}: {name}@S takes a split number S >= 0 (such as {name}@1)")
+    return name, int(split)
 
 
 def regression(spec: str) -> tuple[str, int] | None:
-    """(data, split) of a regression ``--data`` spec (``friedman``; ``diabetes@3``: its 4th random
-    train/test split), None for classification data."""
-    name, at, split = spec.partition("@")
-    if name not in REGRESSION:
-        return None
-    if at and (name not in SPLITS or not split.isdigit()):
-        raise SplitFXError(f"--data {spec!r}: {name}@S takes a split number S >= 0 (such as {name}@1)"
-                           if name in SPLITS else f"--data {spec!r}: only {', '.join(SPLITS)} has other "
-                           f"train/test splits; give {name}")
-    return name, int(split) if at else 0
+    """(data, split) of a regression ``--data`` spec (``friedman``, ``diabetes@3``), None for
+    classification data."""
+    name, split = split_of(spec)
+    return (name, split) if name in REGRESSION else None
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,9 @@ class Splits:
         return ("val", self.val) if self.val is not None else ("test", self.test)
 
 
-def digits(size: int, channels: int = 3) -> tuple[Dataset, Dataset, int]:
+def digits(size: int, channels: int = 3, split: int = 0) -> tuple[Dataset, Dataset, int]:
+    """The digits at ``size``² (module docstring); ``split`` picks another random stratified 80 / 20
+    train/test split (0: the default one)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -80,7 +90,7 @@ def digits(size: int, channels: int = 3) -> tuple[Dataset, Dataset, int]:
     y = torch.tensor(data.target, dtype=torch.long)
     x = (x - x.mean()) / x.std()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, channels, 1, 1)
-    train_idx, test_idx = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=data.target)
+    train_idx, test_idx = train_test_split(range(len(y)), test_size=0.2, random_state=split, stratify=data.target)
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx]), 10
 
 
@@ -98,7 +108,7 @@ def _torchvision(size: int, train: bool):
 def check(spec: str) -> None:
     """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
     (no image is read: cheap enough to run before any work starts)."""
-    kind, _, root = spec.partition(":")
+    kind, _, root = split_of(spec)[0].partition(":")
     if (kind in EMBEDDED and not root) or regression(spec) is not None:
         return
     if kind not in ("cifar10", "imagefolder") or not root:
@@ -166,9 +176,10 @@ def load(spec: str, size: int, validation: float = 0.0) -> Splits:
 
 def _load(spec: str, size: int) -> tuple[Dataset, Dataset, int, Dataset | None]:
     """(train, test, classes, the training images under the test transform where it differs)."""
-    kind, _, root = spec.partition(":")
+    name, split = split_of(spec)
+    kind, _, root = name.partition(":")
     if kind == "digits":  # looked up when called (tests replace it)
-        return (*digits(size), None)
+        return (*(digits(size, split=split) if split else digits(size)), None)
     if kind == "cluttered":
         return (*cluttered(size), None)
     from torchvision import datasets
