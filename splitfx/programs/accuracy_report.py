@@ -165,7 +165,9 @@ def figures(reported: list[Record], folder: str) -> list[str]:
         mine = [c for c in cells.values() if c.model == model and c.recipe != E2E]
         e2e = cells.get((model, E2E, 1))
         colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(dict.fromkeys(c.recipe for c in mine))}
-        title = f"{p['data']}, {model}, {p['seeds']} seeds"
+        fewest = min(c.accuracy.n for c in [*mine, *([e2e] if e2e else [])])
+        seeds = f"{p['seeds']} seeds" if fewest == p["seeds"] else f"at least {fewest} of {p['seeds']} seeds so far"
+        title = f"{p['data']}, {model}, {seeds}"
         stem = os.path.join(folder, file_stem(model))
         drawn = [("accuracy-memory", _accuracy_memory(plt, mine, e2e, colours, title))]
         if e2e is not None and mine:
