@@ -243,7 +243,7 @@ def test_the_reproduction_resumes_from_its_file_and_tabulates_it(tmp_path):
 
 def test_diabetes_and_digits_have_other_random_train_test_splits_and_nothing_else_does():
     from splitfx.base.errors import SplitFXError
-    from splitfx.programs.data import load
+    from splitfx.programs.data import load, split_of
 
     first, same, other = load("diabetes", 10), load("diabetes@0", 10), load("diabetes@3", 10)
     assert all(torch.equal(a, b) for a, b in zip(first.test.tensors, same.test.tensors, strict=True))
@@ -253,6 +253,7 @@ def test_diabetes_and_digits_have_other_random_train_test_splits_and_nothing_els
     assert (len(other.train), len(other.test)) == (len(first.train), len(first.test)) == (1437, 360)
     assert torch.equal(first.test.tensors[1].bincount(), other.test.tensors[1].bincount()), "stratified alike"
     assert not torch.equal(first.test.tensors[0], other.test.tensors[0])
+    assert split_of("imagefolder:/data/me@host/set") == ("imagefolder:/data/me@host/set", 0), "a path's @ stays"
     for bad, says in (("friedman@1", "only diabetes and digits have other train/test splits"),
                       ("diabetes@x", "diabetes@S")):
         with pytest.raises(SplitFXError, match=says):

@@ -46,7 +46,7 @@ def split_of(spec: str) -> tuple[str, int]:
     """(data, split) of a ``--data`` spec: ``diabetes@3`` is the diabetes data's 4th random train/test
     split; a spec without ``@`` is split 0, the one every run uses by default."""
     name, at, split = spec.partition("@")
-    if not at:
+    if not at or ":" in spec:  # a folder (cifar10:DIR, imagefolder:DIR) may hold an @ in its path
         return spec, 0
     if name not in SPLITS:
         raise SplitFXError(f"--data {spec!r}: only {' and '.join(SPLITS)} have other train/test splits; give {name}")
