@@ -108,13 +108,14 @@ def _torchvision(size: int, train: bool):
 def check(spec: str) -> None:
     """Raise :class:`SplitFXError` unless ``spec`` is a ``--data`` spec whose folders are there
     (no image is read: cheap enough to run before any work starts)."""
-    kind, _, root = split_of(spec)[0].partition(":")
-    if (kind in EMBEDDED and not root) or regression(spec) is not None:
+    name, _ = split_of(spec)
+    kind, _, root = name.partition(":")
+    if (kind in EMBEDDED or kind in REGRESSION) and not root:
         return
     if kind not in ("cifar10", "imagefolder") or not root:
         raise SplitFXError(f"--data {spec!r}: use digits, cluttered, cifar10:DIR or imagefolder:DIR "
-                           "(classification), or "
-                           f"{', '.join(REGRESSION)} (regression; diabetes@S: its S-th train/test split)")
+                           f"(classification), or {', '.join(REGRESSION)} (regression); "
+                           f"{' and '.join(f'{n}@S' for n in SPLITS)}: their S-th random train/test split")
     if not os.path.isdir(root):
         raise SplitFXError(f"--data {spec!r}: {root} is not a folder")
     if kind == "imagefolder":
