@@ -2,10 +2,12 @@
 ``splitfx train``, then fresh students of the same topology trained with ``--recipe tandem``
 (learning the teacher's activations block by block), with teacher forcing, and spiking (LIF, T
 steps). Each run is one ``splitfx train`` configuration; rows go to docs/ltl.jsonl as they finish
-(a rerun skips the rows already there), and the table to docs/ltl.md with commit, command and machine.
+(a rerun skips the rows already there), and the table to docs/ltl.md with commit, command and machine,
+and into docs/benchmarks.md between its ``ltl`` markers.
 
     python docs/ltl.py                    # teacher, then 3 seeds × (tandem, forced, spiking at K = 4, 8)
     python docs/ltl.py --seeds 1 --steps 4  # a quick look
+    python docs/ltl.py --report           # the tables from docs/ltl.jsonl alone
 
 The spiking students are also run under the accuracy tables' protocol (``splitfx accuracy``): one
 run per rate of ``--spiking-lrs`` at seed 0 on 15 % of the training images held out, the rate with
@@ -29,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from accuracy_tables import splice
 
 from splitfx.base.files import write_text
 from splitfx.base.provenance import provenance
@@ -201,6 +204,22 @@ def _table(rows: dict[str, dict], command: str) -> str:
     return "\n".join(["# Local Tandem Learning on digits", "", where, "", *lines, "", " ".join(notes), ""])
 
 
+def _train(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    """Every row ``rows`` lacks, in order: the teacher, the students, the validated spiking students, the splits."""
+    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
+    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                          input_size=args.input_size)
+    result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
+    if "teacher" not in rows:
+        rows["teacher"] = _record("teacher", teacher, result.final_accuracy, sum(h.seconds for h in result.history))
+    for run, config in _runs(args, str(folder / "checkpoint.pt")).items():
+        if run not in rows:
+            result = train(config, log=lambda _: None, progress=False)
+            rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
+    chosen = {k: _picked(args, str(folder / "checkpoint.pt"), rows, k) for k in args.spiking_blocks}
+    _splits(args, rows, chosen)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -220,24 +239,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-size", type=int, default=16, help="digits upsampled to this size (default 16)")
     parser.add_argument("--splits", type=int, default=5, help="random train/test splits, each with a teacher and a "
                         "spiking student (default 5)")
+    parser.add_argument("--report", action="store_true", help="write the tables from docs/ltl.jsonl, training nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = _done()
-    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
-    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
-                          input_size=args.input_size)
-    result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
-    if "teacher" not in rows:
-        rows["teacher"] = _record("teacher", teacher, result.final_accuracy, sum(h.seconds for h in result.history))
-    for run, config in _runs(args, str(folder / "checkpoint.pt")).items():
-        if run not in rows:
-            result = train(config, log=lambda _: None, progress=False)
-            rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
-    chosen = {k: _picked(args, str(folder / "checkpoint.pt"), rows, k) for k in args.spiking_blocks}
-    _splits(args, rows, chosen)
-    command = "python docs/ltl.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if not args.report:
+        _train(args, rows)
+    made = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report"]  # what trains these rows
+    command = "python docs/ltl.py " + shlex.join(made)
     text = _table(rows, command.strip())
     write_text(TABLE, text)
+    splice(text.split("\n", 2)[2], "ltl")  # benchmarks.md carries the table without its title
     print(text)
 
 
