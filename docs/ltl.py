@@ -104,20 +104,31 @@ def _splits(args: argparse.Namespace, rows: dict[str, dict], chosen: dict[int, f
         runs = [f"teacher_split/{split}", *(f"spiking_split/K{k}/{split}" for k in args.spiking_blocks)]
         if all(run in rows for run in runs):
             continue
-        folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
-        teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
-                              input_size=args.input_size, data=data, seed=split)
-        result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
-        if runs[0] not in rows:
-            rows[runs[0]] = _record(runs[0], teacher, result.final_accuracy, sum(h.seconds for h in result.history))
+        teacher = _teacher(runs[0], TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                                                input_size=args.input_size, data=data, seed=split), rows)
         for k, run in zip(args.spiking_blocks, runs[1:], strict=True):
             if run in rows:
                 continue
             student = TrainConfig(model="resnet18", blocks=k, recipe="tandem", input_size=args.input_size,
-                                  teacher=str(folder / "checkpoint.pt"), epochs=args.spiking_epochs, seed=split,
+                                  teacher=teacher, epochs=args.spiking_epochs, seed=split,
                                   spiking=args.steps, lr=chosen[k], data=data)
             result = train(student, log=lambda _: None, progress=False)
             rows[run] = _record(run, student, result.final_accuracy, sum(h.seconds for h in result.history))
+
+
+def _teacher(run: str, config: TrainConfig, rows: dict[str, dict]) -> str:
+    """Train the teacher of row ``run`` (checkpoints are not kept) and return its checkpoint's path. A
+    teacher that has a row must score what the row says: the students paired with that row learned
+    from it, so a teacher that no longer reproduces is refused rather than paired with them."""
+    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
+    result = train(config, out=str(folder), log=lambda _: None, progress=False)
+    if run not in rows:
+        rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
+    elif result.final_accuracy != rows[run]["accuracy"]:
+        raise SystemExit(f"{ROWS}: row {run!r} says the teacher scored {100 * rows[run]['accuracy']:.2f} %, "
+                         f"retrained now (commit {provenance()['commit']}) it scores {100 * result.final_accuracy:.2f} "
+                         "%: the students of its rows learned from another teacher. Move the rows aside and rerun.")
+    return str(folder / "checkpoint.pt")
 
 
 def _done() -> dict[str, dict]:
@@ -178,7 +189,8 @@ def _table(rows: dict[str, dict], command: str) -> str:
                         if name.startswith(f"spiking_search/K{k}/"))
         if not search:
             continue
-        chosen = max(search, key=lambda s: (s[1], -s[0]))[0]
+        trained = [r["lr"] for n, r in rows.items() if n.startswith(f"spiking_val/K{k}/")]
+        chosen = trained[0] if trained else max(search, key=lambda s: (s[1], -s[0]))[0]
         same = any(r["lr"] == chosen for n, r in rows.items() if n.startswith(f"spiking/K{k}/"))
         notes.append(f"At K={k} seed 0's final validation accuracy was " + ", ".join(f"{lr:g}: {acc:.2f} %"
                                                                                      for lr, acc in search)
@@ -206,22 +218,24 @@ def _table(rows: dict[str, dict], command: str) -> str:
 
 def _train(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     """Every row ``rows`` lacks, in order: the teacher, the students, the validated spiking students, the splits."""
-    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
-    teacher = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
-                          input_size=args.input_size)
-    result = train(teacher, out=str(folder), log=lambda _: None, progress=False)
-    if "teacher" not in rows:
-        rows["teacher"] = _record("teacher", teacher, result.final_accuracy, sum(h.seconds for h in result.history))
-    for run, config in _runs(args, str(folder / "checkpoint.pt")).items():
+    wanted = ["teacher", *_runs(args, "")]  # the rows that read the main teacher
+    for k in args.spiking_blocks:
+        wanted += [f"spiking_search/K{k}/{lr:g}" for lr in args.spiking_lrs]
+        wanted += [f"spiking_val/K{k}/{seed}" for seed in range(args.seeds)]
+    teacher = ""  # the main teacher is trained only when a row that reads it is missing
+    if any(run not in rows for run in wanted):
+        teacher = _teacher("teacher", TrainConfig(model="resnet18", recipe="e2e", blocks=1,
+                                                  epochs=args.teacher_epochs, input_size=args.input_size), rows)
+    for run, config in _runs(args, teacher).items():
         if run not in rows:
             result = train(config, log=lambda _: None, progress=False)
             rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
-    chosen = {k: _picked(args, str(folder / "checkpoint.pt"), rows, k) for k in args.spiking_blocks}
+    chosen = {k: _picked(args, teacher, rows, k) for k in args.spiking_blocks}
     _splits(args, rows, chosen)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--teacher-epochs", type=int, default=10)
@@ -240,12 +254,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", type=int, default=5, help="random train/test splits, each with a teacher and a "
                         "spiking student (default 5)")
     parser.add_argument("--report", action="store_true", help="write the tables from docs/ltl.jsonl, training nothing")
-    args = parser.parse_args(argv)
+    given = argv if argv is not None else sys.argv[1:]
+    args = parser.parse_args(given)
+    if args.report and given != ["--report"]:
+        parser.error("--report tabulates docs/ltl.jsonl as it is: give it alone")
     torch.set_num_threads(1)
     rows = _done()
     if not args.report:
         _train(args, rows)
-    made = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report"]  # what trains these rows
+    made = [] if args.report else given  # what trained these rows: --report alone trains nothing
     command = "python docs/ltl.py " + shlex.join(made)
     text = _table(rows, command.strip())
     write_text(TABLE, text)
