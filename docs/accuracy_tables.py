@@ -11,7 +11,7 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
     python docs/accuracy_tables.py                  # tables into benchmarks.md, pictures into docs/accuracy/
     python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
     python docs/accuracy_tables.py --run NAME I/N --recipes e2e dgl --blocks 4 8   # a slice of it first
-    python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two shards at a time
+    python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two processes at a time
 
 A slice is the same table (the same protocol, the same results file): the full run later skips its cells.
 
@@ -25,7 +25,9 @@ and the results files are the ones here, and each line records the package's com
 """
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).parent
 RECIPES = ["e2e", "linear", "dgl", "infopro", "auglocal", "man", "hpff", "mlaan", "glcan", "infopro_supcon"]
@@ -43,10 +45,62 @@ TABLES = {
 
 # The order the tables are trained in: first the slice that answers the seeds' claims (does MAN, HPFF
 # or MLAAN close the gap DGL and InfoPro leave at K >= 4), on both models; then RepL on ResNet-32 (every
-# 2nd unit of each stage fused, E2E and DGL each against its plain cell); then the rest.
-SLICE = ["--recipes", "e2e", "linear", "dgl", "infopro", "man", "hpff", "mlaan", "--blocks", "4", "8"]
-REPL = ["--recipes", "e2e", "dgl", "--blocks", "4", "8", "--repl", "2", "--repl-recipes", "e2e", "dgl"]
-QUEUE = [("resnet32", SLICE), ("hybrid_vit8", SLICE), ("resnet32", REPL), ("resnet32", []), ("hybrid_vit8", [])]
+# 2nd unit of each stage fused, E2E and DGL each against its plain cell); then the rest. Each stage is
+# (table, its recipes, the options that narrow it further).
+SLICE = ["e2e", "linear", "dgl", "infopro", "man", "hpff", "mlaan"]
+QUEUE = [("resnet32", SLICE, ["--blocks", "4", "8"]), ("hybrid_vit8", SLICE, ["--blocks", "4", "8"]),
+         ("resnet32", ["e2e", "dgl"], ["--blocks", "4", "8", "--repl", "2", "--repl-recipes"]),
+         ("resnet32", RECIPES, []), ("hybrid_vit8", RECIPES, [])]
+
+
+class Job(NamedTuple):
+    """One recipe of one stage: ``splitfx accuracy``'s cells of one (model, recipe), its own process."""
+    table: str
+    recipe: str
+    options: list[str]
+
+    def argv(self) -> list[str]:
+        repl = [self.recipe] if self.options[-1:] == ["--repl-recipes"] else []  # the twin of this recipe
+        return command(self.table, "--resume", "--recipes", self.recipe, *self.options, *repl)
+
+
+def run_queue(slots: int = 2) -> int:
+    """Every job of QUEUE, in its order, ``slots`` processes at a time: when one ends the next starts, so no
+    core waits for a stage's slowest recipe. A recipe of a table never trains in two processes at once (a
+    later stage repeats it with more K); the run goes on past a failed job and says which failed."""
+    pending = [Job(table, recipe, options) for table, recipes, options in QUEUE for recipe in recipes]
+    running: set[tuple[str, str]] = set()
+    failed: list[Job] = []
+    turn = threading.Condition()
+
+    def take() -> Job | None:
+        with turn:
+            while pending:
+                job = next((j for j in pending if (j.table, j.recipe) not in running), None)
+                if job is not None:
+                    pending.remove(job)
+                    running.add((job.table, job.recipe))
+                    return job
+                turn.wait()
+            return None
+
+    def work() -> None:
+        while (job := take()) is not None:
+            code = subprocess.call(job.argv(), cwd=HERE)
+            with turn:
+                running.discard((job.table, job.recipe))
+                if code:
+                    failed.append(job)
+                turn.notify_all()
+
+    workers = [threading.Thread(target=work) for _ in range(slots)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for job in failed:
+        print(f"failed: {' '.join(job.argv())}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def command(name: str, *extra: str) -> list[str]:
@@ -69,14 +123,8 @@ def splice(text: str, marker: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--queue"]:  # one process per shard and stage, one stage after the other
-        for name, narrower in QUEUE:
-            shards = [subprocess.Popen(command(name, "--resume", "--shard", f"{i}/2", *narrower), cwd=HERE)
-                      for i in range(2)]
-            codes = [shard.wait() for shard in shards]  # both, even when one fails
-            if any(codes):
-                return 1
-        return 0
+    if argv[:1] == ["--queue"]:
+        return run_queue()
     if argv[:2] == ["--run", "chars"]:
         return subprocess.call([sys.executable, "-m", "splitfx", "tasks", *CHARS], cwd=HERE)
     if argv[:1] == ["--run"]:
