@@ -32,8 +32,9 @@ from typing import NamedTuple
 
 HERE = Path(__file__).parent
 RECIPES = ["e2e", "linear", "dgl", "infopro", "auglocal", "man", "hpff", "mlaan", "glcan", "infopro_supcon"]
+CONTROLS = ["linear"]  # the recipes run with their controls too
 PROTOCOL = ["--recipes", *RECIPES, "--blocks", "2", "4", "8", "16", "--data", "cluttered", "--seeds", "5",
-            "--lr-at", "4", "--lr-decay", "0.5", "--controls", "linear", "--validation", "0.1"]
+            "--lr-at", "4", "--lr-decay", "0.5", "--controls", *CONTROLS, "--validation", "0.1"]
 # On token outputs DGL and InfoPro build linear's head (LayerNorm → Linear per token; InfoPro's decoder
 # reconstructs images only), so their runs repeat linear's; SupCon contrasts classes and refuses tokens.
 CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "dgl", "infopro", "infopro_supcon")),
@@ -65,7 +66,9 @@ class Job(NamedTuple):
 
     def argv(self) -> list[str]:
         repl = [self.recipe] if self.options[-1:] == ["--repl-recipes"] else []  # the twin of this recipe
-        return command(self.table, "--resume", "--recipes", self.recipe, *self.options, *repl)
+        # the table's options narrowed to this recipe: the last --recipes and --controls given count
+        controls = ["--controls", *(r for r in CONTROLS if r == self.recipe)]
+        return command(self.table, "--resume", "--recipes", self.recipe, *controls, *self.options, *repl)
 
 
 def run_queue(slots: int = 2) -> int:
