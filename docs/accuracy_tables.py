@@ -74,7 +74,8 @@ class Job(NamedTuple):
 def run_queue(slots: int = 2) -> int:
     """Every job of QUEUE, in its order, ``slots`` processes at a time: when one ends the next starts, so no
     core waits for a stage's slowest recipe. A recipe of a table never trains in two processes at once (a
-    later stage repeats it with more K); the run goes on past a failed job and says which failed."""
+    later stage repeats it with more K); the run goes on past a failed job and says which failed, and
+    stops starting jobs once one is interrupted."""
     pending = [Job(table, recipe, options) for table, recipes, options in QUEUE for recipe in recipes]
     running: set[tuple[str, str]] = set()
     failed: list[Job] = []
@@ -93,18 +94,24 @@ def run_queue(slots: int = 2) -> int:
 
     def work() -> None:
         while (job := take()) is not None:
-            code = subprocess.call(job.argv(), cwd=HERE)
-            with turn:
-                running.discard((job.table, job.recipe))
-                if code:
-                    failed.append(job)
-                turn.notify_all()
+            code = -1  # a call that raised counts as failed
+            try:
+                code = subprocess.call(job.argv(), cwd=HERE)
+            finally:
+                with turn:
+                    running.discard((job.table, job.recipe))
+                    if code:
+                        failed.append(job)
+                    if code < 0 or code == 130:  # interrupted (Ctrl-C reaches the children too): start no more
+                        pending.clear()
+                    turn.notify_all()
 
     workers = [threading.Thread(target=work) for _ in range(slots)]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join()
+        while worker.is_alive():  # joined in steps, so Ctrl-C reaches this thread too
+            worker.join(1)
     for job in failed:
         print(f"failed: {' '.join(job.argv())}", file=sys.stderr)
     return 1 if failed else 0
