@@ -9,7 +9,7 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
 ``--report`` must repeat them, so they live here once.
 
     python docs/accuracy_tables.py                  # tables into benchmarks.md, pictures into docs/accuracy/
-                                                    # (and the FFR tables of docs/ffr.md)
+                                                    # (and WRITTEN's: ffr.md, tasks.md, memory-tables.md)
     python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
     python docs/accuracy_tables.py --run NAME I/N --recipes e2e dgl --blocks 4 8   # a slice of it first
     python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two processes at a time
@@ -39,9 +39,10 @@ PROTOCOL = ["--recipes", *RECIPES, "--blocks", "2", "4", "8", "16", "--data", "c
 # reconstructs images only), so their runs repeat linear's; SupCon contrasts classes and refuses tokens.
 CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "dgl", "infopro", "infopro_supcon")),
          "--blocks", "4", "8", "--seeds", "5", "--results", str(HERE / "tasks-chars.jsonl")]
-# Tables other programs write beside benchmarks.md, spliced into it between their markers:
-# ffr.md by ``python -m splitfx.programs.ffr_results --results docs/ffr.jsonl --out docs/ffr.md``.
-WRITTEN = {"ffr": "ffr.md"}
+# Tables other programs write beside benchmarks.md, spliced into it between their markers (benchmarks.md
+# names the command that writes each): ffr.md by ``python -m splitfx.programs.ffr_results``, tasks.md by
+# ``splitfx tasks``, memory-tables.md by ``python docs/memory_tables.py``.
+WRITTEN = {"ffr": "ffr.md", "tasks": "tasks.md", "memory-tables": "memory-tables.md"}
 TABLES = {
     "resnet32": ["splitfx.models:resnet32", *PROTOCOL, "--epochs", "5", "--lrs", "1e-3", "2e-3", "4e-3"],
     "hybrid_vit8": ["splitfx.models:hybrid_vit8", *PROTOCOL, "--epochs", "6", "--lrs", "5e-4", "1e-3", "2e-3"],
