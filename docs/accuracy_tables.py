@@ -52,24 +52,26 @@ TABLES = {
 # The order the tables are trained in: first the slice that answers the seeds' claims (does MAN, HPFF
 # or MLAAN close the gap DGL and InfoPro leave at K >= 4), on both models; then RepL on ResNet-32 (every
 # 2nd unit of each stage fused, E2E and DGL each against its plain cell); then the rest. Each stage is
-# (table, its recipes, the options that narrow it further).
+# (table, its recipes, the K it narrows to (None: all), and RepL's N for a twin of each recipe).
 SLICE = ["e2e", "linear", "dgl", "infopro", "man", "hpff", "mlaan"]
-QUEUE = [("resnet32", SLICE, ["--blocks", "4", "8"]), ("hybrid_vit8", SLICE, ["--blocks", "4", "8"]),
-         ("resnet32", ["e2e", "dgl"], ["--blocks", "4", "8", "--repl", "2", "--repl-recipes"]),
-         ("resnet32", RECIPES, []), ("hybrid_vit8", RECIPES, [])]
+QUEUE = [("resnet32", SLICE, ["4", "8"], None), ("hybrid_vit8", SLICE, ["4", "8"], None),
+         ("resnet32", ["e2e", "dgl"], ["4", "8"], 2), ("resnet32", RECIPES, None, None),
+         ("hybrid_vit8", RECIPES, None, None)]
 
 
 class Job(NamedTuple):
     """One recipe of one stage: ``splitfx accuracy``'s cells of one (model, recipe), its own process."""
     table: str
     recipe: str
-    options: list[str]
+    blocks: list[str] | None
+    repl: int | None
 
     def argv(self) -> list[str]:
-        repl = [self.recipe] if self.options[-1:] == ["--repl-recipes"] else []  # the twin of this recipe
-        # the table's options narrowed to this recipe: the last --recipes and --controls given count
+        """The table's command narrowed to this recipe (the last --recipes and --controls given count)."""
         controls = ["--controls", *(r for r in CONTROLS if r == self.recipe)]
-        return command(self.table, "--resume", "--recipes", self.recipe, *controls, *self.options, *repl)
+        blocks = ["--blocks", *self.blocks] if self.blocks else []
+        repl = ["--repl", str(self.repl), "--repl-recipes", self.recipe] if self.repl else []
+        return command(self.table, "--resume", "--recipes", self.recipe, *controls, *blocks, *repl)
 
 
 def run_queue(slots: int = 2) -> int:
@@ -77,7 +79,7 @@ def run_queue(slots: int = 2) -> int:
     core waits for a stage's slowest recipe. A recipe of a table never trains in two processes at once (a
     later stage repeats it with more K); the run goes on past a failed job and says which failed, and
     stops starting jobs once one is interrupted."""
-    pending = [Job(table, recipe, options) for table, recipes, options in QUEUE for recipe in recipes]
+    pending = [Job(table, recipe, blocks, repl) for table, recipes, blocks, repl in QUEUE for recipe in recipes]
     running: set[tuple[str, str]] = set()
     failed: list[Job] = []
     turn = threading.Condition()

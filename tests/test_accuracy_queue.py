@@ -30,7 +30,7 @@ def _job(argv: list[str]) -> tuple[str, str]:
 
 
 def test_every_job_runs_once_in_order_two_at_a_time_never_two_on_one_recipe(tables, monkeypatch):
-    jobs = [tables.Job(t, r, o) for t, recipes, o in tables.QUEUE for r in recipes]
+    jobs = [tables.Job(t, r, k, n) for t, recipes, k, n in tables.QUEUE for r in recipes]
     started, live, overlapped = [], set(), threading.Event()
     lock = threading.Lock()
 
@@ -56,7 +56,7 @@ def test_every_job_runs_once_in_order_two_at_a_time_never_two_on_one_recipe(tabl
 
 
 def test_a_failed_job_leaves_the_others_and_an_interrupted_one_stops_the_queue(tables, monkeypatch, capsys):
-    jobs = [tables.Job(t, r, o) for t, recipes, o in tables.QUEUE for r in recipes]
+    jobs = [tables.Job(t, r, k, n) for t, recipes, k, n in tables.QUEUE for r in recipes]
     started = []
     monkeypatch.setattr(tables.subprocess, "call", lambda argv, cwd: started.append(argv) or (_job(argv)[1] == "dgl"))
     assert tables.run_queue(slots=2) == 1
@@ -71,10 +71,10 @@ def test_a_failed_job_leaves_the_others_and_an_interrupted_one_stops_the_queue(t
 
 def test_a_job_is_its_tables_protocol_narrowed_to_one_recipe(tables):
     parser = build_parser()
-    for table, recipes, options in tables.QUEUE:
+    for table, recipes, blocks, repl in tables.QUEUE:
         seen = set()
         for recipe in recipes:
-            args = parser.parse_args(tables.Job(table, recipe, options).argv()[3:])
+            args = parser.parse_args(tables.Job(table, recipe, blocks, repl).argv()[3:])
             assert args.recipes == [recipe]
             assert args.controls == [r for r in tables.CONTROLS if r == recipe]  # the CLI refuses others
             assert args.repl_recipes == ([recipe] if args.repl is not None else [])
