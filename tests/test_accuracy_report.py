@@ -132,8 +132,8 @@ def test_mixed_commits_of_one_code_are_one_table_and_the_caption_says_where_they
     searches = [{**r, "phase": "search"} for r in lines]  # the same runs, searched then reported: counted once
     table = markdown(lines, [2], [*lines, *searches, lines[0]])  # a line written twice counts once
     assert ("commit(s) abc123def456, fed987; machine(s): Xeon, 2 cores; command(s): `splitfx accuracy m`; "
-            "`splitfx accuracy m --resume`. Training time of the runs in this file: 2.50 CPU-hours (one thread per "
-            "run).") in table
+            "`splitfx accuracy m --resume`. Training time of the runs in this file: 2.50 hours of wall-clock time "
+            "summed over runs (one thread each; more than their CPU time where runs shared a core).") in table
     assert f"Code {CODE[:12]} (digest of the splitfx sources)" in table
     assert ("learning rate chosen per recipe at K=4 (E2E on its own), then used at every K and for the controls (a "
             "recipe the planner refuses at that K searches at each K) on a validation split of 10 % of the training "
