@@ -147,7 +147,9 @@ def test_two_runs_with_the_same_seed_and_commit_write_identical_lines(tmp_path):
     assert len(a) == len(LRS) + 1
     for line in a:
         assert line["provenance"]["code"] and line["provenance"]["commit"] and line["step_peak_mib"] > 0
-    timeless = [[{k: v for k, v in r.items() if k != "wall_seconds"} for r in lines] for lines in (a, b)]
+        assert line["cpu_seconds"] > 0
+    timeless = [[{k: v for k, v in r.items() if k not in ("wall_seconds", "cpu_seconds")} for r in lines]
+                for lines in (a, b)]
     assert timeless[0] == timeless[1]
 
 

@@ -126,6 +126,13 @@ def test_mixed_code_digests_are_refused_naming_each():
         figures(lines, "unused")
 
 
+def test_training_time_is_cpu_hours_where_every_run_recorded_them_else_wall_clock_hours():
+    timed = [*e2e(cpu_seconds=360.0), *recipe([0.01] * 5, cpu_seconds=360.0)]
+    assert "Training time of the runs in this file: 1.00 CPU-hours." in markdown(timed, [2])
+    older = [*timed[:-1], line("dgl", 2, 4, 0.9)]  # one run from before CPU seconds were recorded
+    assert "2.50 hours of wall-clock time summed over runs" in markdown(older, [2])
+
+
 def test_mixed_commits_of_one_code_are_one_table_and_the_caption_says_where_they_came_from():
     later = {"commit": "fed987", "command": "splitfx accuracy m --resume", "machine": "Xeon, 2 cores", "code": CODE}
     lines = [*e2e(), *recipe([0.01] * 5, provenance=later)]

@@ -108,14 +108,14 @@ def _identity(config: TrainConfig) -> Record:
             "replace": config.replace}
 
 
-def _record(config: TrainConfig, result: TrainResult, phase: str, wall: float, table: dict,
+def _record(config: TrainConfig, result: TrainResult, phase: str, seconds: tuple[float, float], table: dict,
             grid: Iterable[float]) -> Record:
     return {
         **_identity(config), "lr": config.lr, "seed": config.seed, "phase": phase,
         "trained_blocks": result.trained_blocks, "val": [h.val_accuracy for h in result.history],
         "test": None, "peak_saved_mib": result.peak_saved_bytes / 2**20,
         "e2e_saved_mib": result.e2e_saved_bytes / 2**20, "step_peak_mib": _mib(result.history[0].step_peak_bytes),
-        "grid": sorted(grid), "wall_seconds": wall,
+        "grid": sorted(grid), "wall_seconds": seconds[0], "cpu_seconds": seconds[1],
         "protocol": table, "provenance": provenance(),
     }
 
@@ -207,19 +207,20 @@ def _cell(cell: TrainConfig, done: list[Record], lrs: Sequence[float], most: int
           fixed: tuple[float, list[float]] | None = None) -> Iterable[Record]:
     """The lines ``cell`` still lacks: its search (unless ``fixed`` gives the rate and the grid it was
     chosen from, by another cell), then a report line per seed."""
-    def fit(lr: float, seed: int) -> tuple[TrainResult, float]:
-        began = time.perf_counter()
+    def fit(lr: float, seed: int) -> tuple[TrainResult, tuple[float, float]]:
+        """The run, and its wall and CPU seconds (this process's, every thread's)."""
+        began, cpu = time.perf_counter(), time.process_time()
         result = trainer(replace(cell, lr=lr, seed=seed))
-        return result, time.perf_counter() - began
+        return result, (time.perf_counter() - began, time.process_time() - cpu)
 
     curves = {r["lr"]: r["val"] for r in done if r["phase"] == "search"}
-    kept: dict[float, tuple[TrainResult, float]] = {}
+    kept: dict[float, tuple[TrainResult, tuple[float, float]]] = {}
     chosen, grid = fixed if fixed is not None else (None, sorted(lrs))
     while chosen is None:
         for lr in grid:
             if lr not in curves:
-                result, wall = kept[lr] = fit(lr, 0)
-                line = _record(replace(cell, lr=lr, seed=0), result, "search", wall, table, grid)
+                result, seconds = kept[lr] = fit(lr, 0)
+                line = _record(replace(cell, lr=lr, seed=0), result, "search", seconds, table, grid)
                 curves[lr] = line["val"]
                 yield line
         best = choose_lr({lr: curves[lr] for lr in grid})
@@ -233,7 +234,7 @@ def _cell(cell: TrainConfig, done: list[Record], lrs: Sequence[float], most: int
     for seed in range(seeds):
         if seed in reported:
             continue
-        result, wall = kept.pop(chosen) if seed == 0 and chosen in kept else fit(chosen, seed)
-        line = _record(replace(cell, lr=chosen, seed=seed), result, "test", wall, table, grid)
+        result, seconds = kept.pop(chosen) if seed == 0 and chosen in kept else fit(chosen, seed)
+        line = _record(replace(cell, lr=chosen, seed=seed), result, "test", seconds, table, grid)
         line["test"] = test_accuracy(result)
         yield line

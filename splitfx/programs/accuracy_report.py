@@ -89,8 +89,16 @@ def _caption(reported: list[Record], code: str, records: list[Record]) -> str:
             f"order).\n\nCode {code[:12]} (digest of the splitfx sources), commit(s) {', '.join(distinct('commit'))}; "
             f"machine(s): {'; '.join(distinct('machine'))}; command(s): "
             f"{'; '.join(f'`{c}`' for c in distinct('command'))}. Training time of the runs in this file: "
-            f"{training_seconds(records) / 3600:.2f} hours of wall-clock time summed over runs (one thread each; "
-            "more than their CPU time where runs shared a core).")
+            f"{_hours(records)}.")
+
+
+def _hours(records: list[Record]) -> str:
+    """The runs' CPU hours where every run recorded them, else their wall-clock hours, said as such."""
+    cpu = training_seconds(records, "cpu")
+    if cpu is not None:
+        return f"{cpu / 3600:.2f} CPU-hours"
+    return (f"{training_seconds(records) / 3600:.2f} hours of wall-clock time summed over runs (one thread each; "
+            "more than their CPU time where runs shared a core)")
 
 
 def _tables(model: str, cells: dict[tuple[str, str, int], Cell], blocks: Sequence[int], seeds: int) -> list[str]:

@@ -161,12 +161,13 @@ def step_ratio(cell: Cell, e2e: Cell | None) -> float | None:
     return cell.step_peak_mib / e2e.step_peak_mib
 
 
-def training_seconds(records: Iterable[Record]) -> float:
-    """Wall seconds of the distinct runs among ``records`` (a run written twice counts once, and so does
-    the seed-0 model a search trained and the report then evaluated)."""
-    first: dict[tuple, float] = {}
+def training_seconds(records: Iterable[Record], kind: str = "wall") -> float | None:
+    """``kind`` ("wall" or "cpu") seconds of the distinct runs among ``records`` (a run written twice
+    counts once, and so does the seed-0 model a search trained and the report then evaluated); None
+    when a run lacks them (lines written before CPU seconds were recorded)."""
+    first: dict[tuple, float | None] = {}
     for r in records:
         if "wall_seconds" not in r:  # a cell the planner refused: nothing trained
             continue
-        first.setdefault((cell_key(r), r["lr"], r["seed"]), r["wall_seconds"])
-    return sum(first.values())
+        first.setdefault((cell_key(r), r["lr"], r["seed"]), r.get(f"{kind}_seconds"))
+    return None if None in first.values() else sum(first.values())
