@@ -34,7 +34,8 @@ HERE = Path(__file__).parent
 RECIPES = ["e2e", "linear", "dgl", "infopro", "auglocal", "man", "hpff", "mlaan", "glcan", "infopro_supcon"]
 CONTROLS = ["linear"]  # the recipes run with their controls too
 PROTOCOL = ["--recipes", *RECIPES, "--blocks", "2", "4", "8", "16", "--data", "cluttered", "--seeds", "5",
-            "--lr-at", "4", "--lr-decay", "0.5", "--controls", *CONTROLS, "--validation", "0.1"]
+            "--lr-at", "4", "--lr-decay", "0.5", "--controls", *CONTROLS, "--validation", "0.1",
+            "--channels-last"]
 # On token outputs DGL and InfoPro build linear's head (LayerNorm → Linear per token; InfoPro's decoder
 # reconstructs images only), so their runs repeat linear's; SupCon contrasts classes and refuses tokens.
 CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "dgl", "infopro", "infopro_supcon")),

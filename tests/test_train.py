@@ -115,3 +115,36 @@ def test_a_last_batch_is_left_out_when_one_of_its_parts_would_hold_one_sample():
     assert [len(b) for b in epoch_order(config, 0, 23, pieces=4)] == [8, 8]
     assert [len(b) for b in epoch_order(config, 0, 24, pieces=4)] == [8, 8, 8]
     assert [len(b) for b in epoch_order(config, 0, 23)] == [8, 8, 7]
+
+
+def test_channels_last_trains_the_same_model_in_nhwc_and_resumes_either_way(tmp_path):
+    """--channels-last feeds the convolutions NHWC batches and weights; it trains the same model as
+    the default format up to floating-point rounding (other kernels, so not bit for bit), the
+    checkpoint records the choice, and a run resumes in either format. A pipeline refuses it."""
+    from splitfx.base.errors import DistributedError
+    from splitfx.programs.distributed import train_distributed
+
+    quiet = dict(progress=False, log=lambda _: None)
+    plain = train(TrainConfig(epochs=1, **FAST), **quiet)
+    seen = []
+
+    def record(module, args):  # the placed model's training convolutions (planning probes the model as
+        # given; a contiguous 1×1 kernel is channels-last too, so those say nothing)
+        if isinstance(module, torch.nn.Conv2d) and module.training and module.kernel_size != (1, 1) and \
+                module.weight.is_contiguous(memory_format=torch.channels_last):
+            seen.append(args[0].is_contiguous(memory_format=torch.channels_last) or args[0].shape[-2:] == (1, 1))
+
+    out = str(tmp_path / "nhwc")
+    with torch.nn.modules.module.register_module_forward_pre_hook(record):
+        nhwc = train(TrainConfig(epochs=1, channels_last=True, **FAST), out=out, **quiet)
+    assert len(seen) > 3 * 17 and all(seen)  # 3 steps, 17 3×3 or 7×7 convolutions each
+    assert nhwc.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.history[0].block_losses != nhwc.history[0].block_losses
+    assert torch.allclose(torch.tensor(plain.history[0].block_losses), torch.tensor(nhwc.history[0].block_losses),
+                          rtol=1e-4)
+    assert _state(os.path.join(out, "checkpoint.pt"))["config"]["channels_last"] is True
+    resumed = train(TrainConfig(epochs=2, **FAST), out=out, resume=os.path.join(out, "checkpoint.pt"), **quiet)
+    assert len(resumed.history) == 2
+    assert not resumed.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(DistributedError, match="--channels-last"):
+        train_distributed(TrainConfig(epochs=1, channels_last=True, **FAST), 2)

@@ -15,9 +15,9 @@ from ..recipes.registry import recipe_class
 from .options import UsageError
 
 # TrainConfig fields the command line sets, when given (None: not given).
-GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "lr", "lr_decay", "seed",
-         "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking", "method", "detach",
-         "replace")
+GIVEN = ("model", "blocks", "recipe", "epochs", "batch", "data", "device", "amp", "channels_last", "lr",
+         "lr_decay", "seed", "validation", "max_batches", "max_cut_tensors", "cuts", "task", "teacher", "spiking",
+         "method", "detach", "replace")
 
 
 def recipe_from(args: argparse.Namespace):

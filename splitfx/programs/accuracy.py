@@ -51,8 +51,10 @@ def choose_lr(curves: dict[float, Sequence[float]]) -> float:
 
 def protocol(base: TrainConfig, lrs: Sequence[float], seeds: int, widen: int = WIDEN,
              lr_at: int | None = None) -> dict[str, Any]:
-    """The settings every run of one table shares, recorded with each run."""
-    return {**{k: getattr(base, k) for k in PROTOCOL}, "lrs": list(lrs), "widen": widen, "lr_at": lr_at,
+    """The settings every run of one table shares, recorded with each run (``channels_last`` only when
+    set, so tables made before it existed still match)."""
+    return {**{k: getattr(base, k) for k in PROTOCOL}, **({"channels_last": True} if base.channels_last else {}),
+            "lrs": list(lrs), "widen": widen, "lr_at": lr_at,
             "seeds": seeds, "splitfx": __version__}
 
 

@@ -83,7 +83,8 @@ def _caption(reported: list[Record], code: str, records: list[Record]) -> str:
             + (f", extended by up to {widen} rate(s) past an edge while the best rate lies there" if widen else "")
             + f", the best final validation accuracy wins. Data {p['data']} at {p['input_size']}², "
             f"{p['epochs']} epochs, "
-            f"batch {p['batch']}, AdamW with weight decay {p['weight_decay']:g}, learning rate ×{p['lr_decay']:g} "
+            f"batch {p['batch']}{', channels-last' if p.get('channels_last') else ''}, AdamW with weight decay "
+            f"{p['weight_decay']:g}, learning rate ×{p['lr_decay']:g} "
             "per epoch; the same protocol for E2E and every recipe. Intervals are 95 % t-intervals over seeds; "
             "differences to E2E are paired by seed (a seed gives every recipe the same initial weights and data "
             f"order).\n\nCode {code[:12]} (digest of the splitfx sources), commit(s) {', '.join(distinct('commit'))}; "

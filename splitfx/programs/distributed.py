@@ -147,7 +147,7 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     one_process = {"--no-detach": not config.detach, f"--method {config.method}": config.method != "memory",
-                   "--replace": config.replace is not None}
+                   "--replace": config.replace is not None, "--channels-last": config.channels_last}
     single = [flag for flag, given in one_process.items() if given]
     if single:
         raise DistributedError(f"{', '.join(single)} (here or in the resumed checkpoint): a pipeline trains detached "

@@ -35,6 +35,13 @@ def batch(dataset: torch.utils.data.Dataset, idx: torch.Tensor) -> tuple[torch.T
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
+def on_device(config: TrainConfig, obj: torch.Tensor | nn.Module) -> torch.Tensor | nn.Module:
+    """A batch's tensor, or the run's module, on the run's device in the run's memory format: under
+    ``--channels-last`` 4-D tensors (a module's 4-D weights) channels-last, else as they are."""
+    last = config.channels_last and (isinstance(obj, nn.Module) or obj.dim() == 4)
+    return obj.to(config.device, memory_format=torch.channels_last if last else torch.preserve_format)
+
+
 def amp_dtype(config: TrainConfig) -> torch.dtype | None:
     """The autocast dtype of ``--amp``: float16 on CUDA (with a loss scaler), bfloat16 elsewhere."""
     if not config.amp:

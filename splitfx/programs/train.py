@@ -30,7 +30,7 @@ from . import data as datasets
 from . import regression
 from .checkpoint import Checkpoint, malformed
 from .config import TrainConfig, check_resume, resolve_device, with_cuts_of
-from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, start, student_model
+from .epochs import amp_dtype, batch, build_model, epoch_order, make_optimizer, on_device, start, student_model
 from .measure import e2e_saved_bytes
 from .regression import Errors
 from .run_folder import CHECKPOINT, write_metrics
@@ -201,12 +201,12 @@ def train(
     begin = start(config)
     train_set, num_classes = begin.splits.train, begin.splits.num_classes
     monitor, monitored = begin.splits.monitored
-    sm = convert_for(config, begin.model, begin.example, run_recipe(config, num_classes)).to(config.device)
+    sm = on_device(config, convert_for(config, begin.model, begin.example, run_recipe(config, num_classes)))
     if begin.splits.target is not None and sm.recipe.traits.infers:  # ffr: its heads' target range
         sm.recipe.fit_targets(sm.heads, batch(train_set, torch.arange(len(train_set)))[1].to(config.device))
     run = make_optimizer(config, list(sm.parameters()))
     opt, sched, scaler, amp = run.optimizer, run.scheduler, run.scaler, amp_dtype(config)
-    e2e = e2e_saved_bytes(sm.model, begin.example.to(config.device), begin.labels, sm.loss_fn, amp)
+    e2e = e2e_saved_bytes(sm.model, on_device(config, begin.example), begin.labels, sm.loss_fn, amp)
     result = TrainResult(config, sm.num_blocks, e2e, [], sm.plan.e2e_saved_bytes, sm, begin.example)
     start_epoch = 0
     if state is not None:
@@ -230,7 +230,7 @@ def train(
         step_peak = None
         with SavedTensorMeter(exclude) as meter:
             for i, idx in enumerate(bar):
-                x, y = (t.to(config.device) for t in batch(train_set, idx))
+                x, y = (on_device(config, t) for t in batch(train_set, idx))
                 # The whole step's bytes, once, on a warm step (the optimizer's state exists): saved
                 # activations are what local learning shrinks, this is what the device must hold.
                 counted = epoch == 0 and i == min(1, len(batches) - 1)
@@ -280,7 +280,6 @@ def load_checkpoint_model(path: str) -> tuple[nn.Module, TrainConfig]:
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit {config.model!r} ({first_line(err, 160)})") from err
     return model.eval(), config
-
 
 
 def load_teacher(path: str, config: TrainConfig, num_classes: int) -> nn.Module:
