@@ -24,6 +24,16 @@ def test_the_same_seed_renders_the_same_images(splits):
     assert len(splits[0]) == cl.SIZES["train"] and len(splits[1]) == cl.SIZES["test"] and splits[2] == 10
 
 
+def test_an_image_read_again_is_the_one_rendered_and_writing_to_it_changes_nothing():
+    """Images are kept once rendered: a second read equals a fresh render, whatever the reader did to
+    the first."""
+    kept, fresh = cl.cluttered(32, channels=1)[0], cl.cluttered(32, channels=1)[0]
+    first = kept[5][0]
+    first.zero_()
+    assert kept.rendered[5] is not None and torch.equal(kept[5][0], fresh[5][0])
+    assert not torch.equal(kept[5][0], first)
+
+
 def test_train_and_test_are_drawn_from_disjoint_source_digits(splits):
     train, test, _ = splits
     seen = {bytes(s.numpy().tobytes()) for s in train.sources}
