@@ -124,6 +124,8 @@ def test_cli_refuses_to_mix_tables_and_reports_from_the_file(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["resnet18-accuracy-memory.png"]
     assert main([*args[:7], "2", *args[8:], "--report"]) == 2
     assert '"epochs": 1' in capsys.readouterr().err
+    assert main([*args, "--report", "--channels-last"]) == 2  # a key the file's lines lack is named too
+    assert '"channels_last": null' in capsys.readouterr().err
 
 
 def test_the_same_seed_gives_every_cell_the_same_weights_and_data_order():

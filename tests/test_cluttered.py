@@ -32,6 +32,7 @@ def test_an_image_read_again_is_the_one_rendered_and_writing_to_it_changes_nothi
     first.zero_()
     assert kept.rendered[5] is not None and torch.equal(kept[5][0], fresh[5][0])
     assert not torch.equal(kept[5][0], first)
+    assert cl.cluttered(96, channels=1)[0].rendered is None  # beyond the canvas: rendered at every read
 
 
 def test_train_and_test_are_drawn_from_disjoint_source_digits(splits):

@@ -139,12 +139,35 @@ def test_channels_last_trains_the_same_model_in_nhwc_and_resumes_either_way(tmp_
         nhwc = train(TrainConfig(epochs=1, channels_last=True, **FAST), out=out, **quiet)
     assert len(seen) > 3 * 17 and all(seen)  # 3 steps, 17 3×3 or 7×7 convolutions each
     assert nhwc.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert plain.history[0].block_losses != nhwc.history[0].block_losses
     assert torch.allclose(torch.tensor(plain.history[0].block_losses), torch.tensor(nhwc.history[0].block_losses),
                           rtol=1e-4)
     assert _state(os.path.join(out, "checkpoint.pt"))["config"]["channels_last"] is True
     resumed = train(TrainConfig(epochs=2, **FAST), out=out, resume=os.path.join(out, "checkpoint.pt"), **quiet)
-    assert len(resumed.history) == 2
+    assert resumed.history[0] == nhwc.history[0] and len(resumed.history) == 2
     assert not resumed.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    with pytest.raises(DistributedError, match="--channels-last"):
+    other = str(tmp_path / "nchw")
+    train(TrainConfig(epochs=1, **FAST), out=other, **quiet)
+    into = train(TrainConfig(epochs=2, channels_last=True, **FAST), out=other,
+                 resume=os.path.join(other, "checkpoint.pt"), **quiet)
+    assert into.module.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(DistributedError, match="--no-channels-last"):
         train_distributed(TrainConfig(epochs=1, channels_last=True, **FAST), 2)
+
+
+def test_channels_last_leaves_what_is_not_4d_and_resuming_can_turn_it_off():
+    """torch's channels-last is for 4-D tensors: a module's 5-D weights stay as they are (Module.to
+    would raise); --no-channels-last resumes a channels-last checkpoint in the default format."""
+    from splitfx.cli.parser import build_parser
+    from splitfx.cli.preflight import train_config
+    from splitfx.programs.epochs import on_device
+
+    mixed = torch.nn.Sequential(torch.nn.Conv3d(2, 3, 3), torch.nn.Conv2d(3, 4, 3))
+    on_device(TrainConfig(channels_last=True), mixed)
+    assert mixed[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not mixed[1].weight.is_contiguous() and mixed[0].weight.is_contiguous()
+    assert on_device(TrainConfig(channels_last=True), torch.zeros(2, 3, 4, 5, 6)).is_contiguous()
+    saved = TrainConfig(channels_last=True, amp=True)
+    parse = build_parser().parse_args
+    assert train_config(parse(["train"]), saved).channels_last is True
+    off = train_config(parse(["train", "--no-channels-last", "--no-amp"]), saved)
+    assert off.channels_last is False and off.amp is False

@@ -231,7 +231,8 @@ def accuracy(args: argparse.Namespace) -> int:
     if args.report:
         reported = [r for r in mine if r["phase"] == "test"]
         if not reported:
-            others = {json.dumps({k: v for k, v in r.get("protocol", {}).items() if table.get(k) != v}, sort_keys=True)
+            others = {json.dumps({k: r.get("protocol", {}).get(k) for k in {*table, *r.get("protocol", {})}
+                                  if table.get(k) != r.get("protocol", {}).get(k)}, sort_keys=True)
                       for r in read_records(args.results)}
             raise UsageError(f"--report: {args.results} has no reported run made with these options"
                              + (f"; its runs differ in {'; '.join(sorted(others))}" if others else ""))

@@ -41,12 +41,12 @@ def add_training(p: argparse.ArgumentParser) -> None:
     add_input_size(p, f"{c.input_size}: digits are upsampled to 3×{c.input_size}×{c.input_size}; regression data: "
                       "the number of features")
     add_device(p)
-    p.add_argument("--amp", action="store_true", default=None,
-                   help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU")
-    p.add_argument("--channels-last", action="store_true", default=None,
-                   help="train images in the channels-last (NHWC) memory format: the same computation, faster "
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast: float16 + GradScaler on CUDA, bfloat16 on CPU (--no-amp: resume without it)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on images in the channels-last (NHWC) memory format: the same computation, faster "
                         "where the convolutions prefer it (oneDNN on CPU, tensor cores on CUDA); results differ by "
-                        "floating-point rounding only")
+                        "floating-point rounding only (--no-channels-last: resume without it)")
     p.add_argument("--lr", type=positive_float,
                    help=f"AdamW learning rate, ×{c.lr_decay} after every epoch (default {c.lr})")
     p.add_argument("--lr-decay", type=unit_fraction, metavar="FACTOR",

@@ -10,9 +10,10 @@ image shares a source with a training one. 20,000 training and 10,000 test image
 of one accuracy near 90 % is about ±0.6 points.
 
 Everything is drawn from one seed, per split, when the dataset is built (which source, scale and
-place for every piece), and each image is rendered when it is first read (and kept), so the data needs
-no download and no disk, and is the same on every machine. Pixels are scaled to [0, 1], standardised
-with fixed constants, resized to the model's input size when it is not 64, and repeated to 3 channels.
+place for every piece), and each image is rendered when it is first read (and kept, at sizes up to the
+canvas), so the data needs no download and no disk, and is the same on every machine. Pixels are
+scaled to [0, 1], standardised with fixed constants, resized to the model's input size when it is not
+64, and repeated to 3 channels.
 """
 from __future__ import annotations
 
@@ -44,9 +45,10 @@ class Cluttered(Dataset):
         self.crop = rng.random((count, pieces, 2))  # where a clutter piece is cut from its digit
         self.targets = labels[self.which[:, 0]].tolist()
         self.size, self.channels = size, channels
-        # Each image as first rendered at ``size``, one channel: rendering costs about 7 % of a training
-        # step, and a run reads every image once per epoch (20,000 × 32² floats: 82 MB).
-        self.rendered: list[torch.Tensor | None] = [None] * count
+        # Each image as first rendered at ``size``, one channel, when that is at most the canvas:
+        # rendering costs about 7 % of a training step at 32², and a run reads every image once per
+        # epoch (20,000 × 32² floats: 82 MB; at 64², 328 MB). Larger sizes render at every read.
+        self.rendered: list[torch.Tensor | None] | None = [None] * count if size <= CANVAS else None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -68,12 +70,13 @@ class Cluttered(Dataset):
         return canvas.clamp_(0, 1)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.rendered[i]
+        x = self.rendered[i] if self.rendered is not None else None
         if x is None:
             x = (self.render(i)[None] - MEAN) / STD
             if self.size != CANVAS:
                 x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
-            self.rendered[i] = x
+            if self.rendered is not None:
+                self.rendered[i] = x
         return x.repeat(self.channels, 1, 1), self.targets[i]  # a copy: the caller may write to it
 
 

@@ -38,8 +38,9 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = False
     # Images in the channels-last memory format (``--channels-last``): the model's 4-D weights and every
-    # batch. The same computation, faster where the convolution kernels prefer NHWC (oneDNN on CPU,
-    # tensor cores on CUDA); results differ from the default format's by floating-point rounding only.
+    # training batch (evaluation batches are converted by the first convolution). The same computation,
+    # faster where the convolution kernels prefer NHWC (oneDNN on CPU, tensor cores on CUDA); results
+    # differ from the default format's by floating-point rounding only.
     channels_last: bool = False
     lr: float = 2e-3
     lr_decay: float = 0.8  # per epoch; independent of ``epochs`` so a resumed run equals a straight one

@@ -147,12 +147,16 @@ def train_distributed(config: TrainConfig, stages: int, out: str | None = None, 
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     one_process = {"--no-detach": not config.detach, f"--method {config.method}": config.method != "memory",
-                   "--replace": config.replace is not None, "--channels-last": config.channels_last}
+                   "--replace": config.replace is not None}
     single = [flag for flag, given in one_process.items() if given]
     if single:
         raise DistributedError(f"{', '.join(single)} (here or in the resumed checkpoint): a pipeline trains detached "
                                "blocks whose cuts it places by time on the plain model; train this run in one process, "
                                "without --stages")
+    if config.channels_last:
+        raise DistributedError("--channels-last (here or in the resumed checkpoint): a pipeline hands its blocks' "
+                               "tensors between ranks in the default memory format; drop it (--no-channels-last "
+                               "when resuming) or train in one process, without --stages")
     if stages > config.blocks:
         raise DistributedError(f"--stages {stages} is more than --blocks {config.blocks}: every stage trains at "
                                "least one block")

@@ -36,10 +36,18 @@ def batch(dataset: torch.utils.data.Dataset, idx: torch.Tensor) -> tuple[torch.T
 
 
 def on_device(config: TrainConfig, obj: torch.Tensor | nn.Module) -> torch.Tensor | nn.Module:
-    """A batch's tensor, or the run's module, on the run's device in the run's memory format: under
-    ``--channels-last`` 4-D tensors (a module's 4-D weights) channels-last, else as they are."""
-    last = config.channels_last and (isinstance(obj, nn.Module) or obj.dim() == 4)
-    return obj.to(config.device, memory_format=torch.channels_last if last else torch.preserve_format)
+    """A training batch's tensor, or the run's module, on the run's device in the run's memory format:
+    under ``--channels-last`` 4-D tensors (a module's 4-D parameters and buffers) channels-last; the
+    rest as they are (5-D ones too: torch's channels-last is for 4-D tensors)."""
+    if isinstance(obj, torch.Tensor):
+        last = config.channels_last and obj.dim() == 4
+        return obj.to(config.device, memory_format=torch.channels_last if last else torch.preserve_format)
+    obj = obj.to(config.device)
+    if config.channels_last:
+        for t in (*obj.parameters(), *obj.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return obj
 
 
 def amp_dtype(config: TrainConfig) -> torch.dtype | None:
