@@ -13,6 +13,7 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
     python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
     python docs/accuracy_tables.py --run NAME I/N --recipes e2e dgl --blocks 4 8   # a slice of it first
     python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two processes at a time
+    python docs/accuracy_tables.py --queue --slots 1   # one at a time (beside another long job)
 
 A slice is the same table (the same protocol, the same results file): the full run later skips its cells.
 
@@ -142,7 +143,10 @@ def splice(text: str, marker: str) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--queue"]:
-        return run_queue()
+        if argv[1:] and (argv[1] != "--slots" or len(argv) != 3 or not argv[2].isdigit() or int(argv[2]) < 1):
+            raise SystemExit("usage: python docs/accuracy_tables.py --queue [--slots N] (N processes at a time, "
+                             "default 2)")
+        return run_queue(int(argv[2]) if argv[1:] else 2)
     if argv[:2] == ["--run", "chars"]:
         return subprocess.call([sys.executable, "-m", "splitfx", "tasks", *CHARS], cwd=HERE)
     if argv[:1] == ["--run"]:
