@@ -171,3 +171,13 @@ def test_channels_last_leaves_what_is_not_4d_and_resuming_can_turn_it_off():
     assert train_config(parse(["train"]), saved).channels_last is True
     off = train_config(parse(["train", "--no-channels-last", "--no-amp"]), saved)
     assert off.channels_last is False and off.amp is False
+
+
+def test_the_summary_says_whether_local_training_kept_less_more_or_the_same_memory():
+    from splitfx.programs.train import EpochResult, TrainResult
+
+    def said(local: int, e2e: int) -> str:
+        epoch = EpochResult(1, 0.5, [0.5], 0.9, 1.0, local)
+        return TrainResult(TrainConfig(), 4, e2e, [epoch]).summary()
+
+    assert "(less memory)" in said(1, 2) and "(MORE memory)" in said(3, 2) and "(the same memory)" in said(2, 2)

@@ -101,8 +101,9 @@ class TrainResult:
         local, e2e = self.peak_saved_bytes, self.e2e_saved_bytes
         return (f"peak saved activations, measured with the same meter on the same batch: local "
                 f"{local / 2**20:.1f} MiB (K={self.trained_blocks}, {self.config.recipe}) vs E2E "
-                f"{e2e / 2**20:.1f} MiB: {local / max(e2e, 1):.2f}× ({'less' if local < e2e else 'MORE'} "
-                f"memory); {self.monitored} {self._final()}")
+                f"{e2e / 2**20:.1f} MiB: {local / max(e2e, 1):.2f}× "
+                f"({'less' if local < e2e else 'MORE' if local > e2e else 'the same'} memory); {self.monitored} "
+                f"{self._final()}")
 
     def _final(self) -> str:
         last = self.history[-1]
