@@ -103,3 +103,31 @@ def test_a_meter_around_several_steps_holds_nothing_between_them(recipe):
             peaks.append(meter.peak)
             meter.mark()
     assert peaks[0] > 0 and len(set(peaks[1:])) == 1
+
+
+def test_excluded_state_stays_alive_while_its_keys_do():
+    """Keys are storage addresses: a buffer a module replaces in its forward (snntorch's neurons do,
+    with their membrane) must not be freed while the meter compares against its key, or a tensor
+    saved later may take its address and go uncounted (seen as a flaky undercount of a spiking
+    student's block in the tandem tests)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    class Swapping(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("state", torch.zeros(16, 16))
+            self.lin = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            self.state = torch.zeros(16, 16)
+            return torch.relu(self.lin(x))
+
+    m = Swapping()
+    old = StorageWeakRef(m.state.untyped_storage())
+    keys = state_keys([m])
+    with SavedTensorMeter(keys) as meter:
+        m(torch.randn(16, 16)).sum().backward()
+    assert not old.expired() and meter.peak == 2 * 16 * 16 * 4  # the input and the ReLU's output
+    del keys, meter
+    gc.collect()
+    assert old.expired()

@@ -23,12 +23,34 @@ def storage_bytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
-def state_keys(modules: Iterable[torch.nn.Module]) -> set[int]:
-    """Storage keys of every parameter and buffer of ``modules``."""
-    keys = set()
+class StorageKeys(set):
+    """Storage keys (:func:`storage_key`) that keep their storages alive. A key is a storage's
+    address: a storage freed while a meter runs (a buffer a module replaces in its forward, as
+    snntorch's neurons do with their membrane) would hand its address to a later saved tensor,
+    which would then be excluded as state, an undercount that depends on the allocator's history."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[torch.UntypedStorage] = []
+
+    def hold(self, t: torch.Tensor) -> None:
+        """Exclude ``t``'s storage, and keep it (so its address) for as long as these keys live."""
+        storage = t.untyped_storage()
+        self.held.append(storage)
+        self.add(StorageWeakRef(storage).cdata)
+
+    def update(self, *others: Iterable[int]) -> None:
+        for other in others:
+            self.held.extend(getattr(other, "held", ()))
+        super().update(*others)
+
+
+def state_keys(modules: Iterable[torch.nn.Module]) -> StorageKeys:
+    """Storage keys of every parameter and buffer of ``modules`` (held: see :class:`StorageKeys`)."""
+    keys = StorageKeys()
     for module in modules:
         for t in (*module.parameters(), *module.buffers()):
-            keys.add(storage_key(t))
+            keys.hold(t)
     return keys
 
 

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..base.memory import weight_bytes
-from ..base.meter import SavedTensorMeter, state_keys, storage_key
+from ..base.meter import SavedTensorMeter, StorageKeys, state_keys
 from ..base.tensors import node_parameters
 from .node_cost import NodeCost, cost_graph
 from .replay import draws_random
@@ -90,7 +90,7 @@ class Probe:
     graph: nx.DiGraph
     fake_mode: FakeTensorMode
     values: dict[str, Any]
-    exclude: set[int]
+    exclude: StorageKeys
     outputs: Any = None
     _fakes: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _keep: list = field(default_factory=list)
@@ -129,7 +129,7 @@ class Probe:
     def state(self, t: torch.Tensor) -> torch.Tensor:
         """The fake twin of a parameter or buffer: never counted as activation memory."""
         fake = self.fake(t)
-        self.exclude.add(storage_key(fake))
+        self.exclude.hold(fake)
         return fake
 
     def module_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -190,7 +190,7 @@ def _tensor_bytes(value: Any) -> int:
 def probe(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Probe:
     """Run ``gm`` once on fake copies of ``example_inputs`` and build its cost graph."""
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    result = Probe(nx.DiGraph(), fake_mode, {}, set())
+    result = Probe(nx.DiGraph(), fake_mode, {}, StorageKeys())
     model = gm.get_submodule("model")
     for t in (*model.parameters(), *model.buffers()):
         result.state(t)
@@ -250,7 +250,7 @@ def _batch_marks(gm: fx.GraphModule, costs: dict[str, NodeCost],
     grown = [  # the first sample expanded: nothing allocated (Probe.fake makes the fake twin whole)
         x[:1].expand(batch + 1, *x.shape[1:]) if x.dim() and x.shape[0] == batch else x for x in example_inputs
     ]
-    shadow = Probe(nx.DiGraph(), FakeTensorMode(allow_non_fake_inputs=True), {}, set())
+    shadow = Probe(nx.DiGraph(), FakeTensorMode(allow_non_fake_inputs=True), {}, StorageKeys())
     interp = _ProbeInterpreter(gm, shadow)
     interp.args_iter = iter(shadow.fake(x) for x in grown)
     try:
