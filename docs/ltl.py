@@ -28,6 +28,8 @@ import json
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -104,31 +106,33 @@ def _splits(args: argparse.Namespace, rows: dict[str, dict], chosen: dict[int, f
         runs = [f"teacher_split/{split}", *(f"spiking_split/K{k}/{split}" for k in args.spiking_blocks)]
         if all(run in rows for run in runs):
             continue
-        teacher = _teacher(runs[0], TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
-                                                input_size=args.input_size, data=data, seed=split), rows)
-        for k, run in zip(args.spiking_blocks, runs[1:], strict=True):
-            if run in rows:
-                continue
-            student = TrainConfig(model="resnet18", blocks=k, recipe="tandem", input_size=args.input_size,
-                                  teacher=teacher, epochs=args.spiking_epochs, seed=split,
-                                  spiking=args.steps, lr=chosen[k], data=data)
-            result = train(student, log=lambda _: None, progress=False)
-            rows[run] = _record(run, student, result.final_accuracy, sum(h.seconds for h in result.history))
+        with _teacher(runs[0], TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                                           input_size=args.input_size, data=data, seed=split), rows) as teacher:
+            for k, run in zip(args.spiking_blocks, runs[1:], strict=True):
+                if run in rows:
+                    continue
+                student = TrainConfig(model="resnet18", blocks=k, recipe="tandem", input_size=args.input_size,
+                                      teacher=teacher, epochs=args.spiking_epochs, seed=split,
+                                      spiking=args.steps, lr=chosen[k], data=data)
+                result = train(student, log=lambda _: None, progress=False)
+                rows[run] = _record(run, student, result.final_accuracy, sum(h.seconds for h in result.history))
 
 
-def _teacher(run: str, config: TrainConfig, rows: dict[str, dict]) -> str:
-    """Train the teacher of row ``run`` (checkpoints are not kept) and return its checkpoint's path. A
-    teacher that has a row must score what the row says: the students paired with that row learned
-    from it, so a teacher that no longer reproduces is refused rather than paired with them."""
-    folder = Path(tempfile.mkdtemp(prefix="ltl-teacher-"))
-    result = train(config, out=str(folder), log=lambda _: None, progress=False)
-    if run not in rows:
-        rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
-    elif result.final_accuracy != rows[run]["accuracy"]:
-        raise SystemExit(f"{ROWS}: row {run!r} says the teacher scored {100 * rows[run]['accuracy']:.2f} %, "
-                         f"retrained now (commit {provenance()['commit']}) it scores {100 * result.final_accuracy:.2f} "
-                         "%: the students of its rows learned from another teacher. Move the rows aside and rerun.")
-    return str(folder / "checkpoint.pt")
+@contextmanager
+def _teacher(run: str, config: TrainConfig, rows: dict[str, dict]) -> Iterator[str]:
+    """Train the teacher of row ``run`` and yield its checkpoint's path; the checkpoint is deleted on
+    leaving. A teacher that has a row must score what the row says: the students paired with that row
+    learned from it, so a teacher that no longer reproduces is refused rather than paired with them."""
+    with tempfile.TemporaryDirectory(prefix="ltl-teacher-") as folder:
+        result = train(config, out=folder, log=lambda _: None, progress=False)
+        if run not in rows:
+            rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
+        elif result.final_accuracy != rows[run]["accuracy"]:
+            raise SystemExit(f"{ROWS}: row {run!r} says the teacher scored {100 * rows[run]['accuracy']:.2f} %, "
+                             f"retrained now (commit {provenance()['commit']}) it scores "
+                             f"{100 * result.final_accuracy:.2f} %: the students of its rows learned from another "
+                             "teacher. Move the rows aside and rerun.")
+        yield str(Path(folder) / "checkpoint.pt")
 
 
 def _done() -> dict[str, dict]:
@@ -222,15 +226,17 @@ def _train(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     for k in args.spiking_blocks:
         wanted += [f"spiking_search/K{k}/{lr:g}" for lr in args.spiking_lrs]
         wanted += [f"spiking_val/K{k}/{seed}" for seed in range(args.seeds)]
-    teacher = ""  # the main teacher is trained only when a row that reads it is missing
-    if any(run not in rows for run in wanted):
-        teacher = _teacher("teacher", TrainConfig(model="resnet18", recipe="e2e", blocks=1,
-                                                  epochs=args.teacher_epochs, input_size=args.input_size), rows)
-    for run, config in _runs(args, teacher).items():
-        if run not in rows:
-            result = train(config, log=lambda _: None, progress=False)
-            rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
-    chosen = {k: _picked(args, teacher, rows, k) for k in args.spiking_blocks}
+    with ExitStack() as stack:
+        teacher = ""  # the main teacher is trained only when a row that reads it is missing
+        if any(run not in rows for run in wanted):
+            config = TrainConfig(model="resnet18", recipe="e2e", blocks=1, epochs=args.teacher_epochs,
+                                 input_size=args.input_size)
+            teacher = stack.enter_context(_teacher("teacher", config, rows))
+        for run, config in _runs(args, teacher).items():
+            if run not in rows:
+                result = train(config, log=lambda _: None, progress=False)
+                rows[run] = _record(run, config, result.final_accuracy, sum(h.seconds for h in result.history))
+        chosen = {k: _picked(args, teacher, rows, k) for k in args.spiking_blocks}
     _splits(args, rows, chosen)
 
 
