@@ -157,7 +157,8 @@ def test_header_round_trip():
 
 def test_torchrun_command_line(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's agent leaves a log folder in the temporary directory after every launch.
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                "splitfx", "train", "resnet18", "--stages", "2", "--blocks", "3", "--epochs", "1", "--batch", "64",
                "--input-size", "16", "--max-batches", "2", "--out", str(out), "--timeout", "60"]
