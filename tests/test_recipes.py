@@ -74,7 +74,7 @@ def test_unknown_recipe_lists_the_choices():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_stepping_each_block_after_its_backward_gives_the_same_weights(recipe):
     """Stepping as soon as gradients are final (one block's alive at a time; for the cascade recipes
-    only at the end, as loss k also trains block k−1) equals one step at the end, bit for bit,
+    only at the end, as loss k also trains block k+1) equals one step at the end, bit for bit,
     optimizer state included."""
     import copy
 

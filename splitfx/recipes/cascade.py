@@ -1,4 +1,4 @@
-"""The loop of the recipes with a cascade path (``hpff``, ``mlaan``): loss k also trains block k−1.
+"""The loop of the recipes with a cascade path (``hpff``, ``mlaan``): a loss trains two neighbouring blocks.
 
 As published (HPFF and MLAAN share InfoPro's code base), block k ≥ 1 is trained by
 ``wx·I_k + wy·C_k``: ``I_k`` the independent loss on ``B_k(x_k)`` (its input detached) and ``C_k``

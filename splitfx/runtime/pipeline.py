@@ -7,7 +7,7 @@ backward, and steps its own optimizer: the next rank already works on step t whi
 it and starts t+1. The weights equal those of one process running ``train_step`` over the same
 batches, bit for bit on CPU, for every recipe whose loss k trains block k alone with the default loop.
 
-Cascade recipes (loss k also trains block k−1: ``hpff``, ``mlaan``) would need a gradient sent back
+Cascade recipes (a loss trains two neighbouring blocks: ``hpff``, ``mlaan``) would need a gradient sent back
 at every stage boundary, and EMA copies of a later block's layer (``man``, ``mlaan``) would need that
 layer's weights sent back after every step; both are refused for pipelines. They run with data
 parallelism (one stage), where every rank holds every block.
@@ -36,10 +36,10 @@ def refusal(sm: SplitModule, ranges: Sequence[tuple[int, int]]) -> str | None:
     if len(ranges) == 1:
         return None
     if recipe.traits.cascade:
-        return (f"recipe {recipe.name!r} is a cascade: loss k also trains block k−1, so every stage boundary would "
-                "need a gradient sent back to the previous rank, which the pipeline never does. Train it with data "
-                "parallelism (--stages 1: every rank holds every block), or pipeline a recipe whose loss k trains "
-                "block k alone (linear, dgl, infopro, auglocal)")
+        return (f"recipe {recipe.name!r} is a cascade: a loss trains two neighbouring blocks, so every stage "
+                "boundary would need a gradient sent back to the previous rank, which the pipeline never does. Train "
+                "it with data parallelism (--stages 1: every rank holds every block), or pipeline a recipe whose loss "
+                "k trains block k alone (linear, dgl, infopro, auglocal)")
     if any(tuple(recipe.reaches(k, sm.num_blocks)) != (k,) for k in range(sm.num_blocks)):
         return (f"recipe {recipe.name!r}: some loss trains more than its own block, which would need a gradient "
                 "sent between ranks; train it with data parallelism (--stages 1)")

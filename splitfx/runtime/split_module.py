@@ -131,7 +131,7 @@ class SplitModule(nn.Module):
         outside it, as autocast recommends); pair float16 with a ``GradScaler``. ``step_each_block``
         steps ``optimizer`` as soon as the gradients so far are final (no later loss trains those
         parameters: after every block, except for ``hpff`` and ``mlaan``, whose loss k also trains
-        block k−1) and frees them, so one block's gradients exist at a time instead of the whole
+        block k+1) and frees them, so one block's gradients exist at a time instead of the whole
         model's. The weights come out the same, for an optimizer that skips parameters without a
         gradient (every ``torch.optim`` one does). Not with a ``scaler``, whose inf check and scale
         update cover one whole step. ``after_loss(k)`` is called after loss k's backward (and its
