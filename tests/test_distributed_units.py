@@ -1,6 +1,7 @@
 """What needs no second process: refusals before training, a rank's share of the tensors, stage
 balance, the message header; and one ``torchrun`` launch of the command line."""
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -166,3 +167,34 @@ def test_torchrun_command_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "expected bubble" in done.stdout and "epoch 1/1" in done.stdout
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png", "tensorboard"]
+
+
+def test_torchrun_pipeline_bench_records_each_ranks_share_with_its_provenance(tmp_path):
+    """``bench --stages 2 --json``: the file says where it came from, the stages cover the blocks, and
+    the pipeline's ranks hold between them exactly one process's parameters and AdamW state."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "splitfx", "bench", "resnet18", "--stages", "2", "--blocks", "4", "--input-size", "16", "--batch", "8",
+               "--steps", "1", "--warmup", "1", "--json", str(out), "--timeout", "60"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {"commit", "command", "machine", "code", "torch"} <= result.keys() and "--stages 2" in result["command"]
+    assert result["ranges"][0][0] == 0 and result["ranges"][-1][1] == 4
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(result["ranges"]))
+    one, pipeline = result["modes"][0], result["modes"][1]
+    assert (one["ranks"], pipeline["ranks"]) == (1, 2)
+    assert "one process" in one["name"] and "pipeline" in pipeline["name"]
+    for kind in ("params", "optimizer"):
+        assert sum(m[kind] for m in pipeline["memory"]) == one["memory"][0][kind] > 0
+    assert all(m["saved"] > 0 for m in pipeline["memory"])
+    assert max(m["saved"] for m in pipeline["memory"]) <= one["memory"][0]["saved"]
+    assert "splitfx pipeline, local" in done.stdout
+
+
+def test_pipeline_bench_refuses_micro_batches_of_one_sample_before_joining():
+    from splitfx.programs.pipeline_bench import run
+
+    with pytest.raises(DistributedError, match="give --batch 8 or more"):
+        run("resnet18", 2, batch=4)

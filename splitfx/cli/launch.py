@@ -80,6 +80,7 @@ def bench(args: argparse.Namespace) -> int:
     import json
 
     from ..base.files import write_text
+    from ..base.provenance import provenance
     from ..programs.models import create_model, default_input_size
     from ..programs.pipeline_bench import run
 
@@ -94,6 +95,6 @@ def bench(args: argparse.Namespace) -> int:
                  stage_balance=args.stage_balance, schedule=schedule_named(args.schedule, args.microbatches))
     if result is not None:
         print(result.table(), flush=True)
-        if args.json:
-            write_text(args.json, json.dumps(result.to_dict(), indent=2))
+        if args.json:  # with the commit, command and machine, as every recorded figure
+            write_text(args.json, json.dumps({**provenance(), **result.to_dict()}, indent=2))
     return 0

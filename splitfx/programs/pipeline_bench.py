@@ -241,16 +241,19 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     are balanced by ``method`` and grouped into stages by ``stage_balance`` (a pipeline runs at its
     slowest rank's pace), the same blocks and stages in every mode. ``blocks`` defaults to
     8S: a stage can only be as even as its blocks, and with eight blocks per stage the balance
-    is within about one block's time (ResNet-50 by measured time: K=8 splits 54 / 46 %, K=16
-    49 / 51 %). ``schedule`` orders the local pipeline's work (default: the whole batch at once)."""
+    is within about one block's time (docs/benchmarks.md, "Pipeline across processes"). ``schedule`` orders the local pipeline's work (default: the whole batch at once)."""
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     blocks = blocks or 8 * stages
+    microbatches = microbatches or 2 * stages
+    if batch < 2 * microbatches:  # a micro-batch of one sample fails in BatchNorm's training mode
+        raise DistributedError(f"bench --stages {stages} splits each batch into {microbatches} micro-batches for "
+                               f"GPipe and 1F1B, each needing 2 samples or more: give --batch {2 * microbatches} or "
+                               f"more (got {batch})")
     torch.set_num_threads(1)
     grid = grids.start(stages, "cpu", timeout)
     if grid.replicas != 1:
         raise DistributedError(f"bench --stages {stages} compares one pipeline: launch exactly {stages} processes")
-    microbatches = microbatches or 2 * stages
     g = torch.Generator().manual_seed(0)
     classes = getattr(_fresh(name), "num_classes", 1000)
     data = [(torch.randn(batch, *input_size, generator=g), torch.randint(0, classes, (batch,), generator=g))
