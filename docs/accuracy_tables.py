@@ -9,7 +9,7 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
 ``--report`` must repeat them, so they live here once.
 
     python docs/accuracy_tables.py                  # tables into benchmarks.md, pictures into docs/accuracy/
-                                                    # (and WRITTEN's: ffr.md, tasks.md, memory-tables.md)
+                                                    # (and WRITTEN's: ffr.md, tasks.md, memory-tables.md, seed-plans.md)
     python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
     python docs/accuracy_tables.py --run NAME I/N --recipes e2e dgl --blocks 4 8   # a slice of it first
     python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two processes at a time
@@ -25,6 +25,7 @@ Run the sweeps with the package of the commit that made the table's first lines 
 worktree add --detach /tmp/wt COMMIT``, ``PYTHONPATH=/tmp/wt``, ``OMP_NUM_THREADS=1``): this script
 and the results files are the ones here, and each line records the package's commit and digest.
 """
+import re
 import subprocess
 import sys
 import threading
@@ -44,7 +45,7 @@ CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "dgl", "
 # Tables other programs write beside benchmarks.md, spliced into it between their markers (benchmarks.md
 # names the command that writes each): ffr.md by ``python -m splitfx.programs.ffr_results``, tasks.md by
 # ``splitfx tasks``, memory-tables.md by ``python docs/memory_tables.py``.
-WRITTEN = {"ffr": "ffr.md", "tasks": "tasks.md", "memory-tables": "memory-tables.md"}
+WRITTEN = {"ffr": "ffr.md", "tasks": "tasks.md", "memory-tables": "memory-tables.md", "seed-plans": "seed-plans.md"}
 TABLES = {
     "resnet32": ["splitfx.models:resnet32", *PROTOCOL, "--epochs", "5", "--lrs", "1e-3", "2e-3", "4e-3"],
     "hybrid_vit8": ["splitfx.models:hybrid_vit8", *PROTOCOL, "--epochs", "6", "--lrs", "5e-4", "1e-3", "2e-3"],
@@ -173,8 +174,8 @@ def main(argv: list[str]) -> int:
         made = subprocess.run([sys.executable, "-m", "splitfx", "tasks", *CHARS, "--report"], capture_output=True,
                               text=True, check=True, cwd=HERE)
         splice(made.stdout, "tasks-chars")
-    for marker, table in WRITTEN.items():
-        splice((HERE / table).read_text(), marker)
+    for marker, table in WRITTEN.items():  # their sections sit one heading level below benchmarks.md's
+        splice(re.sub(r"^## ", "### ", (HERE / table).read_text(), flags=re.MULTILINE), marker)
     return 0
 
 
