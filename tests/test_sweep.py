@@ -70,6 +70,11 @@ def test_killed_sweep_resumes_without_redoing_finished_models(fake, tmp_path):
     resumed = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "3 models checked" in resumed.stdout and "2 already in" in resumed.stdout
+    # Not a terminal: a line per model instead of the bar.
+    logged = [line.split(" (")[0].split("] ") for line in resumed.stdout.splitlines() if line.startswith("[")]
+    assert [count for count, _ in logged] == ["[1/3", "[2/3", "[3/3"]
+    left = sorted(set(VITS) - {"test_vit", "test_vit2"})
+    assert sorted(what for _, what in logged) == [f"{name}: pass" for name in left]
     assert sorted(_models(results)) == VITS
     assert _checked(fake) == {**dict.fromkeys(VITS, 1), "test_vit3": 2}, "only the model in flight ran twice"
 

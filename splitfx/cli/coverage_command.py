@@ -136,6 +136,10 @@ def coverage(args: argparse.Namespace) -> int:
         counts[record["status"]] += 1
         bar.update(1)
         bar.set_postfix(counts)
+        if bar.disable:  # no terminal (a log file): a line per model instead of the bar
+            why = "" if record["status"] == "pass" else f" at {record['stage']}: {record['reason']}"
+            print(f"[{sum(counts.values())}/{len(todo)}] {record['model']}: {record['status']}{why} "
+                  f"({record['seconds']:.0f} s)", flush=True)
 
     records = sweep.run(todo, args.results, args.stages, jobs=args.jobs, timeout=args.timeout, check=args.check,
                         command=_command(args), progress=progress)
