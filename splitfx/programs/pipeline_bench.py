@@ -241,7 +241,8 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     are balanced by ``method`` and grouped into stages by ``stage_balance`` (a pipeline runs at its
     slowest rank's pace), the same blocks and stages in every mode. ``blocks`` defaults to
     8S: a stage can only be as even as its blocks, and with eight blocks per stage the balance
-    is within about one block's time (docs/benchmarks.md, "Pipeline across processes"). ``schedule`` orders the local pipeline's work (default: the whole batch at once)."""
+    is within about one block's time (docs/benchmarks.md, "Pipeline across processes").
+    ``schedule`` orders the local pipeline's work (default: the whole batch at once)."""
     if stage_balance not in STAGE_BALANCES:
         raise DistributedError(f"stage_balance must be one of {', '.join(STAGE_BALANCES)}, got {stage_balance!r}")
     blocks = blocks or 8 * stages
