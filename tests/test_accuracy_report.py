@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from splitfx.programs.accuracy_report import figures, markdown
+from splitfx.programs.accuracy_report import _difference, figures, markdown
 from splitfx.programs.accuracy_stats import Interval, summarise, t_interval
 
 PROTOCOL = {"epochs": 12, "batch": 64, "data": "cluttered", "input_size": 32, "validation": 0.1, "lr_decay": 0.8,
@@ -82,8 +82,16 @@ def test_marks_only_an_interval_that_excludes_zero():
     assert row(table, "level", 1) == ["+0.04 [−0.95, +1.03], lr 0.002"]
     assert row(table, "exact", 1) == ["+1.00 [+1.00, +1.00] ▲, lr 0.002"]  # no spread: any difference shows
     assert row(table, "e2e", 1) == ["reference, lr 0.002"]
-    assert Interval(0.5, 0.5, 3).excludes_zero is False  # an interval touching zero does not exclude it
-    assert Interval(-0.5, 0.49, 3).excludes_zero is True
+    assert Interval(0.5, 0.5, 3).excludes(0.0) is False  # an interval touching zero does not exclude it
+    assert Interval(-0.5, 0.49, 3).excludes(0.0) is True
+
+
+def test_a_mark_follows_the_bounds_as_printed():
+    """An interval whose lower bound rounds to 0.00 is not marked, though it excludes 0 unrounded."""
+    assert _difference(Interval(0.01, 0.009999, 5), 5) == "+1.00 [0.00, +2.00]"
+    assert _difference(Interval(0.01, 0.00994, 5), 5) == "+1.00 [+0.01, +1.99] ▲"
+    assert _difference(Interval(-0.01, 0.009999, 5), 5) == "−1.00 [−2.00, 0.00]"
+    assert _difference(Interval(-0.01, 0.00994, 5), 5) == "−1.00 [−1.99, −0.01] ▼"
 
 
 def test_a_rate_at_the_edge_of_the_cells_grid_is_marked():
@@ -124,6 +132,23 @@ def test_mixed_code_digests_are_refused_naming_each():
     assert "code unrecorded: 1 line(s), commit(s) unrecorded (1)" in str(err.value)
     with pytest.raises(ValueError, match="3 versions"):
         figures(lines, "unused")
+
+
+def test_a_search_made_by_other_code_is_refused_though_every_test_line_agrees():
+    """The search chose the rate the test lines ran at: its code must be theirs too."""
+    reported = [*e2e(), *recipe([0.01] * 5)]
+    search = {**line("dgl", 4, 0, 0.9), "phase": "search", "provenance": {"commit": "old111", "code": "0ld" * 20}}
+    assert markdown(reported, [2], reported).startswith("Test accuracy")
+    with pytest.raises(ValueError, match="2 versions"):
+        markdown(reported, [2], [*reported, search])
+    with pytest.raises(ValueError, match="2 versions"):
+        figures(reported, "unused", [*reported, search])
+
+
+def test_lines_of_other_recipe_options_in_one_cell_are_refused():
+    lines = [*e2e(), *recipe([0.01] * 3), *(line("dgl", 2, s, 0.9, recipe_options={"w": 1}) for s in (3, 4))]
+    with pytest.raises(ValueError, match="several recipe options"):
+        summarise(lines)
 
 
 def test_training_time_is_cpu_hours_where_every_run_recorded_them_else_wall_clock_hours():

@@ -7,9 +7,13 @@ import os
 import platform
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
+from .errors import ArgumentError
 from .version import __version__
 
 
@@ -67,3 +71,21 @@ def provenance() -> dict[str, str]:
 
     return {"commit": commit(), "command": " ".join(sys.argv), "machine": machine(), "code": code_digest(),
             "torch": torch.__version__, "timm": timm.__version__}
+
+
+UNRECORDED = "unrecorded"
+
+
+def one_code(provenances: Iterable[Mapping[str, Any]]) -> str:
+    """The code digest every line's provenance (``code``, ``commit``) shares; ValueError naming each
+    digest with its commits and line counts when they hold several (an :class:`ArgumentError`, so the
+    command line says it in one line): one table, one version of the code."""
+    commits: dict[str, Counter[str]] = {}
+    for p in provenances:
+        commits.setdefault(p.get("code") or UNRECORDED, Counter())[p.get("commit") or UNRECORDED] += 1
+    if len(commits) > 1:
+        found = "; ".join(f"code {code}: {sum(c.values())} line(s), commit(s) "
+                          + ", ".join(f"{commit} ({n})" for commit, n in c.items()) for code, c in commits.items())
+        raise ArgumentError(f"the lines were made by {len(commits)} versions of the splitfx sources ({found}); a "
+                         "table mixes lines of one version only: regenerate the stale cells or split the file")
+    return next(iter(commits), UNRECORDED)

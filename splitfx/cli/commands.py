@@ -252,7 +252,7 @@ def accuracy(args: argparse.Namespace) -> int:
     if args.out:
         write_text(args.out, text + "\n")
     if args.figures:
-        for path in accuracy_report.figures(reported, args.figures):
+        for path in accuracy_report.figures(reported, args.figures, mine):
             print(f"wrote {path}")
     return 0
 

@@ -7,13 +7,13 @@ mix). The numbers are :mod:`.accuracy_stats`'.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..base.figures import pyplot, save
 from ..base.files import file_stem
 from ..base.jsonl import Record
+from ..base.provenance import UNRECORDED, one_code
 from .accuracy_stats import (
     E2E,
     Cell,
@@ -27,20 +27,20 @@ from .accuracy_stats import (
     variant,
 )
 
-UNRECORDED = "unrecorded"
 MARKERS = "osD^v<>ph*"
 
 
 def markdown(reported: list[Record], blocks: Sequence[int], records: Iterable[Record] = ()) -> str:
     """The caption (protocol, provenance, training time) and, per model, three tables: test accuracy,
     the paired difference to E2E with the chosen rate, and memory ×E2E. ``reported`` are the test lines
-    of one protocol; ``records`` (its every line, searches included) only adds up the training time,
-    which the reported lines give without it. Raises ValueError when different code trained the lines."""
+    of one protocol; ``records`` (its every line, searches included) adds up the training time, which
+    the reported lines give without it. Raises ValueError when different code made the lines, searches
+    included: the search chose the rates the test lines ran at."""
     if not reported:
         return "No reported runs yet."
-    code = _one_code(reported)
-    cells = summarise(reported)
     records = list(records) or reported
+    code = _one_code(records)
+    cells = summarise(reported)
     out = [_caption(reported, code, records)]
     for model in dict.fromkeys(r["model"] for r in reported):
         out += _tables(model, cells, blocks, reported[0]["protocol"]["seeds"])
@@ -52,20 +52,9 @@ def markdown(reported: list[Record], blocks: Sequence[int], records: Iterable[Re
     return "\n".join(out)
 
 
-def _one_code(reported: list[Record]) -> str:
-    """The code digest all reported lines share; ValueError naming each digest with its commits and
-    line counts when they hold several."""
-    commits: dict[str, Counter[str]] = {}
-    for r in reported:
-        p = r.get("provenance") or {}
-        commits.setdefault(p.get("code") or UNRECORDED, Counter())[p.get("commit") or UNRECORDED] += 1
-    if len(commits) > 1:
-        found = "; ".join(f"code {code}: {sum(c.values())} line(s), commit(s) "
-                          + ", ".join(f"{commit} ({n})" for commit, n in c.items()) for code, c in commits.items())
-        raise ValueError(f"the reported lines were trained by {len(commits)} versions of the splitfx sources "
-                         f"({found}); a table mixes lines of one version only: regenerate the stale cells or "
-                         "split the file")
-    return next(iter(commits))
+def _one_code(records: list[Record]) -> str:
+    """The code digest all ``records`` share (:func:`~splitfx.base.provenance.one_code`)."""
+    return one_code(r.get("provenance") or {} for r in records)
 
 
 def _caption(reported: list[Record], code: str, records: list[Record]) -> str:
@@ -108,11 +97,12 @@ def _tables(model: str, cells: dict[tuple[str, str, int], Cell], blocks: Sequenc
     e2e = cells.get((model, E2E, 1))
     ks = sorted(set(blocks) | {c.k for c in mine if c.recipe != E2E})
     rows = ordered_variants(mine)
+    one_block = {c.variant for c in mine if c.recipe == E2E}  # E2E and its twins (RepL) train one block
 
     def table(cell_text: Callable[[Cell], str]) -> list[str]:
         lines = ["", "| variant | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for v in rows:
-            found = [e2e if v == E2E else cells.get((model, v, k)) for k in ks]
+            found = [cells.get((model, v, 1 if v in one_block else k)) for k in ks]
             lines.append(f"| {v} | " + " | ".join("–" if c is None else cell_text(c) for c in found) + " |")
         return [*lines, ""]
 
@@ -129,7 +119,8 @@ def _tables(model: str, cells: dict[tuple[str, str, int], Cell], blocks: Sequenc
 
     return [f"\n### {model}\n", "Test accuracy (%):", *table(lambda c: _accuracy(c.accuracy, seeds)),
             f"Mean ± half-width of the 95 % t-interval over seeds; (n seeds): a cell with other than {seeds} "
-            "seeds (one seed gives no interval). E2E trains one block: its cell is repeated under every K. "
+            "seeds (one seed gives no interval). E2E (and its RepL twin) trains one block: its cell is repeated "
+            "under every K. "
             "–: not run.", "", "Difference to E2E (points) and chosen learning rate:", *table(difference),
             "Mean of the per-seed differences [95 % t-interval] over the seeds both ran; ▲/▼: the interval lies "
             "above/below 0. †: the chosen rate is at the edge of the cell's searched grid, so the best rate may "
@@ -155,25 +146,29 @@ def _accuracy(a: Interval, seeds: int) -> str:
 def _difference(d: Interval, seeds: int) -> str:
     text = _signed(100 * d.mean)
     if d.half is not None:
-        text += f" [{_signed(100 * (d.mean - d.half))}, {_signed(100 * (d.mean + d.half))}]"
-        text += (" ▲" if d.mean > 0 else " ▼") if d.excludes_zero else ""
+        low, high = _signed(100 * (d.mean - d.half)), _signed(100 * (d.mean + d.half))
+        text += f" [{low}, {high}]"
+        # Marked as the bounds read: an interval printed as touching 0.00 is not marked.
+        shown = float(low.replace("−", "-")), float(high.replace("−", "-"))
+        text += " ▲" if shown[0] > 0 else " ▼" if shown[1] < 0 else ""
     return text + _seeds(d.n, seeds)
 
 
-def figures(reported: list[Record], folder: str) -> list[str]:
+def figures(reported: list[Record], folder: str, records: Iterable[Record] = ()) -> list[str]:
     """Per model, ``MODEL-accuracy-memory.png`` (test accuracy against measured peak saved activations
     ×E2E) and, when the model has an E2E cell, ``MODEL-gap.png`` (the paired difference to E2E against
     K); MODEL made a file name (:func:`~splitfx.base.files.file_stem`). Returns the paths
-    written. Raises ValueError when different code trained the lines, as :func:`markdown` does."""
+    written. Raises ValueError when different code made the lines (``records``: every line of the
+    protocol, searches included), as :func:`markdown` does."""
     if not reported:
         return []
-    _one_code(reported)
+    _one_code(list(records) or reported)
     plt, cells, p = pyplot(), summarise(reported), reported[0]["protocol"]
     os.makedirs(folder, exist_ok=True)
     paths = []
     for model in dict.fromkeys(r["model"] for r in reported):
-        mine = [c for c in cells.values() if c.model == model and c.recipe != E2E]
         e2e = cells.get((model, E2E, 1))
+        mine = [c for c in cells.values() if c.model == model and c is not e2e]  # E2E's RepL twin included
         colours = {r: plt.cm.tab10(i % 10) for i, r in enumerate(dict.fromkeys(c.recipe for c in mine))}
         fewest = min(c.accuracy.n for c in [*mine, *([e2e] if e2e else [])])
         seeds = f"{p['seeds']} seeds" if fewest == p["seeds"] else f"at least {fewest} of {p['seeds']} seeds so far"

@@ -30,10 +30,6 @@ class Interval:
     half: float | None
     n: int
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.excludes(0.0)
-
     def shown(self, places: int = 3) -> str:
         """``mean ± half``, or the mean alone where there is no interval."""
         return f"{self.mean:.{places}f}" + ("" if self.half is None else f" ± {self.half:.{places}f}")
@@ -110,12 +106,18 @@ def cell_key(record: Record) -> tuple:
 def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
     """One cell per (model, variant, trained K), in the order the lines first name them; a seed reported
     twice counts once (the first). Raises ValueError when a cell's seeds ran at different rates: a cell
-    reports the one rate its search chose."""
+    reports the one rate its search chose; and when lines of different recipe options land in one cell."""
     groups: dict[tuple[str, str, int], dict[int, Record]] = {}
+    options: dict[tuple[str, str, int], set[str]] = {}
     for r in reported:
-        groups.setdefault((r["model"], variant(r), r["trained_blocks"]), {}).setdefault(r["seed"], r)
+        group = (r["model"], variant(r), r["trained_blocks"])
+        groups.setdefault(group, {}).setdefault(r["seed"], r)
+        options.setdefault(group, set()).add(cell_key(r)[3])
     cells = {}
     for (model, name, k), by_seed in groups.items():
+        if len(options[model, name, k]) > 1:
+            raise ValueError(f"{model} {name} K={k}: lines of several recipe options "
+                             f"({'; '.join(sorted(options[model, name, k]))}); one table holds one set of options")
         rows = list(by_seed.values())
         lrs = sorted({r["lr"] for r in rows})
         if len(lrs) > 1:

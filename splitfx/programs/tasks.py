@@ -20,7 +20,7 @@ from torch import nn
 
 from ..api.conversion import convert
 from ..base.jsonl import append_record, read_records
-from ..base.provenance import provenance
+from ..base.provenance import one_code, provenance
 from ..models.tasks import EDSR, CharGPT, MLPRegressor, SegNet
 from ..runtime.split_module import SplitModule
 from . import task_data
@@ -134,7 +134,9 @@ def sweep(names: list[str], blocks: Sequence[int], recipes: Sequence[str], seeds
 def table(results: list[dict]) -> str:
     """Markdown: per task, recipe and K, the metric's mean with its 95 % t-interval over seeds, the
     ratio to E2E paired by seed (each seed's local metric over its E2E metric) with its interval, ▲/▼
-    where that interval lies wholly on the better/worse side of 1, and the saved-activation ratio."""
+    where that interval lies wholly on the better/worse side of 1, and the saved-activation ratio.
+    Raises ValueError when the lines were made by different versions of the code."""
+    one_code(results)  # a resumed sweep reuses recorded runs: lines of another code are refused here
     rows = ["| task | metric | E2E | local K, recipe | local | local ÷ E2E (paired) | saved activations ÷ E2E | "
             "seeds |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[int, dict]] = {}
