@@ -183,9 +183,10 @@ def test_torchrun_pipeline_bench_records_each_ranks_share_with_its_provenance(tm
     assert {"commit", "command", "machine", "code", "torch"} <= result.keys() and "--stages 2" in result["command"]
     assert result["ranges"][0][0] == 0 and result["ranges"][-1][1] == 4
     assert all(a[1] == b[0] for a, b in itertools.pairwise(result["ranges"]))
-    one, pipeline = result["modes"][0], result["modes"][1]
-    assert (one["ranks"], pipeline["ranks"]) == (1, 2)
-    assert "one process" in one["name"] and "pipeline" in pipeline["name"]
+    one, wide, pipeline = result["modes"][:3]
+    assert (one["ranks"], wide["ranks"], pipeline["ranks"]) == (1, 1, 2)
+    assert "one process" in one["name"] and wide["name"] == "one process, 2 threads" and "pipeline" in pipeline["name"]
+    assert wide["memory"] == one["memory"], "threads change no tensor"
     for kind in ("params", "optimizer"):
         assert sum(m[kind] for m in pipeline["memory"]) == one["memory"][0][kind] > 0
     assert all(m["saved"] > 0 for m in pipeline["memory"])

@@ -1,11 +1,14 @@
 """``torchrun --nproc-per-node S -m splitfx bench MODEL --stages S``: the pipeline against one process
-and against ``torch.distributed.pipelining``, on the same batches, one thread per rank.
+(one thread, and as many threads as ranks) and against ``torch.distributed.pipelining``, on the same
+batches, one thread per rank.
 
 The K blocks are grouped into S stages by their training times, measured on rank 0 and sent to
 every rank (``stage_balance="time"``), or by predicted FLOPs (``"flops"``); every mode trains the
 same stages. Modes, each timed over the same ``steps`` batches after ``warmup`` untimed ones:
 
-* ``one process``: rank 0 alone runs ``SplitModule.train_step`` over all K blocks (the others wait).
+* ``one process``: rank 0 alone runs ``SplitModule.train_step`` over all K blocks (the others wait),
+  once with one thread (the ×one column's base) and once with S threads: the cores the pipeline's
+  ranks use, given to one process instead.
 * ``pipeline``: S ranks, each its stage's blocks (:mod:`splitfx.runtime.rank`); no gradient
   goes back, so batches stream through without a flush. Timed in steady state: the warm-up steps
   fill the pipeline, and samples/s is the timed samples over the last rank's time for them, from
@@ -105,7 +108,7 @@ class PipelineBench:
                                     enumerate(zip(r, widths, strict=True))) for r in rows]
         lines.append("memory columns: the rank with the most (parameters + optimizer state + saved activations); "
                      "per rank: " + "; ".join(f"{m.name}: " + ", ".join(nbytes(r.total) for r in m.memory)
-                                              for m in self.modes[1:]))
+                                              for m in self.modes if m.ranks > 1))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -260,7 +263,12 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     data = [(torch.randn(batch, *input_size, generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(warmup + steps)]
     samples = batch * steps
-    one = _one(name, data, blocks, recipe, method, warmup) if grid.rank == 0 else None
+    one = wide = None
+    if grid.rank == 0:  # the others wait at the barrier: their cores are free for one process's threads
+        one = _one(name, data, blocks, recipe, method, warmup)
+        torch.set_num_threads(stages)  # one process given the cores the pipeline's ranks use
+        wide = _one(name, data, blocks, recipe, method, warmup)
+        torch.set_num_threads(1)
     grids.barrier(grid)
     sm = _staged(grid, name, data, blocks, recipe, method, stage_balance)
     shape = sm.plan.stages
@@ -274,6 +282,7 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     result = PipelineBench(name, blocks, method, stages, label, batch, tuple(input_size), steps, microbatches,
                            [list(r) for r in shape.ranges], shape.shares, stage_balance)
     result.modes.append(Mode(f"one process, local K={blocks}", 1, samples / one[0], [one[1]]))
+    result.modes.append(Mode(f"one process, {stages} threads", 1, samples / wide[0], [wide[1]]))
     result.modes.append(Mode("splitfx pipeline, local", stages, samples / local[-1][0], [m for _, m in local]))
     for s, figures in e2e.items():
         result.modes.append(Mode(f"pipelining {s}, E2E, {microbatches} micro-batches", stages,
