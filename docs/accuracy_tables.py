@@ -9,7 +9,8 @@ E2E seed fell from 86 % to 77 % validation accuracy in it. The options below are
 ``--report`` must repeat them, so they live here once.
 
     python docs/accuracy_tables.py                  # tables into benchmarks.md, pictures into docs/accuracy/
-                                                    # (and WRITTEN's: ffr.md, tasks.md, memory-tables.md, seed-plans.md)
+                                                    # (and WRITTEN's: ffr.md, tasks.md, memory-tables.md, seed-plans.md,
+                                                    # pipeline-bench.md)
     python docs/accuracy_tables.py --run NAME I/N   # train shard I of N of table NAME (resumes; hours)
     python docs/accuracy_tables.py --run NAME I/N --recipes e2e dgl --blocks 4 8   # a slice of it first
     python docs/accuracy_tables.py --queue          # every table in QUEUE's order, two processes at a time
@@ -45,7 +46,8 @@ CHARS = ["chars", "--recipes", *(r for r in RECIPES if r not in ("e2e", "dgl", "
 # Tables other programs write beside benchmarks.md, spliced into it between their markers (benchmarks.md
 # names the command that writes each): ffr.md by ``python -m splitfx.programs.ffr_results``, tasks.md by
 # ``splitfx tasks``, memory-tables.md by ``python docs/memory_tables.py``.
-WRITTEN = {"ffr": "ffr.md", "tasks": "tasks.md", "memory-tables": "memory-tables.md", "seed-plans": "seed-plans.md"}
+WRITTEN = {"ffr": "ffr.md", "tasks": "tasks.md", "memory-tables": "memory-tables.md", "seed-plans": "seed-plans.md",
+           "pipeline-bench": "pipeline-bench.md"}
 TABLES = {
     "resnet32": ["splitfx.models:resnet32", *PROTOCOL, "--epochs", "5", "--lrs", "1e-3", "2e-3", "4e-3"],
     "hybrid_vit8": ["splitfx.models:hybrid_vit8", *PROTOCOL, "--epochs", "6", "--lrs", "5e-4", "1e-3", "2e-3"],

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.distributed as dist
@@ -113,6 +113,13 @@ class PipelineBench:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PipelineBench:
+        """The benchmark :meth:`to_dict` (or ``bench --stages --json``, whose provenance is ignored) gave."""
+        modes = [Mode(m["name"], m["ranks"], m["samples_per_s"], [Memory(**r) for r in m["memory"]])
+                 for m in d["modes"]]
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name != "modes" and f.name in d}, modes=modes)
 
 
 class _Segments(nn.Module):
