@@ -18,6 +18,7 @@ from splitfx.base.memory import weight_bytes
 from splitfx.cli import main
 from splitfx.planner.stages import balance_stages, stage_costs
 from splitfx.programs.distributed import train_distributed
+from splitfx.programs.pipeline_bench import PipelineBench
 from splitfx.programs.train import TrainConfig
 from splitfx.runtime.grid import check_world
 from splitfx.runtime.pipeline import Stage, check_pipeline
@@ -191,7 +192,7 @@ def test_torchrun_pipeline_bench_records_each_ranks_share_with_its_provenance(tm
         assert sum(m[kind] for m in pipeline["memory"]) == one["memory"][0][kind] > 0
     assert all(m["saved"] > 0 for m in pipeline["memory"])
     assert max(m["saved"] for m in pipeline["memory"]) <= one["memory"][0]["saved"]
-    assert "splitfx pipeline, local" in done.stdout
+    assert PipelineBench.from_dict(result).table() in done.stdout, "the file gives back the printed table"
 
 
 def test_pipeline_bench_refuses_micro_batches_of_one_sample_before_joining():
