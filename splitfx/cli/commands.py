@@ -114,7 +114,8 @@ def bench(args: argparse.Namespace) -> int:
     each with the plan's prediction beside it, and peak RSS growth (CPU), each as a ratio to E2E.
     With --stages S, under
     torchrun --nproc-per-node S: samples/s and per-rank memory of the S-rank pipeline vs one process
-    vs torch.distributed.pipelining (GPipe, 1F1B), on CPU with one thread per rank.
+    (with one thread, and with S threads: the same cores) vs torch.distributed.pipelining (GPipe,
+    1F1B), on CPU with one thread per rank.
     """
     if args.stages is not None:
         from .launch import bench as bench_stages

@@ -121,7 +121,8 @@ def _bench(sub) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
     add_spiking(p)
-    add_stages(p, "compare an S-rank pipeline with one process and with torch.distributed.pipelining")
+    add_stages(p, "compare an S-rank pipeline with one process (one thread, and S threads) and with "
+                  "torch.distributed.pipelining")
 
 
 def _bench_convert(sub) -> None:
