@@ -102,7 +102,10 @@ def test_bad_arguments_are_refused_by_name(entry, change, kind, words):
 
 
 def test_validation_lets_keywords_it_does_not_know_through():
-    check_plan_arguments(Tiny(), X, num_blocks=2, recipe="linear", a_future_option=object())
+    """An unknown keyword passes, and validation still checks the ones it knows beside it."""
+    assert check_plan_arguments(Tiny(), X, num_blocks=2, recipe="linear", a_future_option=object()) is None
+    with pytest.raises(splitfx.ArgumentError, match="num_blocks"):
+        check_plan_arguments(Tiny(), X, num_blocks=0, recipe="linear", a_future_option=object())
 
 
 def test_an_example_in_another_floating_dtype_than_the_model_is_refused_by_name():

@@ -182,7 +182,8 @@ def test_an_exporter_that_dies_halfway_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_a_temp_folder_left_by_a_killed_export_is_removed_by_the_next_one(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
     stale, live = tmp_path / f".splitfx-{int(dead.stdout)}-abc123", tmp_path / f".splitfx-{os.getppid()}-def456"
     for folder in (stale, live):
         folder.mkdir()

@@ -41,7 +41,11 @@ def cli(tmp_path_factory) -> tuple[dict[str, tuple[int, str]], str]:
     started = {name: subprocess.Popen([sys.executable, "-m", "splitfx", *(a.format(out=out) for a in argv)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
                for name, (argv, _) in CLI.items()}
-    stderr = {name: p.communicate(timeout=300)[1] for name, p in started.items()}
+    try:
+        stderr = {name: p.communicate(timeout=300)[1] for name, p in started.items()}
+    finally:  # one that timed out leaves none of the others running
+        for p in started.values():
+            p.kill()
     return {name: (p.returncode, stderr[name]) for name, p in started.items()}, out
 
 

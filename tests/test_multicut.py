@@ -1,7 +1,6 @@
 """Cuts through several live tensors: tiny graphs, the partition objective, budgets, real models at K=8."""
 import itertools
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -179,7 +178,7 @@ def test_budget_chooses_the_fewest_blocks_that_fit():
     budget = (peaks[2] + peaks[3]) // 2 if peaks[3] < peaks[2] else peaks[3]
     chosen = splitfx.plan(model, x, memory_budget=budget)
     assert chosen.training_peak_bytes() <= budget
-    assert peaks[chosen.num_blocks - 1] > budget if chosen.num_blocks > 1 else True
+    assert chosen.num_blocks == min(k for k, peak in peaks.items() if peak <= budget)
     with pytest.raises(splitfx.PlanError, match="smallest predicted training peak"):
         splitfx.plan(model, x, memory_budget=min(peaks.values()) - 1)
 
@@ -199,7 +198,8 @@ def test_max_batch_plans_on_expanded_batches_and_allocates_none(monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     plan = splitfx.max_batch(model, x, 3, memory_budget="1TiB")  # millions of images: a real batch would not fit
     assert plan.input_shapes[0][0] > 10**6
-    assert all(stride == 0 and nbytes == x.nbytes for batch, stride, nbytes in seen if batch != 2)
+    expanded = [(stride, nbytes) for batch, stride, nbytes in seen if batch != 2]
+    assert expanded and all(stride == 0 and nbytes == x.nbytes for stride, nbytes in expanded)
 
 
 def test_max_batch_fits_and_one_more_does_not_and_the_meter_agrees():
@@ -221,7 +221,7 @@ def test_max_batch_fits_and_one_more_does_not_and_the_meter_agrees():
     with SavedTensorMeter(state_keys([sm])) as meter:  # apart: its packed aliases would count the batch
         sm.train_step(xb, yb, opt)
     assert live.peak == plan.training_peak_bytes()
-    assert np.isclose(meter.peak, plan.local_peak_bytes)
+    assert meter.peak == plan.local_peak_bytes
 
 
 @pytest.mark.parametrize("name,size", [("resnet50", 64), ("densenet121", 64), ("hrnet_w18_small", 64),
@@ -269,7 +269,7 @@ def test_a_batch_folded_stream_crosses_cuts_unread_beside_the_batch():
     torch.manual_seed(0)
     model, x, y = PixelTokens(), torch.randn(2, 3, 16, 16), torch.tensor([0, 4])
     plan = splitfx.plan(model, x, 4)
-    assert plan.legal_cuts == 56 and plan.local_peak_bytes < 0.32 * plan.e2e_saved_bytes, plan.table()  # 0.30×
+    assert plan.legal_cuts > 10 and plan.local_peak_bytes < 0.32 * plan.e2e_saved_bytes, plan.table()  # 0.30×
     assert [b.modules[0] for b in plan.blocks[1:]] == [f"blocks.{k}.inner.0" for k in (1, 2, 3)]
     for b in split_of(plan).boundaries:
         assert b.parts == (((32, 16, 8), Layout.UNREAD), ((2, 16, 16), Layout.NLC)) and b.shape == (2, 16, 16)

@@ -86,5 +86,5 @@ def test_stepping_each_block_after_its_backward_gives_the_same_weights(recipe):
     for (name, a), b in zip(sm.state_dict().items(), twin.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     cascade = recipe in ("hpff", "mlaan")
-    assert twin._final_after() == [False, False, False, True] if cascade else [True] * 4
+    assert twin._final_after() == ([False, False, False, True] if cascade else [True] * 4)
     assert sum(not torch.equal(a, before[k]) for k, a in model.state_dict().items()) > 40, "the steps moved weights"

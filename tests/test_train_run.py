@@ -93,7 +93,8 @@ def test_a_run_folder_is_held_by_one_run_and_another_runs_checkpoint_is_kept(tmp
 
 
 def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK).write_text(f"{int(dead.stdout)}\n")
@@ -102,7 +103,8 @@ def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
 
 
 def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".splitfx-{dead_pid}-abc123.pt"
     live = tmp_path / f".splitfx-{os.getppid()}-def456.pt"  # our parent is running: maybe mid-write
