@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
                               text=True, check=True, cwd=HERE)
         splice(made.stdout, "tasks-chars")
     for marker, table in WRITTEN.items():  # their sections sit one heading level below benchmarks.md's
-        splice(re.sub(r"^## ", "### ", (HERE / table).read_text(), flags=re.MULTILINE), marker)
+        splice(re.sub(r"^(#{2,}) ", r"#\1 ", (HERE / table).read_text(), flags=re.MULTILINE), marker)
     return 0
 
 

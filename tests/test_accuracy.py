@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 import splitfx.programs.accuracy as accuracy
 import splitfx.programs.data as data
 import splitfx.programs.epochs as epochs
+from splitfx.base.errors import ArgumentError
 from splitfx.base.jsonl import append_record, read_records
 from splitfx.cli import main
 from splitfx.programs.config import TrainConfig
@@ -97,6 +98,12 @@ def test_a_killed_table_resumes_to_the_same_numbers(tmp_path):
     assert _run(cut) == resumed and cut.read_text() == before, "a finished table trains nothing again"
     cut.write_text(before + before)  # two copies of the file merged
     assert _run(cut) == resumed, "a repeated line is one run, not two"
+    # A line of the table from other code: resuming is refused before anything trains.
+    stale = {**json.loads(searched[0]), "seed": 9, "provenance": {"commit": "old111", "code": "0ld" * 20}}
+    append_record(cut, stale)
+    with pytest.raises(ArgumentError, match="2 versions of the splitfx sources"):
+        accuracy.run(["resnet18"], ["linear"], [2], BASE, lrs=LRS, seeds=2, results=str(cut), widen=0,
+                     trainer=lambda config: pytest.fail("trained before refusing"))
 
 
 def test_a_recorded_cell_is_recognised_when_its_options_hold_tuples(tmp_path):

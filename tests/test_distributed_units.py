@@ -1,8 +1,9 @@
 """What needs no second process: refusals before training, a rank's share of the tensors, stage
-balance, the message header; and one ``torchrun`` launch of the command line."""
+balance, the message header; and two ``torchrun`` launches of the command line (train, bench)."""
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -157,6 +158,20 @@ def test_header_round_trip():
         encode([torch.zeros(2, dtype=torch.complex64)], 0)
 
 
+def _torchrun(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run a torchrun launch in its own process group; a launch past ``timeout`` is killed with its
+    ranks (``subprocess.run`` would kill only the agent and leave them running)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def test_torchrun_command_line(tmp_path):
     out = tmp_path / "run"
     # TMPDIR: torchrun's agent leaves a log folder in the temporary directory after every launch.
@@ -164,7 +179,7 @@ def test_torchrun_command_line(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                "splitfx", "train", "resnet18", "--stages", "2", "--blocks", "3", "--epochs", "1", "--batch", "64",
                "--input-size", "16", "--max-batches", "2", "--out", str(out), "--timeout", "60"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
+    done = _torchrun(command, env, timeout=150)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "expected bubble" in done.stdout and "epoch 1/1" in done.stdout
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png", "tensorboard"]
@@ -178,7 +193,7 @@ def test_torchrun_pipeline_bench_records_each_ranks_share_with_its_provenance(tm
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                "splitfx", "bench", "resnet18", "--stages", "2", "--blocks", "4", "--input-size", "16", "--batch", "8",
                "--steps", "1", "--warmup", "1", "--json", str(out), "--timeout", "60"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = _torchrun(command, env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"commit", "command", "machine", "code", "torch"} <= result.keys() and "--stages 2" in result["command"]

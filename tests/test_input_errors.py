@@ -46,6 +46,7 @@ def cli(tmp_path_factory) -> tuple[dict[str, tuple[int, str]], str]:
     finally:  # one that timed out leaves none of the others running
         for p in started.values():
             p.kill()
+            p.communicate()
     return {name: (p.returncode, stderr[name]) for name, p in started.items()}, out
 
 

@@ -12,6 +12,8 @@ from torch.utils._pytree import tree_flatten
 
 import splitfx
 from splitfx import models as task_models
+from splitfx.base.errors import ArgumentError
+from splitfx.base.jsonl import append_record
 from splitfx.planner.driver import Planner
 from splitfx.recipes import registry
 from splitfx.recipes.heads import Scored
@@ -402,3 +404,9 @@ def test_the_tasks_sweep_pairs_every_recipe_and_k_with_e2e_by_seed_and_resumes(t
     assert len([line for line in table.splitlines() if line.startswith("| friedman")]) == 2
     alone = programs_tasks.table([r for r in again if r["recipe"] == "dgl"])
     assert "no E2E run of the same seed" in next(line for line in alone.splitlines() if "K=4, dgl" in line)
+    # A line of other code: the table refuses the mix, and a resumed sweep refuses before training anything.
+    append_record(out, {**lines[0], "seed": 5, "code": "0ld" * 20})
+    with pytest.raises(ArgumentError, match="2 versions of the splitfx sources"):
+        programs_tasks.table(programs_tasks.done(out).values())
+    with pytest.raises(ArgumentError, match="2 versions of the splitfx sources"):
+        programs_tasks.sweep(["friedman"], [4], ["linear"], 7, 1, out, progress=lambda _: None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 from ..base.errors import SplitFXError
 from ..base.files import write_text
@@ -136,8 +137,9 @@ def coverage(args: argparse.Namespace) -> int:
         counts[record["status"]] += 1
         bar.update(1)
         bar.set_postfix(counts)
-        if bar.disable:  # no terminal (a log file): a line per model instead of the bar
-            why = "" if record["status"] == "pass" else f" at {record['stage']}: {record['reason']}"
+        if not sys.stdout.isatty():  # a log file: a line per model, which the bar (on stderr) does not leave
+            where = f" at {record['stage']}" if record["stage"] else ""
+            why = "" if record["status"] == "pass" else f"{where}: {record['reason']}"
             print(f"[{sum(counts.values())}/{len(todo)}] {record['model']}: {record['status']}{why} "
                   f"({record['seconds']:.0f} s)", flush=True)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..base.errors import PlanError
 from ..base.jsonl import Record, append_record, read_records
-from ..base.provenance import provenance
+from ..base.provenance import one_code, provenance
 from ..base.version import __version__
 from ..recipes import create_recipe
 from .accuracy_stats import cell_key, variant
@@ -161,6 +161,8 @@ def run(
     trainer = trainer or (lambda config: train(config, log=lambda _: None, progress=False))
     table = protocol(base, lrs, seeds, widen, lr_at)
     mine = _unique(r for r in read_records(results) if r.get("protocol") == table)
+    if mine:  # resuming: refused before any training where other code made the table's lines
+        one_code([*(r.get("provenance") or {} for r in mine), provenance()])
     todo = cells(models, recipes, blocks, base, controls, repl, repl_recipes)
     groups = list(dict.fromkeys((c.model, c.recipe) for c in todo))
     for g, group in enumerate(groups):

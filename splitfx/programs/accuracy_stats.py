@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from scipy.stats import t as student_t
 
+from ..base.errors import ArgumentError
 from ..base.jsonl import Record
 
 E2E = "e2e"
@@ -116,12 +117,12 @@ def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
     cells = {}
     for (model, name, k), by_seed in groups.items():
         if len(options[model, name, k]) > 1:
-            raise ValueError(f"{model} {name} K={k}: lines of several recipe options "
+            raise ArgumentError(f"{model} {name} K={k}: lines of several recipe options "
                              f"({'; '.join(sorted(options[model, name, k]))}); one table holds one set of options")
         rows = list(by_seed.values())
         lrs = sorted({r["lr"] for r in rows})
         if len(lrs) > 1:
-            raise ValueError(f"{model} {name} K={k}: seeds reported at several learning rates "
+            raise ArgumentError(f"{model} {name} K={k}: seeds reported at several learning rates "
                              f"({', '.join(f'{lr:g}' for lr in lrs)}); regenerate the cell")
         steps = [r.get("step_peak_mib") for r in rows]
         detach, uniform = _controls(rows[0])

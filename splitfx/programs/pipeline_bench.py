@@ -270,12 +270,13 @@ def run(name: str, stages: int, *, blocks: int | None = None, recipe: str | Reci
     data = [(torch.randn(batch, *input_size, generator=g), torch.randint(0, classes, (batch,), generator=g))
             for _ in range(warmup + steps)]
     samples = batch * steps
-    one = wide = None
-    if grid.rank == 0:  # the others wait at the barrier: their cores are free for one process's threads
-        one = _one(name, data, blocks, recipe, method, warmup)
-        torch.set_num_threads(stages)  # one process given the cores the pipeline's ranks use
-        wide = _one(name, data, blocks, recipe, method, warmup)
-        torch.set_num_threads(1)
+    # Rank 0 alone, the others waiting at a barrier after each run (each within --timeout): their cores
+    # are free for one process's threads.
+    one = _one(name, data, blocks, recipe, method, warmup) if grid.rank == 0 else None
+    grids.barrier(grid)
+    torch.set_num_threads(stages)  # one process given the cores the pipeline's ranks use
+    wide = _one(name, data, blocks, recipe, method, warmup) if grid.rank == 0 else None
+    torch.set_num_threads(1)
     grids.barrier(grid)
     sm = _staged(grid, name, data, blocks, recipe, method, stage_balance)
     shape = sm.plan.stages

@@ -111,6 +111,8 @@ def sweep(names: list[str], blocks: Sequence[int], recipes: Sequence[str], seeds
     seeds of every method finish first), skipping the runs in ``out``; every new line appended to
     ``out`` as soon as it is measured."""
     recorded, results = done(out), []
+    if recorded:  # resuming: refused before any training where other code made the file's lines
+        one_code([*recorded.values(), provenance()])
     methods = list(dict.fromkeys([(1, "e2e"), *((k, r) for r in recipes for k in blocks)]))
     for name in names:
         spec, data = TASKS[name], None
@@ -136,7 +138,7 @@ def table(results: list[dict]) -> str:
     ratio to E2E paired by seed (each seed's local metric over its E2E metric) with its interval, ▲/▼
     where that interval lies wholly on the better/worse side of 1, and the saved-activation ratio.
     Raises ValueError when the lines were made by different versions of the code."""
-    one_code(results)  # a resumed sweep reuses recorded runs: lines of another code are refused here
+    one_code(results)  # --report: one version of the code per table
     rows = ["| task | metric | E2E | local K, recipe | local | local ÷ E2E (paired) | saved activations ÷ E2E | "
             "seeds |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, dict[int, dict]] = {}
