@@ -158,9 +158,13 @@ def test_header_round_trip():
         encode([torch.zeros(2, dtype=torch.complex64)], 0)
 
 
-def _torchrun(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run a torchrun launch in its own process group; a launch past ``timeout`` is killed with its
-    ranks (``subprocess.run`` would kill only the agent and leave them running)."""
+def _torchrun(args: list[str], tmp_path, timeout: float) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 -m splitfx ARGS`` in its own process group; a launch
+    past ``timeout`` is killed with its ranks (``subprocess.run`` would kill only the agent and leave
+    them running). TMPDIR: torchrun's agent leaves a log folder in the temporary directory."""
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "splitfx", *args]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -174,12 +178,8 @@ def _torchrun(command: list[str], env: dict, timeout: float) -> subprocess.Compl
 
 def test_torchrun_command_line(tmp_path):
     out = tmp_path / "run"
-    # TMPDIR: torchrun's agent leaves a log folder in the temporary directory after every launch.
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "splitfx", "train", "resnet18", "--stages", "2", "--blocks", "3", "--epochs", "1", "--batch", "64",
-               "--input-size", "16", "--max-batches", "2", "--out", str(out), "--timeout", "60"]
-    done = _torchrun(command, env, timeout=150)
+    done = _torchrun(["train", "resnet18", "--stages", "2", "--blocks", "3", "--epochs", "1", "--batch", "64",
+                      "--input-size", "16", "--max-batches", "2", "--out", str(out), "--timeout", "60"], tmp_path, 150)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "expected bubble" in done.stdout and "epoch 1/1" in done.stdout
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "model.onnx", "plan.png", "tensorboard"]
@@ -189,11 +189,8 @@ def test_torchrun_pipeline_bench_records_each_ranks_share_with_its_provenance(tm
     """``bench --stages 2 --json``: the file says where it came from, the stages cover the blocks, and
     the pipeline's ranks hold between them exactly one process's parameters and AdamW state."""
     out = tmp_path / "bench.json"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "splitfx", "bench", "resnet18", "--stages", "2", "--blocks", "4", "--input-size", "16", "--batch", "8",
-               "--steps", "1", "--warmup", "1", "--json", str(out), "--timeout", "60"]
-    done = _torchrun(command, env, timeout=240)
+    done = _torchrun(["bench", "resnet18", "--stages", "2", "--blocks", "4", "--input-size", "16", "--batch", "8",
+                      "--steps", "1", "--warmup", "1", "--json", str(out), "--timeout", "60"], tmp_path, 240)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert {"commit", "command", "machine", "code", "torch"} <= result.keys() and "--stages 2" in result["command"]
