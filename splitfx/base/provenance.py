@@ -87,5 +87,5 @@ def one_code(provenances: Iterable[Mapping[str, Any]]) -> str:
         found = "; ".join(f"code {code}: {sum(c.values())} line(s), commit(s) "
                           + ", ".join(f"{commit} ({n})" for commit, n in c.items()) for code, c in commits.items())
         raise ArgumentError(f"the lines were made by {len(commits)} versions of the splitfx sources ({found}); a "
-                         "table mixes lines of one version only: regenerate the stale cells or split the file")
+                            "table mixes lines of one version only: regenerate the stale cells or split the file")
     return next(iter(commits), UNRECORDED)

@@ -146,11 +146,10 @@ def _accuracy(a: Interval, seeds: int) -> str:
 def _difference(d: Interval, seeds: int) -> str:
     text = _signed(100 * d.mean)
     if d.half is not None:
-        low, high = _signed(100 * (d.mean - d.half)), _signed(100 * (d.mean + d.half))
-        text += f" [{low}, {high}]"
-        # Marked as the bounds read: an interval printed as touching 0.00 is not marked.
-        shown = float(low.replace("−", "-")), float(high.replace("−", "-"))
-        text += " ▲" if shown[0] > 0 else " ▼" if shown[1] < 0 else ""
+        # Marked as the bounds are printed: an interval printed as touching 0.00 is not marked.
+        low, high = round(100 * (d.mean - d.half), 2), round(100 * (d.mean + d.half), 2)
+        text += f" [{_signed(low)}, {_signed(high)}]"
+        text += " ▲" if low > 0 else " ▼" if high < 0 else ""
     return text + _seeds(d.n, seeds)
 
 

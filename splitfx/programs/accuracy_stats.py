@@ -118,12 +118,12 @@ def summarise(reported: Iterable[Record]) -> dict[tuple[str, str, int], Cell]:
     for (model, name, k), by_seed in groups.items():
         if len(options[model, name, k]) > 1:
             raise ArgumentError(f"{model} {name} K={k}: lines of several recipe options "
-                             f"({'; '.join(sorted(options[model, name, k]))}); one table holds one set of options")
+                                f"({'; '.join(sorted(options[model, name, k]))}); one table holds one set of options")
         rows = list(by_seed.values())
         lrs = sorted({r["lr"] for r in rows})
         if len(lrs) > 1:
             raise ArgumentError(f"{model} {name} K={k}: seeds reported at several learning rates "
-                             f"({', '.join(f'{lr:g}' for lr in lrs)}); regenerate the cell")
+                                f"({', '.join(f'{lr:g}' for lr in lrs)}); regenerate the cell")
         steps = [r.get("step_peak_mib") for r in rows]
         detach, uniform = _controls(rows[0])
         cells[model, name, k] = Cell(
