@@ -70,7 +70,9 @@ def test_validation_split_is_carved_from_training_images_and_logged(tmp_path):
     assert all(h["test_accuracy"] is None and 0 <= h["val_accuracy"] <= 1 for h in history)
     events = EventAccumulator(os.path.join(out, "tensorboard"))
     events.Reload()
-    logged = [(e.step, e.value) for e in events.Scalars("val_accuracy")]
+    # One event file per epoch; files written in the same second load in name order, whose last
+    # field is a per-process counter compared as text ("10" < "9"), so compare by step.
+    logged = sorted((e.step, e.value) for e in events.Scalars("val_accuracy"))
     assert logged == [(h["epoch"], pytest.approx(h["val_accuracy"])) for h in history]
     assert len(events.Scalars("block_loss/2")) == 2
 
