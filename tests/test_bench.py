@@ -69,3 +69,12 @@ def test_bench_counts_as_trainable_only_what_a_loss_trains():
     counted = [(m.mode, m.trainable_params, m.optimizer_state_bytes) for m in spare.modes]
     assert counted == [(m.mode, m.trainable_params, m.optimizer_state_bytes) for m in plain.modes]
     assert [n for _, n, _ in counted if n is not None], "local and local+RepL report their counts"
+
+
+def test_floor_trains_the_same_blocks_with_no_heads():
+    """``floor``: one backward per block and nothing else saved, so it keeps no more than the recipe's
+    local step (whose heads save their inputs too) and less than E2E."""
+    result = bench.run(Stack, "stack", 3, input_size=(6,), batch=4, steps=1, warmup=0, floor=True)
+    assert [m.mode for m in result.modes] == ["e2e", "checkpoint", "local", "floor"]
+    e2e, _, local, floor = result.modes
+    assert 0 < floor.peak_saved_bytes <= local.peak_saved_bytes < e2e.peak_saved_bytes

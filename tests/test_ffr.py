@@ -9,7 +9,7 @@ from sklearn.datasets import make_friedman1
 from torch import nn
 
 import splitfx
-from splitfx.base.jsonl import append_record
+from splitfx.base.jsonl import append_record, read_records
 from splitfx.base.meter import SavedTensorMeter, state_keys
 from splitfx.cli import main
 from splitfx.models import MLP
@@ -242,6 +242,12 @@ def test_the_reproduction_resumes_from_its_file_and_tabulates_it(tmp_path):
     assert f"| diabetes | cuts after each ReLU | 2 | 55.00 ± 63.53 | 56.00 ± 50.82 | {ratio.shown()} |" in text, text
     assert "cuts before each ReLU | 2 |" not in text, "ffr_pre has no split run"
     assert ffr_results.config("diabetes", "ffr", 1e-3, 3, errors, split=3).data == "diabetes@3"
+    # the benchmark, with its no-heads floor timed in the same run; resuming runs nothing again
+    for _ in range(2):
+        ffr_results.memory_and_time(table, str(results), lambda _: None)
+    (bench,) = [r for r in read_records(str(results), key="kind") if r["kind"] == "bench"]
+    assert bench["saved_ratio"] < 1 and bench["floor_ratio"] == bench["floor_ms"] / bench["e2e_ms"]
+    assert f"| {bench['time_ratio']:.2f} | {bench['floor_ratio']:.2f} |" in ffr_results.report(table, str(results))
 
 
 def test_diabetes_and_digits_have_other_random_train_test_splits_and_nothing_else_does():

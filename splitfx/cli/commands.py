@@ -129,7 +129,7 @@ def bench(args: argparse.Namespace) -> int:
         result = programs_bench.run(
             lambda: create_model(args.model), args.model, k, recipe=_recipe(args), batch=args.batch, input_size=size,
             device=args.device, steps=args.steps, warmup=args.warmup, replace=args.replace,
-            channels_last=args.channels_last, amp=args.amp,
+            channels_last=args.channels_last, amp=args.amp, floor=args.floor,
         )
         print(result.table(), end="\n\n", flush=True)
         results.append(result.to_dict())

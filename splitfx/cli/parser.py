@@ -119,6 +119,8 @@ def _bench(sub) -> None:
     add_replace(p, "also run local training with RepL and compare trainable parameters and optimizer state")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for all modes")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast for all modes")
+    p.add_argument("--floor", action="store_true", help="also time the blocks with no heads, one backward per "
+                                                        "block: the least any recipe's step can take")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
     add_spiking(p)
     add_stages(p, "compare an S-rank pipeline with one process (one thread, and S threads) and with "

@@ -107,6 +107,10 @@ def input_size(model: Any, size: tuple[int, int, int], given: bool = True) -> No
 
     from ..api.input_shape import shape_mismatch
 
+    declared = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if given and declared is not None and len(declared) != 3:
+        raise UsageError(f"--input-size {_size_option(size)}: it gives an image size, and the model declares "
+                         f"inputs of shape {tuple(declared)} (its pretrained_cfg); leave --input-size out")
     found = shape_mismatch(model, torch.empty(2, *size))
     if found is not None:
         what = f"--input-size {_size_option(size)}"

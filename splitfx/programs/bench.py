@@ -7,6 +7,9 @@ Every mode trains the same model on the same batch with the same optimizer:
   the plan, so the comparison is at equal granularity; exact gradients, recomputation in backward.
 * ``local``: ``SplitModule.train_step`` with the chosen recipe.
 * with ``replace``: ``local`` again with RepL, and trainable parameters / optimizer state compared.
+* with ``floor``: the same K blocks with no heads, each block's own backward on the mean square of
+  what it hands over, the last block's on the task loss: what a step with one backward per block
+  costs before any recipe's heads, so ``local`` above it is the heads' and the loss's time.
 
 Memory, two quantities side by side, each predicted by the plan and measured: the peak of live
 saved-for-backward bytes (parameters and buffers excluded), which local learning shrinks, and the
@@ -39,6 +42,7 @@ from ..base.memory import optimizer_state_bytes
 from ..base.meter import SavedTensorMeter, state_keys
 from ..passes.trace import trace
 from ..recipes import Recipe
+from ..recipes.base import handed
 from ..runtime.step import run_step
 from .measure import allocator_peak
 
@@ -176,6 +180,7 @@ def run(
     replace: int | Sequence[str] | None = None,
     channels_last: bool = False,
     amp: bool = False,
+    floor: bool = False,
 ) -> BenchResult:
     """Benchmark one model; ``model_factory`` builds a fresh copy for each mode."""
     torch.manual_seed(0)
@@ -246,6 +251,21 @@ def run(
                                                                    if p.requires_grad)
             mode.optimizer_state_bytes = optimizer_state_bytes(opt)
         result.modes.append(mode)
+    if floor:
+        model = fresh()
+        parts = segments(make_plan(model, x, num_blocks, recipe=recipe, example_target=y))
+        opt = sgd(model.parameters())
+
+        def floor_loss():
+            h = (x,)
+            for part in parts[:-1]:
+                out = handed(part(*h))
+                yield sum(t.float().square().mean() for t in out if t.is_floating_point())
+                h = tuple(t.detach() for t in out)
+            yield loss_fn(parts[-1](*h), y)
+
+        result.modes.append(_measure("floor", lambda: run_step(floor_loss(), opt, x.device, autocast_dtype=dtype),
+                                     model, device, warmup, steps))
     return result
 
 

@@ -15,7 +15,10 @@
 * **Memory and time**: :func:`~.bench.run` (``splitfx bench``: the same meter of live saved
   activations for both, median step time) on 8- and 32-layer MLPs at K = depth, backprop and FFR in
   one process, at two sizes: the accuracy runs' (width 256, batch 64) and a compute-bound one (width
-  1024, batch 512), with one torch thread.
+  1024, batch 512), with one torch thread; and, timed in the same run, the same blocks with no heads
+  (``bench``'s ``floor``: one backward per block on its output's mean square), the least a step with
+  one backward per layer takes, so the part of FFR's time that its heads cost is seen apart from the
+  part that any layer-local rule costs.
 
 Every finished run appends one line to the results file (commit, command and machine on each, and
 the protocol of its part: the error runs' or the benchmark's), and a run already there under the
@@ -61,10 +64,10 @@ def protocol(quick: bool) -> dict:
         return {"errors": {"data": {"diabetes": dict(epochs=4, lr_decay=0.9), "friedman": dict(epochs=1, lr_decay=0.9)},
                            "lrs": [1e-3, 3e-3], "seeds": 1},
                 "splits": {"data": "diabetes", "count": 2},
-                "bench": {"depths": [8], "sizes": [[64, 32]], "steps": 3}}
+                "bench": {"depths": [8], "sizes": [[64, 32]], "steps": 3, "floor": True}}
     return {"errors": {"data": DATA, "lrs": list(LRS), "seeds": SEEDS},
             "splits": {"data": "diabetes", "count": SPLITS},
-            "bench": {"depths": list(DEPTHS), "sizes": [list(s) for s in SIZES], "steps": 10}}
+            "bench": {"depths": list(DEPTHS), "sizes": [list(s) for s in SIZES], "steps": 20, "floor": True}}
 
 
 def config(data: str, recipe: str, lr: float, seed: int, table: dict, split: int | None = None) -> TrainConfig:
@@ -159,16 +162,17 @@ def memory_and_time(table: dict, results: str, log: Callable[[str], None]) -> No
                 if (depth, width, batch) in done:
                     continue
                 result = bench.run(lambda d=depth, w=width: MLP(10, w, d), f"MLP {depth}×{width}", depth,
-                                   recipe="ffr", batch=batch, input_size=(10,), steps=table["steps"])
-                e2e, local = result.modes[0], result.modes[-1]
+                                   recipe="ffr", batch=batch, input_size=(10,), steps=table["steps"], floor=True)
+                e2e, local, floor = result.modes[0], result.modes[-2], result.modes[-1]
                 line = _line("bench", table, depth=depth, width=width, batch=batch, blocks=result.blocks,
                              e2e_saved_bytes=e2e.peak_saved_bytes, ffr_saved_bytes=local.peak_saved_bytes,
                              saved_ratio=local.peak_saved_bytes / e2e.peak_saved_bytes, e2e_ms=e2e.step_ms,
-                             ffr_ms=local.step_ms, time_ratio=local.step_ms / e2e.step_ms,
+                             ffr_ms=local.step_ms, time_ratio=local.step_ms / e2e.step_ms, floor_ms=floor.step_ms,
+                             floor_ratio=floor.step_ms / e2e.step_ms,
                              e2e_step_peak_bytes=e2e.step_peak_bytes, ffr_step_peak_bytes=local.step_peak_bytes)
                 append_record(results, line)
                 log(f"depth {depth}, width {width}, batch {batch}: saved activations {line['saved_ratio']:.3f}× "
-                    f"backprop's, step time {line['time_ratio']:.2f}×")
+                    f"backprop's, step time {line['time_ratio']:.2f}× (no heads: {line['floor_ratio']:.2f}×)")
     finally:
         torch.set_num_threads(threads)
 
@@ -206,12 +210,13 @@ def report(table: dict, results: str) -> str:
             ratio = t_interval([b / a for a, b in zip(e2e, ffr, strict=True)])
             out.append(f"| {table['splits']['data']} | cuts {cut} | {len(common)} | {t_interval(e2e).shown(2)} | "
                        f"{t_interval(ffr).shown(2)} | {ratio.shown()} |")
-    out += ["", "| depth | width × batch | K | saved activations: backprop → FFR | ÷ | step time: backprop → FFR | ÷ |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["", "| depth | width × batch | K | saved activations: backprop → FFR | ÷ | step time: backprop → FFR | ÷ "
+            "| no heads ÷ |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted((r for r in lines if r["kind"] == "bench"), key=lambda r: (r["depth"], r["width"])):
         out.append(f"| {r['depth']} | {r['width']} × {r['batch']} | {r['blocks']} | "
                    f"{r['e2e_saved_bytes'] / 2**20:.2f} → {r['ffr_saved_bytes'] / 2**20:.2f} MiB | "
-                   f"{r['saved_ratio']:.3f} | {r['e2e_ms']:.1f} → {r['ffr_ms']:.1f} ms | {r['time_ratio']:.2f} |")
+                   f"{r['saved_ratio']:.3f} | {r['e2e_ms']:.1f} → {r['ffr_ms']:.1f} ms | {r['time_ratio']:.2f} | "
+                   f"{r['floor_ratio']:.2f} |")
     where = {(r["commit"], r["machine"]) for r in (*lines, *split_runs)}
     out += ["", "Recorded at " + "; ".join(f"commit {c} on {m}" for c, m in sorted(where)) + "."]
     return "\n".join(out) + "\n"

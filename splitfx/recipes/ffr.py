@@ -117,10 +117,13 @@ class FFR(Recipe):
         return self._ordinal(head, features, target, prior)[0]
 
     def _ordinal(self, head, features, target, prior):
+        """The loss and the bins' detached probabilities (the next head's prior), which training also
+        folds into the head's running errors."""
         loss, logits = ordinal_loss(head, features, target, self.penalty, prior)
+        p = torch.softmax(logits.detach(), dim=1)
         if head.training:
-            head.track(logits, target, self.momentum)
-        return loss, logits
+            head.track(p, target, self.momentum)
+        return loss, p
 
     @staticmethod
     def passed(outs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -152,8 +155,7 @@ class FFR(Recipe):
             else:
                 outs = handed(out)
                 parts.handing_over(k, outs)
-                loss, logits = self._ordinal(parts.heads[k], parts.merges[k](*outs), target, prior)
-                prior = torch.softmax(logits.detach(), dim=1)
+                loss, prior = self._ordinal(parts.heads[k], parts.merges[k](*outs), target, prior)
                 yield loss
                 h = self.passed(outs)
                 del outs, loss
