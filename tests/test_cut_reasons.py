@@ -107,3 +107,14 @@ def test_a_model_with_every_place_open_says_so():
     mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     message = str(_plan_error(mlp, torch.randn(2, 4), num_blocks=8))
     assert "Every place between two of its 4 nodes where a tensor can be handed over is a cut." in message
+
+
+def test_a_split_point_with_no_cut_after_it_says_what_closes_it_and_where_cuts_are():
+    """The one place after the split point, explained as the planner's own cut rules see it: the shape
+    read live across it, and the nearest modules a cut may follow."""
+    with pytest.raises(splitfx.PlanError) as info:
+        splitfx.plan(ShapeLate(), torch.randn(2, 3, 8, 8), split_points=["body.0"], num_classes=4)
+    message = str(info.value)
+    assert message.startswith("split point 'body.0': no cut can follow it in ShapeLate: `x.size()` (node size)")
+    assert "a shape read that changes with the batch" in message
+    assert message.endswith("The nearest cuts are after node getitem of its forward")

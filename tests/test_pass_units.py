@@ -90,3 +90,51 @@ def test_no_cuts_no_units():
     model = nn.Sequential(nn.Linear(6, 3))
     sched, units = _units(model, torch.randn(2, 6))
     assert sched.cuts == [] and units == []
+
+
+class GridBlock(nn.Module):
+    """timm's SAM ViT block in small: it reads its input's size first (``x.shape``, live while the block
+    runs), so no cut right after the previous block; the same tensor is handed over once the size is read."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        y = self.fc(x.reshape(b, h * w, c))
+        return x + y.reshape(b, h, w, c)
+
+
+class GridStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(8, 8)
+        self.blocks = nn.Sequential(*[GridBlock() for _ in range(4)])
+        self.neck = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.neck(self.blocks(self.stem(x)))
+
+
+def test_a_block_that_reads_its_input_size_first_is_still_a_unit():
+    """The size read keeps no cut at the block's first node, but the cut after it hands over the same
+    tensor (its ``run`` covers the read), so the blocks are the layers and a plan balances over them."""
+    import splitfx
+
+    x = torch.randn(2, 4, 4, 8)
+    sched, units = _units(GridStack(), x)
+    assert [u.name for u in units[:4]] == [f"blocks.{i}" for i in range(4)]
+    assert all(any(u.start == c.position and len(c.run) > 1 for c in sched.cuts) for u in units[1:4])
+    plan = splitfx.plan(GridStack(), x, num_blocks=4)
+    assert all(any(name.startswith("blocks.") for name in b.modules) for b in plan.blocks), plan
+
+
+def test_a_split_point_before_a_size_read_is_the_cut_after_it():
+    """Right after ``blocks.0`` the next block's size read is live, yet the cut after the read hands over
+    the same tensor: the split point takes that cut."""
+    import splitfx
+
+    plan = splitfx.plan(GridStack(), torch.randn(2, 4, 4, 8), split_points=["blocks.0", "blocks.2"])
+    fcs = [[m for m in b.modules if m.endswith(".fc")] for b in plan.blocks]
+    assert fcs == [["blocks.0.fc"], ["blocks.1.fc", "blocks.2.fc"], ["blocks.3.fc"]]

@@ -18,7 +18,7 @@ which holds the batch, a tuple holding a tensor) makes it illegal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -35,6 +35,14 @@ class Cut:
     shapes: tuple[tuple[int, ...], ...]
     recompute: tuple[str, ...] = ()  # batch-size ints crossing the cut, rebuilt as nodes[batch_from].size(0)
     batch_from: int = 0  # which handed-over tensor carries the batch in dim 0
+    since: int | None = None  # the first legal position handing over these same nodes (None: position)
+
+    @property
+    def run(self) -> range:
+        """From the first legal position handing over these nodes to ``position``, the last (kept as
+        the cut): nothing computed in between is handed on, only read (the next layer reading its
+        input's size), so a layer ending or starting anywhere in the run is bounded by this cut."""
+        return range(self.position if self.since is None else self.since, self.position + 1)
 
     @property
     def single(self) -> bool:
@@ -85,8 +93,8 @@ def schedule(G: nx.DiGraph, max_tensors: int | None = 1) -> Schedule:
         cut = _cut(G, p + 1, list(live), max_tensors)
         if cut is None:
             continue
-        if cuts and cuts[-1].nodes == cut.nodes:
-            cuts[-1] = cut  # nothing passed on in between: keep one cut per frontier
+        if cuts and cuts[-1].nodes == cut.nodes:  # nothing passed on in between: one cut per frontier
+            cuts[-1] = replace(cut, since=cuts[-1].run.start)
         else:
             cuts.append(cut)
     return Schedule(order, free, cuts, output, baked)

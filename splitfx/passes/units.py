@@ -12,6 +12,7 @@ every branch is handed over) and which need not run alone (pvt_v2's blocks also 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .cost import Probe
-from .cuts import Schedule
+from .cuts import Cut, Schedule
 from .names import inside
 from .node_cost import node_cost
 
@@ -41,7 +42,7 @@ def find_units(model: nn.Module, probe: Probe, sched: Schedule) -> list[Unit]:
     """All units of the graph, in order (see module docstring)."""
     at = {c.position: c for c in sched.cuts if c.single}
     units = [Unit(layer.name, layer.start, layer.end, at[layer.start].shapes[0], at[layer.end].shapes[0])
-             for layer in _innermost(_layers(model, probe.graph, sched, set(at)))]
+             for layer in _innermost(_layers(model, probe.graph, sched, _bounding(at.values())))]
     return [u for u in units if _runs_alone(model, probe, u, at[u.start].nodes[0])]
 
 
@@ -50,15 +51,21 @@ def find_layers(model: nn.Module, G: nx.DiGraph, sched: Schedule) -> list[Layer]
     innermost of the composite layers (residual, transformer blocks) of a class found at least twice,
     so that a downsampling Sequential inside a residual block does not stand for the block; where
     there are none, the layers of a class found at least twice (a plain conv stack's convolutions)."""
-    found = _layers(model, G, sched, {c.position for c in sched.cuts})
+    found = _layers(model, G, sched, _bounding(sched.cuts))
     kinds = Counter(type(model.get_submodule(layer.name)) for layer in found)
     repeated = [layer for layer in found if kinds[type(model.get_submodule(layer.name))] >= 2]
     composite = [layer for layer in repeated if next(model.get_submodule(layer.name).children(), None) is not None]
     return _innermost(composite or repeated)
 
 
-def _layers(model: nn.Module, G: nx.DiGraph, sched: Schedule, at: set[int]) -> list[Layer]:
-    """The model's layers whose nodes run contiguously from one position of ``at`` to another."""
+def _bounding(cuts: Iterable[Cut]) -> dict[int, int]:
+    """Every position of each cut's run (:attr:`Cut.run`) → the cut's position."""
+    return {p: c.position for c in cuts for p in c.run}
+
+
+def _layers(model: nn.Module, G: nx.DiGraph, sched: Schedule, at: dict[int, int]) -> list[Layer]:
+    """The model's layers whose nodes run contiguously from one cut's run to another's (``at``:
+    :func:`_bounding`), each from the one cut's position to the other's."""
     span: dict[str, list[int]] = {}
     for p, name in enumerate(sched.order):
         scope = node_cost(G, name).scope
@@ -68,14 +75,14 @@ def _layers(model: nn.Module, G: nx.DiGraph, sched: Schedule, at: set[int]) -> l
     found = []
     for name, positions in span.items():
         first, last = positions[0], positions[-1]
-        if last - first + 1 != len(positions) or first not in at or last + 1 not in at:
+        if last - first + 1 != len(positions) or at.get(first) is None or at.get(last + 1, first) <= at[first]:
             continue
         parent = model.get_submodule(name.rpartition(".")[0])
         if parent is not model and not isinstance(parent, (nn.Sequential, nn.ModuleList)):
             continue
         if next(model.get_submodule(name).parameters(), None) is None:
             continue  # activations, pooling, dropout: nothing to learn
-        found.append(Layer(name, first, last + 1))
+        found.append(Layer(name, at[first], at[last + 1]))
     return found
 
 

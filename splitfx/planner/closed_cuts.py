@@ -255,17 +255,31 @@ def _line(g: _Graph, members: list[Blame], closes: dict[Blame, set[int]], total:
     return f"- {_describe(g, members[0])}{also}: closes {len(places)} of {total} places{_examples(g, places)}."
 
 
+def _graph(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, uses: dict[str, list[int]],
+           triples: Sequence[tuple[str, ...]], inputs: Sequence[torch.Tensor], model_name: str) -> _Graph:
+    input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
+    used = [p for ps in uses.values() for p in ps]
+    return _Graph({n.name: n for n in gm.graph.nodes}, G, sched, shared_spans(uses), (min(used, default=0),
+                  max(used, default=0)), aliases(gm.model), {span(sched, G, t): tuple(t) for t in triples}, input_hw,
+                  model_name)
+
+
+def why_not_at(position: int, gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, uses: dict[str, list[int]],
+               triples: Sequence[tuple[str, ...]], inputs: Sequence[torch.Tensor], model_name: str) -> str:
+    """What closes the one place before ``sched.order[position]`` (right after a split point that is
+    no cut), each reason with what to do about it."""
+    g = _graph(gm, G, sched, uses, triples, inputs, model_name)
+    blames = _blames(g, position, frontiers(G, sched).get(position, []))
+    return "; ".join(_describe(g, b) for b in blames) or "nothing is computed before it"
+
+
 def why_closed(gm: fx.GraphModule, G: nx.DiGraph, sched: Schedule, uses: dict[str, list[int]],
                triples: Sequence[tuple[str, ...]], inputs: Sequence[torch.Tensor], model_name: str,
                most: int = 3) -> str:
     """Lines saying what closes the places between the model's nodes that are not among ``sched.cuts``
     (``uses``: each trainable parameter's positions; ``triples``: the RepL blocks with their neighbours):
     the ``most`` kinds of reason that close the most places, each with the places it closes."""
-    input_hw = tuple(inputs[0].shape[-2:]) if inputs[0].dim() == 4 else None
-    used = [p for ps in uses.values() for p in ps]
-    g = _Graph({n.name: n for n in gm.graph.nodes}, G, sched, shared_spans(uses), (min(used, default=0),
-               max(used, default=0)), aliases(gm.model), {span(sched, G, t): tuple(t) for t in triples}, input_hw,
-               model_name)
+    g = _graph(gm, G, sched, uses, triples, inputs, model_name)
     live_at = frontiers(G, sched)
     offered = {c.nodes for c in sched.cuts}  # a place handing over what a cut does is that cut
     closes: dict[Blame, set[int]] = {}

@@ -35,7 +35,7 @@ from ..recipes.task import LossFn, carry_criterion, infer_task
 from .balance import Method, choose_path, held_tensors
 from .block_rows import block_row, model_name
 from .boundaries import boundary, readable
-from .closed_cuts import why_closed
+from .closed_cuts import why_closed, why_not_at
 from .legality import check_saves, holds_unit, offer_cuts, require_trainable, trainable_blocks, whole_layers
 from .outputs import loss_without_gradient, output_notes
 from .scopes import split_point_cut
@@ -88,9 +88,7 @@ def _check_blocks(num_blocks: int, planner: Planner) -> None:
                     f"{planner.recipe.name!r} for the {planner.task.kind} task cannot read, e.g. {example}.")
         raise PlanError(
             f"{planner.name} has {len(sched.cuts)} legal cut points, so num_blocks can be at most "
-            f"{len(sched.cuts) + 1} (asked for {num_blocks}).\n{why}",
-            max_blocks=len(sched.cuts) + 1,
-        )
+            f"{len(sched.cuts) + 1} (asked for {num_blocks}).\n{why}", max_blocks=len(sched.cuts) + 1)
 
 
 class Planner:
@@ -185,7 +183,8 @@ class Planner:
             num_blocks, split_points = 1, None
         chosen = None
         if split_points is not None:
-            chosen = sorted({split_point_cut(p, sched, G, name, self.unread) for p in split_points})
+            chosen = sorted({split_point_cut(p, sched, G, name, self.unread, lambda q: why_not_at(
+                q, self.gm, G, sched, self.uses, self.replacement.triples, self.inputs, name)) for p in split_points})
             num_blocks = len(chosen) + 1
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)

@@ -1,7 +1,7 @@
 """Where modules sit in the ordered graph: split points by module name, RepL spans."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 import networkx as nx
@@ -18,9 +18,11 @@ def positions_of(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> list
 
 
 def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str,
-                    unread: Mapping[int, str] = MappingProxyType({})) -> int:
+                    unread: Mapping[int, str] = MappingProxyType({}),
+                    why: Callable[[int], str] = lambda position: "") -> int:
     """Index into ``sched.cuts`` of the cut right after module ``name`` (``unread``: why the recipe
-    builds no head at a legal cut's position, which it then says)."""
+    builds no head at a legal cut's position, which it then says; ``why(position)``: what closes a
+    place that is no cut)."""
     found = positions_of(sched, G, [name])
     if not found or not name:
         raise PlanError(f"split point {name!r}: {model_name} has no module of that name in its traced graph.")
@@ -28,13 +30,15 @@ def split_point_cut(name: str, sched: Schedule, G: nx.DiGraph, model_name: str,
     if position in unread:
         raise PlanError(f"split point {name!r}: {unread[position]}")
     for i, cut in enumerate(sched.cuts):
-        if cut.position == position:
+        if position in cut.run:
             return i
-    legal = sorted({node_cost(G, c.nodes[-1]).scope for c in sched.cuts} - {""})
-    raise PlanError(
-        f"split point {name!r}: more than one value is live after it in {model_name}, so it cannot be "
-        f"a cut. Modules right before a legal cut: {', '.join(legal)}"
-    )
+    before = [c for c in sched.cuts if c.position < position][-2:]
+    after = [c for c in sched.cuts if c.position > position][:2]
+    near = [repr(scope) if (scope := node_cost(G, last).scope) else f"node {last} of its forward"
+            for last in (sched.order[c.position - 1] for c in (*before, *after))]
+    reason = why(position)
+    raise PlanError(f"split point {name!r}: no cut can follow it in {model_name}{': ' + reason if reason else ''}. "
+                    f"The nearest cuts are after {', '.join(dict.fromkeys(near)) or 'no node (it has none)'}")
 
 
 def span(sched: Schedule, G: nx.DiGraph, modules: Sequence[str]) -> tuple[int, int]:
