@@ -117,4 +117,4 @@ def test_a_split_point_with_no_cut_after_it_says_what_closes_it_and_where_cuts_a
     message = str(info.value)
     assert message.startswith("split point 'body.0': no cut can follow it in ShapeLate: `x.size()` (node size)")
     assert "a shape read that changes with the batch" in message
-    assert message.endswith("The nearest cuts are after node getitem of its forward")
+    assert message.endswith("The nearest cuts are after node getitem of its forward."), message

@@ -1,4 +1,5 @@
 """Unit tests of unit discovery (the model's own layers found in the graph) on tiny modules."""
+import pytest
 import torch
 from torch import nn
 
@@ -127,7 +128,7 @@ def test_a_block_that_reads_its_input_size_first_is_still_a_unit():
     assert [u.name for u in units[:4]] == [f"blocks.{i}" for i in range(4)]
     assert all(any(u.start == c.position and len(c.run) > 1 for c in sched.cuts) for u in units[1:4])
     plan = splitfx.plan(GridStack(), x, num_blocks=4)
-    assert all(any(name.startswith("blocks.") for name in b.modules) for b in plan.blocks), plan
+    assert all(any(m.startswith("blocks.") and m.endswith(".fc") for m in b.modules) for b in plan.blocks), plan
 
 
 def test_a_split_point_before_a_size_read_is_the_cut_after_it():
@@ -138,3 +139,25 @@ def test_a_split_point_before_a_size_read_is_the_cut_after_it():
     plan = splitfx.plan(GridStack(), torch.randn(2, 4, 4, 8), split_points=["blocks.0", "blocks.2"])
     fcs = [[m for m in b.modules if m.endswith(".fc")] for b in plan.blocks]
     assert fcs == [["blocks.0.fc"], ["blocks.1.fc", "blocks.2.fc"], ["blocks.3.fc"]]
+
+
+def test_repl_and_its_refusals_see_the_cut_a_size_read_follows():
+    """RepL over such blocks: the cut before the replaced block's neighbours (whose run holds the first
+    one's size read) stays open, the run of identical blocks reaches the last one, and a split point
+    inside the trio, or after the last module, is refused with the reason."""
+    import splitfx
+    from splitfx.passes.replace import identical_runs
+
+    x = torch.randn(2, 4, 4, 8)
+    plan = splitfx.plan(GridStack(), x, split_points=["stem"], replace=["blocks.1"])
+    assert plan.replaced == ["blocks.1"] and plan.blocks[0].modules[0] == "stem"
+    gm = trace(GridStack(), (x,))
+    P = probe(gm, (x,))
+    sched = schedule(P.graph)
+    runs = identical_runs(GridStack(), P, sched, find_units(GridStack(), P, sched))
+    assert [[u.name for u in run] for run in runs] == [[f"blocks.{i}" for i in range(4)]]
+    with pytest.raises(splitfx.PlanError, match=r"'blocks\.1': no cut can follow it in GridStack: RepL keeps the "
+                                                r"replaced block with the neighbours .*after 'stem', 'blocks\.2'"):
+        splitfx.plan(GridStack(), x, split_points=["blocks.1"], replace=["blocks.1"])
+    with pytest.raises(splitfx.PlanError, match=r"'neck\.1': it is the last module of GridStack"):
+        splitfx.plan(GridStack(), x, split_points=["neck.1"])

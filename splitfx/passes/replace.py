@@ -27,7 +27,7 @@ from torch.func import functional_call
 from ..base.errors import ArgumentError
 from .cost import Probe
 from .cuts import Schedule
-from .names import unprefix
+from .names import inside, unprefix
 from .node_cost import node_cost
 from .units import Unit, find_units
 
@@ -120,8 +120,10 @@ def identical_runs(model: nn.Module, probe: Probe, sched: Schedule, units: list[
         ma, mb = model.get_submodule(a.name), model.get_submodule(b.name)
         if _signature(ma) != _signature(mb) or a.in_shape != b.in_shape or a.out_shape != b.out_shape:
             return False
-        ga = _labelled(G, sched.order[a.start:a.end], a.name)
-        gb = _labelled(G, sched.order[b.start:b.end], b.name)
+        # A unit's own nodes only: its span runs from cut to cut, and a cut's run may hold the next unit's
+        # first nodes (the size read it starts with, passes/cuts.Cut.run).
+        ga = _labelled(G, [n for n in sched.order[a.start:a.end] if inside(node_cost(G, n).scope, a.name)], a.name)
+        gb = _labelled(G, [n for n in sched.order[b.start:b.end] if inside(node_cost(G, n).scope, b.name)], b.name)
         return nx.is_isomorphic(ga, gb, node_match=nx.isomorphism.categorical_node_match(_LABEL, None))
 
     for unit in units:

@@ -125,7 +125,7 @@ class Planner:
         self.name = type(model).__name__
         gm, probe, sched, self.replacement, self.trainable_before = _traced(
             model, inputs, leaf_modules, replace, replace_mode, max_cut_tensors, auto_leaf)
-        self.gm, self.probe, G = gm, probe, probe.graph
+        self.gm, self.probe, G, self.found_cuts = gm, probe, probe.graph, sched.cuts  # before the rules choose
         self.task = infer_task(probe.outputs, example_target, tuple(inputs[0].shape), loss_fn, num_classes)
         # A cut's several tensors are pooled together only where the heads predict vectors.
         self.merge = recipe.traits.merge if self.task.pools else MergeKind.MAP
@@ -184,7 +184,8 @@ class Planner:
         chosen = None
         if split_points is not None:
             chosen = sorted({split_point_cut(p, sched, G, name, self.unread, lambda q: why_not_at(
-                q, self.gm, G, sched, self.uses, self.replacement.triples, self.inputs, name)) for p in split_points})
+                q, self.gm, G, sched, self.uses, self.replacement.triples, self.inputs, name), self.found_cuts)
+                for p in split_points})
             num_blocks = len(chosen) + 1
         _check_blocks(num_blocks, self)
         check_saves(self.recipe, num_blocks)

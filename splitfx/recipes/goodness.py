@@ -66,11 +66,6 @@ class GoodnessHead(nn.Module):
         # (target units²): :meth:`predict` scales the variance by their ratio, so it is calibrated.
         self.register_buffer("error", torch.ones(()))
         self.register_buffer("spread", torch.ones(()))
-        # The bins' edges and centres in [0, 1], made once rather than every step (not state: from groups).
-        self.register_buffer("unit_edges", torch.arange(self.groups + 1, dtype=torch.float32) / self.groups,
-                             persistent=False)
-        self.register_buffer("unit_centres", (torch.arange(self.groups, dtype=torch.float32) + 0.5) / self.groups,
-                             persistent=False)
         if width % self.groups:  # unequal groups: a fixed averaging matrix (not state: rebuilt from the shape)
             member = torch.arange(width) * self.groups // width
             mean = F.one_hot(member, self.groups).float()
@@ -105,12 +100,12 @@ class GoodnessHead(nn.Module):
 
     def centres(self) -> torch.Tensor:
         """The bins' centres in [0, 1]: (k + 0.5) / groups."""
-        return self.unit_centres.float()
+        return (torch.arange(self.groups, device=self.scale.low.device, dtype=torch.float32) + 0.5) / self.groups
 
     def moments(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance, ``[B]`` each in the target's units, of the bins' distribution ``p``, each
         bin spread evenly over its width (so a confident coarse head is not taken for a precise one)."""
-        edges = self.scale.inverse(self.unit_edges.to(p.dtype))
+        edges = self.scale.inverse(torch.arange(self.groups + 1, device=p.device, dtype=p.dtype) / self.groups)
         centre, width = (edges[1:] + edges[:-1]) / 2, edges[1:] - edges[:-1]
         mean = (p * centre).sum(1)
         return mean, (p * ((centre - mean.unsqueeze(1)) ** 2 + width * width / 12)).sum(1)
