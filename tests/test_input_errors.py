@@ -27,6 +27,8 @@ CLI = {
                        ["--input-size 1 32 32:", "3×160×160", "pass --input-size 160"]),
     "bench": (["bench", "test_vit3", "--input-size", "32", "--steps", "1"],
               ["--input-size 32:", "pass --input-size 160"]),
+    "bench --stages": (["bench", "test_vit3", "--stages", "2", "--input-size", "32"],
+                       ["--input-size 32:", "pass --input-size 160"]),
     "non-image": (["bench", "splitfx.models:mlp8", "--input-size", "10", "--steps", "1"],
                   ["--input-size 10:", "inputs of shape (10,)", "leave --input-size out"]),
     "export": (["export", "tests.tinynets:Branchy", "--input-size", "1", "8", "8", "--out", "{out}/b.onnx"],

@@ -12,7 +12,7 @@ from ..base.files import write_text
 from .options import UsageError
 
 
-def _model_and_size(args: argparse.Namespace):
+def model_and_size(args: argparse.Namespace):
     """The model and its (C, H, W) input: ``--input-size``, checked against the model, or its own."""
     from ..programs.models import create_model, default_input_size
     from .preflight import input_size
@@ -49,7 +49,7 @@ def plan(args: argparse.Namespace) -> int:
     from ..api.planning import plan as make_plan
     from ..base.sizes import nbytes
 
-    model, size = _model_and_size(args)
+    model, size = model_and_size(args)
     options = dict(method=args.method, recipe=_recipe(args), leaf_modules=args.leaf,
                    replace=args.replace, replace_mode=args.replace_mode,
                    max_cut_tensors=args.max_cut_tensors, tolerance=args.tolerance, auto_leaf=args.auto_leaf,
@@ -96,7 +96,7 @@ def export(args: argparse.Namespace) -> int:
         model, config = load_checkpoint_model(args.model)
         size = args.input_size or (3, config.input_size, config.input_size)
     else:
-        model, size = _model_and_size(args)
+        model, size = model_and_size(args)
     report = export_onnx(model, args.out, torch.randn(args.batch, *size), dynamic_batch=not args.static_batch,
                          verify=not args.no_verify)
     print(report)
@@ -123,7 +123,7 @@ def bench(args: argparse.Namespace) -> int:
     from ..programs import bench as programs_bench
     from ..programs.models import create_model
 
-    _, size = _model_and_size(args)
+    _, size = model_and_size(args)
     results = []
     for k in args.blocks or [4]:
         result = programs_bench.run(

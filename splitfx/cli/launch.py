@@ -81,13 +81,13 @@ def bench(args: argparse.Namespace) -> int:
 
     from ..base.files import write_text
     from ..base.provenance import provenance
-    from ..programs.models import create_model, default_input_size
     from ..programs.pipeline_bench import run
+    from .commands import model_and_size
 
     if len(args.blocks or ()) > 1 or args.replace or args.amp or args.channels_last:
         raise SplitFXError("bench --stages compares one K in float32 on CPU (--device is not used): give one "
                            "--blocks and no --replace, --amp or --channels-last")
-    size = args.input_size or default_input_size(create_model(args.model))
+    _, size = model_and_size(args)  # --input-size checked against the model, as plain bench checks it
     from .preflight import recipe_from
 
     result = run(args.model, args.stages, blocks=args.blocks[0] if args.blocks else None, recipe=recipe_from(args),
