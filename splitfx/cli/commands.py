@@ -12,21 +12,6 @@ from ..base.files import write_text
 from .options import UsageError
 
 
-def model_and_size(args: argparse.Namespace):
-    """The model and its (C, H, W) input: ``--input-size``, checked against the model, or its own."""
-    from ..programs.models import create_model, default_input_size
-    from .preflight import input_size
-
-    model = create_model(args.model)
-    size = args.input_size or default_input_size(model)
-    input_size(model, size, given=args.input_size is not None)
-    if getattr(args, "spiking", None):
-        from ..passes.snn import spiking
-
-        model = spiking(model, args.spiking)
-    return model, size
-
-
 def _recipe(args: argparse.Namespace):
     from .preflight import recipe_from
 
@@ -48,6 +33,7 @@ def plan(args: argparse.Namespace) -> int:
     from ..api.planning import max_batch
     from ..api.planning import plan as make_plan
     from ..base.sizes import nbytes
+    from .preflight import model_and_size
 
     model, size = model_and_size(args)
     options = dict(method=args.method, recipe=_recipe(args), leaf_modules=args.leaf,
@@ -96,6 +82,8 @@ def export(args: argparse.Namespace) -> int:
         model, config = load_checkpoint_model(args.model)
         size = args.input_size or (3, config.input_size, config.input_size)
     else:
+        from .preflight import model_and_size
+
         model, size = model_and_size(args)
     report = export_onnx(model, args.out, torch.randn(args.batch, *size), dynamic_batch=not args.static_batch,
                          verify=not args.no_verify)
@@ -122,6 +110,7 @@ def bench(args: argparse.Namespace) -> int:
         return bench_stages(args)
     from ..programs import bench as programs_bench
     from ..programs.models import create_model
+    from .preflight import model_and_size
 
     _, size = model_and_size(args)
     results = []

@@ -82,14 +82,12 @@ def bench(args: argparse.Namespace) -> int:
     from ..base.files import write_text
     from ..base.provenance import provenance
     from ..programs.pipeline_bench import run
-    from .commands import model_and_size
+    from .preflight import model_and_size, recipe_from
 
     if len(args.blocks or ()) > 1 or args.replace or args.amp or args.channels_last:
         raise SplitFXError("bench --stages compares one K in float32 on CPU (--device is not used): give one "
                            "--blocks and no --replace, --amp or --channels-last")
     _, size = model_and_size(args)  # --input-size checked against the model, as plain bench checks it
-    from .preflight import recipe_from
-
     result = run(args.model, args.stages, blocks=args.blocks[0] if args.blocks else None, recipe=recipe_from(args),
                  batch=args.batch, input_size=size, steps=args.steps, warmup=args.warmup, timeout=args.rank_timeout,
                  stage_balance=args.stage_balance, schedule=schedule_named(args.schedule, args.microbatches))

@@ -118,6 +118,20 @@ def input_size(model: Any, size: tuple[int, int, int], given: bool = True) -> No
         raise UsageError(f"{what}: {found}; pass --input-size {_size_option(found.expected)}")
 
 
+def model_and_size(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
+    """The model and its (C, H, W) input: ``--input-size``, checked against the model, or its own."""
+    from ..programs.models import create_model, default_input_size
+
+    model = create_model(args.model)
+    size = args.input_size or default_input_size(model)
+    input_size(model, size, given=args.input_size is not None)
+    if getattr(args, "spiking", None):
+        from ..passes.snn import spiking
+
+        model = spiking(model, args.spiking)
+    return model, size
+
+
 def _size_option(size: tuple[int, ...]) -> str:
     """(C, H, W) as ``--input-size`` takes it: S where it is 3×S×S."""
     c, h, w = size
